@@ -1,0 +1,4 @@
+"""`python -m pullcache` runs the CLI."""
+from pullcache.cli import main
+
+main()

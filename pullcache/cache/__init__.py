@@ -1,0 +1,1 @@
+"""The content store on disk: blobs, manifests and tags, upload sessions, the index."""

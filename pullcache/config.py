@@ -1,0 +1,344 @@
+"""proxy.yml plus PULLCACHE_* environment overrides, turned into frozen dataclasses.
+
+Every error is a ConfigError whose message is one line naming the key, the value and what was
+expected, so that a wrong config stops start-up with something an operator can act on.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+ENV_PREFIX = "PULLCACHE_"
+
+
+class ConfigError(ValueError):
+    """A config key holds a value pullcache cannot use."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """'500ms', '30s', '5m', '1h', '7d' or a number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _NUMBER_UNIT.match(str(value)) if isinstance(value, str) else None
+    if not match or match.group(2).lower() not in _DURATION_UNITS:
+        raise ConfigError(f"{key}: {value!r} is not a duration (expected e.g. 500ms, 30s, 5m, 1h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def parse_size(value: Any, key: str) -> int:
+    """'512MiB', '50GiB', '1TB' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _NUMBER_UNIT.match(str(value)) if isinstance(value, str) else None
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"{key}: {value!r} is not a size (expected e.g. 512MiB, 50GiB, 1TB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert and self.key)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str = "./data"
+    max_size: int = 50 * 1024**3
+    low_water: float = 0.9  # eviction frees cached content down to this fraction of max_size
+
+
+@dataclass(frozen=True)
+class GCConfig:
+    interval: float = 3600.0
+    upload_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: str | None = None
+    pull: str = "anonymous"  # or "authenticated"
+    realm: str = "pullcache"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    deny_push: tuple[str, ...] = ("library/*",)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    default: bool = False
+    manifest_ttl: float = 300.0
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    aliases: tuple[str, ...] = ()
+    token_hosts: tuple[str, ...] = ()  # hosts besides the upstream's own that may serve token realms
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0  # a fetch that receives nothing for this long is a stall
+    not_found_ttl: float = 30.0  # how long an upstream 404 is remembered
+    max_connections: int = 64
+
+    @property
+    def is_docker_hub(self) -> bool:
+        """Docker Hub's one-component names live under library/."""
+        return self.name == "docker.io" or "docker.io" in self.aliases
+
+    def credentials(self) -> tuple[str, str] | None:
+        """Username and password, reading password_env at call time so secrets stay out of files."""
+        if not self.username:
+            return None
+        password = self.password
+        if self.password_env:
+            password = os.environ.get(self.password_env, "")
+        return self.username, password or ""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "0.0.0.0:5000"
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    gc: GCConfig = field(default_factory=GCConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0] or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    def upstream(self, name: str) -> UpstreamConfig | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+    @property
+    def default_upstream(self) -> UpstreamConfig | None:
+        return next((u for u in self.upstreams if u.default), None)
+
+
+# ---------------------------------------------------------------- value checkers
+
+def _string(value: Any, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: {value!r} is not a string")
+
+
+def _optional_string(value: Any, key: str) -> str | None:
+    return None if value is None else _string(value, key)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: {value!r} is not a boolean (expected true or false)")
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def check(value: Any, key: str) -> str:
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return check
+
+
+def _string_list(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{key}: {value!r} is not a list of strings")
+
+
+def _fraction(value: Any, key: str) -> float:
+    if isinstance(value, str) and value.endswith("%"):
+        value = value[:-1]
+        try:
+            value = float(value) / 100
+        except ValueError:
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ConfigError(f"{key}: {value!r} is not a fraction (expected e.g. 0.9 or 90%)")
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ConfigError(f"{key}: {value!r} is not a positive integer")
+
+
+def _listen(value: Any, key: str) -> str:
+    text = _string(value, key)
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not host:port (expected e.g. 0.0.0.0:5000)")
+    return text
+
+
+def _url(value: Any, key: str) -> str:
+    text = _string(value, key)
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise ConfigError(f"{key}: {value!r} is not an http(s) URL (expected e.g. https://registry-1.docker.io)")
+    return text.rstrip("/")
+
+
+_SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any, str], Any]]]] = {
+    "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
+    "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
+    "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
+    "auth": (AuthConfig, {"htpasswd": _optional_string, "pull": _choice("anonymous", "authenticated"),
+                          "realm": _string}),
+    "local": (LocalConfig, {"deny_push": _string_list}),
+    "metrics": (MetricsConfig, {"enabled": _bool}),
+    "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),
+}
+
+_UPSTREAM_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "name": _string, "url": _url, "default": _bool, "manifest_ttl": parse_duration,
+    "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
+    "aliases": _string_list, "token_hosts": _string_list, "connect_timeout": parse_duration,
+    "read_timeout": parse_duration, "not_found_ttl": parse_duration, "max_connections": _positive_int,
+}
+
+
+def _build(cls: type, checkers: Mapping[str, Callable[[Any, str], Any]], raw: Any, key: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: {raw!r} is not a mapping")
+    values = {}
+    for name, value in raw.items():
+        if name not in checkers:
+            raise ConfigError(f"{key}.{name}: unknown key (expected one of {', '.join(checkers)})")
+        values[name] = checkers[name](value, f"{key}.{name}")
+    return cls(**values)
+
+
+def _build_upstreams(raw: Any) -> tuple[UpstreamConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"upstreams: {raw!r} is not a list of upstreams")
+    upstreams = []
+    for i, item in enumerate(raw):
+        key = f"upstreams[{i}]"
+        if not isinstance(item, dict) or "name" not in item or "url" not in item:
+            raise ConfigError(f"{key}: {item!r} is not an upstream (expected a mapping with name and url)")
+        upstreams.append(_build(UpstreamConfig, _UPSTREAM_KEYS, item, key))
+    names = [u.name for u in upstreams] + [a for u in upstreams for a in u.aliases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"upstreams: name {duplicates[0]!r} is used twice (expected unique names and aliases)")
+    if sum(u.default for u in upstreams) > 1:
+        raise ConfigError("upstreams: more than one upstream has default: true (expected at most one)")
+    return tuple(upstreams)
+
+
+def build_config(raw: Any) -> Config:
+    """Validate a parsed proxy.yml mapping into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"proxy.yml: {raw!r} is not a mapping of sections")
+    known = {"listen", "upstreams", *_SECTIONS}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"{name}: unknown key (expected one of {', '.join(sorted(known))})")
+        if name == "listen":
+            values[name] = _listen(value, name)
+        elif name == "upstreams":
+            values[name] = _build_upstreams(value)
+        else:
+            cls, checkers = _SECTIONS[name]
+            values[name] = _build(cls, checkers, value, name)
+    config = Config(**values)
+    if config.tls.cert and not config.tls.key or config.tls.key and not config.tls.cert:
+        raise ConfigError(f"tls: cert={config.tls.cert!r} key={config.tls.key!r} (expected both set or both null)")
+    return config
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """PULLCACHE_<SECTION>__<KEY>=value sets raw[section][key]; upstreams are indexed:
+    PULLCACHE_UPSTREAMS__0__URL. Values are read as YAML scalars, so `true`, `30s` and `[a, b]` work."""
+    raw = dict(raw)
+    for env_key in sorted(environ):
+        if not env_key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in env_key[len(ENV_PREFIX):].split("__")]
+        value = yaml.safe_load(environ[env_key]) if environ[env_key] != "" else None
+        node: Any = raw
+        for depth, part in enumerate(path[:-1]):
+            child_key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+            if isinstance(node, list):
+                if not isinstance(child_key, int) or child_key >= len(node):
+                    raise ConfigError(f"{env_key}: no upstream at index {part} (expected 0..{len(node) - 1})")
+                node[child_key] = dict(node[child_key])
+                node = node[child_key]
+                continue
+            child = node.get(child_key)
+            child = list(child) if isinstance(child, list) else dict(child or {})
+            node[child_key] = child
+            node = child
+        if isinstance(node, list):
+            raise ConfigError(f"{env_key}: {environ[env_key]!r} cannot replace a list item (expected __<INDEX>__<KEY>)")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read proxy.yml (or only defaults when path is None), apply env overrides, validate."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: cannot be read ({exc.strerror})") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r}: {raw!r} is not a mapping of sections")
+    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
+    return build_config(raw)

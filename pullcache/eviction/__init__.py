@@ -1,0 +1,1 @@
+"""What leaves the store: LRU bound, garbage-collection sweep, index/disk reconcile."""

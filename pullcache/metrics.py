@@ -1,0 +1,37 @@
+"""The Prometheus objects whose names and labels are part of pullcache's contract (DESIGN.md)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+http_requests = Counter(
+    "pullcache_http_requests_total", "HTTP requests answered", ["method", "route", "code"], registry=REGISTRY)
+http_request_duration = Histogram(
+    "pullcache_http_request_duration_seconds", "Time to answer an HTTP request (headers and body)", ["route"],
+    registry=REGISTRY)
+cache_requests = Counter(
+    "pullcache_cache_requests_total", "Pull-through requests by cache outcome", ["kind", "upstream", "result"],
+    registry=REGISTRY)
+bytes_served = Counter(
+    "pullcache_bytes_served_total", "Body bytes sent to clients by where they came from", ["source"],
+    registry=REGISTRY)
+upstream_requests = Counter(
+    "pullcache_upstream_requests_total", "Requests sent to upstream registries", ["upstream", "method", "code"],
+    registry=REGISTRY)
+upstream_request_duration = Histogram(
+    "pullcache_upstream_request_duration_seconds", "Time until an upstream answered with headers", ["upstream"],
+    registry=REGISTRY)
+upstream_ratelimit_remaining = Gauge(
+    "pullcache_upstream_ratelimit_remaining", "Pulls left in the upstream's rate-limit window (ratelimit-remaining)",
+    ["upstream"], registry=REGISTRY)
+store_bytes = Gauge("pullcache_store_bytes", "Bytes of blobs in the store", ["origin"], registry=REGISTRY)
+store_blobs = Gauge("pullcache_store_blobs", "Blobs in the store", ["origin"], registry=REGISTRY)
+store_max_bytes = Gauge("pullcache_store_max_bytes", "Configured bound on cached content (storage.max_size)",
+                        registry=REGISTRY)
+inflight_fetches = Gauge("pullcache_inflight_fetches", "Upstream blob fetches under way", registry=REGISTRY)
+evictions = Counter("pullcache_evictions_total", "Cached blobs evicted by the LRU bound", registry=REGISTRY)
+evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the LRU bound", registry=REGISTRY)
+gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
+gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
+                             registry=REGISTRY)

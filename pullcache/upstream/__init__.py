@@ -1,0 +1,1 @@
+"""Remote registries: one client per upstream, auth challenges, token cache, fetches."""
