@@ -18,6 +18,7 @@ STATUS_BY_CODE = {
     "NAME_INVALID": 400,
     "NAME_UNKNOWN": 404,
     "SIZE_INVALID": 400,
+    "TAG_INVALID": 400,  # legacy Docker code the spec allows for a reference outside the tag grammar
     "UNAUTHORIZED": 401,
     "DENIED": 403,
     "UNSUPPORTED": 405,

@@ -1,0 +1,76 @@
+"""Crash-safe file primitives: nothing half-written is ever visible under its final name.
+
+Every write goes to a temp file in tmp/, is fsync'd, then renamed into place; the directory is
+fsync'd so the rename itself survives a crash. These are blocking functions: callers run them
+with asyncio.to_thread.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+
+class StoreFullError(OSError):
+    """The disk has no room for a write (ENOSPC or EDQUOT); the temp file was removed."""
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def temp_path(tmp_dir: Path, hint: str = "") -> Path:
+    return tmp_dir / f"{hint}{uuid.uuid4().hex}.tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(temp: Path, final: Path) -> None:
+    """fsync temp, rename it to final (creating parents) and make the rename durable."""
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+
+
+def write_atomic(final: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write small data (a tag, a link, a manifest) so readers see the old or the new, never a part."""
+    temp = temp_path(tmp_dir)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        publish(temp, final)
+    except OSError as exc:
+        remove_quietly(temp)
+        if is_disk_full(exc):
+            raise StoreFullError(exc.errno, f"no space left writing {final.name}") from exc
+        raise
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_empty_parents(path: Path, stop: Path) -> None:
+    """Remove now-empty directories from path upwards, never removing stop itself."""
+    path = path.parent if not path.is_dir() else path
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent

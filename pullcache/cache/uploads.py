@@ -1,0 +1,126 @@
+"""Upload sessions: uploads/<id>/data grows chunk by chunk, info.json says whose it is.
+
+The running hash lives in memory so a chunked push is hashed once; after a restart it is rebuilt
+from the data file the first time the session is touched. A session lock serialises chunks,
+so two PATCHes of one session can never interleave.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterable
+
+from pullcache.cache.files import write_atomic
+from pullcache.cache.writer import BlobWriter
+from pullcache.digests import Hasher
+
+HASH_READ_SIZE = 4 * 1024 * 1024
+
+
+@dataclass
+class UploadSession:
+    id: str
+    repository: str
+    started: float
+    path: Path
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hasher: Hasher | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"
+
+    def size(self) -> int:
+        try:
+            return self.data.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+def _rehash(path: Path, algorithm: str) -> Hasher:
+    hasher = Hasher(algorithm)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_READ_SIZE):
+            hasher.update(chunk)
+    return hasher
+
+
+class Uploads:
+    """Create, find, append to and end upload sessions."""
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root = root
+        self._tmp = tmp_dir
+        self._live: dict[str, UploadSession] = {}
+
+    async def create(self, repository: str) -> UploadSession:
+        upload_id = str(uuid.uuid4())
+        path = self.root / upload_id
+        info = json.dumps({"repository": repository, "started": time.time()}).encode()
+
+        def make() -> None:
+            path.mkdir(parents=True)
+            (path / "data").touch()
+            write_atomic(path / "info.json", info, self._tmp)
+        await asyncio.to_thread(make)
+        session = UploadSession(upload_id, repository, time.time(), path, hasher=Hasher("sha256"))
+        self._live[upload_id] = session
+        return session
+
+    async def get(self, upload_id: str, repository: str) -> UploadSession | None:
+        """The session if it exists and belongs to this repository (ids are not shared across names)."""
+        session = self._live.get(upload_id)
+        if session is None:
+            session = await asyncio.to_thread(self._load, upload_id)
+            if session is not None:
+                session = self._live.setdefault(upload_id, session)
+        if session is None or session.repository != repository:
+            return None
+        return session
+
+    def _load(self, upload_id: str) -> UploadSession | None:
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            return None
+        path = self.root / upload_id
+        try:
+            info = json.loads((path / "info.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return UploadSession(upload_id, info["repository"], info["started"], path)
+
+    async def writer(self, session: UploadSession, algorithm: str = "sha256") -> BlobWriter:
+        """A writer appending to the session's data, its hash continued (or rebuilt after a restart)."""
+        if session.hasher is None or session.hasher.algorithm != algorithm:
+            session.hasher = await asyncio.to_thread(_rehash, session.data, algorithm)
+        writer = BlobWriter(self._tmp, path=session.data, hasher=session.hasher)
+        return await writer.open(append=True)
+
+    async def append(self, session: UploadSession, chunks: AsyncIterable[bytes]) -> int:
+        """Append a chunk stream; returns the session's new size. Caller holds session.lock."""
+        writer = await self.writer(session)
+        try:
+            async for chunk in chunks:
+                await writer.write(chunk)
+        finally:
+            await writer.close_file()
+        return writer.hasher.size
+
+    async def remove(self, session: UploadSession) -> None:
+        self._live.pop(session.id, None)
+        await asyncio.to_thread(shutil.rmtree, session.path, True)
+
+    async def sessions(self) -> list[UploadSession]:
+        """Every session on disk (GC removes those older than gc.upload_ttl)."""
+        def scan() -> list[UploadSession]:
+            if not self.root.is_dir():
+                return []
+            found = [self._load(entry.name) for entry in self.root.iterdir()]
+            return [s for s in found if s is not None]
+        return await asyncio.to_thread(scan)

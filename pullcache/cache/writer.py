@@ -1,0 +1,124 @@
+"""BlobWriter: bytes in, a verified content-addressed blob out, or nothing at all.
+
+Bytes go to a temp file in tmp/ while they are hashed; commit() verifies the digest, fsyncs and
+renames the file to its content address. Disk writes and large hash updates run in worker
+threads, so the event loop keeps serving while a layer arrives.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from pullcache.cache.files import StoreFullError, is_disk_full, publish, remove_quietly, temp_path
+from pullcache.digests import Digest, Hasher
+
+FLUSH_SIZE = 1024 * 1024  # batch small network chunks into one thread hop
+
+
+class DigestMismatch(ValueError):
+    """The bytes written do not hash to the digest they were said to have."""
+
+    def __init__(self, expected: Digest, actual: Digest) -> None:
+        super().__init__(f"content hashes to {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class BlobWriter:
+    """One temp file being filled; use as `async with` so an exception always removes it."""
+
+    def __init__(self, tmp_dir: Path, algorithm: str = "sha256", *, path: Path | None = None,
+                 hasher: Hasher | None = None) -> None:
+        self.path = path or temp_path(tmp_dir, "blob-")
+        self.hasher = hasher or Hasher(algorithm)
+        self._file: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.committed = False
+
+    @property
+    def size(self) -> int:
+        """Bytes accepted so far, including those not yet flushed to disk."""
+        return self.hasher.size + self._pending_size
+
+    async def open(self, append: bool = False) -> "BlobWriter":
+        self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb")
+        return self
+
+    async def __aenter__(self) -> "BlobWriter":
+        if self._file is None:
+            await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.committed:
+            await self.abort()
+
+    async def write(self, chunk: bytes) -> None:
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= FLUSH_SIZE:
+            await self.flush()
+
+    def _write_and_hash(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StoreFullError(exc.errno, "no space left on device for the blob being written") from exc
+            raise
+        self.hasher.update(data)
+
+    async def flush(self) -> None:
+        """Write and hash what is buffered (in a thread: hashlib releases the GIL)."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        await asyncio.to_thread(self._write_and_hash, data)
+
+    async def close_file(self) -> None:
+        await self.flush()
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
+
+    async def verify(self, expected: Digest | None, size: int | None = None) -> Digest:
+        """Flush, close and compare; raises DigestMismatch or ValueError(size) and leaves the temp to abort()."""
+        await self.close_file()
+        actual = self.hasher.digest()
+        if expected is not None and actual != expected:
+            raise DigestMismatch(expected, actual)
+        if size is not None and self.hasher.size != size:
+            raise ValueError(f"received {self.hasher.size} bytes, expected {size}")
+        return actual
+
+    async def publish_to(self, final: Path) -> None:
+        """fsync and rename the verified temp into its final place."""
+        try:
+            await asyncio.to_thread(publish, self.path, final)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StoreFullError(exc.errno, "no space left on device publishing a blob") from exc
+            raise
+        self.committed = True
+
+    async def abort(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            await asyncio.to_thread(file.close)
+        await asyncio.to_thread(remove_quietly, self.path)
+        self._pending.clear()
+        self._pending_size = 0
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
