@@ -88,10 +88,10 @@ def parse_challenges(headers: str | Iterable[str]) -> list[Challenge]:
     challenge. Parameters before any scheme, stray characters and repeated names (first wins) are ignored.
     """
     values = [headers] if isinstance(headers, str) else list(headers)
-    challenges: list[Challenge] = []
+    parsed: list[tuple[str, dict[str, str]]] = []
     for value in values:
         scan = _Scanner(value)
-        current: Challenge | None = None
+        params: dict[str, str] | None = None  # of the challenge being read; None before the first scheme
         while not scan.at_end():
             scan.skip(_SPACE + ",")
             if scan.at_end():
@@ -103,16 +103,15 @@ def parse_challenges(headers: str | Iterable[str]) -> list[Challenge]:
                     scan.quoted()
                 else:
                     scan.pos += 1
-                current = None if scan.peek() not in _SPACE + "," else current
                 continue
             scan.skip(_SPACE)
             if scan.peek() != "=":
-                current = Challenge(name.lower())
-                challenges.append(current)
+                params = {}
+                parsed.append((name.lower(), params))
                 continue
             scan.pos += 1
             scan.skip(_SPACE)
             param = scan.quoted() if scan.peek() == '"' else scan.bare_value()
-            if current is not None:
-                current.params.setdefault(name.lower(), param)
-    return challenges
+            if params is not None:
+                params.setdefault(name.lower(), param)
+    return [Challenge(scheme, params) for scheme, params in parsed]

@@ -1,0 +1,32 @@
+"""Request middlewares: OCI error bodies for everything that goes wrong below a handler."""
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from pullcache.api.errors import RegistryError
+from pullcache.cache.files import StoreFullError
+
+log = logging.getLogger("pullcache.api")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    """RegistryError -> its JSON body; a full disk -> 507; anything unexpected -> 500, logged once."""
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        return exc.response(head=request.method == "HEAD")
+    except StoreFullError as exc:
+        log.error("disk full: %s", exc)
+        return RegistryError("UNAVAILABLE", "the registry's disk is full; the write was discarded",
+                             status=507).response(head=request.method == "HEAD")
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) or request.transport is None or request.transport.is_closing():
+            raise  # the client went away; there is nobody to answer
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return RegistryError("UNAVAILABLE", f"internal error: {exc.__class__.__name__}",
+                             status=500).response(head=request.method == "HEAD")

@@ -1,0 +1,74 @@
+"""The /v2/ URL space: one catch-all route, split here into endpoint, repository name and argument.
+
+Repository names contain slashes, so aiohttp's router cannot separate `<name>` from the endpoint;
+this module matches the raw (still percent-encoded) path so that an encoded slash or dot can never
+smuggle a traversal into a name.
+"""
+from __future__ import annotations
+
+import re
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import check_name
+
+Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+
+# (pattern over the raw path after /v2/, endpoint); first match wins, so uploads precede blobs.
+_ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?P<name>.+)/manifests/(?P<arg>[^/]+)$"), "manifest"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)$"), "upload"),
+    (re.compile(r"^(?P<name>.+)/blobs/(?P<arg>[^/]+)$"), "blob"),
+    (re.compile(r"^(?P<name>.+)/tags/(?P<arg>list)$"), "tags"),
+    (re.compile(r"^(?P<name>.+)/referrers/(?P<arg>[^/]+)$"), "referrers"),
+]
+
+
+
+def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
+    """(endpoint, name, argument) for the raw path after /v2/, or None if it is no endpoint."""
+    for pattern, endpoint in _ENDPOINTS:
+        match = pattern.match(raw_tail)
+        if match:
+            raw_name = match["name"]
+            if "%" in raw_name:
+                raise RegistryError("NAME_INVALID", f"repository name {unquote(raw_name)!r} contains "
+                                    "percent-encoded characters", detail={"name": raw_name})
+            return endpoint, check_name(raw_name), unquote(match["arg"])
+    return None
+
+
+def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
+          base: Callable[[web.Request], Awaitable[web.StreamResponse]],
+          catalog: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+    """Register /v2/, /v2/_catalog and the catch-all that dispatches to handlers[(endpoint, method)]."""
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        raw_tail = request.raw_path.split("?", 1)[0][len("/v2/"):]
+        found = match_endpoint(raw_tail)
+        if found is None:
+            raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
+        endpoint, name, argument = found
+        request["route"] = endpoint
+        method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
+        handler = handlers.get((endpoint, method))
+        if handler is None:
+            raise RegistryError("UNSUPPORTED", f"{request.method} is not supported on {endpoint} endpoints",
+                                status=405)
+        return await handler(request, name, argument)
+
+    async def base_route(request: web.Request) -> web.StreamResponse:
+        request["route"] = "base"
+        return await base(request)
+
+    async def catalog_route(request: web.Request) -> web.StreamResponse:
+        request["route"] = "catalog"
+        return await catalog(request)
+
+    app.router.add_route("GET", "/v2/", base_route)
+    app.router.add_route("GET", "/v2", base_route)
+    app.router.add_route("GET", "/v2/_catalog", catalog_route)
+    app.router.add_route("*", "/v2/{tail:.+}", dispatch)

@@ -1,0 +1,50 @@
+"""Builds the aiohttp Application: wires store, upstreams, resolver, pull-through, eviction and metrics."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from pullcache import metrics
+from pullcache.api import middleware, observe, ops, v2
+from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE, UPSTREAMS
+from pullcache.cache.store import Store
+from pullcache.config import Config
+from pullcache.eviction.service import EvictionService
+from pullcache.pullthrough import PullThrough
+from pullcache.resolver import Resolver
+from pullcache.upstream.pool import Upstreams
+
+EVICTION = web.AppKey("eviction", EvictionService)
+CLIENT_MAX_SIZE = 8 * 1024 * 1024  # manifests are limited to 4 MiB; blob bodies are streamed, not read whole
+
+
+def build_app(config: Config) -> web.Application:
+    """An Application whose resources open on startup and close on cleanup, in dependency order."""
+    app = web.Application(middlewares=[observe.access, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
+    app[CONFIG] = config
+    store = Store(config.storage.path)
+    upstreams = Upstreams(config.upstreams)
+    app[STORE] = store
+    app[UPSTREAMS] = upstreams
+    app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
+    app[PULLTHROUGH] = PullThrough(store, config)
+    app[EVICTION] = EvictionService(store, config)
+    metrics.store_max_bytes.set(config.storage.max_size)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        await upstreams.start()
+        await app[EVICTION].start()
+        try:
+            yield
+        finally:
+            await app[EVICTION].stop()
+            await app[PULLTHROUGH].close()
+            await upstreams.close()
+            await store.close()
+
+    app.cleanup_ctx.append(resources)
+    v2.setup(app)
+    ops.setup(app)
+    return app

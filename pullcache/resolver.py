@@ -1,0 +1,85 @@
+"""The one place that decides whether a repository name is served locally or from an upstream.
+
+Rules (DESIGN.md "Routing"): containerd's `?ns=` names the upstream; else a first path component
+equal to an upstream's name; else a repository that exists locally; else the default upstream.
+Docker Hub's one-component names get `library/`. Pushes go only to local names that are not
+shadowing an upstream and do not match `local.deny_push`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Callable
+
+from pullcache.api.errors import RegistryError
+from pullcache.config import Config, UpstreamConfig
+
+if TYPE_CHECKING:
+    from pullcache.upstream.client import UpstreamClient
+    from pullcache.upstream.pool import Upstreams
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request's repository lives."""
+
+    name: str                           # the name as the client wrote it (for Location headers)
+    upstream: "UpstreamClient | None"   # None: a local repository
+    repository: str                     # the local name, or the name at the upstream (library/ applied)
+
+    @property
+    def is_local(self) -> bool:
+        return self.upstream is None
+
+    @property
+    def store_name(self) -> str:
+        """The repository's name in the store: local names as they are, cached ones under their upstream."""
+        return self.repository if self.upstream is None else f"{self.upstream.name}/{self.repository}"
+
+
+def upstream_repository(config: UpstreamConfig, name: str) -> str:
+    """Docker Hub keeps official images under library/: `alpine` is `library/alpine` there."""
+    if config.is_docker_hub and "/" not in name:
+        return f"library/{name}"
+    return name
+
+
+class Resolver:
+    def __init__(self, config: Config, upstreams: "Upstreams", local_exists: Callable[[str], bool]) -> None:
+        self._config = config
+        self._upstreams = upstreams
+        self._local_exists = local_exists
+
+    def _upstream_target(self, name: str, client: "UpstreamClient", remote: str) -> Target:
+        return Target(name, client, upstream_repository(client.config, remote))
+
+    def resolve(self, name: str, ns: str | None = None) -> Target:
+        """Where to read `name` from."""
+        if ns is not None:
+            client = self._upstreams.by_ns(ns)
+            if client is None:
+                raise RegistryError("NAME_UNKNOWN", f"ns={ns!r} names no configured upstream; "
+                                    "pullcache only contacts the upstreams in its config", detail={"ns": ns})
+            return self._upstream_target(name, client, name)
+        first, _, rest = name.partition("/")
+        client = self._upstreams.by_name(first) if rest else None
+        if client is not None:
+            return self._upstream_target(name, client, rest)
+        default = self._upstreams.default
+        if default is None or self._local_exists(name):
+            return Target(name, None, name)
+        return self._upstream_target(name, default, name)
+
+    def resolve_push(self, name: str, ns: str | None = None) -> Target:
+        """The local target a push may write to, or DENIED saying why not."""
+        first = name.split("/", 1)[0]
+        if ns is not None or self._upstreams.by_name(first) is not None and "/" in name:
+            raise RegistryError("DENIED", f"repository {name!r} is proxied from an upstream and is read-only; "
+                                "push to a name that does not start with an upstream's name", detail={"name": name})
+        # A one-component name is what Docker Hub calls library/<name>: `alpine` would shadow library/alpine.
+        candidates = [name] if "/" in name else [name, f"library/{name}"]
+        for pattern in self._config.local.deny_push:
+            if any(fnmatchcase(candidate, pattern) for candidate in candidates):
+                raise RegistryError("DENIED", f"pushing to {name!r} is denied by local.deny_push pattern "
+                                    f"{pattern!r} (it would shadow an upstream image)", detail={"name": name})
+        return Target(name, None, name)
