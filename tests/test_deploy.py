@@ -1,0 +1,675 @@
+"""The deployment artefacts under deploy/ are well-formed and agree with pullcache's contract.
+
+They are not run here (no Docker daemon, no cluster), so these tests check what can go wrong
+offline: files that do not parse, alert rules and PromQL that Prometheus would reject (checked
+with the real promtool), metric names that pullcache does not export, probes and ports that point
+at nothing, and client configs that would bypass the mirror.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "pullcache.json"
+PROVISIONING = DEPLOY / "grafana" / "provisioning"
+COMPOSE = DEPLOY / "docker-compose.yml"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+SYSTEMD_UNIT = DEPLOY / "systemd" / "pullcache.service"
+CLIENTS = DEPLOY / "clients"
+CONTAINERD_CERTS_D = CLIENTS / "containerd" / "certs.d"
+
+STORAGE_PATH = "/var/lib/pullcache"
+CONFIG_PATH = "/etc/pullcache/proxy.yml"
+PORT = 5000
+UPSTREAMS = {"docker.io", "ghcr.io", "quay.io"}
+
+# DESIGN.md's metric table, plus pullcache_store_max_bytes (the bound the store is measured
+# against) and Prometheus' own `up`.
+CONTRACT_METRICS = {
+    "pullcache_http_requests_total",
+    "pullcache_http_request_duration_seconds",
+    "pullcache_cache_requests_total",
+    "pullcache_bytes_served_total",
+    "pullcache_upstream_requests_total",
+    "pullcache_upstream_request_duration_seconds",
+    "pullcache_upstream_ratelimit_remaining",
+    "pullcache_store_bytes",
+    "pullcache_store_blobs",
+    "pullcache_inflight_fetches",
+    "pullcache_evictions_total",
+    "pullcache_evicted_bytes_total",
+    "pullcache_gc_runs_total",
+    "pullcache_gc_reclaimed_bytes_total",
+    "pullcache_store_max_bytes",
+}
+HISTOGRAMS = {"pullcache_http_request_duration_seconds", "pullcache_upstream_request_duration_seconds"}
+ALLOWED_METRICS = (
+    CONTRACT_METRICS
+    | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+    | {"up"}
+)
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def _files(*suffixes: str) -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(DEPLOY)) for p in paths]
+
+
+def _load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def _promtool(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+_PROMQL_KEYWORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "offset", "bool", "inf", "nan", "atan2", "start", "end",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects.
+
+    Strings, label matchers, range/subquery brackets and grouping label lists are removed; what
+    is left that looks like an identifier, is not a keyword and is not called like a function is
+    a metric name.
+    """
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"\{[^{}]*\}", " ", text)
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w:.$])[A-Za-z_:][\w:]*", text):
+        name = match.group(0)
+        if name.lower() in _PROMQL_KEYWORDS:
+            continue
+        if re.match(r"\s*\(", text[match.end():]):
+            continue  # a function or an aggregation
+        names.add(name)
+    return names
+
+
+def _substitute_grafana_variables(expr: str) -> str:
+    """Replace Grafana's variables with values Prometheus accepts, to check the PromQL itself."""
+    values = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "instance": ".*"}
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in values, f"unknown Grafana variable ${name} in {expr!r}"
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, expr)
+
+
+def _dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _panels() -> list[dict]:
+    """Every panel, including those nested in collapsed rows."""
+    found = []
+    for panel in _dashboard()["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    return [(p["title"], t["expr"]) for p in _panels() for t in p.get("targets", []) if t.get("expr")]
+
+
+def _panel(title: str) -> dict:
+    matches = [p for p in _panels() if p["title"] == title]
+    assert len(matches) == 1, f"expected one panel titled {title!r}, found {len(matches)}"
+    return matches[0]
+
+
+def _alert_rules() -> list[dict]:
+    return [rule for group in _load_yaml(ALERTS)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _alert(name: str) -> dict:
+    matches = [r for r in _alert_rules() if r["alert"] == name]
+    assert len(matches) == 1, f"expected one alert {name!r}, found {len(matches)}"
+    return matches[0]
+
+
+def _k8s_docs() -> list[dict]:
+    docs = []
+    for resource in _load_yaml(K8S / "kustomization.yaml")["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((K8S / resource).read_text()) if d)
+    return docs
+
+
+def _k8s(kind: str) -> dict:
+    matches = [d for d in _k8s_docs() if d["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
+    return matches[0]
+
+
+def _pod_spec() -> dict:
+    return _k8s("Deployment")["spec"]["template"]["spec"]
+
+
+def _container() -> dict:
+    (container,) = _pod_spec()["containers"]
+    return container
+
+
+def _configmap_proxy_yml() -> str:
+    return _k8s("ConfigMap")["data"]["proxy.yml"]
+
+
+def _dockerfile_instructions(stage: str = "all") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped.
+    stage="final" keeps only those after the last FROM."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    if stage == "final":
+        last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+        instructions = instructions[last_from:]
+    return instructions
+
+
+def _dockerfile(keyword: str, stage: str = "all") -> list[str]:
+    return [args for k, args in _dockerfile_instructions(stage) if k == keyword]
+
+
+def _copied_from_context() -> list[str]:
+    """Sources of COPY instructions that read the build context (not --from another stage)."""
+    sources = []
+    for copy in _dockerfile("COPY"):
+        words = shlex.split(copy)
+        if any(w.startswith("--from") for w in words):
+            continue
+        sources.extend([w for w in words if not w.startswith("--")][:-1])
+    return sources
+
+
+def _exec_form(args: str) -> list[str]:
+    return json.loads(args) if args.startswith("[") else shlex.split(args)
+
+
+def _systemd_unit() -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for raw in SYSTEMD_UNIT.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"not a unit file line: {raw!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def _service(key: str) -> list[str]:
+    return _systemd_unit()["Service"].get(key, [])
+
+
+def _mirror_hostport() -> str:
+    """The mirror address of Docker's daemon.json, which the other clients must agree with."""
+    (mirror,) = json.loads((CLIENTS / "docker" / "daemon.json").read_text())["registry-mirrors"]
+    return mirror.split("://", 1)[1].rstrip("/")
+
+
+def _compose() -> dict:
+    return _load_yaml(COMPOSE)
+
+
+# ------------------------------------------------------------------------ every file parses
+
+@pytest.mark.parametrize("path", _files(".yml", ".yaml"), ids=_ids(_files(".yml", ".yaml")))
+def test_yaml_file_parses(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} holds no YAML document"
+
+
+@pytest.mark.parametrize("path", _files(".json"), ids=_ids(_files(".json")))
+def test_json_file_parses(path):
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+@pytest.mark.parametrize("path", _files(".toml", ".conf"), ids=_ids(_files(".toml", ".conf")))
+def test_toml_file_parses(path):
+    assert tomllib.loads(path.read_text())
+
+
+def test_metric_name_extractor_finds_selected_metrics_only():
+    expr = ('histogram_quantile(0.95, sum by (le, upstream) (rate(pullcache_upstream_request_duration_seconds_bucket'
+            '{instance=~"$instance", code=~"5..|timeout"}[$__rate_interval] offset 5m))) / on (job) group_left(x) '
+            'max without (origin) (up{job="pullcache"} > bool 1e3) and pulcache_typo')
+    assert metric_names(expr) == {"pullcache_upstream_request_duration_seconds_bucket", "up", "pulcache_typo"}
+
+
+# ---------------------------------------------------------------------------- alert rules
+
+def test_alert_rules_pass_promtool_check_rules():
+    result = _promtool("check", "rules", ALERTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_pass_their_promtool_unit_tests():
+    result = _promtool("test", "rules", PROMETHEUS_DIR / "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alert, metric", [
+    ("PullcacheDown", "up"),
+    ("PullcacheHitRatioLow", "pullcache_cache_requests_total"),
+    ("PullcacheUpstreamErrors", "pullcache_upstream_requests_total"),
+    ("PullcacheUpstreamRateLimitLow", "pullcache_upstream_ratelimit_remaining"),
+    ("PullcacheStoreNearBound", "pullcache_store_max_bytes"),
+])
+def test_required_alert_watches_its_metric(alert, metric):
+    assert metric in metric_names(_alert(alert)["expr"])
+
+
+def test_every_alert_has_severity_summary_and_description():
+    for rule in _alert_rules():
+        assert rule.get("labels", {}).get("severity") in {"info", "warning", "critical"}, rule["alert"]
+        assert rule.get("annotations", {}).get("summary"), rule["alert"]
+        assert rule.get("annotations", {}).get("description"), rule["alert"]
+
+
+def test_alert_expressions_use_only_contract_metrics():
+    unknown = {r["alert"]: metric_names(r["expr"]) - ALLOWED_METRICS for r in _alert_rules()}
+    assert not {k: v for k, v in unknown.items() if v}
+
+
+def test_upstream_errors_alert_counts_5xx_429_and_non_http_failures_but_not_404():
+    selector = re.search(r'code=~"([^"]+)"', _alert("PullcacheUpstreamErrors")["expr"]).group(1)
+    matches = lambda code: re.fullmatch(selector, code) is not None  # Prometheus anchors regexes
+    assert all(matches(c) for c in ("500", "502", "503", "429", "timeout"))
+    assert not any(matches(c) for c in ("200", "206", "304", "401", "404"))
+
+
+# ------------------------------------------------------------------------------ prometheus.yml
+
+def test_prometheus_config_passes_promtool_check_config():
+    result = _promtool("check", "config", PROMETHEUS_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_loads_the_alert_rules_beside_it():
+    rule_files = _load_yaml(PROMETHEUS_CONFIG)["rule_files"]
+    assert [(PROMETHEUS_DIR / f).resolve() for f in rule_files] == [ALERTS.resolve()]
+
+
+def test_prometheus_scrapes_pullcache_metrics_on_the_compose_service():
+    (job,) = [j for j in _load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if j["job_name"] == "pullcache"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == [f"pullcache:{PORT}"]
+    assert "pullcache" in _compose()["services"]
+
+
+# ---------------------------------------------------------------------------- grafana dashboard
+
+@pytest.mark.parametrize("title, metric, fragment", [
+    ("Cache hit ratio", "pullcache_cache_requests_total", 'result="hit"'),
+    ("Bytes saved", "pullcache_bytes_served_total", 'source="cache"'),
+    ("Upstream latency", "pullcache_upstream_request_duration_seconds_bucket", "histogram_quantile("),
+    ("Upstream errors", "pullcache_upstream_requests_total", 'code=~"5..|429'),
+    ("Rate-limit remaining", "pullcache_upstream_ratelimit_remaining", ""),
+    ("Store size vs bound", "pullcache_store_bytes", ""),
+    ("Store size vs bound", "pullcache_store_max_bytes", ""),
+    ("Evictions", "pullcache_evictions_total", ""),
+    ("Evictions", "pullcache_evicted_bytes_total", ""),
+    ("GC runs", "pullcache_gc_runs_total", ""),
+])
+def test_dashboard_panel_shows_its_metric(title, metric, fragment):
+    exprs = [t["expr"] for t in _panel(title)["targets"]]
+    assert any(metric in metric_names(e) and fragment in e for e in exprs), exprs
+
+
+def test_dashboard_hit_ratio_divides_hits_by_all_cache_requests():
+    (expr,) = [t["expr"] for t in _panel("Cache hit ratio")["targets"]]
+    numerator, denominator = expr.split(" / ")
+    assert 'result="hit"' in numerator and "result" not in denominator
+    assert metric_names(denominator) == {"pullcache_cache_requests_total"}
+
+
+def test_dashboard_expressions_use_only_contract_metrics():
+    unknown = [(title, metric_names(e) - ALLOWED_METRICS) for title, e in _dashboard_exprs()]
+    assert not [u for u in unknown if u[1]]
+
+
+def test_dashboard_covers_every_contract_metric():
+    used = set().union(*(metric_names(e) for _, e in _dashboard_exprs()))
+    families = {re.sub(r"_bucket$", "", m) for m in used}  # a histogram is shown through its buckets
+    assert CONTRACT_METRICS - families == set()
+
+
+def test_dashboard_expressions_are_valid_promql(tmp_path):
+    rules = [{"record": f"dashboard:panel_{i}", "expr": _substitute_grafana_variables(expr)}
+             for i, (_, expr) in enumerate(_dashboard_exprs())]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = _promtool("check", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_instance_variable_queries_a_contract_metric():
+    (variable,) = [v for v in _dashboard()["templating"]["list"] if v["name"] == "instance"]
+    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+    selector = re.fullmatch(r"label_values\((.+),\s*instance\)", query).group(1)
+    assert metric_names(selector) <= ALLOWED_METRICS
+
+
+def test_dashboard_panel_ids_are_unique():
+    ids = [p["id"] for p in _panels()]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_queries_go_to_the_provisioned_datasource():
+    (datasource,) = _load_yaml(PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
+    (variable,) = [v for v in _dashboard()["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == datasource["type"] == "prometheus"
+    assert variable["current"]["value"] == datasource["uid"]
+    for panel in _panels():
+        for t in panel.get("targets", []):
+            assert t["datasource"]["uid"] == "${%s}" % variable["name"], panel["title"]
+
+
+def test_grafana_datasource_points_at_the_compose_prometheus():
+    (datasource,) = _load_yaml(PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["url"] == "http://prometheus:9090"
+    assert "prometheus" in _compose()["services"]
+
+
+def test_grafana_dashboard_provider_reads_where_compose_mounts_the_dashboard():
+    (provider,) = _load_yaml(PROVISIONING / "dashboards" / "pullcache.yml")["providers"]
+    mounts = dict(v.split(":")[:2] for v in _compose()["services"]["grafana"]["volumes"])
+    assert mounts["./grafana/pullcache.json"] == f"{provider['options']['path']}/pullcache.json"
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# ------------------------------------------------------------------------------ docker compose
+
+def test_compose_runs_pullcache_prometheus_and_grafana():
+    assert {"pullcache", "prometheus", "grafana"} <= set(_compose()["services"])
+
+
+def test_compose_builds_pullcache_from_the_repository_root_with_deploy_dockerfile():
+    build = _compose()["services"]["pullcache"]["build"]
+    assert (COMPOSE.parent / build["context"]).resolve() == ROOT
+    assert (ROOT / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_compose_bind_mount_sources_exist():
+    for name, service in _compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).exists(), f"{name}: {source}"
+
+
+def test_compose_mounts_pullcache_config_and_data_where_the_image_expects_them():
+    volumes = _compose()["services"]["pullcache"]["volumes"]
+    targets = {v.split(":")[1] for v in volumes}
+    assert {CONFIG_PATH, STORAGE_PATH} <= targets
+    assert f"{PORT}:{PORT}" in _compose()["services"]["pullcache"]["ports"]
+
+
+# ------------------------------------------------------------------------------------ Dockerfile
+
+def test_dockerfile_final_stage_is_python_311_slim():
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in _dockerfile("ARG") if "=" in a}
+    final_from = _dockerfile("FROM", "final")[0].split()[0]
+    assert re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_from) == "python:3.11-slim"
+
+
+def test_dockerfile_installs_the_package_from_the_repository():
+    assert any(re.search(r"pip install \.(\s|$)", run) for run in _dockerfile("RUN"))
+
+
+def test_dockerfile_runs_as_a_non_root_user():
+    (user,) = _dockerfile("USER", "final")
+    assert user.split(":")[0] not in {"root", "0"}
+
+
+def test_dockerfile_healthcheck_asks_healthz_with_python():
+    (healthcheck,) = _dockerfile("HEALTHCHECK", "final")
+    command = healthcheck.split("CMD", 1)[1]
+    assert "python" in command and f"127.0.0.1:{PORT}/healthz" in command
+    assert "curl" not in command and "wget" not in command
+
+
+def test_dockerfile_exposes_port_volume_and_serves_the_config():
+    assert _dockerfile("EXPOSE", "final") == [str(PORT)]
+    assert _exec_form(_dockerfile("VOLUME", "final")[0]) == [STORAGE_PATH]
+    command = _exec_form(_dockerfile("ENTRYPOINT", "final")[0]) + _exec_form(_dockerfile("CMD", "final")[0])
+    assert command == ["pullcache", "serve", "-c", CONFIG_PATH]
+
+
+def test_dockerfile_copies_only_paths_that_exist_in_the_build_context():
+    for source in _copied_from_context():
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository root"
+
+
+def test_dockerignore_keeps_every_copied_path():
+    rules = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "**", "expected an allow-list: exclude everything, then re-include"
+    kept = {r[1:].removesuffix("/**") for r in rules if r.startswith("!")}
+    for source in _copied_from_context():
+        assert source.rstrip("/") in kept, f"COPY {source} is excluded by Dockerfile.dockerignore"
+
+
+# ------------------------------------------------------------------------------------- kubernetes
+
+def test_kustomization_lists_every_manifest_in_the_directory():
+    listed = set(_load_yaml(K8S / "kustomization.yaml")["resources"])
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_k8s_manifests_have_the_expected_kinds():
+    kinds = {(d["apiVersion"], d["kind"]) for d in _k8s_docs()}
+    assert {
+        ("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"), ("apps/v1", "Deployment"),
+        ("v1", "Service"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    } <= kinds
+
+
+def test_k8s_liveness_probe_asks_healthz():
+    assert _container()["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_k8s_readiness_probe_asks_readyz():
+    assert _container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_k8s_probes_target_the_container_port():
+    (port,) = _container()["ports"]
+    assert port["containerPort"] == PORT
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in _container():
+            assert _container()[probe]["httpGet"]["port"] in (port["name"], PORT), probe
+
+
+def test_k8s_pod_runs_as_non_root_without_privilege_escalation():
+    pod, container = _pod_spec()["securityContext"], _container()["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+
+
+def test_k8s_container_has_resource_requests_and_memory_limit():
+    resources = _container()["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]
+
+
+def test_k8s_store_is_the_pvc_mounted_at_the_storage_path():
+    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod_spec()["volumes"]}
+    claim = volumes[mounts[STORAGE_PATH]]["persistentVolumeClaim"]["claimName"]
+    assert claim == _k8s("PersistentVolumeClaim")["metadata"]["name"]
+
+
+def test_k8s_config_is_the_configmap_mounted_where_serve_reads_it():
+    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod_spec()["volumes"]}
+    config_dir, file_name = CONFIG_PATH.rsplit("/", 1)
+    configmap = volumes[mounts[config_dir]]["configMap"]
+    assert configmap["name"] == _k8s("ConfigMap")["metadata"]["name"]
+    assert file_name in _k8s("ConfigMap")["data"]
+    assert _container()["args"][-2:] == ["-c", CONFIG_PATH]
+
+
+def test_k8s_deployment_recreates_the_single_pod_owning_the_volume():
+    spec = _k8s("Deployment")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert _k8s("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_k8s_service_exposes_port_5000_to_the_pods():
+    service = _k8s("Service")["spec"]
+    (port,) = service["ports"]
+    assert port["port"] == PORT
+    assert port["targetPort"] in (_container()["ports"][0]["name"], PORT)
+    pod_labels = _k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= pod_labels.items()
+
+
+def test_k8s_servicemonitor_scrapes_metrics_from_the_service_port():
+    monitor = _k8s("ServiceMonitor")["spec"]
+    service = _k8s("Service")
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_k8s_servicemonitor_labels_the_job_as_the_alerts_expect():
+    monitor = _k8s("ServiceMonitor")["spec"]
+    assert _k8s("Service")["metadata"]["labels"][monitor["jobLabel"]] == "pullcache"
+    assert 'job="pullcache"' in _alert("PullcacheDown")["expr"]
+
+
+def test_k8s_prometheusrule_carries_the_same_rules_as_alerts_yml():
+    assert _k8s("PrometheusRule")["spec"] == _load_yaml(ALERTS)
+
+
+def test_k8s_configmap_stores_on_the_volume_and_configures_the_three_upstreams():
+    config = yaml.safe_load(_configmap_proxy_yml())
+    assert config["storage"]["path"] == STORAGE_PATH
+    upstreams = {u["name"]: u for u in config["upstreams"]}
+    assert set(upstreams) == UPSTREAMS
+    assert upstreams["docker.io"]["default"] is True
+    assert upstreams["docker.io"]["token_hosts"] == ["auth.docker.io"]
+    assert [u["name"] for u in config["upstreams"] if u.get("default")] == ["docker.io"]
+
+
+# ------------------------------------------------------------------------ shipped proxy.yml files
+
+@pytest.mark.parametrize("name", ["deploy/proxy.yml", "deploy/k8s/configmap.yaml"])
+def test_shipped_config_is_accepted_by_pullcache(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from pullcache.config import build_config
+
+    text = (DEPLOY / "proxy.yml").read_text() if name == "deploy/proxy.yml" else _configmap_proxy_yml()
+    config = build_config(yaml.safe_load(text))
+    assert config.storage.path == STORAGE_PATH
+    assert config.port == PORT
+    assert config.default_upstream.name == "docker.io"
+    assert {u.name for u in config.upstreams} == UPSTREAMS
+
+
+# ---------------------------------------------------------------------------------------- systemd
+
+def test_systemd_unit_serves_with_the_etc_config():
+    (exec_start,) = _service("ExecStart")
+    assert shlex.split(exec_start) == ["/opt/pullcache/.venv/bin/pullcache", "serve", "-c", CONFIG_PATH]
+
+
+def test_systemd_unit_writes_only_its_state_directory():
+    assert _service("StateDirectory") == ["pullcache"]
+    assert _service("ProtectSystem") == ["strict"]
+    assert _service("ReadWritePaths") == [STORAGE_PATH]
+
+
+def test_systemd_unit_runs_unprivileged():
+    assert _service("DynamicUser") == ["yes"] or _service("User") not in ([], ["root"])
+    assert _service("NoNewPrivileges") == ["yes"]
+    assert _service("CapabilityBoundingSet") == [""]
+
+
+def test_systemd_unit_restarts_on_failure_and_is_installable():
+    assert _service("Restart") == ["on-failure"]
+    assert _systemd_unit()["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+# ---------------------------------------------------------------------------------------- clients
+
+def test_docker_daemon_json_names_pullcache_as_registry_mirror():
+    daemon = json.loads((CLIENTS / "docker" / "daemon.json").read_text())
+    (mirror,) = daemon["registry-mirrors"]
+    assert re.fullmatch(r"https?://[^/]+/?", mirror), "Docker mirrors must be a bare host:port"
+    if mirror.startswith("http://"):
+        assert _mirror_hostport() in daemon["insecure-registries"]
+
+
+def test_containerd_has_a_hosts_toml_for_each_upstream():
+    assert {p.parent.name for p in CONTAINERD_CERTS_D.glob("*/hosts.toml")} == UPSTREAMS
+
+
+@pytest.mark.parametrize("registry", sorted(UPSTREAMS))
+def test_containerd_hosts_toml_sends_pulls_to_pullcache(registry):
+    config = tomllib.loads((CONTAINERD_CERTS_D / registry / "hosts.toml").read_text())
+    expected_server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+    assert config["server"] == expected_server
+    (url, host) = next(iter(config["host"].items()))
+    assert url.split("://", 1)[1].rstrip("/") == _mirror_hostport()  # no path: pullcache routes by ?ns=
+    assert set(host["capabilities"]) == {"pull", "resolve"}
+
+
+def test_podman_registries_conf_mirrors_each_registry_under_its_path_prefix():
+    config = tomllib.loads((CLIENTS / "podman" / "registries.conf").read_text())
+    registries = {r["prefix"]: r for r in config["registry"]}
+    assert set(registries) == UPSTREAMS
+    for prefix, registry in registries.items():
+        (mirror,) = registry["mirror"]
+        assert mirror["location"] == f"{_mirror_hostport()}/{prefix}"
+        assert mirror["insecure"] is True  # the example mirror speaks plain HTTP
+
+
+def test_readme_documents_every_piece():
+    readme = (DEPLOY / "README.md").read_text()
+    for piece in ("docker build -f deploy/Dockerfile", "docker-compose.yml", "kubectl apply -k deploy/k8s",
+                  "pullcache.service", "daemon.json", "hosts.toml", "registries.conf", "alerts.yml"):
+        assert piece in readme, piece
