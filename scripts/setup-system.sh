@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages pullcache's tests and benchmark drive (real registry, clients, tools).
+# Idempotent and quiet when everything is present; needs root (apt-get) when something is missing.
+set -euo pipefail
+
+packages=(
+  python3-venv        # the virtualenv
+  docker-registry     # CNCF Distribution 2.8: the real upstream, and the benchmark's comparison
+  docker.io           # dockerd + docker client: registry-mirrors pulls, docker login/push
+  containerd          # containerd + ctr: hosts.toml mirror pulls (?ns=)
+  skopeo              # multi-platform copies by path prefix and with credentials
+  wrk                 # manifest requests/s in the benchmark
+  apache2-utils       # htpasswd -B for the auth tests
+  prometheus          # promtool checks the shipped alert rules
+  chromium            # renders the status page in a real browser
+  curl iproute2 util-linux
+)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
