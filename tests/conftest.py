@@ -97,6 +97,7 @@ def pullcache_factory(
     .stop(), .kill(), .restart(), .cli(...)); `start=False` returns it unstarted.
     """
     started: list[PullcacheProcess] = []
+    session_upstream = upstream
 
     def factory(
         config: Mapping[str, Any] | None = None,
@@ -105,14 +106,13 @@ def pullcache_factory(
         env: Mapping[str, str] | None = None,
         start: bool = True,
     ) -> PullcacheProcess:
-        target = upstream or default_upstream
+        target = upstream or session_upstream
         merged = deep_merge({"upstreams": [docker_hub_upstream(target.url)]}, config or {})
         proc = PullcacheProcess(tmp_path / f"pullcache{len(started)}", merged, env=env)
         started.append(proc)
         _attach_log(request, f"pullcache {proc.host}", lambda: proc.process.log_tail(LOG_TAIL_LINES))
         return proc.start() if start else proc
 
-    default_upstream = upstream
     yield factory
     for proc in started:
         proc.stop()

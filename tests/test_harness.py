@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 from cryptography import x509
@@ -96,6 +97,28 @@ def test_token_server_oauth_post_form(token_server: TokenServer) -> None:
         token = json.load(response)["access_token"]
     access = jwt.decode(token, options={"verify_signature": False})["access"]
     assert access == [{"type": "repository", "name": "private/secret", "actions": ["pull"]}]
+
+
+async def test_token_server_serves_async_tests(tmp_path: Path) -> None:
+    """Started inside a running event loop, queried with aiohttp from that loop."""
+    with TokenServer(tmp_path) as server:
+        async with aiohttp.ClientSession() as session:
+            params = {"service": server.service, "scope": "repository:library/alpine:pull"}
+            async with session.get(server.realm, params=params) as response:
+                assert response.status == 200
+                assert (await response.json())["token"]
+        assert server.count(user="") == 1
+
+
+def test_images_are_deterministic() -> None:
+    first = images.build_image("library/x", "1", oci=True)
+    again = images.build_image("library/x", "1", oci=True)
+    other = images.build_image("library/x", "2", oci=True)
+    assert first.digest == again.digest and first.index.data == again.index.data
+    shared = {b.digest for b in first.blobs()} & {b.digest for b in other.blobs()}
+    assert shared == {p.layers[0].digest for p in first.platforms.values()}  # the OS layers
+    layer = images.BigLayer(3 * 1024 * 1024 + 1, seed="d")
+    assert sha256_digest(b"".join(layer)) == sha256_digest(b"".join(images.BigLayer(3 * 1024 * 1024 + 1, seed="d")))
 
 
 def test_seeded_content_matches_seed_info_by_skopeo(upstream: Upstream, skopeo: Skopeo,

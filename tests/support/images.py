@@ -237,9 +237,10 @@ def build_image(
 ) -> Image:
     """An image with, per platform, a small OS layer plus one seeded layer per size.
 
-    Content is seeded by repo, tag and platform, so distinct images share no layers and
-    rebuilding gives identical digests. `multi=False` gives a single-platform image
-    (first platform) whose tag points straight at the manifest.
+    The OS layer depends on repo and platform only, so tags of one repository share it
+    (as real tags share base layers); data layers are seeded by repo, tag, platform and
+    position, so they are unique. Rebuilding gives identical digests. `multi=False`
+    gives a single-platform image (first platform) whose tag names the manifest itself.
     """
     chosen = platforms if multi else platforms[:1]
     per_platform = {}
