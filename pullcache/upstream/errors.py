@@ -11,7 +11,7 @@ import re
 _WHITESPACE = re.compile(r"\s+")
 
 
-def one_line(text: str, limit: int = 200) -> str:
+def one_line(text: str, limit: int = 600) -> str:
     """Collapse text from remote bodies or exceptions so it cannot break a log line."""
     text = _WHITESPACE.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ never as a bare aiohttp exception.
 """
 from __future__ import annotations
 
+import base64
 import time
 from contextlib import contextmanager
 from typing import Iterator, Mapping
@@ -17,7 +18,7 @@ from yarl import URL
 
 from .. import __version__, metrics
 from ..config import UpstreamConfig
-from .errors import UpstreamTimeout, UpstreamUnavailable, one_line
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable, one_line
 
 USER_AGENT = f"pullcache/{__version__}"
 
@@ -25,6 +26,11 @@ USER_AGENT = f"pullcache/{__version__}"
 def for_log(url: URL) -> str:
     """The URL without its query: CDN redirects carry signatures there, and lines stay short."""
     return str(url.with_query(None).with_fragment(None))
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An Authorization value for Basic credentials (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def parse_ratelimit(value: str) -> int | None:
@@ -58,16 +64,15 @@ class Transport:
             session, self._session = self._session, None
             await session.close()
 
-    async def send(self, method: str, url: URL, *, headers: Mapping[str, str] | None = None,
-                   auth: aiohttp.BasicAuth | None = None) -> aiohttp.ClientResponse:
+    async def send(self, method: str, url: URL, *, headers: Mapping[str, str] | None = None
+                   ) -> aiohttp.ClientResponse:
         """One request, redirects not followed (callers decide where credentials may go)."""
         if self._session is None:
             raise RuntimeError(f"upstream {self.name}: client used before start() or after close()")
         started = time.monotonic()
         try:
             with self.failures(f"{method} {for_log(url)}"):
-                response = await self._session.request(method, url, headers=headers, auth=auth,
-                                                       allow_redirects=False)
+                response = await self._session.request(method, url, headers=headers, allow_redirects=False)
         except UpstreamUnavailable:
             metrics.upstream_requests.labels(self.name, method, "error").inc()
             raise
@@ -75,6 +80,21 @@ class Transport:
         metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
         self._record_ratelimit(response.headers)
         return response
+
+    async def read_body(self, response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+        """The whole body of a small response (manifest, token, error), refusing more than limit bytes."""
+        if response.content_length is not None and response.content_length > limit:
+            raise UpstreamError(self.name, f"{what}: body of {response.content_length} bytes exceeds {limit}",
+                                response.status)
+        parts: list[bytes] = []
+        size = 0
+        with self.failures(what):
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamError(self.name, f"{what}: body exceeds {limit} bytes", response.status)
+                parts.append(chunk)
+        return b"".join(parts)
 
     @contextmanager
     def failures(self, what: str) -> Iterator[None]:
@@ -108,4 +128,4 @@ class Transport:
 
 
 def _cause(exc: BaseException) -> str:
-    return one_line(str(exc)) or type(exc).__name__
+    return one_line(str(exc), 200) or type(exc).__name__
