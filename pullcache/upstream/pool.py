@@ -1,25 +1,46 @@
-"""PLACEHOLDER (owner: upstream client): one client per configured upstream."""
-from typing import Any
+"""All configured upstreams, one client each, found the ways requests name them.
 
-from pullcache.config import UpstreamConfig
+Routing names an upstream by path prefix (its name), by containerd's `?ns=` (name or alias) or not at
+all (the default). Only configured upstreams exist here, so pullcache never contacts a host the
+operator did not list.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable, Iterator
+
+from ..config import UpstreamConfig
+from .client import UpstreamClient
 
 
 class Upstreams:
-    def __init__(self, configs: "tuple[UpstreamConfig, ...]") -> None:
-        self.configs = configs
+    """One UpstreamClient per configured upstream; start() and close() them together."""
 
-    def by_name(self, name: str) -> Any:
-        return None
+    def __init__(self, configs: Iterable[UpstreamConfig]) -> None:
+        self._by_name = {config.name: UpstreamClient(config) for config in configs}
+        # Registry host names are case-insensitive, and containerd passes ns through as the user typed it.
+        self._by_ns = {alias.lower(): client for client in self._by_name.values()
+                       for alias in (client.name, *client.config.aliases)}
+        self.default: UpstreamClient | None = next(
+            (client for client in self._by_name.values() if client.config.default), None)
 
-    def by_ns(self, ns: str) -> Any:
-        return None
+    def by_name(self, name: str) -> UpstreamClient | None:
+        """The upstream whose name is exactly `name` (the path-prefix route)."""
+        return self._by_name.get(name)
 
-    @property
-    def default(self) -> Any:
-        return None
+    def by_ns(self, ns: str) -> UpstreamClient | None:
+        """The upstream whose name or alias is `ns` (containerd's ?ns=), ignoring case."""
+        return self._by_ns.get(ns.lower())
+
+    def __iter__(self) -> Iterator[UpstreamClient]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
 
     async def start(self) -> None:
-        pass
+        for client in self:
+            await client.start()
 
     async def close(self) -> None:
-        pass
+        await asyncio.gather(*(client.close() for client in self))
