@@ -11,6 +11,7 @@ import base64
 import gzip
 import io
 import json
+import socket
 import subprocess
 import tarfile
 import urllib.error
@@ -23,7 +24,7 @@ import pytest
 from cryptography import x509
 
 from tests.support import images
-from tests.support.distribution import start_proxy
+from tests.support.distribution import Distribution, start_proxy
 from tests.support.htpasswd import write_htpasswd
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient, sha256_digest
@@ -208,6 +209,29 @@ def test_containerd_pulls_through_hosts_toml_mirror(upstream: Upstream, containe
     daemon.pull_via_mirror(upstream.url, "docker.io/private/secret:v1", user=f"{PULL_USER}:{PULL_PASSWORD}")
     daemon.pull_via_mirror(upstream.url, "docker.io/library/ocitest:v1", platform=None)
     assert upstream.seed.ocitest.digest in daemon.ctr("images", "ls").stdout
+
+
+def test_upstream_outage_and_recovery(upstream_factory, skopeo: Skopeo) -> None:
+    private = upstream_factory()
+    ref = f"docker://{private.host}/{private.seed.alpine.ref}"
+    private.distribution.halt()
+    assert skopeo.run("inspect", "--tls-verify=false", "--raw", ref, check=False).returncode != 0
+    private.distribution.start()
+    assert skopeo.inspect_raw(ref) == private.seed.alpine.top.data
+
+
+def test_start_moves_off_a_port_taken_meanwhile() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        registry = Distribution()
+        registry.port = squatter.getsockname()[1]
+        try:
+            registry.start()
+            assert registry.port != squatter.getsockname()[1]
+            assert "address already in use" in registry.process.log_text()
+        finally:
+            registry.stop()
 
 
 def test_htpasswd_file_is_what_apache_htpasswd_verifies(tmp_path: Path) -> None:

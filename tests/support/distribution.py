@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .procs import ManagedProcess, clean_env, free_port, http_status
+from .procs import ManagedProcess, clean_env, free_port, http_status, retry_on_taken_port
 from .tokenserver import TokenServer
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -108,20 +108,32 @@ class Distribution:
     def start(self, timeout: float = 20.0) -> Distribution:
         """Write the config, spawn, and wait until `/v2/` answers (401 with token auth)."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        retry_on_taken_port(lambda: self._start_once(timeout), self._new_port)
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.process.start()
         self.process.wait_until(
             lambda: http_status(f"{self.url}/v2/") in (200, 401),
             timeout=timeout, what="answering /v2/",
         )
-        return self
+
+    def _new_port(self) -> None:
+        self.port = free_port()
 
     def requests(self) -> list[AccessRecord]:
         """Every request served so far, oldest first: what clients (or pullcache) asked."""
         found = (_ACCESS_LINE.match(line) for line in self.process.log_text().splitlines())
         return [AccessRecord(m[1], m[2], int(m[3])) for m in found if m]
 
+    def halt(self) -> None:
+        """Stop the process but keep storage and port: an upstream outage that `start()`
+        ends with the same content on the same URL."""
+        self.process.stop()
+
     def stop(self) -> None:
+        """Stop and remove the temp dir (when it was made here). Safe to call twice."""
         self.process.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 POLL_INTERVAL = 0.05
+BIND_ATTEMPTS = 3  # fresh ports to try when the chosen one was taken before the child bound it
 
 
 def free_port() -> int:
@@ -44,6 +45,11 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
 
 class StartError(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
+
+    @property
+    def port_taken(self) -> bool:
+        """The child could not bind: another process took the port `free_port` chose."""
+        return "address already in use" in str(self).lower()
 
 
 class ManagedProcess:
@@ -131,7 +137,9 @@ class ManagedProcess:
         """Poll `ready` until true; fail fast with the log if the child exits first."""
         deadline = time.monotonic() + timeout
         while True:
-            if ready():
+            # Alive is checked after ready too: an answer from a stranger that took our
+            # port while our child died binding it must not count.
+            if ready() and self.alive:
                 return
             if not self.alive:
                 raise StartError(
@@ -144,6 +152,18 @@ class ManagedProcess:
                     f"{self.log_tail()}"
                 )
             time.sleep(POLL_INTERVAL)
+
+
+def retry_on_taken_port(start_once: Callable[[], None], pick_new_port: Callable[[], None]) -> None:
+    """Run `start_once`; if the child could not bind, pick another port and try again."""
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            start_once()
+            return
+        except StartError as err:
+            if not err.port_taken or attempt == BIND_ATTEMPTS - 1:
+                raise
+            pick_new_port()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

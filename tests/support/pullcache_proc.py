@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .procs import ManagedProcess, free_port, http_status
+from .procs import ManagedProcess, free_port, http_status, retry_on_taken_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,6 +68,7 @@ class PullcacheProcess:
             "log": {"level": "debug", "format": "text"},
         }
         self.config = deep_merge(base, config or {})
+        self._started_once = False
         self.process = ManagedProcess(
             [sys.executable, "-m", "pullcache", "serve", "-c", str(self.config_path)],
             log_path=self.log_path,
@@ -99,11 +100,26 @@ class PullcacheProcess:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start(self, timeout: float = 20.0) -> PullcacheProcess:
-        """Write proxy.yml, spawn, and wait until it answers HTTP (`/healthz` or `/v2/`)."""
+        """Write proxy.yml, spawn, and wait until it answers HTTP (`/healthz` or `/v2/`).
+
+        The first start moves to another port if the chosen one was taken meanwhile;
+        later starts keep the port, as a restarted server would.
+        """
+        if self._started_once:
+            self._start_once(timeout)
+        else:
+            retry_on_taken_port(lambda: self._start_once(timeout), self._new_port)
+            self._started_once = True
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         self.write_config()
         self.process.start()
         self.process.wait_until(self._answers, timeout=timeout, what="answering HTTP")
-        return self
+
+    def _new_port(self) -> None:
+        self.port = free_port()
+        self.config["listen"] = f"127.0.0.1:{self.port}"
 
     def _answers(self) -> bool:
         return http_status(f"{self.url}/healthz") == 200 or http_status(f"{self.url}/v2/") is not None
