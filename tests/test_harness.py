@@ -20,8 +20,9 @@ from pathlib import Path
 
 import aiohttp
 import jwt
-import pytest
+import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support import images
 from tests.support.distribution import Distribution, start_proxy
@@ -48,6 +49,10 @@ def _token(server: TokenServer, scope: str, auth: str | None = None) -> tuple[in
     return status, json.loads(body)
 
 
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -61,8 +66,9 @@ def test_tokens_are_valid_jwts_that_distribution_accepts(upstream: Upstream) -> 
 
     header = jwt.get_unverified_header(body["token"])
     assert header["alg"] == "RS256" and len(header["x5c"]) == 1
-    cert = x509.load_pem_x509_certificate(server.cert_path.read_bytes())
-    claims = jwt.decode(body["token"], cert.public_key(), algorithms=["RS256"],
+    public_key = x509.load_pem_x509_certificate(server.cert_path.read_bytes()).public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    claims = jwt.decode(body["token"], public_key, algorithms=["RS256"],
                         audience=server.service, issuer=server.issuer)
     assert claims["sub"] == "" and claims["jti"]
     assert claims["nbf"] <= claims["iat"] < claims["exp"]
@@ -72,15 +78,15 @@ def test_tokens_are_valid_jwts_that_distribution_accepts(upstream: Upstream) -> 
     accept = {"Accept": images.DOCKER_LIST}
     assert _get(manifest_url, accept)[0] == 401
     status, data = _get(manifest_url, {**accept, "Authorization": f"Bearer {body['token']}"})
-    assert status == 200 and data == upstream.seed.alpine.index.data
+    assert status == 200 and data == upstream.seed.alpine.top.data
 
     # Private: anonymous gets an empty grant (not an error) that Distribution refuses.
     secret_url = f"{upstream.url}/v2/private/secret/manifests/v1"
     _, anon = _token(server, "repository:private/secret:pull")
-    assert jwt.decode(anon["token"], options={"verify_signature": False})["access"][0]["actions"] == []
+    assert _claims(anon["token"])["access"][0]["actions"] == []
     assert _get(secret_url, {**accept, "Authorization": f"Bearer {anon['token']}"})[0] == 401
     _, granted = _token(server, "repository:private/secret:pull,push", _basic(PULL_USER, PULL_PASSWORD))
-    assert jwt.decode(granted["token"], options={"verify_signature": False})["access"][0]["actions"] == ["pull"]
+    assert _claims(granted["token"])["access"][0]["actions"] == ["pull"]
     assert _get(secret_url, {**accept, "Authorization": f"Bearer {granted['token']}"})[0] == 200
 
     assert _token(server, "repository:private/secret:pull", _basic(PULL_USER, "wrong"))[0] == 401
@@ -96,7 +102,7 @@ def test_token_server_oauth_post_form(token_server: TokenServer) -> None:
     request = urllib.request.Request(token_server.realm, data=form, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         token = json.load(response)["access_token"]
-    access = jwt.decode(token, options={"verify_signature": False})["access"]
+    access = _claims(token)["access"]
     assert access == [{"type": "repository", "name": "private/secret", "actions": ["pull"]}]
 
 
@@ -115,11 +121,12 @@ def test_images_are_deterministic() -> None:
     first = images.build_image("library/x", "1", oci=True)
     again = images.build_image("library/x", "1", oci=True)
     other = images.build_image("library/x", "2", oci=True)
-    assert first.digest == again.digest and first.index.data == again.index.data
+    assert first.digest == again.digest and first.top.data == again.top.data
     shared = {b.digest for b in first.blobs()} & {b.digest for b in other.blobs()}
     assert shared == {p.layers[0].digest for p in first.platforms.values()}  # the OS layers
-    layer = images.BigLayer(3 * 1024 * 1024 + 1, seed="d")
-    assert sha256_digest(b"".join(layer)) == sha256_digest(b"".join(images.BigLayer(3 * 1024 * 1024 + 1, seed="d")))
+    size = 3 * 1024 * 1024 + 1
+    big = b"".join(images.BigLayer(size, seed="d"))
+    assert big == b"".join(images.BigLayer(size, seed="d"))
 
 
 def test_seeded_content_matches_seed_info_by_skopeo(upstream: Upstream, skopeo: Skopeo,
@@ -199,8 +206,9 @@ def test_distribution_proxy_mode_and_docker_registry_mirror(upstream: Upstream, 
 def test_containerd_pulls_through_hosts_toml_mirror(upstream: Upstream, containerd_factory) -> None:
     daemon = containerd_factory()
     daemon.pull_via_mirror(upstream.url, "docker.io/library/alpine:latest")
-    listing = daemon.ctr("images", "ls").stdout
-    assert f"docker.io/library/alpine:latest {images.DOCKER_LIST} {upstream.seed.alpine.digest}" in " ".join(listing.split())
+    listing = " ".join(daemon.ctr("images", "ls").stdout.split())
+    alpine = upstream.seed.alpine
+    assert f"docker.io/library/alpine:latest {images.DOCKER_LIST} {alpine.digest}" in listing
     # containerd tells the mirror which registry it mirrors.
     served = {(r.method, r.uri) for r in upstream.distribution.requests()}
     assert ("HEAD", "/v2/library/alpine/manifests/latest?ns=docker.io") in served
@@ -241,15 +249,14 @@ def test_htpasswd_file_is_what_apache_htpasswd_verifies(tmp_path: Path) -> None:
     assert ok.returncode == 0 and bad.returncode != 0
 
 
-def test_pullcache_process_config_and_lifecycle(pullcache_factory, upstream: Upstream) -> None:
+def test_pullcache_factory_writes_config_over_the_default(pullcache_factory, upstream: Upstream) -> None:
+    """Only the config: starting pullcache is the business of pullcache's own tests."""
     proc: PullcacheProcess = pullcache_factory({"storage": {"max_size": "1GiB"}}, start=False)
-    assert proc.config["upstreams"][0]["url"] == upstream.url
-    assert proc.config["storage"] == {"path": str(proc.data_dir), "max_size": "1GiB"}
-    proc.start()
-    assert _get(f"{proc.url}/v2/")[0] in (200, 401)
-    proc.kill()
-    assert not proc.alive
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"{proc.url}/v2/", timeout=2)
-    proc.restart()
-    assert _get(f"{proc.url}/v2/")[0] in (200, 401)
+    proc.write_config()
+    written = yaml.safe_load(proc.config_path.read_text())
+    assert written["listen"] == f"127.0.0.1:{proc.port}"
+    assert written["storage"] == {"path": str(proc.data_dir), "max_size": "1GiB"}
+    assert written["upstreams"] == [{
+        "name": "docker.io", "url": upstream.url, "default": True, "manifest_ttl": "5m",
+        "token_hosts": ["127.0.0.1"],
+    }]

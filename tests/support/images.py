@@ -159,10 +159,8 @@ def make_layer(seed: str, size: int, *, oci: bool = False) -> Blob:
 
 def _os_layer(repo: str, platform: str, *, oci: bool) -> Blob:
     """A small 'root filesystem' layer so the image looks like a distro to a client."""
-    files = {
-        "etc/os-release": f'NAME="pullcache test"\nID=pullcachetest\nIMAGE="{repo}"\nPLATFORM="{platform}"\n'.encode(),
-        "etc/hostname": b"pullcache-test\n",
-    }
+    os_release = f'NAME="pullcache test"\nID=pullcachetest\nIMAGE="{repo}"\nPLATFORM="{platform}"\n'
+    files = {"etc/os-release": os_release.encode(), "etc/hostname": b"pullcache-test\n"}
     data, diff_id = layer_tar_gz(files)
     return Blob(OCI_LAYER if oci else DOCKER_LAYER, sha256_digest(data), len(data), data, diff_id)
 

@@ -94,7 +94,7 @@ class RegistryClient:
             all_headers["Authorization"] = self._auth[repo]
         if body is None and method in ("PUT", "POST", "PATCH"):
             body = b""
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
         try:
             conn.request(method, target, body=body, headers=all_headers)
             raw = conn.getresponse()

@@ -36,7 +36,9 @@ class Skopeo:
         self.registries_d.mkdir()
         self.tmpdir.mkdir()
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300.0) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 300.0
+    ) -> subprocess.CompletedProcess[bytes]:
         """`skopeo --policy ... ARGS...` with the private config; stdout is raw bytes."""
         env = clean_env(
             REGISTRY_AUTH_FILE=str(self.authfile),

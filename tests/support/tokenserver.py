@@ -106,7 +106,7 @@ class _Signer:
     def generate(cls, issuer: str) -> _Signer:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -246,7 +246,7 @@ class TokenServer:
 
     def issue(self, user: str, access: Iterable[Mapping[str, object]], *, ttl: int | None = None) -> str:
         """A signed token for `user` with exactly `access` (tests craft odd tokens with it)."""
-        now = int(dt.datetime.now(dt.timezone.utc).timestamp())
+        now = int(dt.datetime.now(dt.UTC).timestamp())
         claims = {
             "iss": self.issuer,
             "sub": user,
@@ -303,14 +303,14 @@ class TokenServer:
             scopes = tuple(Scope.parse(s) for raw in raw_scopes for s in raw.split())
         except ValueError as err:
             return web.json_response({"details": str(err)}, status=400)
-        access = []
+        access: list[dict[str, object]] = []
         for scope in scopes:
             actions = self.policy.allowed(user, scope)
             access.append({"type": scope.type, "name": scope.name, "actions": actions})
         with self._lock:
             self._requests.append(TokenRequest(method, user, service, scopes, tuple(access)))
         token = self.issue(user, access)
-        issued_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        issued_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response(
             {"token": token, "access_token": token, "expires_in": self.expires_in,
              "issued_at": issued_at}
