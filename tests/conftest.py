@@ -43,7 +43,8 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServ
     """The Docker-Hub-style token server every upstream trusts.
 
     Shared by the session: a test that asserts token counts calls `token_server.reset()`
-    first (or compares `count()` before and after).
+    first (or compares `count()` before and after); one that stops it (a token outage)
+    must `start()` it again, which comes back on the same port.
     """
     server = TokenServer(tmp_path_factory.mktemp("tokens")).start()
     yield server

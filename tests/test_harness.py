@@ -115,6 +115,12 @@ async def test_token_server_serves_async_tests(tmp_path: Path) -> None:
                 assert response.status == 200
                 assert (await response.json())["token"]
         assert server.count(user="") == 1
+        port = server.port
+        server.stop()
+        server.start()
+        assert server.port == port
+        async with aiohttp.ClientSession() as session, session.get(server.realm) as response:
+            assert response.status == 200
 
 
 def test_images_are_deterministic() -> None:

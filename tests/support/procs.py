@@ -6,6 +6,7 @@ always shows the child's own output and nothing outlives the test that started i
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -39,7 +40,7 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
             return response.status
     except urllib.error.HTTPError as err:
         return err.code
-    except (OSError, urllib.error.URLError):
+    except (OSError, http.client.HTTPException):  # URLError is an OSError
         return None
 
 

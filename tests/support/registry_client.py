@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import json
 import re
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,9 +29,6 @@ class Response:
     status: int
     headers: Mapping[str, str]  # keys lower-cased
     body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
 
 
 class RegistryError(RuntimeError):

@@ -95,7 +95,6 @@ class _Policy:
 class _Signer:
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
-    issuer: str
     x5c: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,7 +125,7 @@ class _Signer:
             )
             .sign(key, hashes.SHA256())
         )
-        return cls(key, cert, issuer)
+        return cls(key, cert)
 
     def sign(self, claims: Mapping[str, object]) -> str:
         return jwt.encode(dict(claims), self.key, algorithm="RS256", headers={"x5c": self.x5c})
@@ -171,12 +170,13 @@ class TokenServer:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> TokenServer:
-        """Bind a free loopback port and serve until `stop()`."""
+        """Serve on a free loopback port until `stop()`; after a `stop()`, on the same port
+        again (a token outage and its end: the realm URL must not change)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cert_path.write_bytes(self._signer.cert.public_bytes(serialization.Encoding.PEM))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         # The loop is built inside the thread: a caller that is itself inside a running
         # event loop (an async test) could not drive a second loop here.
