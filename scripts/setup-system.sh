@@ -22,6 +22,13 @@ done
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Keep the packages' own services (a docker-registry on :5000, dockerd, prometheus) from starting:
+  # the tests start every daemon themselves, on their own ports and paths.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  [ "$had_policy" = 1 ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; }
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+  [ "$had_policy" = 1 ] || rm -f "$policy"
+  exit "${status:-0}"
 fi
