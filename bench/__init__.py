@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of pullcache against CNCF Distribution's proxy mode (`make bench`)."""

@@ -1,0 +1,221 @@
+"""Drives one benchmark run: start the stack, run the scenarios interleaved, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.images import BigLayer
+
+from . import loadgen, report, scenarios
+from .results import Results
+from .stack import Cache, Sizes, Stack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+CEILING_TRIES = 3  # the machine is shared: the best of a few runs is the ceiling
+SCENARIOS = ("ceiling", "skopeo", "cached", "manifests", "herd", "memory", "scale")
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int
+    quick: bool
+    only: frozenset[str]
+    out: Path
+    profile: bool
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, str]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal:")))
+    registry = subprocess.run(["/usr/bin/docker-registry", "--version"], capture_output=True, text=True)
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{mem_kib / 1024 / 1024:.0f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "distribution": registry.stdout.split()[-1] if registry.returncode == 0 else "?",
+    }
+
+
+class Runner:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.sizes = Sizes.quick() if options.quick else Sizes()
+        self.settings = scenarios.Settings(wrk_seconds=3 if options.quick else 10)
+        self.results = Results()
+        self.results.extra.update(rounds=options.rounds, quick=options.quick, machine=machine(),
+                                  notes=[])
+        if options.quick:
+            self.results.extra["notes"].append(
+                f"--quick: layers shrunk to {self.sizes}, wrk {self.settings.wrk_seconds:g} s; "
+                "a smoke run whose figures are not comparable to the targets.")
+
+    def wanted(self, scenario: str) -> bool:
+        return not self.options.only or scenario in self.options.only
+
+    def run(self) -> Results:
+        rounds = self.options.rounds
+        log(f"starting upstream, seeding ({self.sizes}), throttles and both caches")
+        stack = Stack(self.sizes, rounds)
+        stack.start()
+        try:
+            seeded = stack.seeded
+            assert seeded is not None
+            self._check_pulls(stack)
+            if self.wanted("ceiling"):
+                self._ceiling(stack.workdir)
+            for r in range(rounds):
+                log(f"round {r + 1}/{rounds}")
+                if self.wanted("skopeo"):
+                    self._each(stack, "skopeo", lambda c: scenarios.skopeo_pull(c, seeded, self.settings))
+                if self.wanted("cached"):
+                    self._each(stack, "cached", lambda c: scenarios.cached_layer(c, seeded, self.settings))
+                if self.wanted("manifests"):
+                    self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
+                if self.wanted("herd"):
+                    layer = seeded.herd[r]
+                    self._each(stack, "herd", lambda c: scenarios.cold_herd(c, layer, self.settings))
+            if self.wanted("memory"):
+                self._each(stack, "memory", lambda c: scenarios.memory(c, seeded.huge, self.settings))
+        finally:
+            log("stopping everything")
+            stack.stop()
+        if self.wanted("scale"):
+            self._scale()
+        return self.results
+
+    def _check_pulls(self, stack: Stack) -> None:
+        for cache in stack.caches:
+            url = f"{cache.url}/v2/{stack.seeded.multi.repo}/manifests/v1"
+            result = loadgen.herd(url, 1, headers=[scenarios.ACCEPT])
+            if result.failure():
+                note = f"{cache.name} could not serve a pull at start ({url}: {result.failure()})"
+                self.results.extra["notes"].append(note)
+                log("WARNING: " + note)
+
+    def _each(self, stack: Stack, scenario: str, body: Callable[[Cache], dict[str, float]]) -> None:
+        """Run `body` on pullcache, then on Distribution; record figures or the failure."""
+        for cache in stack.caches:
+            profiler = self._profiler(cache, scenario)
+            try:
+                figures = body(cache)
+            except (scenarios.ScenarioError, AssertionError, subprocess.SubprocessError, OSError) as err:
+                reason = str(err).splitlines()[0][:200]
+                log(f"  {scenario} on {cache.name} FAILED: {reason}\n{cache.log_tail(5)}")
+                for key in _keys_of(scenario):
+                    self.results.fail(key, cache.name, reason)
+                continue
+            finally:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(timeout=60)
+            for key, value in figures.items():
+                self.results.add(key, cache.name, value)
+            log(f"  {scenario} on {cache.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
+
+    def _profiler(self, cache: Cache, scenario: str) -> subprocess.Popen[bytes] | None:
+        """py-spy on pullcache for the scenarios that keep its process (first round only)."""
+        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "memory"):
+            return None
+        out = self.options.out / f"profile-{scenario}.svg"
+        if out.exists():
+            return None
+        self.options.out.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(cache.pid),
+                                 "-o", str(out), "--rate", "200", "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _ceiling(self, workdir: Path) -> None:
+        """curl against a sendfile server of a file the size of the cached layer."""
+        path = workdir / "ceiling.bin"
+        with open(path, "wb") as out:
+            for chunk in BigLayer(self.sizes.cached_layer, seed="ceiling"):
+                out.write(chunk)
+        tries = [loadgen.ceiling(path, (1, 8)) for _ in range(CEILING_TRIES)]
+        path.unlink()
+        best = {n: max((t[n] for t in tries), key=lambda h: h.throughput) for n in tries[0]}
+        self.results.extra["loadgen_ceiling"] = {
+            str(n): {"throughput": h.throughput, "client_cpu_per_s": h.client_cpu / h.wall,
+                     "tries": [t[n].throughput for t in tries]}
+            for n, h in best.items()
+        }
+        log("  load generator ceiling (best of %d): " % CEILING_TRIES
+            + ", ".join(f"{n} clients {h.throughput:.0f} MB/s" for n, h in best.items()))
+
+    def _scale(self) -> None:
+        """bench/scale.py (the eviction engineer's) prints one JSON object; include it as is."""
+        if not (REPO_ROOT / "bench" / "scale.py").exists():
+            self.results.extra["notes"].append("scale: bench/scale.py is not there yet; not measured.")
+            return
+        log("scale: python -m bench.scale")
+        argv = [sys.executable, "-m", "bench.scale"] + (["--quick"] if self.options.quick else [])
+        done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            self.results.extra["notes"].append(f"scale: bench/scale.py exited {done.returncode}: "
+                                               f"{done.stderr.strip().splitlines()[-1:]}")
+            return
+        self.results.extra["scale"] = json.loads(done.stdout)
+
+
+def _keys_of(scenario: str) -> tuple[str, ...]:
+    return {
+        "cached": ("cached_1", "cached_8"),
+        "manifests": ("manifest_tag", "manifest_digest"),
+        "herd": ("herd_fetches", "herd_ttfb_median", "herd_ttfb_worst", "herd_done"),
+        "skopeo": ("skopeo_cold", "skopeo_warm"),
+        "memory": ("rss_peak", "rss_herd_fetches", "rss_herd_done"),
+    }[scenario]
+
+
+def main(options: Options) -> int:
+    try:
+        import matplotlib  # noqa: F401  (fail before a 20-minute run, not after)
+    except ImportError:
+        log("matplotlib is missing: .venv/bin/pip install matplotlib (the bench extra)")
+        return 2
+    results = Runner(options).run()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    written = report.write(results, options.out, stamp)
+    print(report.table(results))
+    print()
+    print(report.notes(results))
+    log(f"wrote {written['latest'].with_suffix('.*')} and {written[stamp].with_suffix('.*')}")
+    return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> Options:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each scenario (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small layers and 3 s wrk runs: a smoke run, figures not comparable")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go (bench/results)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy flame graphs of pullcache per scenario (first round) into --out")
+    args = parser.parse_args(argv)
+    only = frozenset(s for s in args.only.split(",") if s)
+    if unknown := only - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return Options(args.rounds, args.quick, only, args.out, args.profile)
+

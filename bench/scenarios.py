@@ -1,0 +1,152 @@
+"""The scenarios, each written once and run against either cache.
+
+A scenario takes one `Cache` and returns {metric key: value}; `ScenarioError` says why a
+run produced no figure (a wrong status, a short body), and the table shows it instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tests.support.images import MANIFEST_TYPES
+from tests.support.skopeo import Skopeo
+
+from . import loadgen
+from .procstat import MiB, RssSampler, cpu_seconds
+from .stack import Cache, Layer, Seeded
+
+ACCEPT = "Accept: " + ", ".join(MANIFEST_TYPES)
+HERD = 16
+T = TypeVar("T")
+
+
+class ScenarioError(RuntimeError):
+    """The cache answered wrongly; the figure would be meaningless."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    wrk_seconds: float = 10.0
+    herd: int = HERD
+
+
+def _checked(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
+    failure = result.failure()
+    if failure is None and any(f.size != layer.size for f in result.fetches):
+        sizes = sorted({f.size for f in result.fetches})
+        failure = f"bodies of {sizes} bytes, expected {layer.size}"
+    if failure:
+        raise ScenarioError(f"{what}: {failure}")
+    return result
+
+
+def _busy(cache: Cache, body: Callable[[], T]) -> tuple[T, float]:
+    """Run `body`; also return the cores the cache process kept busy meanwhile."""
+    start, cpu_before = time.monotonic(), cpu_seconds(cache.pid)
+    result = body()
+    return result, (cpu_seconds(cache.pid) - cpu_before) / (time.monotonic() - start)
+
+
+def warm_blob(cache: Cache, layer: Layer, attempts: int = 10) -> None:
+    """GET `layer` until a GET no longer reaches the upstream: then it is served from cache.
+
+    Distribution finishes storing in a background goroutine after the first client is
+    served, so one GET is not enough to call it warm.
+    """
+    url = cache.url + layer.path
+    for _ in range(attempts):
+        before = cache.throttle.blob_gets(layer.digest)
+        _checked(loadgen.herd(url, 1), layer, f"warming {layer.repo}@{layer.digest[:19]}")
+        if cache.throttle.blob_gets(layer.digest) == before:
+            return
+        time.sleep(0.5)
+    raise ScenarioError(f"{layer.digest[:19]} still fetched upstream after {attempts} GETs")
+
+
+def warm_manifests(cache: Cache, seeded: Seeded) -> None:
+    for reference in ("v1", seeded.multi.digest):
+        result = loadgen.herd(f"{cache.url}/v2/{seeded.multi.repo}/manifests/{reference}", 1,
+                              headers=[ACCEPT])
+        if result.failure():
+            raise ScenarioError(f"manifest {reference}: {result.failure()}")
+
+
+def cached_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
+    """Throughput of a warm 200 MiB layer to 1 and to 8 concurrent curl clients."""
+    warm_blob(cache, seeded.cached)
+    url = cache.url + seeded.cached.path
+    one = _checked(loadgen.herd(url, 1), seeded.cached, "1 client")
+    eight, cores = _busy(cache, lambda: _checked(loadgen.herd(url, 8), seeded.cached, "8 clients"))
+    return {"cached_1": one.throughput, "cached_8": eight.throughput, "cpu_cached_8": cores,
+            "loadgen_cpu_cached_8": eight.client_cpu / eight.wall}
+
+
+def manifests(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
+    """Requests/s for a cached tag and for a digest (wrk, 16 connections)."""
+    warm_manifests(cache, seeded)
+    base = f"{cache.url}/v2/{seeded.multi.repo}/manifests/"
+    figures: dict[str, float] = {}
+    upstream_before = cache.throttle.manifest_requests()
+    tag, cores = _busy(cache, lambda: loadgen.wrk(base + "v1", seconds=settings.wrk_seconds, headers=[ACCEPT]))
+    upstream_after = cache.throttle.manifest_requests()
+    if tag.failure():
+        raise ScenarioError(f"tag: {tag.failure()}")
+    figures["manifest_tag"] = tag.requests_per_second
+    figures["manifest_tag_upstream"] = upstream_after - upstream_before
+    figures["cpu_manifest_tag"] = cores
+    digest = loadgen.wrk(base + seeded.multi.digest, seconds=settings.wrk_seconds, headers=[ACCEPT])
+    if digest.failure():
+        raise ScenarioError(f"digest: {digest.failure()}")
+    figures["manifest_digest"] = digest.requests_per_second
+    return figures
+
+
+def cold_herd(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float]:
+    """16 clients at once on one uncached layer over the rate-capped upstream path."""
+    before = cache.throttle.blob_gets(layer.digest)
+    result, cores = _busy(cache, lambda: _checked(loadgen.herd(cache.url + layer.path, settings.herd),
+                                                   layer, "cold herd"))
+    return {
+        "cpu_herd": cores,
+        "herd_fetches": cache.throttle.blob_gets(layer.digest) - before,
+        "herd_ttfb_median": result.ttfb_median,
+        "herd_ttfb_worst": result.ttfb_worst,
+        "herd_done": result.wall,
+    }
+
+
+def skopeo_pull(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
+    """`skopeo copy --all` of the multi-platform image from empty storage, then again."""
+    cache.reset()
+    ref = f"docker://{cache.host}/{seeded.multi.ref}"
+    figures = {}
+    with Skopeo() as skopeo:
+        for key in ("skopeo_cold", "skopeo_warm"):
+            dest = Path(tempfile.mkdtemp(prefix="pc-bench-skopeo-"))
+            try:
+                start = time.monotonic()
+                skopeo.copy(ref, f"dir:{dest}", all_platforms=True)
+                figures[key] = time.monotonic() - start
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+    return figures
+
+
+def memory(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float]:
+    """Peak RSS while 16 clients stream the uncached 1 GiB layer, from a fresh process."""
+    cache.reset()
+    before = cache.throttle.blob_gets(layer.digest)
+    with RssSampler(cache.pid) as rss:
+        result = _checked(loadgen.herd(cache.url + layer.path, settings.herd), layer, "1 GiB herd")
+    return {
+        "rss_peak": max(rss.peak, rss.hwm) / MiB,
+        "rss_herd_fetches": cache.throttle.blob_gets(layer.digest) - before,
+        "rss_herd_done": result.wall,
+    }
+
