@@ -7,15 +7,17 @@ smuggle a traversal into a name.
 from __future__ import annotations
 
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from pullcache.api.auth import Access
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+Authorize = Callable[[web.Request, Access], Awaitable[None]]
 
 # (pattern over the raw path after /v2/, endpoint); first match wins, so uploads precede blobs.
 _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
@@ -26,6 +28,12 @@ _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?P<name>.+)/referrers/(?P<arg>[^/]+)$"), "referrers"),
 ]
 
+
+def access_of(method: str, endpoint: str | None) -> Access:
+    """Reads are pulls; anything else, and anything about an upload session (even its status), is a push."""
+    if method in ("GET", "HEAD") and endpoint != "upload":
+        return Access.PULL
+    return Access.PUSH
 
 
 def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
@@ -43,16 +51,21 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
 
 def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
           base: Callable[[web.Request], Awaitable[web.StreamResponse]],
-          catalog: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
-    """Register /v2/, /v2/_catalog and the catch-all that dispatches to handlers[(endpoint, method)]."""
+          catalog: Callable[[web.Request], Awaitable[web.StreamResponse]], authorize: Authorize) -> None:
+    """Register /v2/, /v2/_catalog and the catch-all that dispatches to handlers[(endpoint, method)].
+
+    Every request is authorized before a handler sees it (only a malformed name is answered first).
+    """
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw_tail = request.raw_path.split("?", 1)[0][len("/v2/"):]
         found = match_endpoint(raw_tail)
         if found is None:
+            await authorize(request, access_of(request.method, None))
             raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
         endpoint, name, argument = found
         request["route"] = endpoint
+        await authorize(request, access_of(request.method, endpoint))
         method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
         handler = handlers.get((endpoint, method))
         if handler is None:
@@ -62,10 +75,12 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
 
     async def base_route(request: web.Request) -> web.StreamResponse:
         request["route"] = "base"
+        await authorize(request, Access.LOGIN)
         return await base(request)
 
     async def catalog_route(request: web.Request) -> web.StreamResponse:
         request["route"] = "catalog"
+        await authorize(request, Access.PULL)
         return await catalog(request)
 
     app.router.add_route("GET", "/v2/", base_route)

@@ -1,12 +1,52 @@
-"""PLACEHOLDER (owner: registry API): the /v2/ handler table."""
+"""The /v2/ API: the handler table, the version check at /v2/ and the _catalog."""
+from __future__ import annotations
+
 from aiohttp import web
 
-from pullcache.api import routes
+from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
+from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.api.auth import Authenticator
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+
+HANDLERS: dict[tuple[str, str], routes.Handler] = {
+    ("manifest", "GET"): manifests.get_manifest,
+    ("manifest", "PUT"): manifests.put_manifest,
+    ("manifest", "DELETE"): manifests.delete_manifest,
+    ("blob", "GET"): blobs.get_blob,
+    ("blob", "DELETE"): blobs.delete_blob,
+    ("upload", "POST"): uploads.start_upload,
+    ("upload", "PATCH"): uploads.patch_upload,
+    ("upload", "PUT"): uploads.finish_upload,
+    ("upload", "GET"): uploads.upload_status,
+    ("upload", "DELETE"): uploads.cancel_upload,
+    ("tags", "GET"): tags.list_tags,
+    ("referrers", "GET"): referrers.list_referrers,
+}
 
 
-async def _base(request: web.Request) -> web.StreamResponse:
-    return web.json_response({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
+async def base(request: web.Request) -> web.StreamResponse:
+    """GET /v2/: this registry speaks the distribution API (and, past auth, the credentials are good)."""
+    return web.json_response({})
+
+
+async def catalog(request: web.Request) -> web.StreamResponse:
+    """GET /v2/_catalog[?n=&last=]: local repositories and cached ones (as `<upstream>/<repository>`,
+    the path-prefix name they are pulled by)."""
+    store = request.app[STORE]
+    names = sorted(await store.repository_names() + await store.repository_names(cached=True))
+    page, headers = tags.paginate(request, names)
+    return web.json_response({"repositories": page}, headers=headers)
+
+
+async def _announce_api_version(request: web.Request, response: web.StreamResponse) -> None:
+    """Every /v2 answer, errors and 401s included, says which API it speaks (Docker's ping checks it)."""
+    if request.path.startswith("/v2"):
+        response.headers[API_VERSION[0]] = API_VERSION[1]
 
 
 def setup(app: web.Application) -> None:
-    routes.setup(app, {}, _base, _base)
+    """Register the API; a bad htpasswd file raises ConfigError here, before anything is served."""
+    authenticator = Authenticator(app[CONFIG].auth)
+    app.on_response_prepare.append(_announce_api_version)
+    routes.setup(app, HANDLERS, base, catalog, authenticator.authorize)

@@ -117,6 +117,9 @@ class Repository:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    def has_manifest(self, digest: Digest) -> bool:
+        return self._revision(digest).exists()
+
     async def manifest_media_type(self, digest: Digest) -> str | None:
         """The media type the manifest was stored with, or None if the repository lacks it."""
         return await asyncio.to_thread(self._media_type, digest)

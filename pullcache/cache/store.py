@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterable
 from pathlib import Path
-from typing import AsyncIterable
 
 from cachetools import LRUCache
 
@@ -17,7 +17,7 @@ from pullcache.cache.files import remove_quietly
 from pullcache.cache.index import CACHED, PUSHED, BlobIndex
 from pullcache.cache.layout import Layout
 from pullcache.cache.repos import Repository
-from pullcache.cache.uploads import UploadSession, Uploads
+from pullcache.cache.uploads import Uploads, UploadSession
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
 
@@ -149,6 +149,29 @@ class Store:
         accesses, self._accesses = self._accesses, {}
         await self.index.touch_many(accesses)
 
+    # ------------------------------------------------------------------ pushes
+    async def push_blob(self, repository: str, chunks: AsyncIterable[bytes], expected: Digest, *,
+                        size: int | None = None) -> Digest:
+        """A monolithic push: stream, verify, commit as pushed and link into the local repository."""
+        digest = await self.write_blob(chunks, expected, origin=PUSHED, size=size)
+        await self.repository(repository).link_blob(digest)
+        return digest
+
+    async def mount_blob(self, repository: str, digest: Digest) -> bool:
+        """Link a blob the store already holds into a local repository; False if it holds none.
+
+        A local repository must never lose a blob to eviction, so the blob becomes pushed content
+        even when it first arrived as a cached layer of an upstream image.
+        """
+        size = self.blob_size(digest)
+        if size is None:
+            return False
+        await self.index.add(str(digest), size, PUSHED)
+        if self.blob_size(digest) is None:
+            return False  # evicted between the stat and the index update; the client uploads it instead
+        await self.repository(repository).link_blob(digest)
+        return True
+
     # ------------------------------------------------------------------ uploads
     async def complete_upload(self, session: UploadSession, expected: Digest) -> Digest:
         """Verify a finished upload session and commit its data as a pushed blob of its repository.
@@ -168,4 +191,4 @@ class Store:
         return expected
 
 
-__all__ = ["Store", "PUSHED", "CACHED"]
+__all__ = ["CACHED", "PUSHED", "Store"]

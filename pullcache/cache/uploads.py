@@ -11,9 +11,9 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterable
 
 from pullcache.cache.files import write_atomic
 from pullcache.cache.writer import BlobWriter
@@ -30,12 +30,16 @@ class UploadSession:
     path: Path
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     hasher: Hasher | None = None
+    ended: bool = False  # completed or cancelled: a request that waited on the lock must not touch it
 
     @property
     def data(self) -> Path:
         return self.path / "data"
 
     def size(self) -> int:
+        """Bytes received so far: the running hash knows it; after a restart or a rollback, the file does."""
+        if self.hasher is not None:
+            return self.hasher.size
         try:
             return self.data.stat().st_size
         except FileNotFoundError:
@@ -103,16 +107,25 @@ class Uploads:
         return await writer.open(append=True)
 
     async def append(self, session: UploadSession, chunks: AsyncIterable[bytes]) -> int:
-        """Append a chunk stream; returns the session's new size. Caller holds session.lock."""
+        """Append a chunk stream; returns the session's new size. Caller holds session.lock.
+
+        A stream that fails half-way (client gone, wrong length, full disk) is cut off again, so
+        the session is exactly as it was before this chunk and the client can resume from there.
+        """
         writer = await self.writer(session)
+        start = writer.hasher.size
         try:
             async for chunk in chunks:
                 await writer.write(chunk)
-        finally:
             await writer.close_file()
+        except BaseException:
+            session.hasher = None  # it has seen the dropped bytes; rebuilt from the file on next use
+            await asyncio.shield(writer.rollback(start))
+            raise
         return writer.hasher.size
 
     async def remove(self, session: UploadSession) -> None:
+        session.ended = True
         self._live.pop(session.id, None)
         await asyncio.to_thread(shutil.rmtree, session.path, True)
 

@@ -43,11 +43,11 @@ class BlobWriter:
         """Bytes accepted so far, including those not yet flushed to disk."""
         return self.hasher.size + self._pending_size
 
-    async def open(self, append: bool = False) -> "BlobWriter":
+    async def open(self, append: bool = False) -> BlobWriter:
         self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb")
         return self
 
-    async def __aenter__(self) -> "BlobWriter":
+    async def __aenter__(self) -> BlobWriter:
         if self._file is None:
             await self.open()
         return self
@@ -107,6 +107,18 @@ class BlobWriter:
                 raise StoreFullError(exc.errno, "no space left on device publishing a blob") from exc
             raise
         self.committed = True
+
+    async def rollback(self, size: int) -> None:
+        """Drop everything after the first `size` bytes (a chunk that failed half-way) and close.
+
+        The hasher has already seen the dropped bytes, so the caller must discard it.
+        """
+        self._pending.clear()
+        self._pending_size = 0
+        if self._file is not None:
+            file, self._file = self._file, None
+            await asyncio.to_thread(file.close)
+        await asyncio.to_thread(os.truncate, self.path, size)
 
     async def abort(self) -> None:
         if self._file is not None:

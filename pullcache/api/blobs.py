@@ -1,0 +1,158 @@
+"""Blob endpoints of local repositories, and the response every committed blob is sent with.
+
+`blob_file_response` and `parse_range` are shared with the pull-through path (api/proxied.py):
+a blob on disk goes out the same way whether it was pushed or cached, with sendfile, the
+`Docker-Content-Digest` header and single-range support (206, or 416 with `bytes */size`).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from pullcache.api.appkeys import STORE
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import check_digest
+from pullcache.api.targets import push_target, read_target
+from pullcache.digests import Digest
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as in HTTP
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def range_not_satisfiable(size: int) -> web.HTTPRequestRangeNotSatisfiable:
+    return web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"},
+                                              text=f"the blob has {size} bytes")
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range a `Range` header asks of `size` bytes, clamped to them; None for the whole.
+
+    Malformed and multi-range headers are ignored, as RFC 9110 allows, so the client gets a 200
+    with everything. A range starting at or past the end raises 416 (an aiohttp HTTPException
+    carrying `Content-Range: bytes */size`), which the caller lets propagate.
+    """
+    match = _RANGE.match(header or "")
+    if not match or not (match[1] or match[2]):
+        return None
+    first, last = match[1], match[2]
+    if not first:  # suffix range: the last N bytes
+        if int(last) == 0 or size == 0:
+            raise range_not_satisfiable(size)
+        return ByteRange(max(0, size - int(last)), size - 1)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise range_not_satisfiable(size)
+    return ByteRange(start, min(end, size - 1))
+
+
+def digest_headers(digest: Digest) -> dict[str, str]:
+    return {"Docker-Content-Digest": str(digest), "ETag": f'"{digest}"'}
+
+
+class BlobFileResponse(web.StreamResponse):
+    """A committed blob from disk: headers up front, body by sendfile (loop.sendfile falls back to
+    read/write in a thread for TLS), so a large layer costs the event loop nothing."""
+
+    def __init__(self, path: Path, digest: Digest, size: int, byte_range: ByteRange | None) -> None:
+        super().__init__(status=206 if byte_range else 200, headers={
+            **digest_headers(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        })
+        self._path = path
+        self._offset = byte_range.start if byte_range else 0
+        self.content_length = byte_range.length if byte_range else size
+        if byte_range:
+            self.headers["Content-Range"] = byte_range.content_range(size)
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared or request.method == "HEAD" or not self.content_length:
+            return await super().prepare(request)
+        try:
+            file = await asyncio.to_thread(open, self._path, "rb")
+        except FileNotFoundError:
+            # Deleted (eviction, GC) after the caller's stat: answer as if it had never been there.
+            return await self._vanished(request)
+        try:
+            writer = await super().prepare(request)
+            assert writer is not None and request.transport is not None
+            count = self.content_length
+            await asyncio.get_running_loop().sendfile(request.transport, file, self._offset, count)
+            # sendfile bypasses the payload writer: keep its byte counts (body_length) truthful.
+            writer.buffer_size += count
+            writer.output_size += count
+            await super().write_eof()
+            return writer
+        finally:
+            await asyncio.to_thread(file.close)
+
+    async def _vanished(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        error = RegistryError("BLOB_UNKNOWN", "blob unknown to registry").response()
+        self.set_status(error.status)
+        for header in ("Docker-Content-Digest", "ETag", "Accept-Ranges", "Content-Range"):
+            self.headers.pop(header, None)
+        self.content_type = "application/json"
+        assert isinstance(error.body, bytes)
+        self.content_length = len(error.body)
+        writer = await super().prepare(request)
+        await self.write(error.body)
+        await super().write_eof()
+        return writer
+
+
+def blob_file_response(request: web.Request, path: Path, digest: Digest, size: int) -> web.StreamResponse:
+    """The response for a committed blob of `size` bytes at `path`: 200, 206 for a Range, 304 for a
+    matching If-None-Match (a digest names one content forever), 416 raised for an unsatisfiable range.
+    HEAD gets the same headers without a body."""
+    if request.if_none_match and any(tag.value in (str(digest), "*") for tag in request.if_none_match):
+        return web.Response(status=304, headers=digest_headers(digest))
+    byte_range = parse_range(request.headers.get("Range"), size)
+    return BlobFileResponse(path, digest, size, byte_range)
+
+
+async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """GET/HEAD /v2/<name>/blobs/<digest>: a blob the repository holds."""
+    digest = check_digest(reference)
+    target = read_target(request, name)
+    if not target.is_local:
+        from pullcache.api import proxied  # written by the pull-through work; imported when first needed
+        return await proxied.get_blob(request, target, digest)
+    store = request.app[STORE]
+    size = store.blob_size(digest)
+    if size is None or not store.repository(target.store_name).has_blob_link(digest):
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
+                            detail={"digest": str(digest)})
+    store.note_access(digest)
+    request["served_from"] = "local"
+    return blob_file_response(request, store.blob_path(digest), digest, size)
+
+
+async def delete_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """DELETE /v2/<name>/blobs/<digest>: the repository stops serving the blob; GC removes the file
+    once no repository links it."""
+    digest = check_digest(reference)
+    target = push_target(request, name)
+    if not await request.app[STORE].repository(target.store_name).unlink_blob(digest):
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
+                            detail={"digest": str(digest)})
+    return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

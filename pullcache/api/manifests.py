@@ -1,0 +1,322 @@
+"""Manifest endpoints of local repositories: GET/HEAD with content negotiation, PUT with validation, DELETE.
+
+Content negotiation (reference/oci-content-negotiation.md, Distribution's behaviour without schema1):
+- no `Accept`, `*/*`, `application/*` or `application/json` accept any manifest (all are JSON);
+- a manifest whose type the client accepts is served as stored, with that type as `Content-Type`;
+- a tag naming an index or manifest list the client does not accept is answered with the index's
+  linux/amd64 manifest when the client accepts that one's type (what Distribution does for
+  clients that predate manifest lists), else 404 `MANIFEST_UNKNOWN` saying what was found;
+- a digest is never rewritten: it names exactly one document, which is served as stored.
+Schema1 manifests are neither converted to nor accepted.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from pullcache.api.appkeys import STORE
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import check_digest, check_reference
+from pullcache.api.targets import push_target, read_target
+from pullcache.cache.index import PUSHED
+from pullcache.cache.repos import Repository
+from pullcache.cache.store import Store
+from pullcache.digests import Digest
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed off the event loop
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+SCHEMA1_TYPES = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
+                           "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+_ANY_MANIFEST = frozenset({"*/*", "application/*", "application/json"})
+_GENERIC_CONTENT_TYPES = frozenset({"application/octet-stream", "application/json"})
+DEFAULT_PLATFORM = ("linux", "amd64")
+
+
+# ---------------------------------------------------------------------- content negotiation
+
+@dataclass(frozen=True)
+class Accepted:
+    """The manifest media types a client said it accepts."""
+
+    types: frozenset[str]
+    any: bool
+
+    def allows(self, media_type: str) -> bool:
+        return self.any or media_type in self.types
+
+
+def _quality(params: list[str]) -> float:
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def parse_accept(values: list[str]) -> Accepted:
+    """All `Accept` headers of a request (clients send one per type or one comma list); q=0 excludes."""
+    types = set()
+    for value in values:
+        for item in value.split(","):
+            media_type, *params = (part.strip() for part in item.split(";"))
+            if media_type and _quality(params) > 0:
+                types.add(media_type.lower())
+    return Accepted(frozenset(types), not types or bool(types & _ANY_MANIFEST))
+
+
+def _media_type_only(content_type: str | None) -> str | None:
+    """A Content-Type without its parameters; None when absent."""
+    if content_type is None:
+        return None
+    return content_type.split(";", 1)[0].strip().lower() or None
+
+
+# ---------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    data: bytes
+
+
+async def _load(store: Store, repo: Repository, digest: Digest) -> StoredManifest | None:
+    media_type = await repo.manifest_media_type(digest)
+    data = await store.read_small(digest) if media_type is not None else None
+    return StoredManifest(digest, media_type, data) if media_type is not None and data is not None else None
+
+
+async def _default_platform_manifest(store: Store, repo: Repository, index: StoredManifest,
+                                     accepted: Accepted) -> StoredManifest | None:
+    """The index's linux/amd64 entry, if the client accepts its type and the repository holds it."""
+    try:
+        entries = json.loads(index.data).get("manifests") or []
+    except (ValueError, AttributeError):
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if not isinstance(platform, dict) or (platform.get("os"), platform.get("architecture")) != DEFAULT_PLATFORM:
+            continue
+        if not accepted.allows(str(entry.get("mediaType"))):
+            continue
+        try:
+            digest = Digest.parse(str(entry.get("digest")))
+        except ValueError:
+            continue
+        return await _load(store, repo, digest)
+    return None
+
+
+async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """GET/HEAD /v2/<name>/manifests/<tag or digest>."""
+    ref = check_reference(reference)
+    target = read_target(request, name)
+    if not target.is_local:
+        from pullcache.api import proxied  # written by the pull-through work; imported when first needed
+        return await proxied.get_manifest(request, target, reference)
+    store = request.app[STORE]
+    repo = store.repository(target.store_name)
+    unknown = RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}",
+                            detail={"name": name, "reference": reference})
+    if isinstance(ref, Digest):
+        digest = ref
+    else:
+        tag = await repo.get_tag(ref)
+        if tag is None:
+            raise unknown
+        digest = tag.digest
+    manifest = await _load(store, repo, digest)
+    if manifest is None:
+        raise unknown
+    accepted = parse_accept(request.headers.getall("Accept", []))
+    if not isinstance(ref, Digest) and not accepted.allows(manifest.media_type):
+        found = manifest.media_type
+        fallback = (await _default_platform_manifest(store, repo, manifest, accepted)
+                    if found in INDEX_TYPES else None)
+        if fallback is None:
+            raise RegistryError("MANIFEST_UNKNOWN", f"tag {reference!r} names a {found} manifest, which the "
+                                "request's Accept header does not include", detail={"mediaType": found})
+        manifest = fallback
+    store.note_access(manifest.digest)
+    request["served_from"] = "local"
+    return web.Response(body=manifest.data, headers={
+        "Content-Type": manifest.media_type,
+        "Docker-Content-Digest": str(manifest.digest),
+        "ETag": f'"{manifest.digest}"',
+    })
+
+
+# ---------------------------------------------------------------------- writing
+
+def _invalid(message: str, detail: Any = None) -> RegistryError:
+    return RegistryError("MANIFEST_INVALID", message, detail=detail)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, refused with 413 beyond MAX_MANIFEST_BYTES before or while reading it."""
+    too_large = RegistryError("MANIFEST_INVALID", f"manifest exceeds the {MAX_MANIFEST_BYTES} byte limit",
+                              status=413, detail={"limit": MAX_MANIFEST_BYTES})
+    if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
+        raise too_large
+    parts, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_MANIFEST_BYTES:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _descriptor_digest(descriptor: Any, field: str) -> Digest:
+    """The digest of a well-formed descriptor, or MANIFEST_INVALID naming the field."""
+    if not isinstance(descriptor, dict):
+        raise _invalid(f"{field} is not a descriptor object")
+    size = descriptor.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{field} has no valid size", detail={"field": field})
+    if not isinstance(descriptor.get("mediaType"), str):
+        raise _invalid(f"{field} has no mediaType", detail={"field": field})
+    return check_digest(str(descriptor.get("digest")), "MANIFEST_INVALID")
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    document: dict[str, Any]
+    media_type: str
+    blobs: list[Digest]        # config and layers: must be blobs of the repository
+    manifests: list[Digest]    # index entries: must be manifests of the repository
+    subject: Digest | None
+
+
+def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
+    """Validate a pushed manifest's JSON, agree on its media type and list what it references."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"manifest is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise _invalid("manifest is not a JSON object")
+    if document.get("schemaVersion") == 1:
+        raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
+    declared = document.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise _invalid("manifest mediaType is not a string")
+    header = _media_type_only(content_type)
+    header = None if header in _GENERIC_CONTENT_TYPES else header
+    if header and declared and header != declared:
+        raise _invalid(f"Content-Type {header!r} differs from the manifest's mediaType {declared!r}",
+                       detail={"contentType": header, "mediaType": declared})
+    media_type = header or declared or (OCI_INDEX if "manifests" in document else
+                                        OCI_MANIFEST if "config" in document else None)
+    if media_type is None:
+        raise _invalid("manifest has no media type: set Content-Type or mediaType")
+    if media_type in SCHEMA1_TYPES:
+        raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
+    if media_type in IMAGE_TYPES and not ("config" in document and isinstance(document.get("layers"), list)):
+        raise _invalid(f"a {media_type} needs a config descriptor and a layers list")
+    if media_type in INDEX_TYPES and not isinstance(document.get("manifests"), list):
+        raise _invalid(f"a {media_type} needs a manifests list")
+
+    blobs: list[Digest] = []
+    if "config" in document:
+        blobs.append(_descriptor_digest(document["config"], "config"))
+    layers = document.get("layers") or []
+    if not isinstance(layers, list):
+        raise _invalid("layers is not a list")
+    for i, layer in enumerate(layers):
+        digest = _descriptor_digest(layer, f"layers[{i}]")
+        if not layer.get("urls"):  # foreign layers live elsewhere and are never pushed
+            blobs.append(digest)
+    entries = document.get("manifests") or []
+    if not isinstance(entries, list):
+        raise _invalid("manifests is not a list")
+    manifests = [_descriptor_digest(entry, f"manifests[{i}]") for i, entry in enumerate(entries)]
+    subject = _descriptor_digest(document["subject"], "subject") if "subject" in document else None
+    return ParsedManifest(document, media_type, blobs, manifests, subject)
+
+
+def referrer_descriptor(parsed: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:
+    """The descriptor the referrers API lists for a manifest with a subject (spec: Listing Referrers)."""
+    descriptor: dict[str, Any] = {"mediaType": parsed.media_type, "digest": str(digest), "size": size}
+    artifact_type = parsed.document.get("artifactType")
+    config = parsed.document.get("config")
+    if not artifact_type and parsed.media_type not in INDEX_TYPES and isinstance(config, dict):
+        artifact_type = config.get("mediaType")
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    annotations = parsed.document.get("annotations")
+    if isinstance(annotations, dict) and annotations:
+        descriptor["annotations"] = annotations
+    return descriptor
+
+
+async def _check_references(store: Store, repo: Repository, parsed: ParsedManifest) -> None:
+    """MANIFEST_BLOB_UNKNOWN listing every referenced blob or manifest the repository lacks."""
+    def missing() -> list[str]:
+        lost = [d for d in parsed.blobs if not (repo.has_blob_link(d) and store.blob_size(d) is not None)]
+        lost += [d for d in parsed.manifests if not repo.has_manifest(d)]
+        return [str(d) for d in dict.fromkeys(lost)]
+    unknown = await asyncio.to_thread(missing)
+    if unknown:
+        raise RegistryError("MANIFEST_BLOB_UNKNOWN", f"manifest references {len(unknown)} blob(s) or manifest(s) "
+                            f"repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
+                            detail={"digests": unknown})
+
+
+async def put_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """PUT /v2/<name>/manifests/<tag or digest>: store the exact bytes, link them, tag them."""
+    ref = check_reference(reference)
+    target = push_target(request, name)
+    data = await _read_body(request)
+    content_type = request.headers.get("Content-Type")
+    if len(data) > _PARSE_IN_THREAD:
+        parsed = await asyncio.to_thread(parse_manifest, data, content_type)
+    else:
+        parsed = parse_manifest(data, content_type)
+    algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
+    digest = Digest.of(data, algorithm)
+    if isinstance(ref, Digest) and digest != ref:
+        raise RegistryError("DIGEST_INVALID", f"manifest content hashes to {digest}, not {ref}",
+                            detail={"expected": str(ref), "actual": str(digest)})
+    store = request.app[STORE]
+    repo = store.repository(target.store_name)
+    await _check_references(store, repo, parsed)
+    # Order matters for crash safety: bytes, then the revision link, then the tag and referrer entry.
+    await store.put_small(data, origin=PUSHED, algorithm=algorithm)
+    await repo.link_manifest(digest, parsed.media_type)
+    if not isinstance(ref, Digest):
+        await repo.set_tag(ref, digest)
+    headers = {"Location": f"/v2/{target.name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+    if parsed.subject is not None:
+        await repo.add_referrer(parsed.subject, referrer_descriptor(parsed, digest, len(data)))
+        headers["OCI-Subject"] = str(parsed.subject)
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """DELETE /v2/<name>/manifests/<digest> removes the manifest and its tags; by tag, only the tag."""
+    ref = check_reference(reference)
+    target = push_target(request, name)
+    repo = request.app[STORE].repository(target.store_name)
+    if isinstance(ref, Digest):
+        deleted = await repo.unlink_manifest(ref)
+    else:
+        deleted = await repo.delete_tag(ref)
+    if not deleted:
+        raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}",
+                            detail={"name": name, "reference": reference})
+    return web.Response(status=202)

@@ -1,0 +1,196 @@
+"""Blob upload endpoints: monolithic POST, POST then PUT, chunked PATCH, status, cancel, cross-repository mount.
+
+Bodies are streamed into the store chunk by chunk, never read whole. A chunk either lands
+completely or not at all (the store rolls a failed chunk back), so after any error the session's
+`Range` is still the truth and the client can resume from it.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from pullcache.api.appkeys import RESOLVER, STORE
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import NAME_PATTERN, check_digest
+from pullcache.api.targets import push_target, repository_of
+from pullcache.cache.uploads import UploadSession
+from pullcache.cache.writer import DigestMismatch
+from pullcache.digests import Digest
+from pullcache.resolver import Target
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _upload_location(target: Target, session: UploadSession) -> str:
+    return f"/v2/{target.name}/blobs/uploads/{session.id}"
+
+
+def _progress_headers(target: Target, session: UploadSession) -> dict[str, str]:
+    """Where the upload continues and how much it holds (`0-0` for nothing yet, as Distribution says)."""
+    return {
+        "Location": _upload_location(target, session),
+        "Docker-Upload-UUID": session.id,
+        "Range": f"0-{max(session.size() - 1, 0)}",
+    }
+
+
+def _blob_created(target: Target, digest: Digest) -> web.Response:
+    return web.Response(status=201, headers={"Location": f"/v2/{target.name}/blobs/{digest}",
+                                             "Docker-Content-Digest": str(digest)})
+
+
+def _digest_error(exc: DigestMismatch) -> RegistryError:
+    return RegistryError("DIGEST_INVALID", f"uploaded {exc}", detail={"expected": str(exc.expected),
+                                                                      "actual": str(exc.actual)})
+
+
+async def _counted(request: web.Request, expected: int | None) -> AsyncIterator[bytes]:
+    """The request body; SIZE_INVALID if it is not `expected` bytes (when the client declared a length)."""
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+        if expected is not None and received > expected:
+            break
+        yield chunk
+    if expected is not None and received != expected:
+        raise RegistryError("SIZE_INVALID", f"chunk body has {'more than ' if received > expected else ''}"
+                            f"{received} bytes, its Content-Range says {expected}",
+                            detail={"expected": expected, "received": received})
+
+
+def _chunk_length(request: web.Request, target: Target, session: UploadSession) -> int | None:
+    """Check a chunk's Content-Range against the session: it must start where the upload ends.
+
+    Returns the length the range declares (None without a Content-Range: a streamed chunk).
+    """
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return None
+    match = _CONTENT_RANGE.match(header.strip())
+    if not match:
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"Content-Range {header!r} is not <start>-<end>",
+                            detail={"contentRange": header})
+    start, end = int(match[1]), int(match[2])
+    size = session.size()
+    if start != size or end < start:
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"Content-Range {header!r} does not continue the upload, "
+                            f"which holds {size} bytes: the next chunk starts at {size}", status=416,
+                            headers=_progress_headers(target, session),
+                            detail={"contentRange": header, "size": size})
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise RegistryError("SIZE_INVALID", f"Content-Length {request.content_length} differs from the "
+                            f"{length} bytes of Content-Range {header!r}",
+                            detail={"contentLength": request.content_length, "contentRange": header})
+    return length
+
+
+async def _session(request: web.Request, target: Target, upload_id: str) -> UploadSession:
+    session = await request.app[STORE].uploads.get(upload_id, target.store_name) if upload_id else None
+    if session is None or session.ended:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id!r} in progress for repository "
+                            f"{target.name!r}", detail={"uuid": upload_id})
+    return session
+
+
+def _require_open(session: UploadSession) -> None:
+    """After taking session.lock: another request may have completed or cancelled the upload meanwhile."""
+    if session.ended:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.id!r} ended while this request waited",
+                            detail={"uuid": session.id})
+
+
+async def _append_chunk(request: web.Request, target: Target, session: UploadSession) -> None:
+    """Append the request's body to the session. Caller holds session.lock."""
+    length = _chunk_length(request, target, session)
+    await request.app[STORE].uploads.append(session, _counted(request, length))
+
+
+async def _mountable(request: web.Request, digest: Digest, source: str | None) -> bool:
+    """Whether `digest` may be linked in without an upload: the source repository has it (a local
+    one by its link, an upstream one if the blob is cached), or, without `from`, the store does."""
+    store = request.app[STORE]
+    if store.blob_size(digest) is None:
+        return False
+    if source is None:
+        return True  # the spec lets a registry find the blob by itself
+    if not NAME_PATTERN.match(source):
+        return False  # like Distribution: a bad `from` means no mount, and an ordinary upload starts
+    source_target = request.app[RESOLVER].resolve(source)
+    return not source_target.is_local or repository_of(request, source_target).has_blob_link(digest)
+
+
+async def start_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """POST /v2/<name>/blobs/uploads/ [?digest= | ?mount=&from=]."""
+    if upload_id:
+        raise RegistryError("UNSUPPORTED", "POST starts uploads at /blobs/uploads/; continue one with "
+                            "PATCH or PUT", status=405)
+    target = push_target(request, name)
+    store = request.app[STORE]
+    if "mount" in request.query:
+        digest = check_digest(request.query["mount"])
+        if await _mountable(request, digest, request.query.get("from")) and \
+                await store.mount_blob(target.store_name, digest):
+            return _blob_created(target, digest)
+    elif "digest" in request.query and request.body_exists:
+        digest = check_digest(request.query["digest"])
+        try:
+            await store.push_blob(target.store_name, _counted(request, None), digest, size=request.content_length)
+        except DigestMismatch as exc:
+            raise _digest_error(exc) from exc
+        except ValueError as exc:
+            raise RegistryError("SIZE_INVALID", f"blob {exc}", detail={"contentLength": request.content_length})
+        return _blob_created(target, digest)
+    session = await store.uploads.create(target.store_name)
+    return web.Response(status=202, headers=_progress_headers(target, session))
+
+
+async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """PATCH /v2/<name>/blobs/uploads/<uuid>: one more chunk (Content-Range) or a streamed body."""
+    target = push_target(request, name)
+    session = await _session(request, target, upload_id)
+    async with session.lock:
+        _require_open(session)
+        await _append_chunk(request, target, session)
+    return web.Response(status=202, headers=_progress_headers(target, session))
+
+
+async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """PUT /v2/<name>/blobs/uploads/<uuid>?digest=: the last chunk, if any, then verify and commit.
+
+    A digest that does not match ends the session: its bytes are discarded with it.
+    """
+    target = push_target(request, name)
+    if "digest" not in request.query:
+        raise RegistryError("DIGEST_INVALID", "closing an upload needs ?digest=<digest of the whole blob>")
+    digest = check_digest(request.query["digest"])
+    session = await _session(request, target, upload_id)
+    store = request.app[STORE]
+    async with session.lock:
+        _require_open(session)
+        if request.body_exists:
+            await _append_chunk(request, target, session)
+        try:
+            await store.complete_upload(session, digest)
+        except DigestMismatch as exc:
+            raise _digest_error(exc) from exc
+    return _blob_created(target, digest)
+
+
+async def upload_status(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """GET /v2/<name>/blobs/uploads/<uuid>: 204 with the Range received so far."""
+    target = push_target(request, name)
+    session = await _session(request, target, upload_id)
+    return web.Response(status=204, headers=_progress_headers(target, session))
+
+
+async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """DELETE /v2/<name>/blobs/uploads/<uuid>: abandon the upload and its bytes."""
+    target = push_target(request, name)
+    session = await _session(request, target, upload_id)
+    async with session.lock:
+        _require_open(session)
+        await request.app[STORE].uploads.remove(session)
+    return web.Response(status=204)
