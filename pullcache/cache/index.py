@@ -2,8 +2,13 @@
 
 The files are the truth and this index is derived from them (eviction/reconcile rebuilds it).
 All SQLite work runs on one dedicated thread, so the event loop never waits on the database
-and the connection is only ever used by the thread that made it. WAL mode lets a `pullcache gc`
-process read and write alongside a running server.
+and the connection is only ever used by the thread that made it. WAL mode and a busy timeout
+let a `pullcache gc` process read and write alongside a running server.
+
+The index keeps running totals per origin in memory (one SELECT at open, then a delta per
+write), so the store's size is known without a query; `refresh_if_changed()` re-reads them when
+another process (a `pullcache gc`) wrote to the database. Listeners hear about every change:
+the eviction service uses that to notice when a commit takes cached content over its bound.
 """
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import asyncio
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 PUSHED = "pushed"
 CACHED = "cached"
@@ -33,6 +39,14 @@ CREATE INDEX IF NOT EXISTS blobs_by_recency ON blobs (origin, last_access);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Pushed wins: a blob that was cached and is then pushed (or found linked by a local repository)
+# must never be evicted. Recency only moves forward.
+_UPSERT = (
+    "INSERT INTO blobs (digest, size, origin, last_access, created) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(digest) DO UPDATE SET size = excluded.size, "
+    "last_access = MAX(blobs.last_access, excluded.last_access), "
+    "origin = CASE WHEN blobs.origin = 'pushed' OR excluded.origin = 'pushed' THEN 'pushed' ELSE 'cached' END")
+
 
 @dataclass(frozen=True)
 class BlobRow:
@@ -48,6 +62,14 @@ class OriginTotals:
     blobs: int
 
 
+Totals = dict[str, OriginTotals]
+TotalsListener = Callable[[Totals], None]
+
+
+def _empty_totals() -> Totals:
+    return {origin: OriginTotals(0, 0) for origin in ORIGINS}
+
+
 class BlobIndex:
     """Async facade over the SQLite index; every call runs on the index's own thread."""
 
@@ -55,10 +77,19 @@ class BlobIndex:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullcache-index")
         self._db: sqlite3.Connection | None = None
+        self._totals: Totals = _empty_totals()
+        self._data_version = 0
+        self._listeners: list[TotalsListener] = []
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a writing function on the index thread, then tell the listeners the new totals."""
+        result = await self._run(fn, *args)
+        self._notify()
+        return result
 
     def _connect(self) -> bool:
         """Open (creating if missing); returns True when the file did not exist, i.e. needs a rebuild."""
@@ -67,12 +98,25 @@ class BlobIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._reload_totals()
         return created
 
     @property
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "BlobIndex.open() was not awaited"
         return self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock up front, so what a transaction
+        checks stays true until it commits, even against another process."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     async def open(self) -> bool:
         """Open the index; True if it was missing and must be rebuilt from the files."""
@@ -84,25 +128,84 @@ class BlobIndex:
             self._db = None
         self._executor.shutdown(wait=True)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn(connection) on the index thread, for queries owned by other modules (eviction)."""
-        return await self._run(lambda: fn(self.db))
+    # ------------------------------------------------------------------ totals
+    def subscribe(self, listener: TotalsListener) -> None:
+        """Call listener(totals) on the event loop after every change of the index."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: TotalsListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        totals = self.totals()
+        for listener in list(self._listeners):
+            listener(totals)
+
+    def totals(self) -> Totals:
+        """Bytes and blobs per origin, from the running totals (no query)."""
+        return dict(self._totals)
+
+    def _reload_totals(self) -> None:
+        totals = _empty_totals()
+        for origin, size, count in self.db.execute(
+                "SELECT origin, COALESCE(SUM(size), 0), COUNT(*) FROM blobs GROUP BY origin"):
+            totals[origin] = OriginTotals(size, count)
+        self._totals = totals
+        self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _reload_if_changed(self) -> bool:
+        # data_version changes only when another connection committed; our own writes keep it.
+        if self.db.execute("PRAGMA data_version").fetchone()[0] == self._data_version:
+            return False
+        self._reload_totals()
+        return True
+
+    async def refresh_if_changed(self) -> None:
+        """Re-read the totals if another process (e.g. `pullcache gc`) changed the index."""
+        if await self._run(self._reload_if_changed):
+            self._notify()
+
+    def _account(self, old: BlobRow | None, new: BlobRow | None) -> None:
+        """Move the running totals from a row's old state to its new one (None: no row)."""
+        totals = dict(self._totals)
+        for row, sign in ((old, -1), (new, 1)):
+            if row is not None:
+                current = totals[row.origin]
+                totals[row.origin] = OriginTotals(current.bytes + sign * row.size, current.blobs + sign)
+        self._totals = totals
 
     # ------------------------------------------------------------------ writes
+    def _upsert(self, digest: str, size: int, origin: str, last_access: float) -> None:
+        """Insert or merge one row inside a transaction, keeping the totals right."""
+        old = self._get(digest)
+        self.db.execute(_UPSERT, (digest, size, origin, last_access, time.time()))
+        self._account(old, self._get(digest))
+
     def _add(self, digest: str, size: int, origin: str, now: float) -> None:
-        # Pushed wins: a blob that was cached and is then pushed must never be evicted.
-        self.db.execute(
-            "INSERT INTO blobs (digest, size, origin, last_access, created) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(digest) DO UPDATE SET size = excluded.size, last_access = excluded.last_access, "
-            "origin = CASE WHEN blobs.origin = 'pushed' OR excluded.origin = 'pushed' THEN 'pushed' ELSE 'cached' END",
-            (digest, size, origin, now, now))
+        with self._transaction():
+            self._upsert(digest, size, origin, now)
 
     async def add(self, digest: str, size: int, origin: str) -> None:
-        await self._run(self._add, digest, size, origin, time.time())
+        """Index a committed blob; it counts as used now."""
+        await self._write(self._add, digest, size, origin, time.time())
+
+    def _add_many(self, rows: list[BlobRow], still_there: Callable[[str], bool]) -> list[BlobRow]:
+        added = []
+        with self._transaction():
+            for row in rows:
+                if still_there(row.digest):
+                    self._upsert(row.digest, row.size, row.origin, row.last_access)
+                    added.append(row)
+        return added
+
+    async def add_many(self, rows: Iterable[BlobRow], still_there: Callable[[str], bool]) -> list[BlobRow]:
+        """Index files found on disk (reconcile). still_there(digest) is checked inside the write
+        transaction, so a file removed since it was found does not get a row."""
+        return await self._write(self._add_many, list(rows), still_there)
 
     def _touch_many(self, accesses: list[tuple[float, str]]) -> None:
-        with self.db:
-            self.db.executemany("UPDATE blobs SET last_access = MAX(last_access, ?) WHERE digest = ?", accesses)
+        with self._transaction() as db:
+            db.executemany("UPDATE blobs SET last_access = MAX(last_access, ?) WHERE digest = ?", accesses)
 
     async def touch_many(self, accesses: dict[str, float]) -> None:
         """Record many accesses in one transaction (recency is batched by the caller)."""
@@ -110,11 +213,75 @@ class BlobIndex:
             await self._run(self._touch_many, [(t, d) for d, t in accesses.items()])
 
     def _remove_many(self, digests: list[str]) -> None:
-        with self.db:
-            self.db.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in digests])
+        with self._transaction() as db:
+            for digest in digests:
+                old = self._get(digest)
+                if old is not None:
+                    db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+                    self._account(old, None)
 
     async def remove_many(self, digests: Iterable[str]) -> None:
-        await self._run(self._remove_many, list(digests))
+        await self._write(self._remove_many, list(digests))
+
+    def _remove_unchanged(self, rows: list[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
+        removed = []
+        with self._transaction() as db:
+            for row in rows:
+                if self._get(row.digest) != row:
+                    continue  # used, re-added or promoted to pushed since it was chosen: keep it
+                try:
+                    remove_file(row.digest)
+                except OSError:
+                    continue  # the file could not go, so neither does its row
+                db.execute("DELETE FROM blobs WHERE digest = ?", (row.digest,))
+                self._account(row, None)
+                removed.append(row)
+        return removed
+
+    async def remove_unchanged(self, rows: Iterable[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
+        """Remove each blob whose row is still exactly as given: file first, then row, both under
+        the write lock. A commit of the same digest either finished before (its row changed, so the
+        blob stays) or waits for the lock and finds the file gone (so it publishes it again), and a
+        `pullcache gc` in another process is held off the same way. Returns the rows removed."""
+        return await self._write(self._remove_unchanged, list(rows), remove_file)
+
+    def _remove_missing(self, digests: list[str], still_missing: Callable[[str], bool]) -> list[BlobRow]:
+        removed = []
+        with self._transaction() as db:
+            for digest in digests:
+                old = self._get(digest)
+                if old is not None and still_missing(digest):
+                    db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+                    self._account(old, None)
+                    removed.append(old)
+        return removed
+
+    async def remove_missing(self, digests: Iterable[str], still_missing: Callable[[str], bool]) -> list[BlobRow]:
+        """Drop rows whose file is gone (reconcile); still_missing(digest) is checked under the
+        write lock, so a blob published since the scan keeps its row."""
+        return await self._write(self._remove_missing, list(digests), still_missing)
+
+    def _promote(self, digests: list[str]) -> list[str]:
+        promoted = []
+        with self._transaction() as db:
+            for digest in digests:
+                old = self._get(digest)
+                if old is not None and old.origin == CACHED:
+                    db.execute("UPDATE blobs SET origin = 'pushed' WHERE digest = ?", (digest,))
+                    self._account(old, BlobRow(old.digest, old.size, PUSHED, old.last_access))
+                    promoted.append(digest)
+        return promoted
+
+    async def promote(self, digests: Iterable[str]) -> list[str]:
+        """Mark cached blobs as pushed (a local manifest references them: never evict them)."""
+        return await self._write(self._promote, list(digests))
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(self._set_meta, key, value)
 
     # ------------------------------------------------------------------ reads
     def _get(self, digest: str) -> BlobRow | None:
@@ -125,15 +292,21 @@ class BlobIndex:
     async def get(self, digest: str) -> BlobRow | None:
         return await self._run(self._get, digest)
 
-    def _totals(self) -> dict[str, OriginTotals]:
-        totals = {origin: OriginTotals(0, 0) for origin in ORIGINS}
-        for origin, size, count in self.db.execute(
-                "SELECT origin, COALESCE(SUM(size), 0), COUNT(*) FROM blobs GROUP BY origin"):
-            totals[origin] = OriginTotals(size, count)
-        return totals
+    def _get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
-    async def totals(self) -> dict[str, OriginTotals]:
-        return await self._run(self._totals)
+    async def get_meta(self, key: str) -> str | None:
+        return await self._run(self._get_meta, key)
+
+    def _rows(self, origin: str | None) -> list[BlobRow]:
+        query = "SELECT digest, size, origin, last_access FROM blobs"
+        cursor = self.db.execute(query + " WHERE origin = ?", (origin,)) if origin else self.db.execute(query)
+        return [BlobRow(*row) for row in cursor]
+
+    async def rows(self, origin: str | None = None) -> list[BlobRow]:
+        """Every row (of one origin): what reconcile and GC compare with the disk."""
+        return await self._run(self._rows, origin)
 
     def _least_recent(self, limit: int) -> list[BlobRow]:
         rows = self.db.execute(

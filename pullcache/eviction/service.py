@@ -1,14 +1,163 @@
-"""PLACEHOLDER (owner: eviction): background LRU bound and periodic GC."""
+"""EvictionService: the background side of the store's bound, started and stopped by app.py.
+
+- Every FLUSH_INTERVAL it writes the batched hits (recency) to the index, re-reads the index
+  totals if a `pullcache gc` process changed them, and checks the disk's free space.
+- It listens to the index: when a commit takes cached content over storage.max_size, an eviction
+  pass frees it down to storage.low_water of the bound, in its own task, so no request waits.
+- disk_full() (a write hit ENOSPC) or a disk with less than its reserve free asks for a pass too.
+- Every gc.interval it runs one GC (the same code as `pullcache gc`).
+- It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
+- Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
+  was missing or the last shutdown was not clean (a marker in the index says so).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable, Coroutine
+
+from pullcache import metrics
+from pullcache.cache.index import CACHED, ORIGINS, Totals
 from pullcache.cache.store import Store
 from pullcache.config import Config
+from pullcache.eviction.gc import collect_garbage
+from pullcache.eviction.lru import Evicted, evict_to
+from pullcache.eviction.reconcile import reconcile
+
+log = logging.getLogger("pullcache.eviction")
+
+FLUSH_INTERVAL = 5.0  # how stale recency may get in the index: hits in between cost no write
+CLEAN_SHUTDOWN = "clean_shutdown"  # index meta key: "1" after stop(), "0" while running
+DISK_RESERVE_FRACTION = 0.05  # keep this much of the filesystem free ...
+DISK_RESERVE_MAX = 1024**3  # ... but never ask for more than 1 GiB
 
 
 class EvictionService:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
+        self.config = config
+        self._wake = asyncio.Event()
+        self._free_request = 0  # bytes of cached content a full disk asked to free on the next pass
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reconciling: asyncio.Task[None] | None = None  # the start-up reconcile, when one runs
+        self.passes = 0  # eviction passes completed (tests and the bench wait on it)
+        self._pass_done = asyncio.Condition()
 
+    # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        pass
+        index = self.store.index
+        index.subscribe(self._on_totals)
+        self._on_totals(index.totals())
+        unclean = self.store.index_was_missing or await index.get_meta(CLEAN_SHUTDOWN) != "1"
+        await index.set_meta(CLEAN_SHUTDOWN, "0")
+        self._spawn(self._evict_loop)
+        self._spawn(self._tick_loop)
+        self._spawn(self._gc_loop)
+        if unclean:
+            self.reconciling = self._spawn(self._reconcile)
 
     async def stop(self) -> None:
-        pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.store.index.unsubscribe(self._on_totals)
+        await self.store.flush_accesses()
+        await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
+
+    def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        task = asyncio.create_task(loop(), name=f"pullcache-{loop.__name__.strip('_')}")
+        self._tasks.append(task)
+        return task
+
+    # ------------------------------------------------------------------ triggers
+    def _on_totals(self, totals: Totals) -> None:
+        for origin in ORIGINS:
+            metrics.store_bytes.labels(origin=origin).set(totals[origin].bytes)
+            metrics.store_blobs.labels(origin=origin).set(totals[origin].blobs)
+        if totals[CACHED].bytes > self.config.storage.max_size:
+            self._wake.set()
+
+    def disk_full(self, needed: int = 0) -> None:
+        """A write failed for lack of space: run a pass that frees at least `needed` bytes of cached
+        content, and at least the share between the bound and its low-water mark."""
+        self._free_request = max(self._free_request, needed, 1)
+        self._wake.set()
+
+    def _check_free_space(self) -> None:
+        stats = os.statvfs(self.store.layout.root)
+        free, total = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+        reserve = min(DISK_RESERVE_MAX, int(total * DISK_RESERVE_FRACTION))
+        if free < reserve:
+            self.disk_full(2 * reserve - free)
+
+    # ------------------------------------------------------------------ eviction
+    def _target(self) -> int:
+        """Cached bytes to evict down to: low water when over the bound, less still when the disk is full."""
+        storage = self.config.storage
+        cached = self.store.index.totals()[CACHED].bytes
+        target = cached
+        if cached > storage.max_size:
+            target = int(storage.max_size * storage.low_water)
+        if self._free_request:
+            share = int(min(cached, storage.max_size) * (1 - storage.low_water))
+            target = min(target, cached - max(self._free_request, share))
+            self._free_request = 0
+        return max(target, 0)
+
+    async def evict_now(self) -> Evicted:
+        """One eviction pass (the background loop's unit of work)."""
+        evicted = await evict_to(self.store, self._target())
+        if evicted.blobs:
+            log.info("evicted %d cached blobs (%d bytes)", evicted.blobs, evicted.bytes)
+        async with self._pass_done:
+            self.passes += 1
+            self._pass_done.notify_all()
+        return evicted
+
+    async def wait_passes(self, count: int) -> None:
+        """Wait until `count` eviction passes have completed since start."""
+        async with self._pass_done:
+            await self._pass_done.wait_for(lambda: self.passes >= count)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.evict_now()
+            except Exception:
+                log.exception("eviction pass failed; the next commit or tick retries")
+
+    # ------------------------------------------------------------------ periodic work
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.store.flush_accesses()
+                await self.store.index.refresh_if_changed()
+                await asyncio.to_thread(self._check_free_space)
+            except Exception:
+                log.exception("periodic flush failed; retrying in %gs", FLUSH_INTERVAL)
+
+    async def _gc_loop(self) -> None:
+        if self.config.gc.interval <= 0:
+            return  # gc.interval: 0 turns the periodic sweep off; `pullcache gc` still works
+        while True:
+            await asyncio.sleep(self.config.gc.interval)
+            try:
+                report = await collect_garbage(self.store, self.config.gc, dry_run=False)
+                log.info(report.lines()[-1])
+            except Exception:
+                log.exception("gc run failed; the next runs in %gs", self.config.gc.interval)
+
+    async def _reconcile(self) -> None:
+        """Index and disk agree again after an unclean shutdown or a lost index."""
+        try:
+            done = await reconcile(self.store)
+            log.info("reconciled index with disk: %d rows without files dropped, %d files indexed, "
+                     "%d temp files removed", len(done.rows_without_files), len(done.files_without_rows),
+                     len(done.stale_temps))
+        except Exception:
+            log.exception("reconcile after unclean shutdown failed; the next gc run retries")

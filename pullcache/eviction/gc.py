@@ -1,0 +1,192 @@
+"""Garbage collection: mark what must stay, sweep what nothing needs, reconcile index and disk.
+
+One code path serves the periodic sweep (EvictionService, every gc.interval) and `pullcache gc`,
+which may run while a server uses the same storage (docs/gc.md says why that is safe):
+
+- mark: every manifest of a local repository and every blob it references (an index's child
+  manifests too), plus every cached blob still in the LRU index (eviction owns those);
+- sweep: pushed blobs nothing marked any more (after a DELETE), but only when unused for
+  BLOB_GRACE and older than the oldest live upload session, so a push whose manifest has not
+  arrived yet keeps its blobs; upload sessions idle longer than gc.upload_ttl; orphaned temp files;
+- reconcile: rows without files are dropped, files without rows are indexed.
+
+A dry run plans the same and changes nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullcache import metrics
+from pullcache.cache.index import CACHED, PUSHED, BlobRow
+from pullcache.cache.store import Store
+from pullcache.config import Config, GCConfig
+from pullcache.digests import Digest
+from pullcache.eviction.lru import blob_remover
+from pullcache.eviction.reconcile import TEMP_GRACE, apply_reconcile, plan_reconcile, stale_files
+from pullcache.eviction.refs import LocalRefs, local_refs
+
+log = logging.getLogger("pullcache.gc")
+
+BLOB_GRACE = 3600.0  # an unreferenced pushed blob used this recently may belong to a push in progress
+
+
+@dataclass(frozen=True)
+class Removal:
+    kind: str  # blob, upload, temp or row (an index row whose file is gone)
+    name: str
+    bytes: int
+    reason: str
+
+
+@dataclass
+class GCReport:
+    dry_run: bool
+    removals: list[Removal] = field(default_factory=list)
+    indexed: list[BlobRow] = field(default_factory=list)  # files that had no row
+    promoted: list[str] = field(default_factory=list)  # cached blobs a local repository holds: now pushed
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(removal.bytes for removal in self.removals)
+
+    def count(self, kind: str) -> int:
+        return sum(removal.kind == kind for removal in self.removals)
+
+    def lines(self) -> list[str]:
+        """What was (or, in a dry run, would be) done, one line each, then a summary."""
+        would = self.dry_run
+        lines = [f"{'would remove' if would else 'removed'} {r.kind} {r.name} ({r.bytes} bytes): {r.reason}"
+                 for r in self.removals]
+        lines += [f"{'would index' if would else 'indexed'} blob {row.digest} ({row.size} bytes) as {row.origin}: "
+                  "file had no index row" for row in self.indexed]
+        lines += [f"{'would mark' if would else 'marked'} blob {digest} as pushed: a local repository holds it"
+                  for digest in self.promoted]
+        lines.append(
+            f"gc{' (dry run)' if would else ''}: {'would reclaim' if would else 'reclaimed'} {self.reclaimed} bytes "
+            f"({self.count('blob')} blobs, {self.count('upload')} upload sessions, {self.count('temp')} temp files, "
+            f"{self.count('row')} index rows without files; {len(self.indexed)} files indexed)")
+        return lines
+
+
+@dataclass(frozen=True)
+class UploadScan:
+    expired: list[Removal]
+    paths: dict[str, Path]  # upload id -> folder to remove
+    oldest_live_start: float | None
+
+
+async def mark(store: Store, refs: LocalRefs) -> set[str]:
+    """Digests that must stay: what local manifests reference, and every cached blob in the LRU."""
+    return refs.referenced | {row.digest for row in await store.index.rows(CACHED)}
+
+
+def sweep_candidates(pushed: list[BlobRow], live: set[str], cutoff: float) -> list[BlobRow]:
+    """Pushed blobs nothing marked, unused since before cutoff."""
+    return [row for row in pushed if row.digest not in live and row.last_access < cutoff]
+
+
+async def sweep(store: Store, candidates: list[BlobRow]) -> list[BlobRow]:
+    """Remove unreferenced pushed blobs and their local links.
+
+    The local repositories are walked again first: a manifest pushed while this GC ran keeps
+    what it references. Each removal is re-checked under the index's write lock.
+    """
+    fresh = await local_refs(store)
+    candidates = [row for row in candidates if row.digest not in fresh.referenced]
+    removed = await store.index.remove_unchanged(candidates, blob_remover(store))
+    for row in removed:
+        for name in fresh.links.get(row.digest, ()):
+            await store.repository(name).unlink_blob(Digest.parse(row.digest))
+    return removed
+
+
+def _scan_uploads(root: Path, ttl: float, now: float, started: dict[str, float]) -> UploadScan:
+    """Sessions idle for ttl (their data's last write) and half-created folders, with their sizes."""
+    expired, paths, live_starts = [], {}, []
+    if root.is_dir():
+        for entry in os.scandir(root):
+            try:
+                data = os.stat(Path(entry.path) / "data")  # created with the session, appended by each chunk
+                last_active, size = data.st_mtime, data.st_size
+            except FileNotFoundError:
+                last_active, size = entry.stat().st_mtime, 0
+            if entry.name not in started and last_active < now - TEMP_GRACE:
+                reason = "upload folder without session info"
+            elif entry.name in started and last_active < now - ttl:
+                idle_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_active))
+                reason = f"upload session idle since {idle_since}"
+            else:
+                if entry.name in started:
+                    live_starts.append(started[entry.name])
+                continue
+            expired.append(Removal("upload", entry.name, size, reason))
+            paths[entry.name] = Path(entry.path)
+    return UploadScan(expired, paths, min(live_starts, default=None))
+
+
+async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now: float | None = None) -> GCReport:
+    """One GC run over an open store; with dry_run nothing is changed, only reported."""
+    now = time.time() if now is None else now
+    report = GCReport(dry_run)
+    refs = await local_refs(store)
+
+    plan = await plan_reconcile(store, refs.linked, now)
+    if not dry_run:
+        plan = await apply_reconcile(store, plan)
+    report.indexed = plan.files_without_rows
+    report.removals += [Removal("row", row.digest, 0, "index row whose file is gone") for row in plan.rows_without_files]
+    report.removals += [Removal("temp", temp.path.name, temp.size, "orphaned temp file") for temp in plan.stale_temps]
+
+    rows = await store.index.rows()
+    if dry_run:  # what reconcile would have added counts as indexed
+        rows += plan.files_without_rows
+    holds = refs.linked
+    report.promoted = sorted(row.digest for row in rows if row.origin == CACHED and row.digest in holds)
+    if not dry_run:
+        report.promoted = await store.index.promote(report.promoted)
+
+    sessions = {session.id: session for session in await store.uploads.sessions()}
+    started = {upload_id: session.started for upload_id, session in sessions.items()}
+    uploads = await asyncio.to_thread(_scan_uploads, store.layout.uploads, config.upload_ttl, now, started)
+    cutoff = min(now - BLOB_GRACE, uploads.oldest_live_start or now)
+    live = await mark(store, refs) | set(report.promoted)
+    candidates = sweep_candidates([row for row in rows if row.origin == PUSHED], live, cutoff)
+    swept = candidates if dry_run else await sweep(store, candidates)
+    report.removals += [Removal("blob", row.digest, row.size, "pushed, no local manifest references it")
+                        for row in swept]
+
+    if not dry_run:
+        for upload_id, path in uploads.paths.items():
+            if upload_id in sessions:
+                await store.uploads.remove(sessions[upload_id])
+            else:
+                await asyncio.to_thread(shutil.rmtree, path, True)
+    report.removals += uploads.expired
+
+    if not dry_run:
+        metrics.gc_runs.inc()
+        metrics.gc_reclaimed_bytes.inc(report.reclaimed)
+    return report
+
+
+async def run_gc_command(config: Config, dry_run: bool) -> int:
+    """`pullcache gc [--dry-run]`: one GC run on the configured storage, printed line by line."""
+    root = Path(config.storage.path)
+    if not root.is_dir():
+        print(f"pullcache gc: storage.path {str(root)!r} does not exist; nothing to collect")
+        return 1
+    store = Store(root)
+    await store.open()
+    try:
+        report = await collect_garbage(store, config.gc, dry_run=dry_run)
+    finally:
+        await store.close()
+    for line in report.lines():
+        print(line)
+    return 0

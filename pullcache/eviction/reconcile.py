@@ -1,0 +1,107 @@
+"""Make the index agree with the disk again, both ways, and clear orphaned temp files.
+
+The files are the truth. A crash between a blob's rename and its index write leaves a file
+without a row; a file removed by hand (or a crash inside an eviction) leaves a row without a
+file. Rows without files are dropped; files without rows get a row whose origin comes from the
+local repositories' links (linked anywhere local: pushed, else cached) and whose recency is the
+file's mtime. Every change is re-checked under the index's write lock, so a blob committed or
+evicted while the scan ran is left as the committer or evictor made it.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullcache.cache.files import remove_quietly
+from pullcache.cache.index import CACHED, PUSHED, BlobRow
+from pullcache.cache.layout import digest_from_blob_path
+from pullcache.cache.store import Store
+from pullcache.digests import Digest
+from pullcache.eviction.refs import local_refs
+
+TEMP_GRACE = 10 * 60.0  # a temp file untouched this long belongs to no live write (fills stall out in seconds)
+
+
+@dataclass(frozen=True)
+class StaleFile:
+    path: Path
+    size: int
+
+
+@dataclass
+class ReconcilePlan:
+    rows_without_files: list[BlobRow] = field(default_factory=list)
+    files_without_rows: list[BlobRow] = field(default_factory=list)
+    stale_temps: list[StaleFile] = field(default_factory=list)
+
+
+def _scan_blobs(root: Path) -> dict[str, os.stat_result]:
+    """Every blob file under blobs/<alg>/<xx>/<hex>, by digest text."""
+    found: dict[str, os.stat_result] = {}
+    if not root.is_dir():
+        return found
+    with os.scandir(root) as algorithms:
+        for algorithm in algorithms:
+            if not algorithm.is_dir():
+                continue
+            with os.scandir(algorithm.path) as prefixes:
+                for prefix in prefixes:
+                    if not prefix.is_dir():
+                        continue
+                    with os.scandir(prefix.path) as entries:
+                        for entry in entries:
+                            digest = digest_from_blob_path(Path(entry.path))
+                            if digest is not None and entry.is_file():
+                                found[str(digest)] = entry.stat()
+    return found
+
+
+def stale_files(folder: Path, older_than: float) -> list[StaleFile]:
+    """Files directly in folder last modified before older_than (an epoch time)."""
+    stale = []
+    if folder.is_dir():
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if entry.is_file() and info.st_mtime < older_than:
+                    stale.append(StaleFile(Path(entry.path), info.st_size))
+    return stale
+
+
+async def plan_reconcile(store: Store, linked: set[str], now: float | None = None) -> ReconcilePlan:
+    """Compare the index with the disk; `linked` is every digest local repositories hold."""
+    now = time.time() if now is None else now
+    files = await asyncio.to_thread(_scan_blobs, store.layout.blobs)
+    rows = await store.index.rows()
+    indexed = {row.digest for row in rows}
+    plan = ReconcilePlan()
+    plan.rows_without_files = [row for row in rows if row.digest not in files]
+    plan.files_without_rows = [
+        BlobRow(digest, info.st_size, PUSHED if digest in linked else CACHED, info.st_mtime)
+        for digest, info in files.items() if digest not in indexed]
+    plan.stale_temps = await asyncio.to_thread(stale_files, store.layout.tmp, now - TEMP_GRACE)
+    return plan
+
+
+async def apply_reconcile(store: Store, plan: ReconcilePlan) -> ReconcilePlan:
+    """Carry out a plan; returns what was actually done (a concurrent writer may have fixed some)."""
+    def exists(digest: str) -> bool:
+        return store.blob_size(Digest.parse(digest)) is not None
+
+    dropped = await store.index.remove_missing([row.digest for row in plan.rows_without_files],
+                                               lambda digest: not exists(digest))
+    added = await store.index.add_many(plan.files_without_rows, exists)
+    for temp in plan.stale_temps:
+        await asyncio.to_thread(remove_quietly, temp.path)
+    return ReconcilePlan(dropped, added, plan.stale_temps)
+
+
+async def reconcile(store: Store) -> ReconcilePlan:
+    """Plan and apply in one go (start-up after an unclean shutdown); returns what was done."""
+    return await apply_reconcile(store, await plan_reconcile(store, (await local_refs(store)).linked))

@@ -1,0 +1,152 @@
+"""EvictionService: the bound is enforced in the background, recency persists, gauges stay right."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from pullcache import metrics
+from pullcache.cache.index import CACHED, PUSHED, Totals
+from pullcache.cache.store import Store
+from pullcache.config import Config, GCConfig, StorageConfig
+from pullcache.digests import Digest
+from pullcache.eviction.service import EvictionService
+
+KIB = 1024
+
+
+def config_for(root: Path, *, max_size: int = 100 * KIB, gc_interval: float = 3600.0) -> Config:
+    return Config(storage=StorageConfig(path=str(root), max_size=max_size, low_water=0.5),
+                  gc=GCConfig(interval=gc_interval))
+
+
+async def put(store: Store, seed: str, size: int, origin: str) -> Digest:
+    return await store.put_small((seed * size).encode()[:size], origin=origin)
+
+
+async def until_totals(store: Store, predicate: Callable[[Totals], bool]) -> None:
+    """Wait (event-driven, bounded) until the index totals satisfy predicate."""
+    reached = asyncio.Event()
+
+    def check(totals: Totals) -> None:
+        if predicate(totals):
+            reached.set()
+    store.index.subscribe(check)
+    try:
+        check(store.index.totals())
+        await asyncio.wait_for(reached.wait(), 10)
+    finally:
+        store.index.unsubscribe(check)
+
+
+class Running:
+    """A store and its service, started and stopped like app.py does."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.storage.path)
+        self.service = EvictionService(self.store, config)
+
+    async def __aenter__(self) -> "Running":
+        await self.store.open()
+        await self.service.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.service.stop()
+        await self.store.close()
+
+
+async def test_a_commit_over_the_bound_evicts_down_to_low_water_in_the_background(tmp_path: Path) -> None:
+    async with Running(config_for(tmp_path)) as running:
+        store = running.store
+        pushed = await put(store, "pushed", 80 * KIB, PUSHED)
+        cached = [await put(store, f"c{i}", 20 * KIB, CACHED) for i in range(6)]  # 120 KiB > 100 KiB
+
+        await until_totals(store, lambda totals: totals[CACHED].bytes <= 50 * KIB)
+
+        assert [store.blob_size(d) is not None for d in cached] == [False] * 4 + [True] * 2
+        assert store.blob_size(pushed) == 80 * KIB
+
+
+async def test_gauges_follow_commits_and_evictions(tmp_path: Path) -> None:
+    def gauges() -> dict[str, tuple[float | None, float | None]]:
+        sample = metrics.REGISTRY.get_sample_value
+        return {origin: (sample("pullcache_store_bytes", {"origin": origin}),
+                         sample("pullcache_store_blobs", {"origin": origin})) for origin in (CACHED, PUSHED)}
+
+    async with Running(config_for(tmp_path)) as running:
+        await put(running.store, "p", 7 * KIB, PUSHED)
+        await put(running.store, "c", 5 * KIB, CACHED)
+        assert gauges() == {CACHED: (5 * KIB, 1), PUSHED: (7 * KIB, 1)}
+        for i in range(5):
+            await put(running.store, f"big{i}", 30 * KIB, CACHED)
+        await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 100 * KIB)
+        totals = running.store.index.totals()
+        assert gauges()[CACHED] == (totals[CACHED].bytes, totals[CACHED].blobs)
+
+
+async def test_recency_survives_a_restart(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    async with Running(config) as running:
+        used = await put(running.store, "used", 10 * KIB, CACHED)
+        idle = await put(running.store, "idle", 60 * KIB, CACHED)
+        running.store.note_access(used)  # the older blob is used last; flushed when the service stops
+
+    async with Running(config) as running:
+        await put(running.store, "more", 35 * KIB, CACHED)  # 105 KiB: evict down to 50 KiB
+        await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 50 * KIB)
+        assert running.store.blob_size(idle) is None
+        assert running.store.blob_size(used) == 10 * KIB
+
+
+async def test_disk_full_runs_a_pass_that_frees_what_was_needed(tmp_path: Path) -> None:
+    async with Running(config_for(tmp_path, max_size=10**9)) as running:
+        for i in range(4):
+            await put(running.store, f"c{i}", 10 * KIB, CACHED)
+        running.service.disk_full(needed=15 * KIB)
+        await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
+        assert running.store.index.totals()[CACHED].blobs == 2
+
+
+async def test_a_clean_restart_does_not_reconcile(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    async with Running(config) as running:
+        assert running.service.reconciling is not None  # a new index always is
+        await running.service.reconciling
+    async with Running(config) as running:
+        assert running.service.reconciling is None
+
+
+async def test_after_a_crash_start_up_reconciles_in_the_background(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    async with Running(config) as running:
+        digest = await put(running.store, "orphan", 3 * KIB, CACHED)
+        await running.store.index.remove_many([str(digest)])  # the file stayed, its row did not
+        await running.service.reconciling
+    # An unclean stop: the marker written at start-up says so.
+    crashed = Store(config.storage.path)
+    await crashed.open()
+    await crashed.index.set_meta("clean_shutdown", "0")
+    await crashed.close()
+
+    async with Running(config) as running:
+        assert running.service.reconciling is not None
+        await running.service.reconciling
+        row = await running.store.index.get(str(digest))
+        assert row is not None and row.origin == CACHED and row.size == 3 * KIB
+
+
+async def test_the_periodic_gc_runs_on_its_interval(tmp_path: Path) -> None:
+    async with Running(config_for(tmp_path, gc_interval=0.05)) as running:
+        store = running.store
+        stale = tmp_path / "tmp" / "blob-stale.tmp"
+        stale.write_bytes(b"x" * 100)
+        os.utime(stale, (0, 0))
+        orphan = await put(store, "orphan", 2 * KIB, CACHED)
+        os.unlink(store.blob_path(orphan))  # a row whose file is gone: GC's reconcile drops it
+        await until_totals(store, lambda totals: totals[CACHED].blobs == 0)
+        assert not stale.exists()
