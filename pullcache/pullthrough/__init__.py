@@ -1,11 +1,26 @@
-"""PLACEHOLDER (owner: pull-through): manifests with ttl, blobs with single-flight streaming fills."""
+"""Pull-through caching: manifests with ttl and HEAD revalidation, blobs with single-flight streaming fills.
+
+The HTTP side lives in api/proxied.py; `pullcache warm` uses the same objects, so a warmed cache
+and a pulled one are filled by one code path.
+"""
 from pullcache.cache.store import Store
 from pullcache.config import Config
+from pullcache.pullthrough.blobs import Blobs, BlobSource
+from pullcache.pullthrough.manifests import ManifestAnswer, Manifests
 
 
 class PullThrough:
+    """The pull-through cache of every upstream; targets carry their upstream client and its config."""
+
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
+        self.config = config
+        self.manifests = Manifests(store)
+        self.blobs = Blobs(store)
 
     async def close(self) -> None:
-        pass
+        await self.manifests.close()
+        await self.blobs.close()
+
+
+__all__ = ["PullThrough", "Blobs", "BlobSource", "Manifests", "ManifestAnswer"]

@@ -1,0 +1,116 @@
+"""Blobs of upstream repositories: one upstream fetch per digest, streamed to every client as it lands.
+
+The first request for a missing digest starts the only fetch, a task of its own that outlives any
+one request; its bytes go into a Fill, and that request and every one arriving while the fetch runs
+read the Fill as it grows. A verified fill is committed to the store as cached content; a failed
+one leaves nothing behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pullcache import metrics
+from pullcache.cache.fill import Fill, FillReader
+from pullcache.cache.index import CACHED
+from pullcache.cache.store import Store
+from pullcache.digests import Digest
+from pullcache.pullthrough import stats
+from pullcache.resolver import Target
+
+log = logging.getLogger("pullcache.pullthrough")
+
+
+@dataclass(frozen=True)
+class BlobSource:
+    """Where a blob request reads from: a committed file (path, size) or a fill (reader, to be closed)."""
+
+    result: str
+    path: Path | None = None
+    size: int | None = None
+    reader: FillReader | None = None
+
+
+class Blobs:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._fills: dict[Digest, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def open(self, target: Target, digest: Digest) -> BlobSource:
+        """The blob from the store, or a reader of its fill (joined, or started now), counted once.
+
+        Synchronous on purpose: checking the store and the running fills and registering the reader
+        happen in one step, so no fill can finish in between.
+        """
+        assert target.upstream is not None, "Blobs serves upstream targets only"
+        size = self._store.blob_size(digest)
+        if size is not None:
+            self._store.note_access(digest)
+            stats.count(stats.BLOB, target.upstream.name, stats.HIT)
+            return BlobSource(stats.HIT, self._store.blob_path(digest), size)
+        fill = self._fills.get(digest)
+        result = stats.COALESCED
+        if fill is None:
+            fill = self._start(target, digest)
+            result = stats.MISS
+        stats.count(stats.BLOB, target.upstream.name, result)
+        return BlobSource(result, reader=fill.reader())
+
+    async def head(self, target: Target, digest: Digest) -> tuple[int, str]:
+        """(size, result) without fetching a body: from the store, a running fill, or an upstream HEAD."""
+        assert target.upstream is not None, "Blobs serves upstream targets only"
+        size = self._store.blob_size(digest)
+        result = stats.HIT
+        if size is None:
+            fill = self._fills.get(digest)
+            size = fill.size if fill is not None else None
+            result = stats.COALESCED
+        if size is None:
+            size = await target.upstream.head_blob(target.repository, str(digest))
+            result = stats.MISS
+        stats.count(stats.BLOB, target.upstream.name, result)
+        return size, result
+
+    def _start(self, target: Target, digest: Digest) -> Fill:
+        fill = Fill(self._store, digest, origin=CACHED)
+        self._fills[digest] = fill
+        task = asyncio.get_running_loop().create_task(self._fetch(target, fill))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def _fetch(self, target: Target, fill: Fill) -> None:
+        """The one upstream fetch of fill.digest; ends committed or failed, whoever is still reading."""
+        assert target.upstream is not None
+        digest = fill.digest
+        metrics.inflight_fetches.inc()
+        try:
+            async with target.upstream.open_blob(target.repository, str(digest)) as stream:
+                await fill.begin(stream.size)
+                async for chunk in stream.chunks():
+                    await fill.write(chunk)
+            await fill.commit()
+        except BaseException as exc:
+            del self._fills[digest]  # before any await: nobody may join a fill that is failing
+            await fill.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
+        else:
+            del self._fills[digest]
+            await self._store.repository(target.store_name, cached=True).link_blob(digest)
+        finally:
+            metrics.inflight_fetches.dec()
+
+    async def close(self) -> None:
+        """Cancel fetches still running (shutdown); their readers see a failed fill."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fill in list(self._fills.values()):  # a task cancelled before its first step never failed its fill
+            await fill.fail(asyncio.CancelledError())
+        self._fills.clear()

@@ -1,0 +1,250 @@
+"""Manifests of upstream repositories: cached byte-for-byte, tags kept fresh by HEAD revalidation.
+
+- By digest: immutable, so a cached manifest is served until eviction removes it.
+- By tag: served from the cache for the upstream's `manifest_ttl`; after it, one HEAD asks the
+  upstream which digest the tag names now (Docker Hub does not count HEADs against its pull limit),
+  and the body is fetched only if that digest is not already held. While the upstream fails, times
+  out or throttles, the cached tag is served stale.
+- An upstream 404 is remembered for `not_found_ttl`, so a storm of requests for a missing tag does
+  not become a storm upstream; concurrent misses and revalidations of one reference share one
+  upstream exchange.
+
+Tag state (digest, media type, last confirmation) lives in memory, seeded from the store on first
+use, so a cached tag within its ttl costs no upstream request and no disk access.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Sequence
+
+from cachetools import LRUCache, TTLCache
+
+from pullcache.cache.index import CACHED
+from pullcache.cache.repos import Repository
+from pullcache.cache.store import Store
+from pullcache.digests import Digest
+from pullcache.pullthrough import stats
+from pullcache.pullthrough.flight import SingleFlight
+from pullcache.resolver import Target
+from pullcache.upstream.client import ManifestResponse
+from pullcache.upstream.errors import UpstreamError, UpstreamNotFound, UpstreamUnauthorized
+
+log = logging.getLogger("pullcache.pullthrough")
+
+MEMORY_ENTRIES = 100_000   # tags and manifest media types remembered in memory (the disk holds them all)
+MISSING_ENTRIES = 10_000   # upstream 404s remembered per upstream
+PENDING_TAG_SECONDS = 60   # how long a tag learned from a HEAD waits for its manifest to be fetched by digest
+
+
+@dataclass(frozen=True)
+class ManifestAnswer:
+    """What a manifest request is answered with, and how it was counted."""
+
+    digest: Digest
+    media_type: str
+    size: int
+    body: bytes | None  # None only for a HEAD answered from the upstream without fetching the body
+    result: str         # stats.HIT / MISS / STALE / REVALIDATED / COALESCED
+
+
+@dataclass(frozen=True)
+class _Tag:
+    digest: Digest
+    media_type: str
+    confirmed_at: float  # wall clock, like the tag file's mtime on disk
+
+
+class Manifests:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._tags: LRUCache[tuple[str, str], _Tag] = LRUCache(MEMORY_ENTRIES)
+        self._media_types: LRUCache[tuple[str, Digest], str] = LRUCache(MEMORY_ENTRIES)
+        self._missing: dict[str, TTLCache[tuple[str, str], UpstreamNotFound]] = {}
+        # containerd resolves a tag with HEAD, then GETs the digest: remember the tag to link it then.
+        self._pending_tags: TTLCache[tuple[str, Digest], tuple[str, float]] = TTLCache(
+            MEMORY_ENTRIES, PENDING_TAG_SECONDS)
+        self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
+
+    async def close(self) -> None:
+        await self._flights.close()
+
+    async def get(self, target: Target, reference: str | Digest, accept: Sequence[str] = (), *,
+                  head: bool = False) -> ManifestAnswer:
+        """The manifest `reference` (a tag or a Digest) of an upstream target, counted once.
+
+        head=True: the body may be left unfetched (answer.body None) when the cache lacks it.
+        Raises the upstream's UpstreamError when the cache cannot answer.
+        """
+        assert target.upstream is not None, "Manifests serves upstream targets only"
+        if isinstance(reference, Digest):
+            answer = await self._cached(target, reference)
+            work = lambda: self._fetch_digest(target, reference, accept, head)  # noqa: E731
+        else:
+            answer = await self._fresh_tag(target, reference)
+            tag = reference
+            work = lambda: self._refresh_tag(target, tag, accept, head)  # noqa: E731
+        if answer is not None:
+            self._store.note_access(answer.digest)
+            stats.count(stats.MANIFEST, target.upstream.name, stats.HIT)
+            return answer
+        self._raise_if_missing(target, str(reference))
+        key = (target.upstream.name, target.repository, str(reference), head)
+        answer, leader = await self._flights.run(key, work)
+        if not leader:
+            answer = replace(answer, result=stats.STALE if answer.result == stats.STALE else stats.COALESCED)
+        if answer.body is not None:
+            self._store.note_access(answer.digest)
+        stats.count(stats.MANIFEST, target.upstream.name, answer.result)
+        return answer
+
+    # ------------------------------------------------------------------ cache reads
+    def _repository(self, target: Target) -> Repository:
+        return self._store.repository(target.store_name, cached=True)
+
+    async def _media_type(self, target: Target, digest: Digest) -> str | None:
+        key = (target.store_name, digest)
+        media_type = self._media_types.get(key)
+        if media_type is None:
+            media_type = await self._repository(target).manifest_media_type(digest)
+            if media_type is not None:
+                self._media_types[key] = media_type
+        return media_type
+
+    async def _cached(self, target: Target, digest: Digest) -> ManifestAnswer | None:
+        """The manifest from the store if this repository holds it (and eviction left its bytes)."""
+        media_type = await self._media_type(target, digest)
+        if media_type is None:
+            return None
+        body = await self._store.read_small(digest)
+        if body is None:
+            return None
+        return ManifestAnswer(digest, media_type, len(body), body, stats.HIT)
+
+    async def _tag(self, target: Target, tag: str) -> _Tag | None:
+        key = (target.store_name, tag)
+        state = self._tags.get(key)
+        if state is None:
+            link = await self._repository(target).get_tag(tag)
+            media_type = link and await self._media_type(target, link.digest)
+            if link is None or media_type is None:
+                return None
+            state = self._tags.setdefault(key, _Tag(link.digest, media_type, link.confirmed_at))
+        return state
+
+    async def _fresh_tag(self, target: Target, tag: str) -> ManifestAnswer | None:
+        """The tag's manifest if it was confirmed within the upstream's manifest_ttl."""
+        assert target.upstream is not None
+        state = await self._tag(target, tag)
+        if state is None or self._clock() - state.confirmed_at >= target.upstream.config.manifest_ttl:
+            return None
+        return await self._cached(target, state.digest)
+
+    # ------------------------------------------------------------------ upstream work (one per reference)
+    async def _fetch_digest(self, target: Target, digest: Digest, accept: Sequence[str],
+                            head: bool) -> ManifestAnswer:
+        assert target.upstream is not None
+        with self._upstream_failures(target, str(digest)):
+            if head:
+                remote = await target.upstream.head_manifest(target.repository, str(digest), accept)
+                return ManifestAnswer(digest, remote.media_type, remote.size, None, stats.MISS)
+            response = await target.upstream.get_manifest(target.repository, str(digest), accept)
+            return await self._keep(target, response, digest.algorithm)
+
+    async def _refresh_tag(self, target: Target, tag: str, accept: Sequence[str], head: bool) -> ManifestAnswer:
+        """Ask the upstream about a tag the cache cannot answer alone (unknown, expired, or its bytes evicted)."""
+        assert target.upstream is not None
+        upstream = target.upstream
+        state = await self._tag(target, tag)
+        cached = await self._cached(target, state.digest) if state is not None else None
+        try:
+            with self._upstream_failures(target, tag):
+                if cached is not None or head:
+                    remote = await upstream.head_manifest(target.repository, tag, accept)
+                    remote_digest = Digest.parse(remote.digest)
+                    held = await self._cached(target, remote_digest)
+                    if held is not None:
+                        await self._set_tag(target, tag, held, confirm=cached is not None and cached.digest == held.digest)
+                        return replace(held, result=stats.REVALIDATED if cached is not None else stats.MISS)
+                    if head:
+                        self._pending_tags[(target.store_name, remote_digest)] = (tag, self._clock())
+                        return ManifestAnswer(remote_digest, remote.media_type, remote.size, None, stats.MISS)
+                response = await upstream.get_manifest(target.repository, tag, accept)
+                answer = await self._keep(target, response, "sha256")
+                await self._set_tag(target, tag, answer)
+                return answer
+        except UpstreamNotFound:
+            await self._forget_tag(target, tag)
+            raise
+        except UpstreamUnauthorized:
+            raise
+        except UpstreamError as exc:
+            if cached is None:
+                raise
+            log.info("serving %s:%s stale (%s) while the upstream fails: %s", target.store_name, tag, cached.digest,
+                     exc.message)
+            return replace(cached, result=stats.STALE)
+
+    # ------------------------------------------------------------------ cache writes
+    async def _keep(self, target: Target, response: ManifestResponse, algorithm: str) -> ManifestAnswer:
+        """Store a fetched manifest byte-for-byte and link it into its cached repository."""
+        digest = await self._store.put_small(response.body, origin=CACHED, algorithm=algorithm)
+        await self._repository(target).link_manifest(digest, response.media_type)
+        self._media_types[(target.store_name, digest)] = response.media_type
+        answer = ManifestAnswer(digest, response.media_type, len(response.body), response.body, stats.MISS)
+        pending = self._pending_tags.pop((target.store_name, digest), None)
+        if pending is not None:
+            tag, learned_at = pending
+            current = self._tags.get((target.store_name, tag))
+            if current is None or current.confirmed_at < learned_at:
+                await self._set_tag(target, tag, answer, confirmed_at=learned_at)
+        return answer
+
+    async def _set_tag(self, target: Target, tag: str, answer: ManifestAnswer, *, confirm: bool = False,
+                       confirmed_at: float | None = None) -> None:
+        """Point the tag at answer's manifest (confirm: it already did; only restart its ttl)."""
+        repository = self._repository(target)
+        if confirm:
+            try:
+                await repository.confirm_tag(tag)
+            except FileNotFoundError:  # removed on disk meanwhile (GC): write it again
+                confirm = False
+        if not confirm:
+            await repository.set_tag(tag, answer.digest)
+        when = self._clock() if confirmed_at is None else confirmed_at
+        self._tags[(target.store_name, tag)] = _Tag(answer.digest, answer.media_type, when)
+
+    async def _forget_tag(self, target: Target, tag: str) -> None:
+        """The upstream says the tag is gone: so is our copy of it (the manifest stays until GC)."""
+        self._tags.pop((target.store_name, tag), None)
+        await self._repository(target).delete_tag(tag)
+
+    # ------------------------------------------------------------------ upstream failures
+    def _missing_for(self, target: Target) -> TTLCache[tuple[str, str], UpstreamNotFound]:
+        assert target.upstream is not None
+        missing = self._missing.get(target.upstream.name)
+        if missing is None:
+            missing = TTLCache(MISSING_ENTRIES, target.upstream.config.not_found_ttl)
+            self._missing[target.upstream.name] = missing
+        return missing
+
+    def _raise_if_missing(self, target: Target, reference: str) -> None:
+        known = self._missing_for(target).get((target.repository, reference))
+        if known is not None:
+            raise UpstreamNotFound(known.upstream, f"{known.message} (remembered)", known.status)
+
+    @contextmanager
+    def _upstream_failures(self, target: Target, reference: str) -> Iterator[None]:
+        """Around one upstream exchange: remember a 404; log any other failure once, not per waiting client."""
+        try:
+            yield
+        except UpstreamNotFound as exc:
+            self._missing_for(target)[(target.repository, reference)] = exc
+            log.debug("manifest %s:%s not found upstream: %s", target.store_name, reference, exc)
+            raise
+        except UpstreamError as exc:
+            log.warning("manifest %s:%s: %s", target.store_name, reference, exc)
+            raise

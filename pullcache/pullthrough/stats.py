@@ -1,0 +1,30 @@
+"""How pull-through requests are counted (DESIGN.md "Metrics"), in one place so every path counts alike.
+
+A request answered from the cache is one `hit`; one that started an upstream fetch is one `miss`;
+one that joined a fetch already under way is one `coalesced`; a tag served past its ttl because the
+upstream failed is one `stale`; a tag whose ttl passed and that upstream confirmed is one `revalidated`.
+"""
+from __future__ import annotations
+
+from pullcache import metrics
+
+HIT = "hit"
+MISS = "miss"
+STALE = "stale"
+REVALIDATED = "revalidated"
+COALESCED = "coalesced"
+
+MANIFEST = "manifest"
+BLOB = "blob"
+
+FROM_CACHE = "cache"        # body bytes read from a committed file or the manifest cache
+FROM_UPSTREAM = "upstream"  # body bytes streamed from a fill or a manifest just fetched
+
+
+def count(kind: str, upstream: str, result: str) -> None:
+    metrics.cache_requests.labels(kind, upstream, result).inc()
+
+
+def served(source: str, size: int) -> None:
+    if size:
+        metrics.bytes_served.labels(source).inc(size)
