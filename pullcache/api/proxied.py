@@ -1,0 +1,144 @@
+"""HTTP answers for repositories of upstreams: manifests and blobs through the pull-through cache.
+
+The API handlers call get_manifest / get_blob when the resolver says a name is not local. A cached
+blob goes out like any committed blob (sendfile, Range); a blob still arriving streams from its
+fill, and if the fill fails after the headers went out the connection is cut, so the client sees
+a broken transfer and never wrong bytes. Upstream failures become OCI errors a client can act on.
+"""
+from __future__ import annotations
+
+from contextlib import aclosing
+
+from aiohttp import web
+
+from pullcache.api.appkeys import PULLTHROUGH
+from pullcache.api.blobs import blob_file_response, digest_headers, parse_range
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import check_reference
+from pullcache.cache.files import StoreFullError
+from pullcache.cache.fill import FillFailed, FillReader
+from pullcache.digests import Digest
+from pullcache.pullthrough import PullThrough, stats
+from pullcache.resolver import Target
+from pullcache.upstream.errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
+                                       UpstreamUnauthorized, UpstreamUnavailable)
+
+OCTET_STREAM = "application/octet-stream"
+
+
+async def get_manifest(request: web.Request, target: Target, reference: str | Digest) -> web.StreamResponse:
+    """GET/HEAD /v2/<name>/manifests/<reference> of an upstream repository."""
+    if not isinstance(reference, Digest):
+        reference = check_reference(reference)
+    head = request.method == "HEAD"
+    try:
+        answer = await _pullthrough(request).manifests.get(
+            target, reference, request.headers.getall("Accept", []), head=head)
+    except UpstreamError as exc:
+        raise upstream_error(exc, "MANIFEST_UNKNOWN", f"manifest {reference} of {target.repository}") from exc
+    request["cache_result"] = answer.result
+    headers = {**digest_headers(answer.digest), "Content-Type": answer.media_type}
+    if head:
+        return web.Response(headers={**headers, "Content-Length": str(answer.size)})
+    assert answer.body is not None
+    fresh = answer.result in (stats.MISS, stats.COALESCED)
+    stats.served(stats.FROM_UPSTREAM if fresh else stats.FROM_CACHE, len(answer.body))
+    return web.Response(body=answer.body, headers=headers)
+
+
+async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.StreamResponse:
+    """GET/HEAD /v2/<name>/blobs/<digest> of an upstream repository."""
+    blobs = _pullthrough(request).blobs
+    if request.method == "HEAD":
+        try:
+            size, result = await blobs.head(target, digest)
+        except UpstreamError as exc:
+            raise upstream_error(exc, "BLOB_UNKNOWN", f"blob {digest}") from exc
+        request["cache_result"] = result
+        return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
+                                     "Content-Length": str(size), "Accept-Ranges": "bytes"})
+    source = blobs.open(target, digest)
+    request["cache_result"] = source.result
+    if source.reader is None:
+        assert source.path is not None and source.size is not None
+        response = blob_file_response(request, source.path, digest, source.size)
+        await response.prepare(request)  # sends it all; counted once it went out
+        if response.status in (200, 206) and response.content_length:
+            stats.served(stats.FROM_CACHE, response.content_length)
+        return response
+    async with source.reader as reader:
+        return await _stream_fill(request, reader, digest)
+
+
+async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest) -> web.StreamResponse:
+    """The blob (or the Range asked for) from a fill, each chunk sent as soon as it is on disk."""
+    try:
+        size = await reader.started()
+    except FillFailed as exc:
+        raise fill_error(exc, f"blob {digest}") from exc
+    byte_range = parse_range(request.headers.get("Range"), size) if size is not None else None
+    response = web.StreamResponse(status=206 if byte_range else 200, headers={
+        **digest_headers(digest), "Content-Type": OCTET_STREAM, "Accept-Ranges": "bytes"})
+    start, end = (byte_range.start, byte_range.end + 1) if byte_range else (0, size)
+    if byte_range is not None and size is not None:
+        response.headers["Content-Range"] = byte_range.content_range(size)
+    if end is None:
+        response.enable_chunked_encoding()  # the upstream did not say how big it is
+    else:
+        response.content_length = end - start
+    try:
+        await response.prepare(request)
+        async with aclosing(reader.chunks(start, end)) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+                stats.served(stats.FROM_UPSTREAM, len(chunk))
+        await response.write_eof()
+    except FillFailed:
+        # Headers are gone; only cutting the connection tells the client the body is not whole.
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionError:
+        pass  # the client went away; the fill carries on for the others
+    return response
+
+
+def _pullthrough(request: web.Request) -> PullThrough:
+    return request.app[PULLTHROUGH]
+
+
+def fill_error(exc: FillFailed, what: str) -> Exception:
+    """What a request answers when the fill it waited on failed before sending anything."""
+    cause = exc.cause
+    if isinstance(cause, UpstreamError):
+        return upstream_error(cause, "BLOB_UNKNOWN", what)
+    if isinstance(cause, StoreFullError):
+        return cause  # the error middleware answers 507
+    return RegistryError("UNAVAILABLE", f"fetching {what} failed: {cause}", status=503)
+
+
+def upstream_error(exc: UpstreamError, unknown_code: str, what: str) -> RegistryError:
+    """An upstream failure as the OCI error a client sees (pullcache had nothing cached to answer with).
+
+    A refusal by the upstream (401/403 after authenticating) becomes 403 DENIED, not 401: the client
+    cannot fix pullcache's upstream credentials by logging in to pullcache.
+    """
+    upstream = exc.upstream
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(unknown_code, f"{what} is not known to upstream {upstream}",
+                             detail={"upstream": upstream})
+    if isinstance(exc, UpstreamRateLimited):
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        return RegistryError("TOOMANYREQUESTS", f"upstream {upstream} is rate-limiting pulls and {what} is not "
+                             f"cached; try again later", headers=headers, detail={"upstream": upstream})
+    if isinstance(exc, UpstreamUnauthorized):
+        return RegistryError("DENIED", f"upstream {upstream} refused access to {what} ({exc.message}); the "
+                             "repository is private or missing, or pullcache's credentials for it lack access",
+                             detail={"upstream": upstream})
+    if isinstance(exc, UpstreamTimeout):
+        return RegistryError("UNAVAILABLE", f"upstream {upstream} timed out serving {what}: {exc.message}",
+                             status=504, detail={"upstream": upstream})
+    if isinstance(exc, UpstreamUnavailable):
+        return RegistryError("UNAVAILABLE", f"upstream {upstream} is unavailable for {what}: {exc.message}",
+                             status=503, detail={"upstream": upstream})
+    return RegistryError("UNAVAILABLE", f"upstream {upstream} answered badly for {what}: {exc.message}",
+                         status=502, detail={"upstream": upstream})

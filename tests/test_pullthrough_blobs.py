@@ -1,0 +1,219 @@
+"""Blobs through pullcache from a (misbehaving) upstream: one fetch per digest streamed to every client,
+verified before it is cached; failures cut transfers and cache nothing."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fault_upstream import FakeRegistry, Stall, answer
+from tests.support_faults import (Gate, Proxy, bytes_served, start_proxy, truncated,
+                                  wrong_bytes)
+
+LAYER = os.urandom(4 * 1024 * 1024 + 123)
+FIRST = 256 * 1024
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Any) -> FakeRegistry:
+    return await FakeRegistry().start(aiohttp_server)
+
+
+@pytest.fixture
+async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
+    return await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="500ms")
+
+
+def blob_path(digest: str) -> str:
+    return f"/v2/team/app/blobs/{digest}"
+
+
+async def pull(proxy: Proxy, digest: str, **headers: str) -> tuple[int, bytes]:
+    async with proxy.client.get(blob_path(digest), headers=headers) as response:
+        return response.status, await response.read()
+
+
+async def test_a_cold_blob_is_fetched_once_cached_and_then_served_from_disk(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    assert await pull(proxy, digest) == (200, LAYER)
+    assert proxy.cached(digest) == LAYER
+    assert await pull(proxy, digest) == (200, LAYER)
+    assert proxy.upstream_requests("GET", digest) == 1
+    assert (proxy.count("blob", "miss"), proxy.count("blob", "hit")) == (1, 1)
+
+
+async def test_many_clients_on_one_cold_layer_cause_one_upstream_get(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    proxy.fake.faults[blob_path(digest)] = gate
+    responses = [await proxy.client.get(blob_path(digest))]
+    await gate.sent.wait()
+    responses += await asyncio.gather(*(proxy.client.get(blob_path(digest)) for _ in range(15)))
+    # Every client already has headers and the first bytes while the upstream is still sending.
+    firsts = await asyncio.gather(*(response.content.readexactly(1000) for response in responses))
+    assert firsts == [LAYER[:1000]] * 16
+    gate.release.set()
+    bodies = await asyncio.gather(*(response.read() for response in responses))
+    assert [response.status for response in responses] == [200] * 16
+    assert all(first + body == LAYER for first, body in zip(firsts, bodies))
+    assert proxy.upstream_requests("GET", digest) == 1
+    assert (proxy.count("blob", "miss"), proxy.count("blob", "coalesced")) == (1, 15)
+    assert proxy.cached(digest) == LAYER
+
+
+async def test_four_pulls_of_one_uncached_layer_count_one_miss(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    results = await asyncio.gather(*(pull(proxy, digest) for _ in range(4)))
+    assert results == [(200, LAYER)] * 4
+    assert proxy.count("blob", "miss") == 1
+    assert proxy.count("blob", "hit") + proxy.count("blob", "coalesced") == 3
+
+
+async def test_bytes_served_say_where_they_came_from(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    upstream_before, cache_before = bytes_served("upstream"), bytes_served("cache")
+    await pull(proxy, digest)
+    assert bytes_served("upstream") - upstream_before == len(LAYER)
+    await pull(proxy, digest)
+    assert bytes_served("cache") - cache_before == len(LAYER)
+
+
+async def test_the_first_byte_arrives_before_the_upstream_finishes(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    gate = Gate(LAYER, 10)
+    proxy.fake.faults[blob_path(digest)] = gate
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert await response.content.readexactly(10) == LAYER[:10]
+        assert not gate.release.is_set()
+        gate.release.set()
+        assert await response.read() == LAYER[10:]
+
+
+async def test_a_client_that_disconnects_does_not_stop_the_fill(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    proxy.fake.faults[blob_path(digest)] = gate
+    leaving = await proxy.client.get(blob_path(digest))
+    await leaving.content.readexactly(100)
+    leaving.close()  # drops the connection mid-body
+    gate.release.set()
+    assert await pull(proxy, digest) == (200, LAYER)  # joined the same fill, or the blob it committed
+    assert proxy.upstream_requests("GET", digest) == 1
+    assert proxy.cached(digest) == LAYER
+
+
+async def test_a_range_on_a_miss_is_answered_from_the_fill(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    async with proxy.client.get(blob_path(digest), headers={"Range": "bytes=1000-2999"}) as response:
+        assert response.status == 206
+        assert response.headers["Content-Range"] == f"bytes 1000-2999/{len(LAYER)}"
+        assert await response.read() == LAYER[1000:3000]
+    assert proxy.upstream_requests("GET", digest) == 1
+    assert proxy.cached(digest) == LAYER
+
+
+async def test_head_on_a_miss_asks_upstream_for_headers_only(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    async with proxy.client.head(blob_path(digest)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(len(LAYER))
+        assert response.headers["Docker-Content-Digest"] == digest
+    assert proxy.upstream_requests("HEAD", digest) == 1
+    assert proxy.upstream_requests("GET", digest) == 0
+    assert proxy.cached(digest) is None
+
+
+async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:
+    missing = "sha256:" + "0" * 64
+    async with proxy.client.get(blob_path(missing)) as response:
+        assert response.status == 404
+        assert (await response.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+async def assert_broken_transfer(proxy: Proxy, digest: str) -> None:
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def assert_nothing_cached_then_recovers(proxy: Proxy, digest: str) -> None:
+    assert proxy.cached(digest) is None
+    assert proxy.temp_files() == []
+    proxy.fake.faults.clear()
+    assert await pull(proxy, digest) == (200, LAYER)
+    assert proxy.cached(digest) == LAYER
+
+
+async def test_a_truncated_body_breaks_the_transfer_and_caches_nothing(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    proxy.fake.faults[blob_path(digest)] = truncated(LAYER, len(LAYER) // 2)
+    await assert_broken_transfer(proxy, digest)
+    await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+async def test_wrong_bytes_never_reach_a_client_whole(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    proxy.fake.faults[blob_path(digest)] = wrong_bytes(LAYER)
+    async with proxy.client.get(blob_path(digest)) as response:
+        received = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for chunk in response.content.iter_any():
+                received += chunk
+        assert len(received) < len(LAYER)
+    await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+async def test_a_stalled_upstream_times_out_and_caches_nothing(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    stall = Stall(LAYER, FIRST)
+    proxy.fake.faults[blob_path(digest)] = stall
+    try:
+        await assert_broken_transfer(proxy, digest)  # read_timeout is 500ms
+    finally:
+        stall.release.set()
+    await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+async def test_an_upstream_429_is_passed_on_with_retry_after(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    proxy.fake.faults[blob_path(digest)] = answer(429, {"errors": [{"code": "TOOMANYREQUESTS"}]},
+                                                  headers={"Retry-After": "17"})
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "17"
+        assert (await response.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+    await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+async def test_an_upstream_5xx_is_an_unavailable_answer(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    proxy.fake.faults[blob_path(digest)] = answer(500, {"errors": [{"code": "UNKNOWN"}]})
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert response.status == 503
+        body = await response.json()
+        assert body["errors"][0]["code"] == "UNAVAILABLE"
+        assert proxy.upstream in body["errors"][0]["message"]
+    await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+async def test_clients_waiting_on_a_failing_fill_all_see_it_fail(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    stall = Stall(LAYER, FIRST)
+    proxy.fake.faults[blob_path(digest)] = stall
+    try:
+        responses = [await proxy.client.get(blob_path(digest))]
+        await stall.sent.wait()
+        responses += await asyncio.gather(*(proxy.client.get(blob_path(digest)) for _ in range(3)))
+        for response in responses:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+            response.close()
+    finally:
+        stall.release.set()
+    assert proxy.upstream_requests("GET", digest) == 1
+    await assert_nothing_cached_then_recovers(proxy, digest)
