@@ -133,10 +133,18 @@ def wrong_bytes(body: bytes) -> Handler:
     return handler
 
 
-def delegate_after(gate: asyncio.Event, fake: FakeRegistry, path: str) -> Handler:
-    """Waits for `gate`, then answers as the fake normally would (the fault removes itself)."""
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        fake.faults.pop(path, None)
-        return await fake.handle(request)
-    return handler
+class Held:
+    """Holds requests to `path` until `release` is set (`arrived` is set by the first), then answers as the
+    fake normally would."""
+
+    def __init__(self, fake: FakeRegistry, path: str) -> None:
+        self.fake = fake
+        self.path = path
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.arrived.set()
+        await self.release.wait()
+        self.fake.faults.pop(self.path, None)
+        return await self.fake.handle(request)

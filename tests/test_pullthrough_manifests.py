@@ -1,0 +1,306 @@
+"""Manifests through pullcache: cached byte-for-byte, tags kept for manifest_ttl then revalidated with a HEAD,
+served stale while the upstream fails, 404s remembered, one upstream exchange per reference at a time."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from pullcache.cache.store import Store
+from pullcache.config import UpstreamConfig
+from pullcache.digests import Digest
+from pullcache.pullthrough import Manifests, stats
+from pullcache.resolver import Target
+from pullcache.upstream.client import MANIFEST_TYPES, UpstreamClient
+from tests.fault_upstream import FakeRegistry, answer, sha256
+from tests.support_faults import Hang, Held, Proxy, cache_requests, start_proxy
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def manifest(marker: str, media_type: str = OCI_MANIFEST) -> bytes:
+    """A manifest whose bytes (odd spacing and key order included) must survive unchanged."""
+    return (f'{{"schemaVersion":2,  "mediaType": "{media_type}", "config": {{"digest": "{marker}"}},'
+            f'"layers":[]}}\n').encode()
+
+
+V1 = manifest("v1")
+V2 = manifest("v2")
+TAG_PATH = "/v2/team/app/manifests/latest"
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Any) -> FakeRegistry:
+    registry = await FakeRegistry().start(aiohttp_server)
+    registry.add_manifest("team/app", "latest", V1)
+    return registry
+
+
+async def proxy_with(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path, **upstream: Any) -> Proxy:
+    return await start_proxy(aiohttp_client, fake, tmp_path / "data", **upstream)
+
+
+async def get(proxy: Proxy, path: str = TAG_PATH, method: str = "GET", **headers: str) -> tuple[int, bytes, Any]:
+    async with proxy.client.request(method, path, headers=headers) as response:
+        return response.status, await response.read(), response.headers
+
+
+def upstream_manifest_requests(proxy: Proxy) -> list[str]:
+    return [seen.method for seen in proxy.fake.seen if "/manifests/" in seen.path]
+
+
+# ---------------------------------------------------------------------- through HTTP
+
+async def test_a_tag_is_fetched_once_and_served_from_the_cache_within_its_ttl(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="1h")
+    for _ in range(300):
+        status, body, headers = await get(proxy)
+        assert (status, body) == (200, V1)
+        assert headers["Docker-Content-Digest"] == sha256(V1)
+        assert headers["Content-Type"] == OCI_MANIFEST
+    assert upstream_manifest_requests(proxy) == ["GET"]
+    assert (proxy.count("manifest", "miss"), proxy.count("manifest", "hit")) == (1, 299)
+
+
+async def test_a_manifest_by_digest_is_never_asked_for_again(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s")
+    path = f"/v2/team/app/manifests/{sha256(V1)}"
+    assert (await get(proxy, path))[:2] == (200, V1)
+    assert (await get(proxy, path))[:2] == (200, V1)
+    assert upstream_manifest_requests(proxy) == ["GET"]
+
+
+async def test_an_expired_tag_is_revalidated_with_a_head_only(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s")
+    for _ in range(3):
+        assert (await get(proxy))[:2] == (200, V1)
+    assert upstream_manifest_requests(proxy) == ["GET", "HEAD", "HEAD"]
+    assert proxy.count("manifest", "revalidated") == 2
+
+
+async def test_a_moved_tag_is_fetched_again(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s")
+    assert (await get(proxy))[:2] == (200, V1)
+    fake.add_manifest("team/app", "latest", V2)
+    status, body, headers = await get(proxy)
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, V2, sha256(V2))
+    assert upstream_manifest_requests(proxy) == ["GET", "HEAD", "GET"]
+    # ...and the old manifest stays reachable by its digest.
+    assert (await get(proxy, f"/v2/team/app/manifests/{sha256(V1)}"))[:2] == (200, V1)
+
+
+@pytest.mark.parametrize("fault", [
+    answer(503, {"errors": [{"code": "UNAVAILABLE"}]}),
+    answer(500, b"internal error"),
+    answer(429, {"errors": [{"code": "TOOMANYREQUESTS"}]}, headers={"Retry-After": "60"}),
+], ids=["503", "500", "429"])
+async def test_an_expired_tag_is_served_stale_while_the_upstream_fails(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path, fault: Any) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s")
+    assert (await get(proxy))[:2] == (200, V1)
+    fake.faults[TAG_PATH] = fault
+    status, body, headers = await get(proxy)
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, V1, sha256(V1))
+    assert proxy.count("manifest", "stale") == 1
+    fake.faults.clear()
+    assert (await get(proxy))[:2] == (200, V1)
+    assert proxy.count("manifest", "revalidated") == 1
+
+
+async def test_an_expired_tag_is_served_stale_when_the_upstream_times_out(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s", read_timeout="300ms")
+    assert (await get(proxy))[:2] == (200, V1)
+    hang = Hang()
+    fake.faults[TAG_PATH] = hang
+    try:
+        assert (await get(proxy))[:2] == (200, V1)
+    finally:
+        hang.release.set()
+    assert hang.arrived.is_set()
+    assert proxy.count("manifest", "stale") == 1
+
+
+async def test_a_missing_tag_is_manifest_unknown_and_remembered(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, not_found_ttl="1h")
+    for _ in range(5):
+        status, body, _ = await get(proxy, "/v2/team/app/manifests/nope")
+        assert status == 404
+        assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert upstream_manifest_requests(proxy) == ["GET"]
+
+
+async def test_a_tag_deleted_upstream_is_forgotten(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="0s")
+    assert (await get(proxy))[:2] == (200, V1)
+    del fake.manifests[("team/app", "latest")]
+    assert (await get(proxy))[0] == 404
+
+
+async def test_a_429_with_nothing_cached_is_passed_on(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    fake.faults[TAG_PATH] = answer(429, {"errors": [{"code": "TOOMANYREQUESTS"}]}, headers={"Retry-After": "42"})
+    status, body, headers = await get(proxy)
+    assert (status, headers["Retry-After"]) == (429, "42")
+    assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    fake.faults.clear()
+    assert (await get(proxy))[:2] == (200, V1)
+
+
+async def test_an_unavailable_upstream_with_nothing_cached_is_a_clear_5xx(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    fake.faults[TAG_PATH] = answer(502, b"bad gateway")
+    status, body, _ = await get(proxy)
+    error = json.loads(body)["errors"][0]
+    assert (status, error["code"]) == (503, "UNAVAILABLE")
+    assert proxy.upstream in error["message"] and "502" in error["message"]
+
+
+async def test_an_upstream_refusal_is_denied(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> None:
+    private = await FakeRegistry(credentials=("puller", "pullpass")).start(aiohttp_server)
+    private.add_manifest("team/app", "latest", V1)
+    proxy = await proxy_with(aiohttp_client, private, tmp_path)
+    status, body, _ = await get(proxy)
+    assert (status, json.loads(body)["errors"][0]["code"]) == (403, "DENIED")
+    with_credentials = await proxy_with(aiohttp_client, private, tmp_path / "2", username="puller",
+                                        password="pullpass")
+    assert (await get(with_credentials))[:2] == (200, V1)
+
+
+async def test_head_on_a_miss_fetches_no_body(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    status, _, headers = await get(proxy, method="HEAD")
+    assert (status, headers["Docker-Content-Digest"], headers["Content-Length"]) == (200, sha256(V1), str(len(V1)))
+    assert headers["Content-Type"] == OCI_MANIFEST
+    assert upstream_manifest_requests(proxy) == ["HEAD"]
+
+
+async def test_a_tag_resolved_by_head_is_cached_once_its_digest_is_fetched(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    """containerd's way: HEAD the tag, GET the digest. The next pull needs the upstream no more."""
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="1h")
+    await get(proxy, method="HEAD")
+    await get(proxy, f"/v2/team/app/manifests/{sha256(V1)}")
+    assert upstream_manifest_requests(proxy) == ["HEAD", "GET"]
+    assert (await get(proxy, method="HEAD"))[0] == 200
+    assert (await get(proxy))[:2] == (200, V1)
+    assert upstream_manifest_requests(proxy) == ["HEAD", "GET"]
+
+
+async def test_indexes_and_platform_manifests_keep_their_bytes_and_types(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    amd64, arm64 = manifest("amd64", DOCKER_MANIFEST), manifest("arm64", DOCKER_MANIFEST)
+    children = [{"mediaType": DOCKER_MANIFEST, "digest": sha256(m), "size": len(m),
+                 "platform": {"os": "linux", "architecture": a}} for m, a in ((amd64, "amd64"), (arm64, "arm64"))]
+    index = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": children}, indent=3).encode()
+    fake.add_manifest("team/multi", "v1", index, DOCKER_LIST)
+    for child in (amd64, arm64):
+        fake.add_manifest("team/multi", sha256(child), child, DOCKER_MANIFEST)
+    status, body, headers = await get(proxy, "/v2/team/multi/manifests/v1")
+    assert (status, body, headers["Content-Type"], headers["Docker-Content-Digest"]) == (
+        200, index, DOCKER_LIST, sha256(index))
+    for child in (amd64, arm64):
+        status, body, headers = await get(proxy, f"/v2/team/multi/manifests/{sha256(child)}")
+        assert (status, body, headers["Content-Type"]) == (200, child, DOCKER_MANIFEST)
+
+
+async def test_the_upstream_is_asked_for_every_manifest_type(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    await get(proxy, Accept=DOCKER_MANIFEST)
+    accepted = {item.split(";")[0].strip() for item in fake.seen[-1].headers["Accept"].split(",")}
+    assert set(MANIFEST_TYPES) | {DOCKER_MANIFEST} <= accepted
+
+
+# ---------------------------------------------------------------------- Manifests directly (time and concurrency)
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "data")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def target(fake: FakeRegistry) -> AsyncIterator[Target]:
+    client = UpstreamClient(UpstreamConfig(name=f"direct{os.urandom(4).hex()}", url=fake.url, manifest_ttl=300))
+    await client.start()
+    yield Target("team/app", client, "team/app")
+    await client.close()
+
+
+async def test_the_ttl_ends_exactly_at_manifest_ttl(store: Store, target: Target, fake: FakeRegistry) -> None:
+    clock = Clock()
+    manifests = Manifests(store, clock=clock)
+    assert (await manifests.get(target, "latest")).result == stats.MISS
+    clock.now += 299.9
+    assert (await manifests.get(target, "latest")).result == stats.HIT
+    clock.now += 0.1
+    assert (await manifests.get(target, "latest")).result == stats.REVALIDATED
+    clock.now += 299.9
+    assert (await manifests.get(target, "latest")).result == stats.HIT  # the HEAD restarted the ttl
+    assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+    await manifests.close()
+
+
+async def test_tag_state_survives_a_restart(store: Store, target: Target, fake: FakeRegistry) -> None:
+    first = Manifests(store)
+    await first.get(target, "latest")
+    await first.close()
+    restarted = Manifests(store)
+    assert (await restarted.get(target, "latest")).result == stats.HIT
+    tag_file = store.layout.repository(target.store_name, cached=True) / "_manifests" / "tags" / "latest"
+    old = time.time() - 301
+    os.utime(tag_file, (old, old))  # last confirmed longer ago than manifest_ttl
+    assert (await Manifests(store).get(target, "latest")).result == stats.REVALIDATED
+    assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+
+
+async def test_a_storm_on_an_expired_tag_sends_one_head(store: Store, target: Target, fake: FakeRegistry) -> None:
+    clock = Clock()
+    manifests = Manifests(store, clock=clock)
+    await manifests.get(target, "latest")
+    clock.now += 3600
+    held = Held(fake, TAG_PATH)
+    fake.faults[TAG_PATH] = held
+    storm = asyncio.gather(*(manifests.get(target, "latest") for _ in range(20)))
+    await held.arrived.wait()  # the one HEAD is at the upstream; every caller has joined it by now
+    held.release.set()
+    answers = await storm
+    assert sorted(a.result for a in answers) == [stats.COALESCED] * 19 + [stats.REVALIDATED]
+    assert all(a.body == V1 for a in answers)
+    assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+    assert cache_requests("manifest", target.upstream.name, stats.COALESCED) == 19  # type: ignore[union-attr]
+    await manifests.close()
+
+
+async def test_a_storm_on_a_cold_tag_sends_one_get(store: Store, target: Target, fake: FakeRegistry) -> None:
+    manifests = Manifests(store)
+    answers = await asyncio.gather(*(manifests.get(target, "latest") for _ in range(20)))
+    assert sorted(a.result for a in answers) == [stats.COALESCED] * 19 + [stats.MISS]
+    assert [seen.method for seen in fake.seen] == ["GET"]
+    assert {a.digest for a in answers} == {Digest.parse(sha256(V1))}
+    await manifests.close()
