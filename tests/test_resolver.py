@@ -1,0 +1,135 @@
+"""Routing exactly as DESIGN.md says: path prefix, containerd's ?ns=, bare names local-first then the default
+upstream with Docker Hub's library/ rule, and pushes only to local names that shadow nothing."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pullcache.api.errors import RegistryError
+from pullcache.config import build_config
+from pullcache.resolver import Resolver, Target
+from pullcache.upstream.pool import Upstreams
+
+HUB = {"name": "docker.io", "url": "https://registry-1.docker.io", "default": True, "aliases": ["index.docker.io"]}
+GHCR = {"name": "ghcr.io", "url": "https://ghcr.io"}
+
+
+def resolver(*upstreams: dict[str, Any], existing: frozenset[str] = frozenset(), **sections: Any) -> Resolver:
+    """A resolver over `upstreams` (default: Docker Hub as default, and ghcr.io); `existing` are local repositories."""
+    config = build_config({"upstreams": list(upstreams or (HUB, GHCR)), **sections})
+    return Resolver(config, Upstreams(config.upstreams), lambda name: name in existing)
+
+
+def where(target: Target) -> tuple[str | None, str]:
+    return (target.upstream.name if target.upstream else None), target.repository
+
+
+# ---------------------------------------------------------------------- reads
+
+def test_a_path_prefix_names_the_upstream() -> None:
+    routes = resolver()
+    assert where(routes.resolve("ghcr.io/org/app")) == ("ghcr.io", "org/app")
+    assert where(routes.resolve("docker.io/library/alpine")) == ("docker.io", "library/alpine")
+
+
+def test_a_path_prefix_to_docker_hub_gets_library_for_one_component() -> None:
+    assert where(resolver().resolve("docker.io/alpine")) == ("docker.io", "library/alpine")
+
+
+def test_the_prefix_wins_over_a_local_repository_of_the_same_name() -> None:
+    routes = resolver(existing=frozenset({"ghcr.io/org/app"}))
+    assert where(routes.resolve("ghcr.io/org/app")) == ("ghcr.io", "org/app")
+
+
+def test_cached_repositories_are_stored_under_their_upstream() -> None:
+    target = resolver().resolve("alpine")
+    assert target.store_name == "docker.io/library/alpine"
+    assert target.name == "alpine"  # as the client wrote it
+    assert not target.is_local
+
+
+def test_ns_names_the_upstream_by_name_or_alias_in_any_case() -> None:
+    routes = resolver()
+    assert where(routes.resolve("library/alpine", "docker.io")) == ("docker.io", "library/alpine")
+    assert where(routes.resolve("alpine", "Index.Docker.IO")) == ("docker.io", "library/alpine")
+    assert where(routes.resolve("org/app", "ghcr.io")) == ("ghcr.io", "org/app")
+
+
+def test_ns_wins_over_a_local_repository() -> None:
+    assert where(resolver(existing=frozenset({"team/app"})).resolve("team/app", "docker.io")) == ("docker.io", "team/app")
+
+
+def test_an_ns_naming_no_upstream_is_name_unknown() -> None:
+    with pytest.raises(RegistryError) as refused:
+        resolver().resolve("library/alpine", "evil.example.com")
+    assert (refused.value.code, refused.value.status) == ("NAME_UNKNOWN", 404)
+    assert "evil.example.com" in refused.value.message
+
+
+def test_a_bare_name_goes_to_the_default_upstream_with_library() -> None:
+    routes = resolver()
+    assert where(routes.resolve("alpine")) == ("docker.io", "library/alpine")
+    assert where(routes.resolve("bitnami/redis")) == ("docker.io", "bitnami/redis")
+
+
+def test_a_bare_name_that_exists_locally_is_served_locally() -> None:
+    target = resolver(existing=frozenset({"team/app"})).resolve("team/app")
+    assert target.is_local
+    assert (target.repository, target.store_name) == ("team/app", "team/app")
+
+
+def test_library_is_docker_hubs_rule_only() -> None:
+    routes = resolver({"name": "quay.io", "url": "https://quay.io", "default": True})
+    assert where(routes.resolve("alpine")) == ("quay.io", "alpine")
+    assert where(routes.resolve("quay.io/alpine")) == ("quay.io", "alpine")
+
+
+def test_docker_hub_is_recognised_by_alias() -> None:
+    routes = resolver({"name": "hub", "url": "https://registry-1.docker.io", "default": True, "aliases": ["docker.io"]})
+    assert where(routes.resolve("alpine")) == ("hub", "library/alpine")
+
+
+def test_without_a_default_upstream_bare_names_are_local() -> None:
+    routes = resolver(GHCR)
+    assert routes.resolve("alpine").is_local
+    assert where(routes.resolve("ghcr.io/org/app")) == ("ghcr.io", "org/app")
+
+
+def test_a_first_component_that_is_no_upstream_is_part_of_the_name() -> None:
+    assert where(resolver().resolve("quay.io/org/app")) == ("docker.io", "quay.io/org/app")
+
+
+# ---------------------------------------------------------------------- pushes
+
+def test_local_names_accept_pushes() -> None:
+    target = resolver().resolve_push("team/app")
+    assert target.is_local and target.repository == "team/app"
+
+
+@pytest.mark.parametrize("name", ["docker.io/team/app", "ghcr.io/org/app"])
+def test_names_of_upstreams_refuse_pushes(name: str) -> None:
+    with pytest.raises(RegistryError) as refused:
+        resolver().resolve_push(name)
+    assert (refused.value.code, refused.value.status) == ("DENIED", 403)
+
+
+def test_pushes_with_ns_are_refused() -> None:
+    with pytest.raises(RegistryError) as refused:
+        resolver().resolve_push("team/app", "docker.io")
+    assert refused.value.code == "DENIED"
+
+
+@pytest.mark.parametrize("name", ["library/alpine", "alpine"])
+def test_official_images_cannot_be_shadowed(name: str) -> None:
+    with pytest.raises(RegistryError) as refused:
+        resolver().resolve_push(name)
+    assert refused.value.code == "DENIED"
+    assert "library/*" in refused.value.message
+
+
+def test_deny_push_patterns_come_from_the_config() -> None:
+    routes = resolver(local={"deny_push": ["corp/*"]})
+    with pytest.raises(RegistryError):
+        routes.resolve_push("corp/base")
+    assert routes.resolve_push("library/alpine").is_local  # the default pattern was replaced
