@@ -48,7 +48,7 @@ _UPSERT = (
     "origin = CASE WHEN blobs.origin = 'pushed' OR excluded.origin = 'pushed' THEN 'pushed' ELSE 'cached' END")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobRow:
     digest: str
     size: int
@@ -56,7 +56,7 @@ class BlobRow:
     last_access: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OriginTotals:
     bytes: int
     blobs: int

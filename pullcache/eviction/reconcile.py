@@ -38,9 +38,9 @@ class ReconcilePlan:
     stale_temps: list[StaleFile] = field(default_factory=list)
 
 
-def _scan_blobs(root: Path) -> dict[str, os.stat_result]:
-    """Every blob file under blobs/<alg>/<xx>/<hex>, by digest text."""
-    found: dict[str, os.stat_result] = {}
+def _scan_blobs(root: Path) -> dict[str, tuple[int, float]]:
+    """Every blob file under blobs/<alg>/<xx>/<hex>: digest text -> (size, mtime)."""
+    found: dict[str, tuple[int, float]] = {}
     if not root.is_dir():
         return found
     with os.scandir(root) as algorithms:
@@ -55,7 +55,8 @@ def _scan_blobs(root: Path) -> dict[str, os.stat_result]:
                         for entry in entries:
                             digest = digest_from_blob_path(Path(entry.path))
                             if digest is not None and entry.is_file():
-                                found[str(digest)] = entry.stat()
+                                info = entry.stat()
+                                found[str(digest)] = (info.st_size, info.st_mtime)
     return found
 
 
@@ -83,8 +84,8 @@ async def plan_reconcile(store: Store, linked: set[str], now: float | None = Non
     plan = ReconcilePlan()
     plan.rows_without_files = [row for row in rows if row.digest not in files]
     plan.files_without_rows = [
-        BlobRow(digest, info.st_size, PUSHED if digest in linked else CACHED, info.st_mtime)
-        for digest, info in files.items() if digest not in indexed]
+        BlobRow(digest, size, PUSHED if digest in linked else CACHED, mtime)
+        for digest, (size, mtime) in files.items() if digest not in indexed]
     plan.stale_temps = await asyncio.to_thread(stale_files, store.layout.tmp, now - TEMP_GRACE)
     return plan
 
