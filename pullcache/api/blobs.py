@@ -57,12 +57,11 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             raise range_not_satisfiable(size)
         return ByteRange(max(0, size - int(last)), size - 1)
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise range_not_satisfiable(size)
-    return ByteRange(start, min(end, size - 1))
+    return ByteRange(start, min(int(last) if last else size - 1, size - 1))
 
 
 def digest_headers(digest: Digest) -> dict[str, str]:

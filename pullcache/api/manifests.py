@@ -69,13 +69,14 @@ def _quality(params: list[str]) -> float:
 
 def parse_accept(values: list[str]) -> Accepted:
     """All `Accept` headers of a request (clients send one per type or one comma list); q=0 excludes."""
-    types = set()
+    types, named = set(), False
     for value in values:
         for item in value.split(","):
             media_type, *params = (part.strip() for part in item.split(";"))
+            named = named or bool(media_type)
             if media_type and _quality(params) > 0:
                 types.add(media_type.lower())
-    return Accepted(frozenset(types), not types or bool(types & _ANY_MANIFEST))
+    return Accepted(frozenset(types), not named or bool(types & _ANY_MANIFEST))
 
 
 def _media_type_only(content_type: str | None) -> str | None:

@@ -1,0 +1,131 @@
+"""In-process registry for the API tests: `build_app` on a temp store behind aiohttp's test client,
+plus small helpers that push blobs, manifests and whole images the way clients do.
+
+Test modules import the fixtures they use (`registry`, `registry_config`) and may override
+`registry_config` to change auth or push policy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from pullcache.app import build_app
+from pullcache.config import Config, build_config
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+EMPTY_JSON = "application/vnd.oci.empty.v1+json"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha512(data: bytes) -> str:
+    return "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+def store_root(config: Config) -> Path:
+    return Path(config.storage.path)
+
+
+def blob_files(config: Config) -> set[str]:
+    """Digests of every committed blob file in the store."""
+    root = store_root(config) / "blobs"
+    return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*") if path.is_file()}
+
+
+def store_snapshot(config: Config) -> dict[str, bytes]:
+    """Every file under blobs/ and repositories/ with its content: equal snapshots mean an unchanged store."""
+    root = store_root(config)
+    return {str(path.relative_to(root)): path.read_bytes()
+            for top in ("blobs", "repositories") for path in sorted((root / top).rglob("*")) if path.is_file()}
+
+
+def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
+
+
+def manifest_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2).encode()
+
+
+def image_manifest(config: bytes, layers: list[bytes], *, media_type: str = OCI_MANIFEST,
+                   config_type: str = OCI_CONFIG, layer_type: str = OCI_LAYER, **extra: Any) -> bytes:
+    return manifest_bytes({
+        "schemaVersion": 2, "mediaType": media_type,
+        "config": descriptor(config_type, config),
+        "layers": [descriptor(layer_type, layer) for layer in layers], **extra,
+    })
+
+
+async def push_blob(client: TestClient, name: str, data: bytes, **headers: str) -> str:
+    """POST then PUT, as most clients do; returns the digest."""
+    digest = sha256(data)
+    started = await client.post(f"/v2/{name}/blobs/uploads/", headers=headers)
+    assert started.status == 202, await started.text()
+    done = await client.put(started.headers["Location"], params={"digest": digest}, data=data, headers=headers)
+    assert done.status == 201, await done.text()
+    return digest
+
+
+async def push_manifest(client: TestClient, name: str, reference: str, data: bytes, media_type: str,
+                        **headers: str) -> str:
+    response = await client.put(f"/v2/{name}/manifests/{reference}", data=data,
+                                headers={"Content-Type": media_type, **headers})
+    assert response.status == 201, await response.text()
+    return response.headers["Docker-Content-Digest"]
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    name: str
+    tag: str
+    digest: str
+    manifest: bytes
+    config: bytes
+    layers: list[bytes]
+
+
+async def push_image(client: TestClient, name: str, tag: str = "v1", *, seed: str = "a",
+                     media_type: str = OCI_MANIFEST) -> PushedImage:
+    """A one-layer image: its blobs, then its manifest under `tag`."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+    layers = [f"layer of {seed}".encode() * 100]
+    for blob in (config, *layers):
+        await push_blob(client, name, blob)
+    config_type = DOCKER_CONFIG if media_type == DOCKER_MANIFEST else OCI_CONFIG
+    manifest = image_manifest(config, layers, media_type=media_type, config_type=config_type)
+    digest = await push_manifest(client, name, tag, manifest, media_type)
+    return PushedImage(name, tag, digest, manifest, config, layers)
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    return [error["code"] for error in body["errors"]]
+
+
+async def error_code(response: Any) -> str:
+    """The first OCI error code of a JSON error body."""
+    return error_codes(await response.json(content_type=None))[0]
+
+
+@pytest.fixture
+def registry_config(tmp_path: Path) -> Config:
+    """A registry with no upstreams: every name is local."""
+    return build_config({"storage": {"path": str(tmp_path / "data")}})
+
+
+@pytest.fixture
+async def registry(aiohttp_client: Any, registry_config: Config) -> TestClient:
+    return await aiohttp_client(build_app(registry_config))
