@@ -8,7 +8,8 @@ let a `pullcache gc` process read and write alongside a running server.
 The index keeps running totals per origin in memory (one SELECT at open, then a delta per
 write), so the store's size is known without a query; `refresh_if_changed()` re-reads them when
 another process (a `pullcache gc`) wrote to the database. Listeners hear about every change:
-the eviction service uses that to notice when a commit takes cached content over its bound.
+the eviction service uses that to notice when a commit takes cached content over its bound, and
+to hear report_disk_full() from whoever caught an ENOSPC.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class BlobIndex:
         self._totals: Totals = _empty_totals()
         self._data_version = 0
         self._listeners: list[TotalsListener] = []
+        self._disk_full_listeners: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -135,6 +137,19 @@ class BlobIndex:
 
     def unsubscribe(self, listener: TotalsListener) -> None:
         self._listeners.remove(listener)
+
+    def on_disk_full(self, listener: Callable[[int], None]) -> None:
+        """Call listener(bytes needed, 0 if unknown) whenever a write reports a full disk."""
+        self._disk_full_listeners.append(listener)
+
+    def off_disk_full(self, listener: Callable[[int], None]) -> None:
+        self._disk_full_listeners.remove(listener)
+
+    def report_disk_full(self, needed: int = 0) -> None:
+        """A write failed with ENOSPC (StoreFullError). Whoever catches it reports it here, where
+        everything holding the store can reach; eviction listens and frees cached content."""
+        for listener in list(self._disk_full_listeners):
+            listener(needed)
 
     def _notify(self) -> None:
         totals = self.totals()

@@ -5,9 +5,10 @@ which may run while a server uses the same storage (docs/gc.md says why that is 
 
 - mark: every manifest of a local repository and every blob it references (an index's child
   manifests too), plus every cached blob still in the LRU index (eviction owns those);
-- sweep: pushed blobs nothing marked any more (after a DELETE), but only when unused for
-  BLOB_GRACE and older than the oldest live upload session, so a push whose manifest has not
-  arrived yet keeps its blobs; upload sessions idle longer than gc.upload_ttl; orphaned temp files;
+- sweep: pushed blobs nothing marked any more (after a DELETE), but only when unused for the grace
+  period (BLOB_GRACE, or gc.upload_ttl if shorter: a push idle that long is abandoned anyway) and
+  older than the oldest live upload session, so a push whose manifest has not arrived yet keeps
+  its blobs; upload sessions idle longer than gc.upload_ttl; orphaned temp files;
 - reconcile: rows without files are dropped, files without rows are indexed.
 
 A dry run plans the same and changes nothing.
@@ -154,7 +155,7 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
     sessions = {session.id: session for session in await store.uploads.sessions()}
     started = {upload_id: session.started for upload_id, session in sessions.items()}
     uploads = await asyncio.to_thread(_scan_uploads, store.layout.uploads, config.upload_ttl, now, started)
-    cutoff = min(now - BLOB_GRACE, uploads.oldest_live_start or now)
+    cutoff = min(now - min(BLOB_GRACE, config.upload_ttl), uploads.oldest_live_start or now)
     live = await mark(store, refs) | set(report.promoted)
     candidates = sweep_candidates([row for row in rows if row.origin == PUSHED], live, cutoff)
     swept = candidates if dry_run else await sweep(store, candidates)

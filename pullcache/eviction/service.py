@@ -4,7 +4,8 @@
   totals if a `pullcache gc` process changed them, and checks the disk's free space.
 - It listens to the index: when a commit takes cached content over storage.max_size, an eviction
   pass frees it down to storage.low_water of the bound, in its own task, so no request waits.
-- disk_full() (a write hit ENOSPC) or a disk with less than its reserve free asks for a pass too.
+- A write that hit ENOSPC (store.index.report_disk_full, wired to disk_full()) or a disk with less
+  than its reserve free asks for a pass too.
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
 - It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
@@ -48,6 +49,7 @@ class EvictionService:
     async def start(self) -> None:
         index = self.store.index
         index.subscribe(self._on_totals)
+        index.on_disk_full(self.disk_full)
         self._on_totals(index.totals())
         unclean = self.store.index_was_missing or await index.get_meta(CLEAN_SHUTDOWN) != "1"
         await index.set_meta(CLEAN_SHUTDOWN, "0")
@@ -63,6 +65,7 @@ class EvictionService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self.store.index.unsubscribe(self._on_totals)
+        self.store.index.off_disk_full(self.disk_full)
         await self.store.flush_accesses()
         await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
 
