@@ -1,0 +1,248 @@
+"""`pullcache warm IMAGE... [--platform os/arch]`: pre-fill the cache without a running server.
+
+Each image is resolved like a request for it (path prefix, bare names to the default upstream with
+Docker Hub's library/ rule) and pulled through the same PullThrough objects a server uses: the
+index, the chosen (or every) platform manifest, their configs and layers. So a warmed cache is
+exactly what pulls would have left behind.
+
+Safe while a server runs on the same storage: every blob and link is published by an atomic rename
+after verification, and the index is SQLite in WAL mode. The two processes do not share their
+single-flight maps, so a layer both fetch at the same moment is downloaded twice and stored once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Sequence, TextIO
+
+from pullcache.api.errors import RegistryError
+from pullcache.api.names import check_name, check_reference
+from pullcache.cache.fill import FillFailed, FillReader
+from pullcache.cache.store import Store
+from pullcache.config import Config
+from pullcache.digests import Digest
+from pullcache.logs import configure_logging
+from pullcache.pullthrough import PullThrough, stats
+from pullcache.resolver import Resolver, Target
+from pullcache.upstream.errors import UpstreamError
+from pullcache.upstream.pool import Upstreams
+
+INDEX_TYPES = frozenset({"application/vnd.oci.image.index.v1+json",
+                         "application/vnd.docker.distribution.manifest.list.v2+json"})
+IMAGE_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
+                         "application/vnd.docker.distribution.manifest.v2+json"})
+PARALLEL_BLOBS = 4        # blobs of one image fetched at a time
+REDRAW_SECONDS = 0.2      # progress bar refresh
+BAR_WIDTH = 30
+MiB = 1024 * 1024
+
+
+class WarmError(Exception):
+    """This image cannot be warmed; the message says why."""
+
+
+@dataclass
+class Tally:
+    """What warming fetched and what the cache already held."""
+
+    fetched_blobs: int = 0
+    fetched_bytes: int = 0
+    cached_blobs: int = 0
+    cached_bytes: int = 0
+    fetched_manifests: int = 0
+    cached_manifests: int = 0
+
+    def add(self, other: "Tally") -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> str:
+        return (f"fetched {self.fetched_blobs} blobs ({self.fetched_bytes / MiB:.1f} MiB) and "
+                f"{self.fetched_manifests} manifests; already cached {self.cached_blobs} blobs "
+                f"({self.cached_bytes / MiB:.1f} MiB) and {self.cached_manifests} manifests")
+
+
+def parse_image(text: str) -> tuple[str, str | Digest]:
+    """`alpine`, `alpine:3.20`, `docker.io/library/alpine`, `ghcr.io/org/app@sha256:...` -> (name, reference)."""
+    name, _, digest = text.partition("@")
+    tag = None
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    try:
+        return check_name(name), check_reference(digest or tag or "latest")
+    except RegistryError as exc:
+        raise WarmError(f"not an image reference: {exc.message}") from exc
+
+
+def platform_matches(wanted: str, platform: dict[str, Any] | None) -> bool:
+    """`os/arch[/variant]` against an index entry's platform; a variant counts only when asked for."""
+    if not platform:
+        return False
+    os_name, _, rest = wanted.partition("/")
+    arch, _, variant = rest.partition("/")
+    return (platform.get("os") == os_name and platform.get("architecture") == arch
+            and (not variant or platform.get("variant") == variant))
+
+
+class ProgressBar:
+    """One `\\r`-redrawn line per image on stderr: name, bar, percentage and MiB."""
+
+    def __init__(self, label: str, out: TextIO) -> None:
+        self.label = label
+        self.out = out
+        self.total = 0
+        self.done = 0
+        self.readers: set[FillReader] = set()
+
+    @property
+    def current(self) -> int:
+        return self.done + sum(reader.fill.written for reader in self.readers)
+
+    def draw(self, final: bool = False) -> None:
+        current = min(self.current, self.total)
+        share = current / self.total if self.total else 1.0
+        filled = int(share * BAR_WIDTH)
+        self.out.write(f"\r{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} "
+                       f"{current / MiB:.1f}/{self.total / MiB:.1f} MiB" + ("\n" if final else ""))
+        self.out.flush()
+
+    async def redraw_until_cancelled(self) -> None:
+        while True:
+            self.draw()
+            await asyncio.sleep(REDRAW_SECONDS)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    content: dict[str, Any]
+
+
+class Warmer:
+    def __init__(self, pullthrough: PullThrough, resolver: Resolver, platform: str | None, out: TextIO) -> None:
+        self.pullthrough = pullthrough
+        self.resolver = resolver
+        self.platform = platform
+        self.out = out
+
+    async def warm(self, image: str) -> Tally:
+        name, reference = parse_image(image)
+        try:
+            target = self.resolver.resolve(name)
+        except RegistryError as exc:
+            raise WarmError(exc.message) from exc
+        if target.is_local:
+            raise WarmError(f"{name!r} is a local repository (or no upstream is the default); "
+                            "warm fills the cache of upstream images")
+        tally = Tally()
+        top = await self._manifest(target, reference, tally)
+        manifests = [top]
+        if top.media_type in INDEX_TYPES:
+            manifests = [await self._manifest(target, Digest.parse(entry["digest"]), tally)
+                         for entry in self._chosen(top.content, image)]
+        blobs: dict[Digest, int] = {}
+        for manifest in manifests:
+            if manifest.media_type not in IMAGE_TYPES:
+                raise WarmError(f"a manifest of media type {manifest.media_type!r} is not an image manifest")
+            for descriptor in [manifest.content["config"], *manifest.content.get("layers", [])]:
+                if not descriptor.get("urls"):  # foreign layers live elsewhere and are never pulled from here
+                    blobs[Digest.parse(descriptor["digest"])] = int(descriptor["size"])
+        await self._blobs(target, blobs, tally, image)
+        return tally
+
+    def _chosen(self, index: dict[str, Any], image: str) -> list[dict[str, Any]]:
+        entries = index.get("manifests", [])
+        if self.platform is None:
+            return entries
+        chosen = [entry for entry in entries if platform_matches(self.platform, entry.get("platform"))]
+        if not chosen:
+            offered = sorted({"/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
+                              for p in (entry.get("platform") or {} for entry in entries)} - {""})
+            raise WarmError(f"{image} has no manifest for platform {self.platform} (it has: {', '.join(offered)})")
+        return chosen
+
+    async def _manifest(self, target: Target, reference: str | Digest, tally: Tally) -> Manifest:
+        answer = await self.pullthrough.manifests.get(target, reference)
+        if answer.result in (stats.MISS, stats.COALESCED):
+            tally.fetched_manifests += 1
+        else:
+            tally.cached_manifests += 1
+        assert answer.body is not None
+        try:
+            content = json.loads(answer.body)
+        except ValueError as exc:
+            raise WarmError(f"manifest {answer.digest} is not JSON") from exc
+        if not isinstance(content, dict):
+            raise WarmError(f"manifest {answer.digest} is not a JSON object")
+        return Manifest(answer.media_type, content)
+
+    async def _blobs(self, target: Target, blobs: dict[Digest, int], tally: Tally, label: str) -> None:
+        bar = ProgressBar(label, self.out)
+        bar.total = sum(blobs.values())
+        slots = asyncio.Semaphore(PARALLEL_BLOBS)
+
+        async def one(digest: Digest, size: int) -> None:
+            async with slots:
+                source = self.pullthrough.blobs.open(target, digest)
+                if source.reader is None:
+                    tally.cached_blobs += 1
+                    tally.cached_bytes += size
+                else:
+                    async with source.reader as reader:
+                        bar.readers.add(reader)
+                        try:
+                            await reader.finished()
+                        finally:
+                            bar.readers.discard(reader)
+                    tally.fetched_blobs += 1
+                    tally.fetched_bytes += size
+                bar.done += size
+
+        redraw = asyncio.ensure_future(bar.redraw_until_cancelled())
+        try:
+            results = await asyncio.gather(*(one(digest, size) for digest, size in blobs.items()),
+                                           return_exceptions=True)
+            failures = [result for result in results if isinstance(result, BaseException)]
+            if failures:
+                raise failures[0]  # the others were still worth caching
+        finally:
+            redraw.cancel()
+            bar.draw(final=True)
+
+
+async def run_warm_command(config: Config, images: Sequence[str], platform: str | None = None, *,
+                           out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
+    """Warm each image; 0 if all were warmed, 1 if any failed (each failure is reported, the rest go on)."""
+    configure_logging(replace(config.log, level="warning"))  # progress bars, not debug lines
+    store = Store(config.storage.path)
+    await store.open()
+    upstreams = Upstreams(config.upstreams)
+    await upstreams.start()
+    pullthrough = PullThrough(store, config)
+    warmer = Warmer(pullthrough, Resolver(config, upstreams, lambda name: store.repository(name).exists()),
+                    platform, progress)
+    total = Tally()
+    failed = 0
+    started = time.monotonic()
+    try:
+        for image in images:
+            try:
+                tally = await warmer.warm(image)
+            except (WarmError, UpstreamError, FillFailed, KeyError, ValueError, TypeError) as exc:
+                # KeyError, ValueError, TypeError: a manifest without the fields an image manifest has
+                failed += 1
+                print(f"{image}: failed: {exc}", file=out)
+                continue
+            total.add(tally)
+            print(f"{image}: {tally.summary()}", file=out)
+    finally:
+        await pullthrough.close()
+        await upstreams.close()
+        await store.close()
+    warmed = len(images) - failed
+    print(f"warmed {warmed} of {len(images)} images in {time.monotonic() - started:.1f}s: {total.summary()}",
+          file=out)
+    return 1 if failed else 0
