@@ -1,7 +1,142 @@
-"""PLACEHOLDER (owner: observability): access log and HTTP metrics middleware."""
+"""Per request: the HTTP metrics, bytes served from local repositories, manifest pulls, the access log line.
+
+`access` is the outermost middleware, so it sees every answer: handlers', the error middleware's OCI
+bodies and aiohttp's own 404/405. It finishes sending the response itself (aiohttp's prepare() and
+write_eof() do nothing when called again, so the server's own call afterwards is a no-op); only then
+are the duration and the bytes known, because a response is mostly its body.
+
+Labels never carry raw paths: the route is the endpoint the dispatcher matched ("manifest", "blob", ...),
+the ops routes name themselves, anything else is "other".
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
 from aiohttp import web
+
+from pullcache import metrics
+from pullcache.api import routes, status_page
+from pullcache.api.appkeys import RESOLVER
+from pullcache.api.errors import RegistryError
+from pullcache.resolver import Target
+
+ROUTE_OTHER = "other"
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before an answer went out"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_REPOSITORY_ROUTES = frozenset({"manifest", "blob", "upload", "tags", "referrers"})
+# Probes and scrapes arrive every few seconds; when they succeed their lines are debug, not info.
+_QUIET_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+
+access_log = logging.getLogger("pullcache.access")
+
+
+class BodyMeter:
+    """Counts body bytes as aiohttp's writer accepts them (before chunked framing; headers excluded)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, size: int, _output_size: int) -> None:
+        self.bytes += size
+
+
+def body_bytes_sent(request: web.BaseRequest, response: web.StreamResponse, metered: int, completed: bool) -> int:
+    """Body bytes the client was sent.
+
+    A response that completed sent its Content-Length: sendfile() hands the file to the kernel past
+    aiohttp's writer, so the meter alone would miss it. A response cut short sent what the writer
+    accepted (a sendfile cut short cannot say how far it got and counts nothing).
+    """
+    if request.method == "HEAD" or response.status < 200 or response.status in (204, 304):
+        return 0  # answers that never carry a body, whatever their Content-Length says
+    if completed and response.content_length is not None:
+        return response.content_length
+    return metered
+
+
+def _status(response: web.StreamResponse | None, error: BaseException | None) -> int:
+    """The status the client saw (or would have seen, had it stayed)."""
+    if response is not None and (response.prepared or error is None):
+        return response.status  # read after sending: a FileResponse settles 206/304/416 while preparing
+    if error is None or isinstance(error, (ConnectionError, asyncio.CancelledError)):
+        return CLIENT_CLOSED
+    return 500  # escaped every handler and middleware: aiohttp's server answers 500
+
+
+def _target(request: web.Request, route: str) -> Target | None:
+    """Where the request's repository lives, resolved as its handler resolved it; None off /v2/<name>/..."""
+    if route not in _REPOSITORY_ROUTES:
+        return None
+    try:
+        found = routes.match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
+        return None if found is None else request.app[RESOLVER].resolve(found[1], request.query.get("ns"))
+    except RegistryError:
+        return None
+
+
+async def _finish(request: web.Request, response: web.StreamResponse) -> bool:
+    """Send what the handler has not sent yet; False if the client went away meanwhile."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        return False  # aiohttp's server meets the same closed connection when it finishes, and lets it go
+    return True
+
+
+def _record(request: web.Request, response: web.StreamResponse | None, error: BaseException | None,
+            completed: bool, metered: int, seconds: float) -> None:
+    status = _status(response, error)
+    sent = metered if response is None else body_bytes_sent(request, response, metered, completed)
+    route = request.get("route", ROUTE_OTHER)
+    method = request.method if request.method in _METHODS else "other"
+    metrics.http_requests.labels(method, route, str(status)).inc()
+    metrics.http_request_duration.labels(route).observe(seconds)
+
+    answered = 200 <= status < 300
+    # Handlers of local repositories mark their content; proxied bodies are counted where they are streamed.
+    if answered and request.get("served_from") == "local" and sent:
+        metrics.bytes_served.labels("local").inc(sent)
+    target = _target(request, route)
+    if answered and target is not None and route == "manifest" and request.method == "GET":
+        status_page.record_pull(target.store_name)
+
+    upstream = target.upstream.name if target is not None and target.upstream is not None else None
+    cache = request.get("cache_result")
+    user_agent = request.headers.get("User-Agent", "")
+    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+    access_log.log(
+        level, "%s %s %d %dB %.1fms cache=%s upstream=%s remote=%s ua=%s",
+        request.method, request.raw_path, status, sent, seconds * 1000, cache or "-", upstream or "-",
+        request.remote, json.dumps(user_agent),
+        extra={"method": request.method, "path": request.raw_path, "route": route, "status": status,
+               "bytes": sent, "duration_ms": round(seconds * 1000, 3), "cache": cache, "upstream": upstream,
+               "remote": request.remote, "user_agent": user_agent})
 
 
 @web.middleware
 async def access(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-    return await handler(request)
+    """Answer, send it all, then count it and log one line."""
+    started = time.perf_counter()
+    meter = BodyMeter()
+    request.writer.on_body_write = meter
+    response: web.StreamResponse | None = None
+    error: BaseException | None = None
+    completed = False
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc  # aiohttp's own 404/405 and redirects: sent here, re-raised for the server below
+        completed = await _finish(request, response)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _record(request, response, error, completed, meter.bytes, time.perf_counter() - started)
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response

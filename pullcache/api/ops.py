@@ -1,6 +1,96 @@
-"""PLACEHOLDER (owner: observability): /healthz, /readyz, /metrics and the status page."""
+"""The endpoints for operators beside the registry API: /healthz, /readyz, /metrics and the status page at /.
+
+/healthz says the process answers (a liveness probe: restart me if not). /readyz says it can do its job:
+the store accepts writes and the index answers (a readiness probe: send me no traffic if not), with the
+reason when it cannot. /metrics is the Prometheus exposition of pullcache.metrics, absent when
+metrics.enabled is false.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pullcache import metrics
+from pullcache.api import status_page
+from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.cache.store import Store
+
+PROBE_TIMEOUT = 5.0  # a hung disk or a busy index must make /readyz fail, not hang
+STATUS_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # The page is self-contained: inline CSS and SVG, no scripts, nothing fetched.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _storage_writable(store: Store) -> None:
+    """Create, write and remove a temp file where blobs are written (all off the event loop)."""
+    writer = await store.new_writer().open()
+    try:
+        await writer.write(b"readyz")
+        await writer.flush()
+    finally:
+        await writer.abort()
+
+
+async def _index_open(store: Store) -> None:
+    """One trivial SELECT on the index's thread: the connection is open and the database answers."""
+    await store.index.get("readyz-probe")
+
+
+async def _probe(check: Callable[[Store], Awaitable[None]], store: Store, what: str) -> str | None:
+    """None if the check passed, else why not."""
+    try:
+        await asyncio.wait_for(check(store), PROBE_TIMEOUT)
+    except TimeoutError:
+        return f"{what}: no answer within {PROBE_TIMEOUT:g}s"
+    except Exception as exc:  # any failure is the answer: it is reported, not raised
+        return f"{what}: {exc or exc.__class__.__name__}"
+    return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    storage, index = await asyncio.gather(_probe(_storage_writable, store, "storage not writable"),
+                                          _probe(_index_open, store, "index not open"))
+    reasons = [reason for reason in (storage, index) if reason]
+    if reasons:
+        return web.json_response({"status": "unavailable", "reason": "; ".join(reasons),
+                                  "checks": {"storage": storage or "ok", "index": index or "ok"}}, status=503)
+    return web.json_response({"status": "ready", "checks": {"storage": "ok", "index": "ok"}})
+
+
+async def metrics_exposition(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    figures = status_page.read_figures(request.app[CONFIG])
+    return web.Response(text=status_page.render_page(figures), content_type="text/html",
+                        headers=STATUS_PAGE_HEADERS)
+
+
+def _named(route: str, handler: Handler) -> Handler:
+    """Label the request's route for the access middleware (metrics never see raw paths)."""
+    async def labelled(request: web.Request) -> web.StreamResponse:
+        request["route"] = route
+        return await handler(request)
+    return labelled
 
 
 def setup(app: web.Application) -> None:
-    pass
+    app.router.add_get("/healthz", _named("healthz", healthz))
+    app.router.add_get("/readyz", _named("readyz", readyz))
+    if app[CONFIG].metrics.enabled:
+        app.router.add_get("/metrics", _named("metrics", metrics_exposition))
+    app.router.add_get("/", _named("status", status))
