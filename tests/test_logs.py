@@ -1,0 +1,185 @@
+"""Logs: text or one JSON object per line, an access line per request with what an operator greps for,
+and an upstream failure logged once with its cause however many clients were waiting on it."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from pullcache.app import build_app
+from pullcache.config import LogConfig, build_config
+from pullcache.logs import configure_logging
+from tests.fault_upstream import FakeRegistry, Stall
+from tests.support.pullcache_proc import PullcacheProcess
+
+ACCESS_FIELDS = {"method", "path", "route", "status", "bytes", "duration_ms", "cache", "upstream", "remote",
+                 "user_agent"}
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """configure_logging() replaces the root logger's handlers; give pytest its own back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line parsed; any line that is not a JSON object fails the test."""
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert all(isinstance(entry, dict) for entry in entries)
+    return entries
+
+
+def access_entries(text: str) -> list[dict[str, Any]]:
+    return [entry for entry in json_lines(text) if entry["logger"] == "pullcache.access"]
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "log": {"format": "json"},
+                           "upstreams": [{"name": "docker.io", "url": "http://127.0.0.1:9", "default": True}]})
+    return await aiohttp_client(build_app(config))
+
+
+def test_json_line_has_ts_level_logger_msg_and_the_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="json"))
+    logging.getLogger("pullcache.test").info("fetched %s", "alpine", extra={"upstream": "docker.io", "bytes": 42})
+    [entry] = json_lines(capsys.readouterr().err)
+    assert entry["level"] == "info"
+    assert entry["logger"] == "pullcache.test"
+    assert entry["msg"] == "fetched alpine"
+    assert entry["upstream"] == "docker.io"
+    assert entry["bytes"] == 42
+    assert entry["ts"].endswith("Z") and "T" in entry["ts"]
+
+
+def test_json_traceback_stays_inside_its_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="json"))
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        logging.getLogger("pullcache.test").exception("it broke")
+    [entry] = json_lines(capsys.readouterr().err)
+    assert entry["level"] == "error"
+    assert entry["msg"] == "it broke"
+    assert "Traceback" in entry["exc"] and "ValueError: bad" in entry["exc"]
+
+
+def test_python_warnings_become_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="json"))
+    warnings.warn("something looks wrong", UserWarning, stacklevel=1)
+    [entry] = json_lines(capsys.readouterr().err)
+    assert entry["logger"] == "py.warnings"
+    assert "something looks wrong" in entry["msg"]
+
+
+def test_text_format_is_one_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="text"))
+    logging.getLogger("pullcache.test").warning("upstream %s is slow", "docker.io")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith(" WARNING pullcache.test: upstream docker.io is slow")
+
+
+def test_level_comes_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="warning", format="text"))
+    logging.getLogger("pullcache.test").info("not shown")
+    logging.getLogger("pullcache.test").warning("shown")
+    assert [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()] == ["shown"]
+
+
+def test_configuring_twice_does_not_print_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="text"))
+    configure_logging(LogConfig(level="info", format="json"))
+    logging.getLogger("pullcache.test").info("once")
+    assert len(json_lines(capsys.readouterr().err)) == 1
+
+
+async def test_each_request_gets_one_access_line_with_its_fields(
+        client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="debug", format="json"))  # here: capsys' stderr of this phase
+    status_page = await client.get("/", headers={"User-Agent": "curl/8.0"})
+    page = await status_page.read()
+    await client.get("/no/such/page?x=1")
+    await client.head("/healthz")
+    await client.get("/v2/library/alpine/manifests/latest?ns=docker.io")
+    entries = access_entries(capsys.readouterr().err)
+    assert [(e["method"], e["path"], e["route"]) for e in entries] == [
+        ("GET", "/", "status"), ("GET", "/no/such/page?x=1", "other"), ("HEAD", "/healthz", "healthz"),
+        ("GET", "/v2/library/alpine/manifests/latest?ns=docker.io", "manifest")]
+    for entry in entries:
+        assert ACCESS_FIELDS <= entry.keys()
+        assert entry["remote"] == "127.0.0.1"
+        assert entry["duration_ms"] > 0
+    page_line, missing, head, proxied = entries
+    assert (page_line["status"], page_line["bytes"], page_line["user_agent"]) == (200, len(page), "curl/8.0")
+    assert page_line["upstream"] is None and page_line["cache"] is None
+    assert page_line["level"] == "info"
+    assert (missing["status"], missing["level"]) == (404, "info")
+    assert (head["status"], head["bytes"], head["level"]) == (200, 0, "debug")  # probes are debug lines
+    assert proxied["upstream"] == "docker.io"
+    assert f'GET / 200 {len(page)}B' in page_line["msg"] and 'ua="curl/8.0"' in page_line["msg"]
+
+
+def test_a_server_configured_for_json_writes_only_json_lines(
+        pullcache_factory: Callable[..., PullcacheProcess]) -> None:
+    proc = pullcache_factory({"log": {"format": "json", "level": "debug"}})
+    for path in ("/healthz", "/v2/", "/no/such/page", "/metrics", "/"):
+        try:
+            urllib.request.urlopen(proc.url + path, timeout=10).read()
+        except urllib.error.HTTPError as error:
+            assert error.code == 404
+    proc.stop()
+    lines = [line for line in proc.log_text().splitlines() if not line.startswith("--- start: ")]
+    entries = json_lines("\n".join(lines))
+    routes = [entry["route"] for entry in entries if entry["logger"] == "pullcache.access"]
+    assert routes[-5:] == ["healthz", "base", "other", "metrics", "status"]
+
+
+async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Four clients wait on one blob fetch that stalls; the cause is logged once, each client gets its line."""
+    data = os.urandom(512 * 1024)
+    registry = await FakeRegistry().start(aiohttp_server)
+    digest = registry.add_blob(data)
+    stall = Stall(data, after=64 * 1024, headers={"Docker-Content-Digest": digest})
+    path = f"/v2/library/stalled/blobs/{digest}"
+    registry.faults[path] = stall
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "upstreams": [
+        {"name": "docker.io", "url": registry.url, "default": True, "read_timeout": "700ms"}]})
+    client = await aiohttp_client(build_app(config))
+
+    async def pull() -> str:
+        try:
+            async with client.get(path) as response:
+                body = await response.read()
+                return "complete" if body == data else f"{response.status} {len(body)}B"
+        except aiohttp.ClientPayloadError:
+            return "cut short"
+
+    caplog.set_level(logging.INFO)
+    try:
+        first = asyncio.create_task(pull())
+        await stall.sent.wait()
+        results = await asyncio.gather(first, *(pull() for _ in range(3)))
+    finally:
+        stall.release.set()
+    assert "complete" not in results
+    causes = [r for r in caplog.records if r.levelno >= logging.WARNING and "read_timeout" in r.getMessage()]
+    assert len(causes) == 1, [r.getMessage() for r in causes]
+    access = [r for r in caplog.records if r.name == "pullcache.access" and r.route == "blob"]
+    assert len(access) == 4
+    assert all("read_timeout" not in r.getMessage() for r in access)
