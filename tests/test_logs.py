@@ -37,6 +37,34 @@ def restore_logging() -> Iterator[None]:
     logging.captureWarnings(False)
 
 
+class AccessLines(logging.Handler):
+    """Hears pullcache.access records, so a test can await a line the server writes after the client has
+    its last byte (a request ends on the server only after its response went out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), 10)
+
+
+@pytest.fixture
+def access_lines() -> Iterator[AccessLines]:
+    handler = AccessLines()
+    logger = logging.getLogger("pullcache.access")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line parsed; any line that is not a JSON object fails the test."""
     entries = [json.loads(line) for line in text.splitlines()]
@@ -109,13 +137,14 @@ def test_configuring_twice_does_not_print_twice(capsys: pytest.CaptureFixture[st
 
 
 async def test_each_request_gets_one_access_line_with_its_fields(
-        client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+        client: TestClient, capsys: pytest.CaptureFixture[str], access_lines: AccessLines) -> None:
     configure_logging(LogConfig(level="debug", format="json"))  # here: capsys' stderr of this phase
     status_page = await client.get("/", headers={"User-Agent": "curl/8.0"})
     page = await status_page.read()
     await client.get("/no/such/page?x=1")
     await client.head("/healthz")
     await client.get("/v2/library/alpine/manifests/latest?ns=docker.io")
+    await access_lines.wait_for(4)
     entries = access_entries(capsys.readouterr().err)
     assert [(e["method"], e["path"], e["route"]) for e in entries] == [
         ("GET", "/", "status"), ("GET", "/no/such/page?x=1", "other"), ("HEAD", "/healthz", "healthz"),
@@ -134,6 +163,26 @@ async def test_each_request_gets_one_access_line_with_its_fields(
     assert f'GET / 200 {len(page)}B' in page_line["msg"] and 'ua="curl/8.0"' in page_line["msg"]
 
 
+async def test_access_lines_of_proxied_pulls_name_the_upstream_and_cache_result(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        access_lines: AccessLines) -> None:
+    registry = await FakeRegistry().start(aiohttp_server)
+    data = os.urandom(100 * 1024)
+    digest = registry.add_blob(data)
+    config = build_config({"storage": {"path": str(tmp_path / "data")},
+                           "upstreams": [{"name": "docker.io", "url": registry.url, "default": True}]})
+    client = await aiohttp_client(build_app(config))
+    configure_logging(LogConfig(level="info", format="json"))
+    for _ in range(2):
+        async with client.get(f"/v2/library/app/blobs/{digest}") as response:
+            assert await response.read() == data
+    await access_lines.wait_for(2)
+    lines = [entry for entry in access_entries(capsys.readouterr().err) if entry["route"] == "blob"]
+    assert [(e["cache"], e["upstream"], e["status"], e["bytes"]) for e in lines] == [
+        ("miss", "docker.io", 200, len(data)), ("hit", "docker.io", 200, len(data))]
+    assert "cache=miss upstream=docker.io" in lines[0]["msg"]
+
+
 def test_a_server_configured_for_json_writes_only_json_lines(
         pullcache_factory: Callable[..., PullcacheProcess]) -> None:
     proc = pullcache_factory({"log": {"format": "json", "level": "debug"}})
@@ -150,7 +199,8 @@ def test_a_server_configured_for_json_writes_only_json_lines(
 
 
 async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
-        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        access_lines: AccessLines) -> None:
     """Four clients wait on one blob fetch that stalls; the cause is logged once, each client gets its line."""
     data = os.urandom(512 * 1024)
     registry = await FakeRegistry().start(aiohttp_server)
@@ -177,6 +227,7 @@ async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
         results = await asyncio.gather(first, *(pull() for _ in range(3)))
     finally:
         stall.release.set()
+    await access_lines.wait_for(4)
     assert results == ["cut short"] * 4  # every waiting client sees a broken transfer, none a bad blob
     causes = [r for r in caplog.records if r.levelno >= logging.WARNING and "read_timeout" in r.getMessage()]
     assert len(causes) == 1, [r.getMessage() for r in causes]
