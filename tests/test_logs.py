@@ -9,8 +9,9 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest

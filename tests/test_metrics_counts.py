@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
 import pytest
@@ -26,7 +26,7 @@ SETTLE_TIMEOUT = 10.0
 
 
 @pytest.fixture
-async def http() -> aiohttp.ClientSession:
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         yield session
 

@@ -8,7 +8,7 @@ metrics.enabled is false.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -50,7 +50,7 @@ async def _probe(check: Callable[[Store], Awaitable[None]], store: Store, what: 
         await asyncio.wait_for(check(store), PROBE_TIMEOUT)
     except TimeoutError:
         return f"{what}: no answer within {PROBE_TIMEOUT:g}s"
-    except Exception as exc:  # any failure is the answer: it is reported, not raised
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer: reported, not raised
         return f"{what}: {exc or exc.__class__.__name__}"
     return None
 

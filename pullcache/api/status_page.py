@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
-from typing import Iterable, Mapping
 
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -85,10 +85,10 @@ class Tally:
     failures: float = 0.0
     throttled: float = 0.0
 
-    def __add__(self, other: "Tally") -> "Tally":
+    def __add__(self, other: Tally) -> Tally:
         return Tally(self.requests + other.requests, self.failures + other.failures, self.throttled + other.throttled)
 
-    def __sub__(self, other: "Tally") -> "Tally":
+    def __sub__(self, other: Tally) -> Tally:
         return Tally(self.requests - other.requests, self.failures - other.failures, self.throttled - other.throttled)
 
 
@@ -374,7 +374,7 @@ def _images_section(f: Figures) -> str:
 
 
 def render_page(f: Figures) -> str:
-    stamp = datetime.fromtimestamp(f.now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = datetime.fromtimestamp(f.now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     facts = (f'<div class="facts"><span>upstream fetches in flight <b>{human_count(f.inflight_fetches)}</b></span>'
              f'<span>evicted <b>{human_count(f.evictions)}</b> blobs, <b>{human_bytes(f.evicted_bytes)}</b></span>'
              f'<span>GC runs <b>{human_count(f.gc_runs)}</b>, reclaimed <b>{human_bytes(f.gc_reclaimed_bytes)}</b></span>'
