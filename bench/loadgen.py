@@ -1,10 +1,10 @@
-"""Load generators: curl processes for blobs, wrk for manifests, and their ceiling.
+"""Load generators: one client process per blob client, wrk for manifests, and their ceiling.
 
-curl (C, one process per client, body to /dev/null) is the blob client: each process
-reports its own time to first byte and total time, so the driver only starts and waits.
-`ceiling()` measures what curl reaches against a server that costs almost nothing (one
-file via sendfile(2)), which is the proof that curl is not what limits the caches. The
-CPU time curl itself used is reported with every run for the same reason.
+The blob client is `bench.blobget` (or curl, for comparison): each process reports its own
+time to first byte and total time, so the driver only starts and waits. `ceiling()`
+measures what a client reaches against a server that costs almost nothing (one file via
+sendfile(2)): the proof that the client is not what limits the caches. The CPU time the
+clients used is reported with every run for the same reason.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import socket
 import socketserver
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from pathlib import Path
 
 CURL = "/usr/bin/curl"
 WRK = "/usr/bin/wrk"
+CLIENTS = ("blobget", "curl")  # the first one is the benchmark's; curl is shown for comparison
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _CURL_FORMAT = "%{http_code} %{time_starttransfer} %{time_total} %{size_download}"
 
 
@@ -52,8 +55,9 @@ class Herd:
 
     @property
     def throughput(self) -> float:
-        """Aggregate MB/s (10^6 bytes) over the wall time."""
-        return self.bytes / self.wall / 1e6
+        """Aggregate MB/s (10^6 bytes) until the last client finished, by the clients' clocks
+        (process start-up is not transfer time)."""
+        return self.bytes / max(f.total for f in self.fetches) / 1e6
 
     @property
     def ttfb_median(self) -> float:
@@ -73,20 +77,27 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def herd(url: str, clients: int, *, headers: Sequence[str] = (), timeout: float = 600) -> Herd:
-    """Start `clients` curl processes on `url` at once and wait for all of them."""
-    argv = [CURL, "-s", "-o", "/dev/null", "-w", _CURL_FORMAT, "--max-time", str(timeout)]
-    for header in headers:
-        argv += ["-H", header]
+def herd(url: str, clients: int, *, headers: Sequence[str] = (), client: str = "blobget",
+         timeout: float = 600) -> Herd:
+    """`clients` concurrent GETs of `url`, started together: blobget threads in one
+    process, or (`client="curl"`) one curl process each."""
+    if client == "blobget":
+        argv = [sys.executable, "-m", "bench.blobget", "--clients", str(clients)]
+        argv += [arg for header in headers for arg in ("-H", header)]
+        commands = [[*argv, url]]
+    else:
+        argv = [CURL, "-s", "-o", "/dev/null", "-w", _CURL_FORMAT + "\n", "--max-time", str(timeout)]
+        argv += [arg for header in headers for arg in ("-H", header)]
+        commands = [[*argv, url]] * clients
     cpu_before = _children_cpu()
     start = time.monotonic()
-    procs = [subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-             for _ in range(clients)]
-    outputs = [p.communicate()[0].decode() for p in procs]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+             for command in commands]
+    lines = [line for p in procs for line in p.communicate(timeout=timeout)[0].decode().splitlines()]
     wall = time.monotonic() - start
     fetches = []
-    for out in outputs:
-        code, ttfb, total, size = (out.split() + ["0"] * 4)[:4]
+    for line in lines:
+        code, ttfb, total, size = (line.split() + ["0"] * 4)[:4]
         fetches.append(Fetch(int(code), float(ttfb), float(total), int(float(size))))
     return Herd(tuple(fetches), wall, _children_cpu() - cpu_before)
 
@@ -155,15 +166,15 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def ceiling(file: Path, clients: Sequence[int]) -> dict[int, Herd]:
-    """curl against a sendfile(2) server of `file`: the most the load generator can take."""
+def ceiling(file: Path, clients: Sequence[int], client: str) -> dict[int, Herd]:
+    """`client` against a sendfile(2) server of `file`: the most that load generator takes."""
     server = _Server(("127.0.0.1", 0), _SendfileHandler)
     server.file = file  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, name="sendfile-server", daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/file"
-        return {n: herd(url, n) for n in clients}
+        return {n: herd(url, n, client=client) for n in clients}
     finally:
         server.shutdown()
         server.server_close()

@@ -60,8 +60,11 @@ def table(results: Results) -> str:
     scale = results.extra.get("scale")
     if isinstance(scale, dict):
         for key, value in scale.items():
-            shown = _number(value) if isinstance(value, (int, float)) else str(value)
-            lines.append(f"| scale: {key} | {shown} | n/a | | | |")
+            if isinstance(value, bool):
+                shown = "yes" if value else "no"
+            else:
+                shown = _number(value) if isinstance(value, (int, float)) else str(value)
+            lines.append(f"| scale (bench/scale.py): {key.replace('_', ' ')} | {shown} | n/a | | | |")
     return "\n".join(lines)
 
 
@@ -75,10 +78,13 @@ def notes(results: Results) -> str:
                "ratio = pullcache ÷ Distribution (medians). Lower is better for times, fetches and RSS.")
     ceiling = results.extra.get("loadgen_ceiling")
     if isinstance(ceiling, dict):
-        parts = [f"{n} client{'s' if n != '1' else ''} {v['throughput']:.0f} MB/s "
-                 f"(curl CPU {v['client_cpu_per_s']:.2f} cores)" for n, v in ceiling.items()]
-        out.append("Load generator: curl, one process per client. Its ceiling against a sendfile(2) "
-                   "server of a file as big as the cached layer (best of 3): " + ", ".join(parts) + ".")
+        out.append("Load generator for blobs: `bench/blobget.py` (N threads in one process, 4 MiB "
+                   "recv_into, body dropped); for manifests: wrk -t1 -c16. Blob client ceiling against a "
+                   "sendfile(2) server of a file as big as the cached layer (best of 3): " + "; ".join(
+                       f"{client}: " + ", ".join(
+                           f"{n} client{'s' if n != '1' else ''} {v['throughput']:.0f} MB/s "
+                           f"using {v['client_cpu_per_s']:.2f} cores" for n, v in per_n.items())
+                       for client, per_n in ceiling.items()) + ".")
     for note in results.extra.get("notes", []):
         out.append(str(note))
     return "\n".join(f"- {line}" for line in out)

@@ -3,8 +3,8 @@
 Each cache reaches the upstream Distribution through its own instance, so the two never
 share bandwidth, and "upstream fetches" is read off the wire instead of assumed. Bytes
 from the upstream are paced per connection by a token bucket (the cap a WAN link or a
-Hub mirror would impose); requests going up are parsed just enough to log their method
-and path. Pulls send no request bodies, but a Content-Length body is skipped correctly.
+Hub mirror would impose); both directions are followed by `httptap` so every request is
+logged with its status and the body bytes that came back.
 
 Run as its own process (`python -m bench.throttle ...`) so the copying never competes
 with the benchmark driver for the GIL; `Throttle` starts it and reads its counters from
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bench.httptap import ConnectionTap, Exchange
 from tests.support.procs import ManagedProcess, free_port, http_status
 
 CHUNK = 256 * 1024
@@ -52,43 +53,15 @@ class TokenBucket:
             await asyncio.sleep(-self.tokens / self.rate)
 
 
-class RequestLog:
-    """Finds request heads in a client->server byte stream and records each one."""
-
-    def __init__(self, record: list[tuple[float, str, str]]) -> None:
-        self.record = record
-        self.buffer = b""
-        self.body_left = 0
-
-    def feed(self, data: bytes) -> None:
-        if self.body_left:
-            skipped = min(self.body_left, len(data))
-            self.body_left -= skipped
-            data = data[skipped:]
-        self.buffer += data
-        while not self.body_left:
-            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                return
-            lines = head.decode("latin-1").split("\r\n")
-            method, _, target = lines[0].partition(" ")
-            self.record.append((time.time(), method, target.rpartition(" ")[0] or target))
-            length = next((int(line.split(":", 1)[1]) for line in lines[1:]
-                           if line.lower().startswith("content-length:")), 0)
-            skipped = min(length, len(rest))
-            self.body_left = length - skipped
-            self.buffer = rest[skipped:]
-
-
 @dataclass
 class Stats:
-    requests: list[tuple[float, str, str]] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
     connections: int = 0
     active: int = 0
     bytes_down: int = 0
 
     def json(self) -> dict[str, object]:
-        return {"requests": self.requests, "connections": self.connections,
+        return {"exchanges": [e.row() for e in self.exchanges], "connections": self.connections,
                 "active": self.active, "bytes_down": self.bytes_down}
 
 
@@ -109,10 +82,10 @@ class RateCappedProxy:
             writer.close()
             self.stats.active -= 1
             return
-        log = RequestLog(self.stats.requests)
+        tap = ConnectionTap(self.stats.exchanges)
         bucket = TokenBucket(self.rate, CHUNK)
-        upward = asyncio.create_task(self._pipe(reader, up_writer, log.feed, None))
-        downward = asyncio.create_task(self._pipe(up_reader, writer, self._count, bucket))
+        upward = asyncio.create_task(self._pipe(reader, up_writer, tap.upward.feed, None))
+        downward = asyncio.create_task(self._pipe(up_reader, writer, self._downward(tap), bucket))
         try:
             await asyncio.wait({upward, downward}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -123,8 +96,11 @@ class RateCappedProxy:
                 w.close()
             self.stats.active -= 1
 
-    def _count(self, data: bytes) -> None:
-        self.stats.bytes_down += len(data)
+    def _downward(self, tap: ConnectionTap) -> Callable[[bytes], None]:
+        def observe(data: bytes) -> None:
+            self.stats.bytes_down += len(data)
+            tap.downward.feed(data)
+        return observe
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -145,7 +121,7 @@ class RateCappedProxy:
             return web.json_response(self.stats.json())
 
         async def reset(request: web.Request) -> web.Response:
-            self.stats.requests.clear()
+            self.stats.exchanges.clear()
             self.stats.bytes_down = 0
             return web.json_response({})
 
@@ -169,9 +145,14 @@ async def serve(port: int, control_port: int, target: tuple[str, int], rate: flo
 
 @dataclass(frozen=True)
 class Request:
+    """One request that went upstream, with its answer (status None: not answered yet)."""
+
     at: float
     method: str
     path: str
+    status: int | None
+    body_bytes: int
+    complete: bool
 
 
 class Throttle:
@@ -210,15 +191,24 @@ class Throttle:
             return json.load(answer)
 
     def requests(self) -> list[Request]:
-        return [Request(*r) for r in self.stats()["requests"]]
+        return [Request(*r) for r in self.stats()["exchanges"]]
 
     def reset(self) -> None:
         urllib.request.urlopen(urllib.request.Request(self._control("/reset"), method="POST"),
                                timeout=10).close()
 
     def blob_gets(self, digest: str) -> int:
-        """GETs of `digest` that went upstream since the last reset: the fetch count."""
-        return sum(1 for r in self.requests() if r.method == "GET" and _blob_digest(r.path) == digest)
+        """GETs of `digest` the upstream answered with content (200/206): the fetch count.
+
+        A GET answered 401 (the cache then fetches a token and asks again) is no fetch.
+        """
+        return sum(1 for r in self.requests()
+                   if r.method == "GET" and r.status in (200, 206) and _blob_digest(r.path) == digest)
+
+    def blob_bytes(self, digest: str) -> int:
+        """Body bytes of `digest` the upstream has sent so far, over all its GETs."""
+        return sum(r.body_bytes for r in self.requests()
+                   if r.method == "GET" and _blob_digest(r.path) == digest)
 
     def manifest_requests(self) -> int:
         return sum(1 for r in self.requests() if _MANIFEST_PATH.match(r.path))
