@@ -96,7 +96,7 @@ async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest)
     except FillFailed:
         # Headers are gone; only cutting the connection tells the client the body is not whole.
         if request.transport is not None:
-            request.transport.close()
+            request.transport.abort()
     except ConnectionError:
         pass  # the client went away; the fill carries on for the others
     return response

@@ -10,11 +10,14 @@ from pullcache.pullthrough.manifests import ManifestAnswer, Manifests
 
 
 class PullThrough:
-    """The pull-through cache of every upstream; targets carry their upstream client and its config."""
+    """The pull-through cache of every upstream.
+
+    Each request's Target carries its upstream client and that upstream's settings (manifest_ttl,
+    not_found_ttl, timeouts), so nothing here is per upstream; `config` is taken for the app's wiring.
+    """
 
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
-        self.config = config
         self.manifests = Manifests(store)
         self.blobs = Blobs(store)
 

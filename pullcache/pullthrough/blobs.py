@@ -101,7 +101,10 @@ class Blobs:
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
         else:
             del self._fills[digest]
-            await self._store.repository(target.store_name, cached=True).link_blob(digest)
+            try:
+                await self._store.repository(target.store_name, cached=True).link_blob(digest)
+            except OSError as exc:  # the blob is cached and served all the same; only the link is missing
+                log.warning("blob %s cached, but linking it into %s failed: %s", digest, target.store_name, exc)
         finally:
             metrics.inflight_fetches.dec()
 
