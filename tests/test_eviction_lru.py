@@ -1,6 +1,7 @@
 """The LRU bound over a real Store: least-recent cached blobs go, pushed blobs never do."""
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -61,7 +62,7 @@ async def test_a_hit_not_yet_flushed_still_protects_the_blob(store: Store) -> No
 
 async def test_a_reader_of_an_evicted_blob_reads_it_whole(store: Store) -> None:
     digest = await put(store, "streamed", 64 * KIB, CACHED)
-    with open(store.blob_path(digest), "rb") as reader:  # a response streaming it
+    with await asyncio.to_thread(open, store.blob_path(digest), "rb") as reader:  # a response streaming it
         head = reader.read(KIB)
         await evict_to(store, 0)
         rest = reader.read()

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-import pytest
+from typing import Self
 
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED, Totals
@@ -50,7 +49,7 @@ class Running:
         self.store = Store(config.storage.path)
         self.service = EvictionService(self.store, config)
 
-    async def __aenter__(self) -> "Running":
+    async def __aenter__(self) -> Self:
         await self.store.open()
         await self.service.start()
         return self

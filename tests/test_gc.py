@@ -99,7 +99,7 @@ async def test_a_blob_another_repository_references_stays(store: Store) -> None:
 
 
 async def test_children_of_a_local_index_are_marked(store: Store) -> None:
-    amd64, amd64_blobs = await push_image(store, "team/multi", "amd64", [b"amd64 layer"])
+    amd64, _ = await push_image(store, "team/multi", "amd64", [b"amd64 layer"])
     await store.repository("team/multi").unlink_manifest(amd64)  # untagged child, only the index names it
     child = await store.put_small(json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [
         descriptor(Digest.of(b"amd64 layer"), 11, "application/vnd.oci.image.layer.v1.tar")]}).encode(), origin=PUSHED)

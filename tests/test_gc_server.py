@@ -45,11 +45,11 @@ def files_under(root: Path) -> dict[str, tuple[int, float]]:
 
 def pushed_bytes_gauge(pullcache: PullcacheProcess) -> float:
     text = RegistryClient(pullcache.url).request("GET", "/metrics").body.decode()
-    return float(re.search(r'^pullcache_store_bytes\{origin="pushed"\} (\S+)$', text, re.M).group(1))
+    return float(re.search(r'^pullcache_store_bytes\{origin="pushed"\} (\S+)$', text, re.MULTILINE).group(1))
 
 
 def removed_blobs(output: str, verb: str) -> dict[str, int]:
-    return {m.group(1): int(m.group(2)) for m in re.finditer(rf"^{verb} blob (\S+) \((\d+) bytes\)", output, re.M)}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(rf"^{verb} blob (\S+) \((\d+) bytes\)", output, re.MULTILINE)}
 
 
 def test_delete_then_gc_reclaims_exactly_the_unshared_blobs(

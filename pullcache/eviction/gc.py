@@ -29,7 +29,7 @@ from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig
 from pullcache.digests import Digest
 from pullcache.eviction.lru import blob_remover
-from pullcache.eviction.reconcile import TEMP_GRACE, apply_reconcile, plan_reconcile, stale_files
+from pullcache.eviction.reconcile import TEMP_GRACE, apply_reconcile, plan_reconcile
 from pullcache.eviction.refs import LocalRefs, local_refs
 
 log = logging.getLogger("pullcache.gc")

@@ -8,8 +8,8 @@ cached manifest whose blobs went is still served: the blobs are fetched again on
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pullcache import metrics
 from pullcache.cache.files import remove_quietly
@@ -57,10 +57,11 @@ async def evict_to(store: Store, target_bytes: int) -> Evicted:
         if not candidates:
             break
         removed = await store.index.remove_unchanged(candidates, remove_file)
-        blobs += len(removed)
-        freed += sum(row.size for row in removed)
         if not removed:
             break  # every candidate was used or re-filled meanwhile: the next pass sees them anew
-    metrics.evictions.inc(blobs)
-    metrics.evicted_bytes.inc(freed)
+        batch_bytes = sum(row.size for row in removed)
+        metrics.evictions.inc(len(removed))  # per batch, so the counters move with the disk
+        metrics.evicted_bytes.inc(batch_bytes)
+        blobs += len(removed)
+        freed += batch_bytes
     return Evicted(blobs, freed)
