@@ -5,6 +5,7 @@ requests that hang), and readers of what ended up on disk and in the metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -73,6 +74,37 @@ async def start_proxy(aiohttp_client: ClientFactory, fake: FakeRegistry, data_di
                            "log": {"level": "debug"}})
     client = await aiohttp_client(build_app(config))
     return Proxy(client, fake, name, data_dir)
+
+
+class AccessLog(logging.Handler):
+    """Counts pullcache's access-log lines: one is written after a response was sent and counted, so
+    waiting for it orders a test after the server's side of a request (the client may finish first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines = 0
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += 1
+        self._changed.set()
+
+    async def wait_for(self, lines: int) -> None:
+        while self.lines < lines:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def __enter__(self) -> "AccessLog":
+        logger = logging.getLogger("pullcache.access")
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("pullcache.access")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
 
 
 class Gate:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.fault_upstream import FakeRegistry, Stall, answer
-from tests.support_faults import (Gate, Proxy, bytes_served, start_proxy, truncated,
+from tests.support_faults import (AccessLog, Gate, Proxy, bytes_served, start_proxy, truncated,
                                   wrong_bytes)
 
 LAYER = os.urandom(4 * 1024 * 1024 + 123)
@@ -76,10 +76,13 @@ async def test_four_pulls_of_one_uncached_layer_count_one_miss(proxy: Proxy) -> 
 async def test_bytes_served_say_where_they_came_from(proxy: Proxy) -> None:
     digest = proxy.fake.add_blob(LAYER)
     upstream_before, cache_before = bytes_served("upstream"), bytes_served("cache")
-    await pull(proxy, digest)
-    assert bytes_served("upstream") - upstream_before == len(LAYER)
-    await pull(proxy, digest)
-    assert bytes_served("cache") - cache_before == len(LAYER)
+    with AccessLog() as access:
+        await pull(proxy, digest)
+        await access.wait_for(1)
+        assert bytes_served("upstream") - upstream_before == len(LAYER)
+        await pull(proxy, digest)
+        await access.wait_for(2)
+        assert bytes_served("cache") - cache_before == len(LAYER)
 
 
 async def test_the_first_byte_arrives_before_the_upstream_finishes(proxy: Proxy) -> None:

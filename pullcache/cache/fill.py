@@ -57,6 +57,7 @@ class Fill:
         self._fd: int | None = None    # one read-only descriptor shared by readers; survives rename and unlink
         self._users = 1                # the producer plus every open reader; the descriptor closes at zero
         self._producer_done = False
+        self._failing = False
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ producer side
@@ -89,13 +90,14 @@ class Fill:
 
     async def fail(self, exc: BaseException) -> None:
         """End the fill without a blob: readers raise FillFailed, the temp file goes. Idempotent."""
-        if self.state in (State.COMMITTED, State.FAILED):
+        if self.done or self._failing:
             return
-        self.state = State.FAILED
-        self.error = exc
+        self._failing = True
         try:
             await self._discard()  # first, so that whoever sees the failure also sees the temp file gone
         finally:
+            self.state = State.FAILED
+            self.error = exc
             self._notify()
 
     async def _discard(self) -> None:
