@@ -5,6 +5,7 @@ runs pullcache with a bound of a few MiB, and looks at the store on disk as an o
 """
 from __future__ import annotations
 
+import http.client
 import sqlite3
 import subprocess
 import time
@@ -189,3 +190,19 @@ def test_a_push_that_fills_the_disk_fails_cleanly_and_eviction_makes_room(
     eventually(lambda: metric(pullcache, "pullcache_evictions_total") > 0, "an eviction pass ran")
     pull(client, pulled[-1])  # still answering from what it has (fetching what eviction took)
     assert client.upload_blob(repo, layer) == sha256_digest(layer)
+
+
+def test_a_pull_that_fills_the_disk_fails_alone_and_leaves_no_temp(
+        small_disk: PullcacheProcess, upstream: Upstream) -> None:
+    pullcache = small_disk.start()
+    client = RegistryClient(pullcache.url)
+    kept = upstream_image(upstream, 1024 * 1024)
+    pull(client, kept)
+    too_big = upstream_image(upstream, 9 * MiB)  # more than the whole disk
+
+    with pytest.raises((RegistryError, http.client.HTTPException, OSError)):  # a 5xx, or a cut transfer
+        client.get_blob(too_big.repo, data_layer(too_big))
+
+    eventually(lambda: list((pullcache.data_dir / "tmp").iterdir()) == [], "the fill's temp file is removed")
+    assert not blob_file(pullcache, data_layer(too_big)).exists()
+    pull(client, kept)  # the server keeps answering from what it has
