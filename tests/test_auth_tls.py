@@ -1,4 +1,4 @@
-"""Basic auth against a bcrypt htpasswd file, and HTTPS from tls.cert/tls.key.
+"""Basic auth against a bcrypt htpasswd file (and the Bearer tokens it backs), and HTTPS from tls.cert/tls.key.
 
 Auth is checked in-process; TLS through a real `python -m pullcache serve`, because the point is
 that the CLI loads the certificate and that blobs go out correctly over TLS (no kernel sendfile).
@@ -126,6 +126,73 @@ async def test_bad_credentials_on_an_anonymous_pull_are_ignored(registry: TestCl
         assert (await registry.get(f"/v2/team/app/manifests/{digest}", headers=headers)).status == 200
 
 
+# ------------------------------------------------------------------ challenges and tokens
+
+async def test_401_offers_basic_then_bearer(registry: TestClient) -> None:
+    response = await registry.post("/v2/team/app/blobs/uploads/")
+    challenges = response.headers.getall("WWW-Authenticate")
+    assert challenges[0] == 'Basic realm="pullcache"'
+    assert challenges[1] == f'Bearer realm="http://{response.url.host}:{response.url.port}/auth/token",service="pullcache"'
+
+
+async def test_docker_engine_is_offered_bearer_only(registry: TestClient) -> None:
+    """dockerd runs every challenge it knows; Basic without credentials would fail its anonymous pulls."""
+    response = await registry.get("/v2/", headers={"User-Agent": "docker/20.10.24 go/go1.19.8 os/linux"})
+    assert [c.split(" ")[0] for c in response.headers.getall("WWW-Authenticate")] == ["Bearer"]
+
+
+async def token_for(registry: TestClient, headers: dict[str, str]) -> str:
+    response = await registry.get("/auth/token", params={"service": "pullcache", "scope": "repository:team/app:push"},
+                                  headers=headers)
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["token"] == body["access_token"]
+    assert body["expires_in"] >= 60
+    return body["token"]
+
+
+async def test_token_for_good_credentials_allows_pushes(registry: TestClient) -> None:
+    token = await token_for(registry, GOOD)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await registry.get("/v2/", headers=bearer)).status == 200
+    assert (await registry.post("/v2/team/app/blobs/uploads/", headers=bearer)).status == 202
+
+
+async def test_token_endpoint_refuses_wrong_credentials(registry: TestClient) -> None:
+    response = await registry.get("/auth/token", headers=WRONG)
+    assert response.status == 401
+    assert await error_code(response) == "UNAUTHORIZED"
+
+
+async def test_anonymous_token_pulls_but_cannot_push(registry: TestClient) -> None:
+    digest = await push_image_as(registry, GOOD)
+    bearer = {"Authorization": f"Bearer {await token_for(registry, {})}"}
+    assert (await registry.get(f"/v2/team/app/manifests/{digest}", headers=bearer)).status == 200
+    assert (await registry.post("/v2/team/app/blobs/uploads/", headers=bearer)).status == 401
+    assert (await registry.get("/v2/", headers=bearer)).status == 401
+
+
+async def test_forged_token_counts_for_nothing(registry: TestClient) -> None:
+    token = await token_for(registry, GOOD)
+    payload, _, signature = token.partition(".")
+    forged = {"Authorization": f"Bearer {payload}.{signature[:-2]}xx"}
+    assert (await registry.post("/v2/team/app/blobs/uploads/", headers=forged)).status == 401
+
+
+async def test_expired_token_counts_for_nothing(registry: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await token_for(registry, GOOD)
+    later = auth.time.time() + auth.TOKEN_SECONDS + 1
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    assert (await registry.post("/v2/team/app/blobs/uploads/",
+                                headers={"Authorization": f"Bearer {token}"})).status == 401
+
+
+async def test_no_token_endpoint_without_htpasswd(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, build_config({"storage": {"path": str(tmp_path)}}))
+    assert (await client.get("/auth/token")).status == 404
+    assert (await client.post("/v2/team/app/blobs/uploads/")).status == 202
+
+
 # ------------------------------------------------------------------ pull: authenticated
 
 async def test_authenticated_pull_needs_credentials(aiohttp_client: Any, tmp_path: Path) -> None:
@@ -136,6 +203,12 @@ async def test_authenticated_pull_needs_credentials(aiohttp_client: Any, tmp_pat
         assert (await client.get(path)).status == 401, path
         assert (await client.get(path, headers=WRONG)).status == 401, path
         assert (await client.get(path, headers=GOOD)).status == 200, path
+
+
+async def test_authenticated_pull_gives_no_anonymous_token(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, auth_config(tmp_path, pull="authenticated"))
+    assert (await client.get("/auth/token")).status == 401
+    assert (await client.get("/auth/token", headers=GOOD)).status == 200
 
 
 async def test_authenticated_pull_without_htpasswd_stops_start_up(tmp_path: Path) -> None:

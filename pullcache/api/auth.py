@@ -1,16 +1,22 @@
-"""HTTP Basic auth against a bcrypt htpasswd file (`auth.htpasswd`, entries as `htpasswd -B` writes them).
+"""Who may do what: HTTP Basic against a bcrypt htpasswd file (`auth.htpasswd`, as `htpasswd -B` writes it).
 
-Who must log in:
-- with no htpasswd, nobody;
-- pushes and deletes (every method but GET/HEAD, and every upload request) need valid credentials;
-- pulls need them only with `auth.pull: authenticated`; otherwise credentials that do not check out
-  are ignored on pulls (skopeo sends empty Basic credentials to registries that challenge);
-- `/v2/` always asks for them, because `docker login` probes it: a 200 without a challenge
-  would make any password "succeed" without being checked.
-A 401 carries `WWW-Authenticate: Basic realm="<auth.realm>"`.
+Rules, once htpasswd is set:
+- pushes and deletes (every method but GET/HEAD, and every upload request) need a known user;
+- pulls need one only with `auth.pull: authenticated`; otherwise credentials that do not check out
+  are ignored on pulls (skopeo answers a Basic challenge with empty credentials when it has none);
+- `/v2/` always asks, so that `docker login` really checks the password.
 
-bcrypt costs tens to hundreds of milliseconds by design, so checks run in a thread and a
-successful check is remembered for a while, keyed by a hash of the password, never the password.
+A 401 carries `WWW-Authenticate: Basic realm="<auth.realm>"` and a second challenge,
+`Bearer realm="<this server>/auth/token"`, for clients that prefer tokens. Docker gets the Bearer
+challenge alone: its client runs every challenge it knows, and Basic without credentials fails the
+request ("no basic auth credentials"), so a Basic challenge would stop every anonymous Docker pull,
+`registry-mirrors` clients included, once pushes are protected. With Bearer, Docker fetches a token
+from /auth/token, anonymously or with the user's Basic credentials (checked against the same htpasswd
+file, so a wrong password still fails `docker login`). Tokens are HMAC-signed with a per-process key
+and carry only the user name and an expiry.
+
+bcrypt is slow by design, so checks run in a thread and a successful check is remembered for a
+while, keyed by a hash of the password, never the password itself.
 """
 from __future__ import annotations
 
@@ -18,6 +24,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
+import json
+import secrets
+import time
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
@@ -31,6 +42,11 @@ from pullcache.config import AuthConfig, ConfigError
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 CHECK_CACHE_SECONDS = 300.0
 CHECK_CACHE_SIZE = 4096
+TOKEN_SECONDS = 300  # the token spec asks for at least 60
+TOKEN_PATH = "/auth/token"
+SERVICE = "pullcache"
+DOCKER_ENGINE_AGENT = "docker/"  # dockerd's User-Agent: "docker/20.10.24 go/go1.19 ... UpstreamClient(...)"
+ANONYMOUS = ""
 
 
 class Access(Enum):
@@ -60,15 +76,48 @@ def load_htpasswd(path: str) -> dict[str, bytes]:
     return users
 
 
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """(user, password) from an `Authorization: Basic ...` header; None if absent or not Basic."""
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Tokens:
+    """Bearer tokens this process issues: `<claims>.<hmac>`, valid for TOKEN_SECONDS."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, user: str) -> str:
+        payload = _b64(json.dumps({"sub": user, "exp": int(time.time()) + TOKEN_SECONDS}).encode())
+        return f"{payload}.{self._sign(payload)}"
+
+    def subject(self, token: str) -> str | None:
+        """The user a token was issued to (ANONYMOUS for none); None if forged, damaged or expired."""
+        payload, _, signature = token.partition(".")
+        if not hmac.compare_digest(self._sign(payload), signature):
+            return None
+        try:
+            claims = json.loads(_unb64(payload))
+        except (ValueError, binascii.Error):
+            return None
+        return claims["sub"] if claims.get("exp", 0) > time.time() else None
+
+
+def _credentials(header: str | None) -> tuple[str, str] | str | None:
+    """(user, password) for Basic, the token for Bearer, None for anything else."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
     if scheme.lower() != "basic":
         return None
     try:
-        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return None
     return (user, password) if sep else None
@@ -83,13 +132,18 @@ class Authenticator:
                               "htpasswd file)")
         self._users = load_htpasswd(config.htpasswd) if config.htpasswd else None
         self._pull_needs_login = config.pull == "authenticated"
-        self._challenge = f'Basic realm="{config.realm}"'
+        self._realm = config.realm
+        self._tokens = Tokens()
         self._checked: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
+
+    @property
+    def enabled(self) -> bool:
+        return self._users is not None
 
     def _required(self, access: Access) -> bool:
         return self._users is not None and (access is not Access.PULL or self._pull_needs_login)
 
-    async def _verify(self, user: str, password: str) -> bool:
+    async def _password_ok(self, user: str, password: str) -> bool:
         assert self._users is not None
         hashed = self._users.get(user)
         if hashed is None:
@@ -102,16 +156,54 @@ class Authenticator:
         self._checked[key] = True
         return True
 
+    async def _user(self, request: web.Request) -> str | None:
+        """The user the request proves to be (by password or by token); ANONYMOUS or None otherwise."""
+        credentials = _credentials(request.headers.get("Authorization"))
+        if isinstance(credentials, str):
+            return self._tokens.subject(credentials)
+        if credentials is not None and await self._password_ok(*credentials):
+            return credentials[0]
+        return None
+
+    def _challenges(self, request: web.Request) -> list[tuple[str, str]]:
+        scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
+        bearer = ("WWW-Authenticate", f'Bearer realm="{scheme}://{request.host}{TOKEN_PATH}",service="{SERVICE}"')
+        if request.headers.get("User-Agent", "").startswith(DOCKER_ENGINE_AGENT):
+            return [bearer]
+        return [("WWW-Authenticate", f'Basic realm="{self._realm}"'), bearer]
+
+    def _unauthorized(self, request: web.Request, reason: str, access: Access) -> web.HTTPUnauthorized:
+        error = RegistryError("UNAUTHORIZED", reason, detail={"access": access.value}).response()
+        assert isinstance(error.body, bytes)
+        return web.HTTPUnauthorized(body=error.body, content_type="application/json",
+                                    headers=self._challenges(request))
+
     async def authorize(self, request: web.Request, access: Access) -> None:
-        """Return if the request may proceed (setting request["user"] when it logged in); else UNAUTHORIZED."""
+        """Return if the request may proceed (setting request["user"] for a known user); else 401."""
         if self._users is None:
             return
-        credentials = _basic_credentials(request.headers.get("Authorization"))
-        if credentials is not None and await self._verify(*credentials):
-            request["user"] = credentials[0]
+        user = await self._user(request)
+        if user:
+            request["user"] = user
             return
         if not self._required(access):
             return
-        reason = "invalid username or password" if credentials else "authentication required"
-        raise RegistryError("UNAUTHORIZED", reason, headers={"WWW-Authenticate": self._challenge},
-                            detail={"access": access.value})
+        present = request.headers.get("Authorization")
+        raise self._unauthorized(request, "invalid username, password or token" if present
+                                 else "authentication required", access)
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
+        one when anonymous pulls are allowed. Wrong credentials are 401, so docker login fails."""
+        request["route"] = "token"
+        credentials = _credentials(request.headers.get("Authorization"))
+        if isinstance(credentials, tuple) and await self._password_ok(*credentials):
+            user = credentials[0]
+        elif credentials is None and not self._pull_needs_login:
+            user = ANONYMOUS
+        else:
+            raise self._unauthorized(request, "invalid username or password" if credentials
+                                     else "authentication required", Access.LOGIN)
+        token = self._tokens.issue(user)
+        return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
+                                  "issued_at": datetime.now(UTC).isoformat()})
