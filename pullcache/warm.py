@@ -15,8 +15,9 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name, check_reference
@@ -55,7 +56,7 @@ class Tally:
     fetched_manifests: int = 0
     cached_manifests: int = 0
 
-    def add(self, other: "Tally") -> None:
+    def add(self, other: Tally) -> None:
         for name in vars(self):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

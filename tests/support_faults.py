@@ -8,9 +8,10 @@ import asyncio
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -94,7 +95,7 @@ class AccessLog(logging.Handler):
             self._changed.clear()
             await self._changed.wait()
 
-    def __enter__(self) -> "AccessLog":
+    def __enter__(self) -> Self:
         logger = logging.getLogger("pullcache.access")
         self._level = logger.level
         logger.setLevel(logging.INFO)

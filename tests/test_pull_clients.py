@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd

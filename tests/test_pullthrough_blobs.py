@@ -11,8 +11,15 @@ import aiohttp
 import pytest
 
 from tests.fault_upstream import FakeRegistry, Stall, answer
-from tests.support_faults import (AccessLog, Gate, Proxy, bytes_served, start_proxy, truncated,
-                                  wrong_bytes)
+from tests.support_faults import (
+    AccessLog,
+    Gate,
+    Proxy,
+    bytes_served,
+    start_proxy,
+    truncated,
+    wrong_bytes,
+)
 
 LAYER = os.urandom(4 * 1024 * 1024 + 123)
 FIRST = 256 * 1024

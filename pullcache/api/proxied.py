@@ -20,8 +20,14 @@ from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.digests import Digest
 from pullcache.pullthrough import PullThrough, stats
 from pullcache.resolver import Target
-from pullcache.upstream.errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
-                                       UpstreamUnauthorized, UpstreamUnavailable)
+from pullcache.upstream.errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+)
 
 OCTET_STREAM = "application/octet-stream"
 

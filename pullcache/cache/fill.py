@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Self
 
 from pullcache.cache.store import Store
 from pullcache.cache.writer import BlobWriter
@@ -111,7 +112,7 @@ class Fill:
             self._release()
 
     # ------------------------------------------------------------------ reader side
-    def reader(self) -> "FillReader":
+    def reader(self) -> FillReader:
         """Register a reader now (synchronously), so the file stays readable until it is closed."""
         assert self._users > 0, "reader() of a fill that is over: open the committed blob instead"
         self._users += 1
@@ -121,11 +122,14 @@ class Fill:
     def done(self) -> bool:
         return self.state in (State.COMMITTED, State.FAILED)
 
+    async def changed(self) -> None:
+        """Wait for the next change (bytes written or a new state)."""
+        await self._changed.wait()
+
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until predicate() holds; it is checked again after every change of the fill."""
         while not predicate():
-            event = self._changed
-            await event.wait()
+            await self.changed()
 
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -150,7 +154,7 @@ class FillReader:
         self._closed = False
         self._reading: asyncio.Future[bytes] | None = None
 
-    async def __aenter__(self) -> "FillReader":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -197,8 +201,7 @@ class FillReader:
                     raise FillFailed(fill.digest, EOFError(f"blob ends at {fill.written}, before {end}"))
                 return
             else:
-                seen = fill.written, fill.state
-                await fill.wait_for(lambda: (fill.written, fill.state) != seen)
+                await fill.changed()
 
     async def _pread(self, offset: int, size: int) -> bytes:
         fd = self.fill._fd

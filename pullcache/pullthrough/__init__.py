@@ -26,4 +26,4 @@ class PullThrough:
         await self.blobs.close()
 
 
-__all__ = ["PullThrough", "Blobs", "BlobSource", "Manifests", "ManifestAnswer"]
+__all__ = ["BlobSource", "Blobs", "ManifestAnswer", "Manifests", "PullThrough"]

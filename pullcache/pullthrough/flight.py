@@ -6,7 +6,8 @@ handler) does not cancel it for the others, and what it stores still lands in th
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

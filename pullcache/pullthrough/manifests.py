@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from functools import partial
 
 from cachetools import LRUCache, TTLCache
 
@@ -30,7 +31,11 @@ from pullcache.pullthrough import stats
 from pullcache.pullthrough.flight import SingleFlight
 from pullcache.resolver import Target
 from pullcache.upstream.client import ManifestResponse
-from pullcache.upstream.errors import UpstreamError, UpstreamNotFound, UpstreamUnauthorized
+from pullcache.upstream.errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnauthorized,
+)
 
 log = logging.getLogger("pullcache.pullthrough")
 
@@ -82,11 +87,10 @@ class Manifests:
         assert target.upstream is not None, "Manifests serves upstream targets only"
         if isinstance(reference, Digest):
             answer = await self._cached(target, reference)
-            work = lambda: self._fetch_digest(target, reference, accept, head)  # noqa: E731
+            work = partial(self._fetch_digest, target, reference, accept, head)
         else:
             answer = await self._fresh_tag(target, reference)
-            tag = reference
-            work = lambda: self._refresh_tag(target, tag, accept, head)  # noqa: E731
+            work = partial(self._refresh_tag, target, reference, accept, head)
         if answer is not None:
             self._store.note_access(answer.digest)
             stats.count(stats.MANIFEST, target.upstream.name, stats.HIT)
