@@ -1,9 +1,16 @@
 """Content discovery: /v2/, tags/list and _catalog with n/last paging and Link headers."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from aiohttp.test_utils import TestClient
 
-from tests.registry_api import OCI_MANIFEST, error_code, push_image, push_manifest
+from pullcache.api.appkeys import STORE
+from pullcache.app import build_app
+from pullcache.config import build_config
+from pullcache.digests import Digest
+from tests.registry_api import OCI_MANIFEST, error_code, push_image, push_manifest, sha256
 
 pytest_plugins = ["tests.registry_api"]
 
@@ -91,3 +98,23 @@ async def test_catalog_lists_repositories_with_paging(registry: TestClient) -> N
     rest = await registry.get("/v2/_catalog?n=2&last=team%2Fa")
     assert (await rest.json())["repositories"] == ["team/b"]
     assert "Link" not in rest.headers
+
+
+async def test_upstream_names_list_what_is_cached(aiohttp_client: Any, tmp_path: Path) -> None:
+    """tags/list, _catalog and referrers never contact an upstream: they answer from the cache."""
+    config = build_config({"storage": {"path": str(tmp_path / "data")},
+                           "upstreams": [{"name": "docker.io", "url": "http://127.0.0.1:9"}]})
+    app = build_app(config)
+    client = await aiohttp_client(app)
+    cached = app[STORE].repository("docker.io/library/alpine", cached=True)
+    await cached.set_tag("3.19", Digest.parse(sha256(b"a manifest")))
+    await cached.set_tag("3.20", Digest.parse(sha256(b"another")))
+
+    tags = await client.get("/v2/docker.io/library/alpine/tags/list")
+    assert await tags.json() == {"name": "docker.io/library/alpine", "tags": ["3.19", "3.20"]}
+    unknown = await client.get("/v2/docker.io/library/never-pulled/tags/list")
+    assert (unknown.status, await error_code(unknown)) == (404, "NAME_UNKNOWN")
+    catalog = await client.get("/v2/_catalog")
+    assert (await catalog.json())["repositories"] == ["docker.io/library/alpine"]
+    referrers = await client.get(f"/v2/docker.io/library/alpine/referrers/{sha256(b'a manifest')}")
+    assert (referrers.status, (await referrers.json())["manifests"]) == (200, [])

@@ -311,6 +311,7 @@ async def test_delete_by_digest_removes_manifest_and_its_tags(registry: TestClie
     await push_manifest(registry, "team/app", "also", image.manifest, OCI_MANIFEST)
     response = await registry.delete(f"/v2/team/app/manifests/{image.digest}")
     assert response.status == 202
+    assert response.headers["Docker-Content-Digest"] == image.digest
     for reference in (image.digest, "v1", "also"):
         assert (await registry.get(f"/v2/team/app/manifests/{reference}")).status == 404
     assert (await (await registry.get("/v2/team/app/tags/list")).json())["tags"] == []
@@ -319,7 +320,9 @@ async def test_delete_by_digest_removes_manifest_and_its_tags(registry: TestClie
 async def test_delete_by_tag_removes_only_the_tag(registry: TestClient) -> None:
     image = await push_image(registry, "team/app", "v1")
     await push_manifest(registry, "team/app", "also", image.manifest, OCI_MANIFEST)
-    assert (await registry.delete("/v2/team/app/manifests/v1")).status == 202
+    deleted = await registry.delete("/v2/team/app/manifests/v1")
+    assert deleted.status == 202
+    assert deleted.headers["Docker-Content-Digest"] == image.digest
     assert (await registry.get("/v2/team/app/manifests/v1")).status == 404
     assert (await registry.get("/v2/team/app/manifests/also")).status == 200
     assert (await registry.get(f"/v2/team/app/manifests/{image.digest}")).status == 200

@@ -314,10 +314,11 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     target = push_target(request, name)
     repo = request.app[STORE].repository(target.store_name)
     if isinstance(ref, Digest):
-        deleted = await repo.unlink_manifest(ref)
+        digest: Digest | None = ref if await repo.unlink_manifest(ref) else None
     else:
-        deleted = await repo.delete_tag(ref)
-    if not deleted:
+        tag = await repo.get_tag(ref)
+        digest = tag.digest if tag is not None and await repo.delete_tag(ref) else None
+    if digest is None:
         raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}",
                             detail={"name": name, "reference": reference})
-    return web.Response(status=202)
+    return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})
