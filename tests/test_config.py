@@ -1,0 +1,122 @@
+"""proxy.yml and PULLCACHE_* overrides: the shipped file loads, values parse, and every mistake stops
+start-up with one line naming the key, the value and what was expected."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pullcache.config import ConfigError, build_config, load_config, parse_duration, parse_size
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "proxy.yml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_proxy_yml_is_the_documented_default() -> None:
+    config = load_config(REPO_ROOT / "proxy.yml", environ={})
+    assert config.listen == "0.0.0.0:5000"
+    assert not config.tls.enabled
+    assert config.storage.max_size == 50 * 1024**3
+    assert config.gc.interval == 3600 and config.gc.upload_ttl == 86400
+    assert config.auth.htpasswd is None and config.auth.pull == "anonymous"
+    assert config.local.deny_push == ("library/*",)
+    assert config.default_upstream is not None and config.default_upstream.name == "docker.io"
+    assert config.metrics.enabled and config.log.format == "text"
+
+
+def test_no_file_means_defaults() -> None:
+    config = load_config(None, environ={})
+    assert config.upstreams == () and config.storage.path == "./data"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600),
+                                               ("7d", 604800), (45, 45)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "gc.interval") == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("512MiB", 512 * 1024**2), ("50GiB", 50 * 1024**3), ("1TB", 10**12),
+                                            ("1.5GiB", int(1.5 * 1024**3)), (4096, 4096)])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text, "storage.max_size") == size
+
+
+@pytest.mark.parametrize(("raw", "names"), [
+    ({"gc": {"interval": "soon"}}, ["gc.interval", "'soon'", "duration"]),
+    ({"storage": {"max_size": "lots"}}, ["storage.max_size", "'lots'", "size"]),
+    ({"storage": {"colour": "blue"}}, ["storage.colour", "unknown key"]),
+    ({"auth": {"pull": "sometimes"}}, ["auth.pull", "'sometimes'", "anonymous, authenticated"]),
+    ({"listen": "localhost"}, ["listen", "host:port"]),
+    ({"tls": {"cert": "/c.pem"}}, ["tls", "both set"]),
+    ({"upstreams": [{"name": "a", "url": "ftp://x"}]}, ["upstreams[0].url", "http(s) URL"]),
+    ({"upstreams": [{"name": "a"}]}, ["upstreams[0]", "name and url"]),
+    ({"upstreams": [{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]}, ["'a'", "twice"]),
+    ({"upstreams": [{"name": "a", "url": "http://a", "default": True},
+                    {"name": "b", "url": "http://b", "default": True}]}, ["default: true"]),
+    ({"metrics": {"enabled": "yes please"}}, ["metrics.enabled", "boolean"]),
+    ({"surprise": 1}, ["surprise", "unknown key"]),
+])
+def test_mistakes_name_the_key_and_value(raw: dict, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw)
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_environment_overrides_sections_and_indexed_upstreams(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n")
+    config = load_config(path, environ={
+        "PULLCACHE_STORAGE__MAX_SIZE": "20GiB",
+        "PULLCACHE_AUTH__PULL": "authenticated",
+        "PULLCACHE_UPSTREAMS__0__URL": "http://127.0.0.1:5001",
+        "PULLCACHE_LOCAL__DENY_PUSH": "[library/*, base/*]",
+        "UNRELATED": "ignored",
+    })
+    assert config.storage.max_size == 20 * 1024**3
+    assert config.auth.pull == "authenticated"
+    assert config.upstreams[0].url == "http://127.0.0.1:5001"
+    assert config.local.deny_push == ("library/*", "base/*")
+
+
+def test_environment_override_errors_name_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n")
+    with pytest.raises(ConfigError, match="PULLCACHE_UPSTREAMS__3__URL"):
+        load_config(path, environ={"PULLCACHE_UPSTREAMS__3__URL": "http://x"})
+    with pytest.raises(ConfigError, match="storage.max_size"):
+        load_config(None, environ={"PULLCACHE_STORAGE__MAX_SIZE": "huge"})
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path / "absent.yml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "listen: [unclosed\n"), environ={})
+
+
+def test_upstream_password_env_is_read_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = build_config({"upstreams": [{"name": "ghcr.io", "url": "https://ghcr.io", "username": "bot",
+                                          "password_env": "GHCR_TOKEN"}]})
+    monkeypatch.setenv("GHCR_TOKEN", "from-the-environment")
+    assert config.upstreams[0].credentials() == ("bot", "from-the-environment")
+
+
+def test_check_config_command_reports_ok_or_one_line(tmp_path: Path) -> None:
+    good = subprocess.run([sys.executable, "-m", "pullcache", "check-config", "-c", str(REPO_ROOT / "proxy.yml")],
+                          check=False, capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert good.returncode == 0 and "OK" in good.stdout
+    bad = write(tmp_path, "gc: {interval: soon}\n")
+    failed = subprocess.run([sys.executable, "-m", "pullcache", "check-config", "-c", str(bad)],
+                            check=False, capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().count("\n") == 0 and "gc.interval" in failed.stderr
