@@ -111,12 +111,10 @@ def test_upstream_password_env_is_read_when_asked(tmp_path: Path, monkeypatch: p
 
 def test_check_config_command_reports_ok_or_one_line(tmp_path: Path) -> None:
     good = subprocess.run([sys.executable, "-m", "pullcache", "check-config", "-c", str(REPO_ROOT / "proxy.yml")],
-                          check=False, capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=60)
+                          check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert good.returncode == 0 and "OK" in good.stdout
     bad = write(tmp_path, "gc: {interval: soon}\n")
     failed = subprocess.run([sys.executable, "-m", "pullcache", "check-config", "-c", str(bad)],
-                            check=False, capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=60)
+                            check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert failed.returncode == 2
     assert failed.stderr.strip().count("\n") == 0 and "gc.interval" in failed.stderr

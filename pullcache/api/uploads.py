@@ -137,7 +137,7 @@ async def start_upload(request: web.Request, name: str, upload_id: str) -> web.S
     elif "digest" in request.query and request.body_exists:
         digest = check_digest(request.query["digest"])
         try:
-            await store.push_blob(target.store_name, _counted(request, None), digest, size=request.content_length)
+            await store.push_blob(target.store_name, request.content.iter_any(), digest, size=request.content_length)
         except DigestMismatch as exc:
             raise _digest_error(exc) from exc
         except ValueError as exc:
