@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from pullcache import metrics
+from pullcache.cache.fill import FillFailed
+from pullcache.cache.store import Store
+from pullcache.config import UpstreamConfig
+from pullcache.digests import Digest
+from pullcache.pullthrough import Blobs
+from pullcache.resolver import Target
+from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry, Stall, answer
 from tests.support_faults import (
     AccessLog,
@@ -28,6 +37,14 @@ FIRST = 256 * 1024
 @pytest.fixture
 async def fake(aiohttp_server: Any) -> FakeRegistry:
     return await FakeRegistry().start(aiohttp_server)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "store")
+    await store.open()
+    yield store
+    await store.close()
 
 
 @pytest.fixture
@@ -227,3 +244,44 @@ async def test_clients_waiting_on_a_failing_fill_all_see_it_fail(proxy: Proxy) -
         stall.release.set()
     assert proxy.upstream_requests("GET", digest) == 1
     await assert_nothing_cached_then_recovers(proxy, digest)
+
+
+def inflight() -> float:
+    return metrics.REGISTRY.get_sample_value("pullcache_inflight_fetches") or 0.0
+
+
+async def test_inflight_fetches_count_the_fill_while_it_runs(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    proxy.fake.faults[blob_path(digest)] = gate
+    before = inflight()
+    async with proxy.client.get(blob_path(digest)) as response:
+        await gate.sent.wait()
+        assert inflight() == before + 1
+        gate.release.set()
+        await response.read()
+    assert await pull(proxy, digest) == (200, LAYER)  # a hit: the fill is over
+    assert inflight() == before
+
+
+async def test_shutting_down_mid_fill_fails_its_readers_and_leaves_nothing(
+        store: Store, fake: FakeRegistry) -> None:
+    digest = fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    fake.faults[blob_path(digest)] = gate
+    client = UpstreamClient(UpstreamConfig(name="shutdown", url=fake.url))
+    await client.start()
+    blobs = Blobs(store)
+    try:
+        source = blobs.open(Target("team/app", client, "team/app"), Digest.parse(digest))
+        assert source.reader is not None
+        async with source.reader as reader:
+            await gate.sent.wait()
+            await blobs.close()
+            with pytest.raises(FillFailed):
+                await reader.finished()
+    finally:
+        gate.release.set()
+        await client.close()
+    assert store.blob_size(Digest.parse(digest)) is None
+    assert os.listdir(store.layout.tmp) == []

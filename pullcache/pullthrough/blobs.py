@@ -94,19 +94,21 @@ class Blobs:
                     await fill.write(chunk)
             await fill.commit()
         except BaseException as exc:
-            del self._fills[digest]  # before any await: nobody may join a fill that is failing
+            self._ended(digest)  # before any await: nobody may join a fill that is failing
             await fill.fail(exc)
             if not isinstance(exc, Exception):
                 raise
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
-        else:
-            del self._fills[digest]
-            try:
-                await self._store.repository(target.store_name, cached=True).link_blob(digest)
-            except OSError as exc:  # the blob is cached and served all the same; only the link is missing
-                log.warning("blob %s cached, but linking it into %s failed: %s", digest, target.store_name, exc)
-        finally:
-            metrics.inflight_fetches.dec()
+            return
+        self._ended(digest)  # committed: from now on requests find the blob in the store
+        try:
+            await self._store.repository(target.store_name, cached=True).link_blob(digest)
+        except OSError as exc:  # the blob is cached and served all the same; only the link is missing
+            log.warning("blob %s cached, but linking it into %s failed: %s", digest, target.store_name, exc)
+
+    def _ended(self, digest: Digest) -> None:
+        self._fills.pop(digest, None)
+        metrics.inflight_fetches.dec()
 
     async def close(self) -> None:
         """Cancel fetches still running (shutdown); their readers see a failed fill."""
