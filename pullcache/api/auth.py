@@ -195,7 +195,7 @@ class Authenticator:
     async def token(self, request: web.Request) -> web.StreamResponse:
         """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
         one when anonymous pulls are allowed. Wrong credentials are 401, so docker login fails."""
-        request["route"] = "token"
+        request["route"] = "base"  # part of the /v2/ login handshake, for metrics and logs
         credentials = _credentials(request.headers.get("Authorization"))
         if isinstance(credentials, tuple) and await self._password_ok(*credentials):
             user = credentials[0]
