@@ -16,6 +16,7 @@ from pullcache.cache.store import Store
 from pullcache.config import UpstreamConfig
 from pullcache.digests import Digest
 from pullcache.pullthrough import Manifests, stats
+from pullcache.pullthrough.manifests import STALE_RETRY_SECONDS
 from pullcache.resolver import Target
 from pullcache.upstream.client import MANIFEST_TYPES, UpstreamClient
 from tests.fault_upstream import FakeRegistry, answer, sha256
@@ -114,9 +115,10 @@ async def test_an_expired_tag_is_served_stale_while_the_upstream_fails(
     status, body, headers = await get(proxy)
     assert (status, body, headers["Docker-Content-Digest"]) == (200, V1, sha256(V1))
     assert proxy.count("manifest", "stale") == 1
-    fake.faults.clear()
+    # For a while the failing upstream is not asked again: the next pull does not wait for it.
     assert (await get(proxy))[:2] == (200, V1)
-    assert proxy.count("manifest", "revalidated") == 1
+    assert proxy.count("manifest", "stale") == 2
+    assert upstream_manifest_requests(proxy) == ["GET", "HEAD"]
 
 
 async def test_an_expired_tag_is_served_stale_when_the_upstream_times_out(
@@ -264,6 +266,25 @@ async def test_the_ttl_ends_exactly_at_manifest_ttl(store: Store, target: Target
     clock.now += 299.9
     assert (await manifests.get(target, "latest")).result == stats.HIT  # the HEAD restarted the ttl
     assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+    await manifests.close()
+
+
+async def test_a_failing_upstream_is_asked_again_after_a_pause(
+        store: Store, target: Target, fake: FakeRegistry) -> None:
+    clock = Clock()
+    manifests = Manifests(store, clock=clock)
+    await manifests.get(target, "latest")
+    clock.now += 300
+    fake.faults[TAG_PATH] = answer(503, {"errors": [{"code": "UNAVAILABLE"}]})
+    assert (await manifests.get(target, "latest")).result == stats.STALE
+    clock.now += STALE_RETRY_SECONDS - 1
+    assert (await manifests.get(target, "latest")).result == stats.STALE
+    assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+    fake.faults.clear()  # the upstream recovers
+    clock.now += 1
+    assert (await manifests.get(target, "latest")).result == stats.REVALIDATED
+    assert (await manifests.get(target, "latest")).result == stats.HIT
+    assert [seen.method for seen in fake.seen] == ["GET", "HEAD", "HEAD"]
     await manifests.close()
 
 

@@ -4,7 +4,8 @@
 - By tag: served from the cache for the upstream's `manifest_ttl`; after it, one HEAD asks the
   upstream which digest the tag names now (Docker Hub does not count HEADs against its pull limit),
   and the body is fetched only if that digest is not already held. While the upstream fails, times
-  out or throttles, the cached tag is served stale.
+  out or throttles, the cached tag is served stale, and asked about again only every
+  STALE_RETRY_SECONDS, so pulls do not each wait for a sick upstream to time out.
 - An upstream 404 is remembered for `not_found_ttl`, so a storm of requests for a missing tag does
   not become a storm upstream; concurrent misses and revalidations of one reference share one
   upstream exchange.
@@ -42,6 +43,7 @@ log = logging.getLogger("pullcache.pullthrough")
 MEMORY_ENTRIES = 100_000   # tags and manifest media types remembered in memory (the disk holds them all)
 MISSING_ENTRIES = 10_000   # upstream 404s remembered per upstream
 PENDING_TAG_SECONDS = 60   # how long a tag learned from a HEAD waits for its manifest to be fetched by digest
+STALE_RETRY_SECONDS = 10   # after a failed revalidation, a tag is served stale this long before asking again
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Manifests:
         # containerd resolves a tag with HEAD, then GETs the digest: remember the tag to link it then.
         self._pending_tags: TTLCache[tuple[str, Digest], tuple[str, float]] = TTLCache(
             MEMORY_ENTRIES, PENDING_TAG_SECONDS)
+        # Tags whose revalidation just failed: served stale without making every pull wait on a sick upstream.
+        self._failing: TTLCache[tuple[str, str, str], bool] = TTLCache(MEMORY_ENTRIES, STALE_RETRY_SECONDS,
+                                                                       timer=clock)
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
 
     async def close(self) -> None:
@@ -89,11 +94,11 @@ class Manifests:
             answer = await self._cached(target, reference)
             work = partial(self._fetch_digest, target, reference, accept, head)
         else:
-            answer = await self._fresh_tag(target, reference)
+            answer = await self._cached_tag(target, reference)
             work = partial(self._refresh_tag, target, reference, accept, head)
         if answer is not None:
             self._store.note_access(answer.digest)
-            stats.count(stats.MANIFEST, target.upstream.name, stats.HIT)
+            stats.count(stats.MANIFEST, target.upstream.name, answer.result)
             return answer
         self._raise_if_missing(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
@@ -139,13 +144,21 @@ class Manifests:
             state = self._tags.setdefault(key, _Tag(link.digest, media_type, link.confirmed_at))
         return state
 
-    async def _fresh_tag(self, target: Target, tag: str) -> ManifestAnswer | None:
-        """The tag's manifest if it was confirmed within the upstream's manifest_ttl."""
+    async def _cached_tag(self, target: Target, tag: str) -> ManifestAnswer | None:
+        """The tag's manifest if the cache answers alone: confirmed within the upstream's manifest_ttl (a hit),
+        or expired while the upstream failed to revalidate it moments ago (stale, without asking again)."""
         assert target.upstream is not None
         state = await self._tag(target, tag)
-        if state is None or self._clock() - state.confirmed_at >= target.upstream.config.manifest_ttl:
+        if state is None:
             return None
-        return await self._cached(target, state.digest)
+        if self._clock() - state.confirmed_at < target.upstream.config.manifest_ttl:
+            result = stats.HIT
+        elif self._failing.get((target.upstream.name, target.repository, tag)):
+            result = stats.STALE
+        else:
+            return None
+        cached = await self._cached(target, state.digest)
+        return None if cached is None else replace(cached, result=result)
 
     # ------------------------------------------------------------------ upstream work (one per reference)
     async def _fetch_digest(self, target: Target, digest: Digest, accept: Sequence[str],
@@ -188,6 +201,7 @@ class Manifests:
         except UpstreamError as exc:
             if cached is None:
                 raise
+            self._failing[(upstream.name, target.repository, tag)] = True
             log.info("serving %s:%s stale (%s) while the upstream fails: %s", target.store_name, tag, cached.digest,
                      exc.message)
             return replace(cached, result=stats.STALE)
