@@ -57,7 +57,8 @@ def test_ns_names_the_upstream_by_name_or_alias_in_any_case() -> None:
 
 
 def test_ns_wins_over_a_local_repository() -> None:
-    assert where(resolver(existing=frozenset({"team/app"})).resolve("team/app", "docker.io")) == ("docker.io", "team/app")
+    routes = resolver(existing=frozenset({"team/app"}))
+    assert where(routes.resolve("team/app", "docker.io")) == ("docker.io", "team/app")
 
 
 def test_an_ns_naming_no_upstream_is_name_unknown() -> None:

@@ -184,7 +184,8 @@ class Manifests:
                     remote_digest = Digest.parse(remote.digest)
                     held = await self._cached(target, remote_digest)
                     if held is not None:
-                        await self._set_tag(target, tag, held, confirm=cached is not None and cached.digest == held.digest)
+                        unchanged = cached is not None and cached.digest == held.digest
+                        await self._set_tag(target, tag, held, confirm=unchanged)
                         return replace(held, result=stats.REVALIDATED if cached is not None else stats.MISS)
                     if head:
                         self._pending_tags[(target.store_name, remote_digest)] = (tag, self._clock())
