@@ -68,7 +68,10 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
     if source.reader is None:
         assert source.path is not None and source.size is not None
         response = blob_file_response(request, source.path, digest, source.size)
-        await response.prepare(request)  # sends it all; counted once it went out
+        try:
+            await response.prepare(request)  # sends it all; counted once it went out
+        except ConnectionError:
+            return response  # the client went away mid-file
         if response.status in (200, 206) and response.content_length:
             stats.served(stats.FROM_CACHE, response.content_length)
         return response
