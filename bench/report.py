@@ -147,7 +147,13 @@ def chart(results: Results, path: Path) -> None:
                      .replace(", 16 clients streaming the uncached 1 GiB layer", "\n(16 × cold 1 GiB)")
                      .replace("cold herd: ", "cold herd:\n"), fontsize=9)
         ax.set_ylabel(metric.unit or "count")
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color="seagreen", label="pullcache, target met"),
+                        Patch(color="darkorange", label="pullcache, short of target"),
+                        Patch(color="steelblue", label="Distribution")],
+               loc="lower right", fontsize=8, ncols=3)
     fig.suptitle(f"pullcache vs CNCF Distribution (proxy mode), {results.extra.get('rounds')} rounds")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

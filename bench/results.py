@@ -51,6 +51,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("cached_8", "cached 200 MiB layer, 8 clients (aggregate)", "MB/s", "higher",
            Target("ratio_at_least", 1.5)),
     Metric("cpu_cached_8", "  server CPU during the 8-client run", "cores", "lower"),
+    Metric("cpu_per_gb_cached", "  server CPU per GB served (8 clients)", "core-s/GB", "lower"),
     Metric("loadgen_cpu_cached_8", "  load generator (blobget) CPU during the 8-client run", "cores", "lower"),
     Metric("manifest_tag", "manifest by tag (cached), wrk 16 conns", "req/s", "higher",
            Target("ratio_at_least", 10)),

@@ -90,7 +90,9 @@ def cached_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, 
     eights = []
     for _ in range(settings.repeats):
         eights.append(_busy(cache, lambda: _checked(loadgen.herd(url, 8), seeded.cached, "8 clients")))
+    cpu_seconds_per_gb = [cores * h.wall / (h.bytes / 1e9) for h, cores in eights]
     return {
+        "cpu_per_gb_cached": statistics.median(cpu_seconds_per_gb),
         "cached_1": statistics.median(h.throughput for h in singles),
         "cached_8": statistics.median(h.throughput for h, _ in eights),
         "cpu_cached_8": statistics.median(cores for _, cores in eights),
