@@ -247,9 +247,19 @@ async def test_unknown_config_is_manifest_blob_unknown(registry: TestClient, reg
     await assert_rejected(registry, registry_config, image_manifest(CONFIG, [LAYER]), "MANIFEST_BLOB_UNKNOWN")
 
 
-async def test_blob_of_another_repository_does_not_count(registry: TestClient, registry_config: Config) -> None:
+async def test_blobs_the_registry_holds_elsewhere_are_linked_in(registry: TestClient) -> None:
+    """A client whose HEAD was answered by another repository's copy skips the upload; the push works."""
+    manifest = await push_parts(registry, "team/other")
+    await push_manifest(registry, "team/app", "v1", manifest, OCI_MANIFEST)
+    pulled = await registry.get(f"/v2/team/app/blobs/{sha256(LAYER)}")
+    assert (pulled.status, await pulled.read()) == (200, LAYER)
+
+
+async def test_nothing_is_linked_when_any_blob_is_missing(registry: TestClient, registry_config: Config) -> None:
     await push_parts(registry, "team/other")
-    await assert_rejected(registry, registry_config, image_manifest(CONFIG, [LAYER]), "MANIFEST_BLOB_UNKNOWN")
+    await assert_rejected(registry, registry_config, image_manifest(CONFIG, [LAYER, b"nowhere"]),
+                          "MANIFEST_BLOB_UNKNOWN")
+    assert (await registry.get(f"/v2/team/app/blobs/{sha256(LAYER)}")).status == 404
 
 
 async def test_index_naming_unknown_manifest_is_manifest_blob_unknown(registry: TestClient,

@@ -85,6 +85,24 @@ def test_skopeo_pushes_a_multi_platform_image_and_pulls_it_back_unchanged(
     assert dir_layout_digests(back) == expected_digests(image)
 
 
+def test_skopeo_pushes_images_sharing_layers_to_new_repositories(
+        pullcache: PullcacheProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+    """The second push finds the shared layer already in the registry (its HEAD is answered 200 by
+    the store) and skips it; the manifest push must still succeed and the layer be served."""
+    first = build_image("internal/app", "v1")
+    second = build_image("internal/app", "v2")  # same OS layer per platform, new data layers
+    shared = {b.digest for b in first.blobs()} & {b.digest for b in second.blobs()}
+    assert shared
+    for image, repo in ((first, "team/one"), (second, "team/two")):
+        source = write_dir_layout(tmp_path / repo.replace("/", "-"), image)
+        skopeo.copy(f"dir:{source}", f"docker://{pullcache.host}/{repo}:{image.tag}", all_platforms=True,
+                    dest_creds=CREDS, extra=("--preserve-digests",))
+    back = tmp_path / "back"
+    skopeo.copy(f"docker://{pullcache.host}/team/two:v2", f"dir:{back}", all_platforms=True,
+                extra=("--preserve-digests",))
+    assert dir_layout_digests(back) == expected_digests(second)
+
+
 def test_skopeo_push_without_credentials_is_refused(pullcache: PullcacheProcess, skopeo: Skopeo,
                                                     tmp_path: Path) -> None:
     image = build_image("internal/app", "v1", oci=True)

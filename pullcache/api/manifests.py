@@ -265,17 +265,30 @@ def referrer_descriptor(parsed: ParsedManifest, digest: Digest, size: int) -> di
     return descriptor
 
 
-async def _check_references(store: Store, repo: Repository, parsed: ParsedManifest) -> None:
-    """MANIFEST_BLOB_UNKNOWN listing every referenced blob or manifest the repository lacks."""
-    def missing() -> list[str]:
-        lost = [d for d in parsed.blobs if not (repo.has_blob_link(d) and store.blob_size(d) is not None)]
+async def _link_references(store: Store, repo: Repository, parsed: ParsedManifest) -> None:
+    """Make sure every blob and manifest the manifest names is in the repository.
+
+    A blob the registry holds under another name (pushed there, or cached from an upstream) is linked
+    in: a client whose existence check was answered by another repository's copy or by the cache
+    rightly skipped uploading it, and the spec only asks that referenced blobs exist in the registry.
+    Anything the registry lacks is MANIFEST_BLOB_UNKNOWN, listing every such digest, and then nothing
+    is linked.
+    """
+    def classify() -> tuple[list[Digest], list[str]]:
+        to_link = [d for d in parsed.blobs if store.blob_size(d) is not None and not repo.has_blob_link(d)]
+        lost = [d for d in parsed.blobs if store.blob_size(d) is None]
         lost += [d for d in parsed.manifests if not repo.has_manifest(d)]
-        return [str(d) for d in dict.fromkeys(lost)]
-    unknown = await asyncio.to_thread(missing)
+        return list(dict.fromkeys(to_link)), [str(d) for d in dict.fromkeys(lost)]
+    def blob_unknown(unknown: list[str]) -> RegistryError:
+        return RegistryError("MANIFEST_BLOB_UNKNOWN", f"manifest references {len(unknown)} blob(s) or "
+                             f"manifest(s) repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
+                             detail={"digests": unknown})
+    to_link, unknown = await asyncio.to_thread(classify)
     if unknown:
-        raise RegistryError("MANIFEST_BLOB_UNKNOWN", f"manifest references {len(unknown)} blob(s) or manifest(s) "
-                            f"repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
-                            detail={"digests": unknown})
+        raise blob_unknown(unknown)
+    for digest in to_link:
+        if not await store.mount_blob(repo.name, digest):
+            raise blob_unknown([str(digest)])  # evicted since the check
 
 
 async def put_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -295,7 +308,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
                             detail={"expected": str(ref), "actual": str(digest)})
     store = request.app[STORE]
     repo = store.repository(target.store_name)
-    await _check_references(store, repo, parsed)
+    await _link_references(store, repo, parsed)
     # Order matters for crash safety: bytes, then the revision link, then the tag and referrer entry.
     await store.put_small(data, origin=PUSHED, algorithm=algorithm)
     await repo.link_manifest(digest, parsed.media_type)
