@@ -17,9 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from pullcache import metrics
-from pullcache.api.appkeys import STORE
 from pullcache.app import build_app
-from pullcache.cache.store import Store
 from pullcache.config import build_config
 from tests.fault_upstream import FakeRegistry, Handler
 
@@ -34,10 +32,6 @@ class Proxy:
     fake: FakeRegistry
     upstream: str
     data_dir: Path
-
-    @property
-    def store(self) -> Store:
-        return self.client.server.app[STORE]
 
     def cached(self, digest: str) -> bytes | None:
         """The committed blob's bytes, or None."""
