@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pullcache.api import proxied
 from pullcache.api.appkeys import STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
@@ -127,7 +128,6 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     ref = check_reference(reference)
     target = read_target(request, name)
     if not target.is_local:
-        from pullcache.api import proxied  # written by the pull-through work; imported when first needed
         return await proxied.get_manifest(request, target, reference)
     store = request.app[STORE]
     repo = store.repository(target.store_name)
