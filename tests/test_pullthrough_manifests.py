@@ -20,7 +20,14 @@ from pullcache.pullthrough.manifests import STALE_RETRY_SECONDS
 from pullcache.resolver import Target
 from pullcache.upstream.client import MANIFEST_TYPES, UpstreamClient
 from tests.fault_upstream import FakeRegistry, answer, sha256
-from tests.support_faults import Hang, Held, Proxy, cache_requests, start_proxy
+from tests.support_faults import (
+    Hang,
+    Held,
+    Proxy,
+    cache_requests,
+    start_proxy,
+    truncated,
+)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -170,6 +177,35 @@ async def test_an_unavailable_upstream_with_nothing_cached_is_a_clear_5xx(
     error = json.loads(body)["errors"][0]
     assert (status, error["code"]) == (503, "UNAVAILABLE")
     assert proxy.upstream in error["message"] and "502" in error["message"]
+
+
+def manifest_faults() -> dict[str, Any]:
+    """Upstream misbehaviours on a manifest, each with the status pullcache answers while nothing is cached."""
+    claims_v1 = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256(V1)}
+    return {
+        "wrong-bytes": (answer(200, V2, headers=claims_v1), 502),
+        "truncated": (truncated(V1, len(V1) // 2), 503),
+        "503": (answer(503, b"down for maintenance"), 503),
+        "429": (answer(429, {"errors": [{"code": "TOOMANYREQUESTS"}]}), 429),
+        "stall": (Hang(), 504),
+    }
+
+
+@pytest.mark.parametrize("name", list(manifest_faults()))
+async def test_after_an_upstream_fault_nothing_is_cached_and_the_next_request_succeeds(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path, name: str) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, read_timeout="300ms", not_found_ttl="1h")
+    fault, status = manifest_faults()[name]
+    fake.faults[TAG_PATH] = fault
+    try:
+        assert (await get(proxy))[0] == status
+    finally:
+        if isinstance(fault, Hang):
+            fault.release.set()
+    assert proxy.cached(sha256(V1)) is None and proxy.cached(sha256(V2)) is None
+    fake.faults.clear()
+    status, body, headers = await get(proxy)
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, V1, sha256(V1))
 
 
 async def test_an_upstream_refusal_is_denied(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> None:
