@@ -12,7 +12,7 @@ ABSOLUTE_KEYS = ("herd_fetches", "herd_ttfb_median", "rss_peak")
 
 
 def _number(value: float) -> str:
-    if value == int(value) and abs(value) >= 1:
+    if float(value).is_integer():
         return f"{int(value)}"
     if abs(value) >= 100:
         return f"{value:.0f}"

@@ -213,7 +213,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go (bench/results)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy flame graphs of pullcache per scenario (first round) into --out")
+                        help="py-spy flame graphs of pullcache per scenario (first round) into --out; "
+                             "sampling costs the server CPU, so keep such a run's figures out of the README")
     args = parser.parse_args(argv)
     only = frozenset(s for s in args.only.split(",") if s)
     if unknown := only - set(SCENARIOS):

@@ -19,7 +19,7 @@ from tests.support.images import MANIFEST_TYPES
 from tests.support.skopeo import Skopeo
 
 from . import loadgen
-from .procstat import MiB, RssSampler, cpu_seconds
+from .procstat import MiB, RssSampler, cpu_seconds, rss_bytes
 from .stack import Cache, Layer, Seeded
 
 ACCEPT = "Accept: " + ", ".join(MANIFEST_TYPES)
@@ -113,6 +113,7 @@ def manifests(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, flo
     figures["manifest_tag"] = tag.requests_per_second
     figures["manifest_tag_upstream"] = upstream_after - upstream_before
     figures["cpu_manifest_tag"] = cores
+    figures["loadgen_cpu_manifest_tag"] = tag.client_cpu / settings.wrk_seconds
     digest = loadgen.wrk(base + seeded.multi.digest, seconds=settings.wrk_seconds, headers=[ACCEPT])
     if digest.failure():
         raise ScenarioError(f"digest: {digest.failure()}")
@@ -156,10 +157,12 @@ def skopeo_pull(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, f
 def memory(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float]:
     """Peak RSS while 16 clients stream the uncached 1 GiB layer, from a fresh process."""
     cache.reset()
+    idle = rss_bytes(cache.pid)
     before = cache.throttle.blob_gets(layer.digest)
     with RssSampler(cache.pid) as rss:
         result = _checked(loadgen.herd(cache.url + layer.path, settings.herd), layer, "1 GiB herd")
     return {
+        "rss_idle": idle / MiB,
         "rss_peak": max(rss.peak, rss.hwm) / MiB,
         "rss_herd_fetches": cache.throttle.blob_gets(layer.digest) - before,
         "rss_herd_done": result.wall,
