@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from pullcache.cache.files import StoreFullError, is_disk_full, publish, remove_quietly, temp_path
 from pullcache.digests import Digest, Hasher
@@ -47,7 +47,7 @@ class BlobWriter:
         self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb")
         return self
 
-    async def __aenter__(self) -> BlobWriter:
+    async def __aenter__(self) -> Self:
         if self._file is None:
             await self.open()
         return self
