@@ -141,7 +141,8 @@ async def start_upload(request: web.Request, name: str, upload_id: str) -> web.S
         except DigestMismatch as exc:
             raise _digest_error(exc) from exc
         except ValueError as exc:
-            raise RegistryError("SIZE_INVALID", f"blob {exc}", detail={"contentLength": request.content_length})
+            raise RegistryError("SIZE_INVALID", f"blob {exc}",
+                                detail={"contentLength": request.content_length}) from exc
         return _blob_created(target, digest)
     session = await store.uploads.create(target.store_name)
     return web.Response(status=202, headers=_progress_headers(target, session))
