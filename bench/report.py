@@ -74,8 +74,15 @@ def notes(results: Results) -> str:
     machine = results.extra.get("machine", {})
     if machine:
         out.append("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".")
-    out.append(f"Rounds: {results.extra.get('rounds')}; figures are the median of rounds with min–max; "
-               "ratio = pullcache ÷ Distribution (medians). Lower is better for times, fetches and RSS.")
+    out.append(f"Rounds: {results.extra.get('rounds')}, each running every scenario on pullcache, then on "
+               "Distribution; figures are the median of rounds with min–max; ratio = pullcache ÷ Distribution "
+               "(medians). Lower is better for times, fetches, CPU and RSS. A cached-layer figure is the best of "
+               "5 transfers within its round (one transfer lasts a fraction of a second, and other load on the "
+               "machine only ever slows one down).")
+    load = results.extra.get("load_average")
+    if isinstance(load, dict) and "end" in load:
+        out.append(f"1-minute load average {load['start']:.1f} at the start and {load['end']:.1f} at the end "
+                   "(the machine is shared; on 2 cores anything above ~1 is other work competing).")
     ceiling = results.extra.get("loadgen_ceiling")
     if isinstance(ceiling, dict):
         out.append("Load generator for blobs: `bench/blobget.py` (N threads in one process, 4 MiB "

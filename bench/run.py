@@ -72,6 +72,7 @@ class Runner:
 
     def run(self) -> Results:
         rounds = self.options.rounds
+        self.results.extra["load_average"] = {"start": os.getloadavg()[0]}
         log(f"starting upstream, seeding ({self.sizes}), throttles and both caches")
         stack = Stack(self.sizes, rounds)
         stack.start()
@@ -95,6 +96,7 @@ class Runner:
             if self.wanted("memory"):
                 self._each(stack, "memory", lambda c: scenarios.memory(c, seeded.huge, self.settings))
         finally:
+            self.results.extra["load_average"]["end"] = os.getloadavg()[0]
             log("stopping everything")
             stack.stop()
         if self.wanted("scale"):
