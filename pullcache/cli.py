@@ -36,16 +36,28 @@ def _serve(config: Config) -> int:
     from pullcache.logs import configure_logging
 
     configure_logging(config.log)
+    try:
+        app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
+    except ConfigError as exc:
+        print(f"pullcache: config error: {exc}", file=sys.stderr)
+        return 2
     ssl_context = None
     if config.tls.enabled:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.tls.cert, config.tls.key)  # type: ignore[arg-type]
-    web.run_app(build_app(config), host=config.host, port=config.port, ssl_context=ssl_context,
+    web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context,
                 access_log=None, print=None, handle_signals=True)
     return 0
 
 
 def _check_config(config: Config, path: str) -> int:
+    from pullcache.api.auth import Authenticator
+
+    try:
+        Authenticator(config.auth)  # the htpasswd file must exist and hold only bcrypt entries
+    except ConfigError as exc:
+        print(f"pullcache: config error: {exc}", file=sys.stderr)
+        return 2
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")

@@ -1,0 +1,46 @@
+"""The command line refuses a bad htpasswd file with one line, in check-config and in serve alike."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import bcrypt
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pullcache", *args], check=False, capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+
+
+def config_with_htpasswd(tmp_path: Path, htpasswd_line: str) -> Path:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(htpasswd_line + "\n")
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: 127.0.0.1:0\nstorage: {{path: {tmp_path / 'data'}}}\n"
+                      f"auth: {{htpasswd: {htpasswd}}}\n")
+    return config
+
+
+def test_check_config_rejects_a_non_bcrypt_htpasswd_entry_in_one_line(tmp_path: Path) -> None:
+    config = config_with_htpasswd(tmp_path, "alice:$apr1$abc$defghijklmnopqrstuvwx.")  # htpasswd -m (MD5)
+    result = run_cli("check-config", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "auth.htpasswd" in result.stderr and "alice" in result.stderr
+
+
+def test_serve_stops_on_a_bad_htpasswd_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    config = config_with_htpasswd(tmp_path, "bob:plaintext")
+    result = run_cli("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("pullcache: config error: auth.htpasswd")
+
+
+def test_check_config_accepts_a_bcrypt_htpasswd(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$", 1)
+    result = run_cli("check-config", "-c", str(config_with_htpasswd(tmp_path, f"carol:{hashed}")))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
