@@ -1,7 +1,8 @@
 """The status page at /: rendered by a real headless Chromium, it shows the figures /metrics exports.
 
-Counters live for the whole test process, so the scripted figures use an upstream and repository
-names unique to each test, and process-wide totals are compared with what /metrics says.
+Prometheus counters live for the whole test process, so the scripted figures use an upstream name unique
+to each test, and process-wide totals are compared with what /metrics says. Pull counts belong to each
+server (its app's PULL_COUNTS), so a test's page lists only the pulls that test made.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache import metrics
 from pullcache.api import status_page
+from pullcache.api.appkeys import PULL_COUNTS
 from pullcache.api.status_page import HEALTH_WINDOW, HealthWindow, PullCounts, Tally, upstream_state
 from pullcache.app import build_app
 from pullcache.config import build_config
@@ -107,7 +109,7 @@ async def client(aiohttp_client: Any, tmp_path: Path, upstream_name: str) -> Tes
     return await aiohttp_client(build_app(config))
 
 
-def script_traffic(upstream: str) -> str:
+def script_traffic(upstream: str, pulls: PullCounts) -> str:
     """Count what pull-through traffic through `upstream` would count; returns the most pulled repository."""
     metrics.cache_requests.labels("blob", upstream, "hit").inc(30)
     metrics.cache_requests.labels("blob", upstream, "miss").inc(10)
@@ -117,15 +119,15 @@ def script_traffic(upstream: str) -> str:
     metrics.upstream_requests.labels(upstream, "GET", "503").inc(10)
     metrics.upstream_ratelimit_remaining.labels(upstream).set(77)
     repository = f"{upstream}/team/app"
-    for _ in range(25_000):  # more than any other test pulls, so it leads the list
-        status_page.record_pull(repository)
+    for _ in range(25_000):  # enough for a thousands separator
+        pulls.add(repository)
     for _ in range(3):
-        status_page.record_pull(f"{upstream}/library/rare")
+        pulls.add(f"{upstream}/library/rare")
     return repository
 
 
 async def test_chromium_renders_the_figures(client: TestClient, upstream_name: str, tmp_path: Path) -> None:
-    repository = script_traffic(upstream_name)
+    repository = script_traffic(upstream_name, client.app[PULL_COUNTS])
     url = str(client.make_url("/"))
     screenshot = tmp_path / "status.png"
     await chromium(tmp_path / "profile-shot", f"--screenshot={screenshot}", "--window-size=1280,1000", url)
@@ -150,9 +152,7 @@ async def test_chromium_renders_the_figures(client: TestClient, upstream_name: s
     assert upstreams[upstream_name] == ["degraded", "50", "10", "0", "77"]
     assert upstreams[f"quiet-{upstream_name}"] == ["idle", "0", "0", "0", "–"]
 
-    images = page.rows["top-images"][1:]
-    assert images[0] == [repository, "", "25,000"]
-    assert [f"{upstream_name}/library/rare", "", "3"] in images
+    assert page.rows["top-images"][1:] == [[repository, "", "25,000"], [f"{upstream_name}/library/rare", "", "3"]]
 
 
 async def test_page_is_self_contained_html_without_scripts(client: TestClient) -> None:
@@ -167,24 +167,47 @@ async def test_page_is_self_contained_html_without_scripts(client: TestClient) -
 
 
 async def test_repository_names_are_escaped(client: TestClient) -> None:
-    for _ in range(30_000):
-        status_page.record_pull("<img src=x onerror=alert(1)>")
+    client.app[PULL_COUNTS].add("<img src=x onerror=alert(1)>")
     body = await (await client.get("/")).text()
     assert "<img src=x" not in body
     assert "&lt;img src=x onerror=alert(1)&gt;" in body
 
 
-async def test_manifest_gets_answered_200_count_as_pulls(
-        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, upstream_name: str) -> None:
+@pytest.fixture
+async def registry(aiohttp_server: Any) -> FakeRegistry:
+    """An upstream holding library/app:v1."""
     registry = await FakeRegistry().start(aiohttp_server)
     registry.add_manifest("library/app", "v1", MANIFEST)
-    config = build_config({"storage": {"path": str(tmp_path / "data")},
+    return registry
+
+
+async def mirror_of(registry: FakeRegistry, aiohttp_client: Any, data: Path, upstream_name: str) -> TestClient:
+    config = build_config({"storage": {"path": str(data)},
                            "upstreams": [{"name": upstream_name, "url": registry.url, "default": True}]})
-    client = await aiohttp_client(build_app(config))
+    return await aiohttp_client(build_app(config))
+
+
+async def top_images(client: TestClient) -> list[list[str]]:
+    """The rows of the page's most pulled images table, below its header."""
+    return parse(await (await client.get("/")).text()).rows["top-images"][1:]
+
+
+async def test_manifest_gets_answered_200_count_as_pulls(
+        registry: FakeRegistry, aiohttp_client: Any, tmp_path: Path, upstream_name: str) -> None:
+    client = await mirror_of(registry, aiohttp_client, tmp_path / "data", upstream_name)
     for method, reference in [("GET", "v1"), ("GET", "v1"), ("HEAD", "v1"), ("GET", "v2")]:
         await client.request(method, f"/v2/{upstream_name}/library/app/manifests/{reference}")
-    pulls = dict(status_page._pulls.top(10_000))
-    assert pulls[f"{upstream_name}/library/app"] == 2  # the HEAD and the 404 are no pulls
+    # the HEAD and the 404 are no pulls
+    assert await top_images(client) == [[f"{upstream_name}/library/app", "", "2"]]
+
+
+async def test_each_server_counts_its_own_pulls(
+        registry: FakeRegistry, aiohttp_client: Any, tmp_path: Path, upstream_name: str) -> None:
+    pulled = await mirror_of(registry, aiohttp_client, tmp_path / "pulled", upstream_name)
+    idle = await mirror_of(registry, aiohttp_client, tmp_path / "idle", upstream_name)
+    assert (await pulled.get(f"/v2/{upstream_name}/library/app/manifests/v1")).status == 200
+    assert await top_images(pulled) == [[f"{upstream_name}/library/app", "", "1"]]
+    assert await top_images(idle) == [["no image pulled yet"]]
 
 
 @pytest.mark.parametrize(("recent", "remaining", "state"), [

@@ -5,6 +5,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pullcache.api.status_page import PullCounts
 from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.resolver import Resolver
@@ -14,3 +15,4 @@ STORE = web.AppKey("store", Store)
 RESOLVER = web.AppKey("resolver", Resolver)
 UPSTREAMS = web.AppKey("upstreams", Any)      # pullcache.upstream.pool.Upstreams
 PULLTHROUGH = web.AppKey("pullthrough", Any)  # pullcache.pullthrough.PullThrough
+PULL_COUNTS = web.AppKey("pull_counts", PullCounts)  # the status page's most pulled images (ops.setup)

@@ -18,8 +18,8 @@ import time
 from aiohttp import web
 
 from pullcache import metrics
-from pullcache.api import routes, status_page
-from pullcache.api.appkeys import RESOLVER
+from pullcache.api import routes
+from pullcache.api.appkeys import PULL_COUNTS, RESOLVER
 from pullcache.api.errors import RegistryError
 from pullcache.resolver import Target
 
@@ -102,7 +102,7 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
         metrics.bytes_served.labels("local").inc(sent)
     target = _target(request, route)
     if answered and target is not None and route == "manifest" and request.method == "GET":
-        status_page.record_pull(target.store_name)
+        request.app[PULL_COUNTS].add(target.store_name)
 
     upstream = target.upstream.name if target is not None and target.upstream is not None else None
     cache = request.get("cache_result")

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pullcache import metrics
 from pullcache.api import status_page
-from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.api.appkeys import CONFIG, PULL_COUNTS, STORE
 from pullcache.cache.store import Store
 
 PROBE_TIMEOUT = 5.0  # a hung disk or a busy index must make /readyz fail, not hang
@@ -75,7 +75,7 @@ async def metrics_exposition(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    figures = status_page.read_figures(request.app[CONFIG])
+    figures = status_page.read_figures(request.app[CONFIG], request.app[PULL_COUNTS])
     return web.Response(text=status_page.render_page(figures), content_type="text/html",
                         headers=STATUS_PAGE_HEADERS)
 
@@ -89,6 +89,7 @@ def _named(route: str, handler: Handler) -> Handler:
 
 
 def setup(app: web.Application) -> None:
+    app[PULL_COUNTS] = status_page.PullCounts()  # this server's pulls, not every app's in the process
     app.router.add_get("/healthz", _named("healthz", healthz))
     app.router.add_get("/readyz", _named("readyz", readyz))
     if app[CONFIG].metrics.enabled:

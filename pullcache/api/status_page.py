@@ -3,7 +3,8 @@
 Hit ratio, bytes served by source, the store against its bound, upstream health and rate limit, the
 most pulled images. Server-rendered HTML with inline SVG charts and inline CSS: it needs no JavaScript
 and no other request. Every figure comes from the Prometheus objects in pullcache.metrics (the same
-numbers /metrics exports), except the pull counts, which this module keeps (`record_pull`).
+numbers /metrics exports), except the pull counts: each application keeps its own PullCounts (ops.setup
+puts it under appkeys.PULL_COUNTS, the access middleware adds every manifest pull to it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ COLORS = {
 # ---------------------------------------------------------------------------------- pull counts
 
 class PullCounts:
-    """Manifest GETs per repository since start, bounded so that many names cannot grow it without limit."""
+    """Manifest GETs per repository (its store name, e.g. docker.io/library/alpine) answered 200 since start,
+    bounded so that many names cannot grow it without limit."""
 
     def __init__(self, limit: int = MAX_REPOSITORIES) -> None:
         self._limit = limit
@@ -49,14 +51,6 @@ class PullCounts:
 
     def top(self, n: int) -> list[tuple[str, int]]:
         return self._counts.most_common(n)
-
-
-_pulls = PullCounts()
-
-
-def record_pull(repository: str) -> None:
-    """Count one manifest GET answered 200 for `repository` (its store name, e.g. docker.io/library/alpine)."""
-    _pulls.add(repository)
 
 
 # ---------------------------------------------------------------------------------- reading metrics
@@ -175,7 +169,7 @@ class Figures:
         return self.cache_results.get("hit", 0.0) / self.cache_requests if self.cache_requests else None
 
 
-def read_figures(config: Config, now: float | None = None) -> Figures:
+def read_figures(config: Config, pulls: PullCounts, now: float | None = None) -> Figures:
     now = time.time() if now is None else now
     remaining = {labels["upstream"]: value for labels, value in _samples(metrics.upstream_ratelimit_remaining)}
     recent, window = _health.recent(now, _upstream_tallies())
@@ -196,7 +190,7 @@ def read_figures(config: Config, now: float | None = None) -> Figures:
         http_requests=_total(metrics.http_requests, "_total"),
         upstreams=upstreams,
         health_window=window,
-        top_images=_pulls.top(TOP_IMAGES),
+        top_images=pulls.top(TOP_IMAGES),
     )
 
 
