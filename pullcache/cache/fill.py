@@ -131,15 +131,22 @@ class Fill:
         while not predicate():
             await self.changed()
 
+    async def closed(self) -> None:
+        """Wait until the producer and every reader let go of the temp file: a failed fill's file was
+        unlinked at once, but its disk space comes back only when the last descriptor closes."""
+        await self.wait_for(lambda: self._users == 0)
+
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
     def _release(self) -> None:
         self._users -= 1
-        if self._users == 0 and self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        if self._users == 0:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+            self._notify()
 
     def _raise_if_failed(self) -> None:
         if self.state is State.FAILED:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pullcache import metrics
+from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import Fill, FillReader
 from pullcache.cache.index import CACHED
 from pullcache.cache.store import Store
@@ -96,6 +97,9 @@ class Blobs:
         except BaseException as exc:
             self._ended(digest)  # before any await: nobody may join a fill that is failing
             await fill.fail(exc)
+            if isinstance(exc, StoreFullError):  # whether or not a request is still there to say so
+                await fill.closed()  # until then the failed fill still holds its space: eviction could not even write
+                self._store.index.report_disk_full(fill.size if fill.size is not None else fill.written)
             if not isinstance(exc, Exception):
                 raise
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
