@@ -23,8 +23,8 @@ from pullcache.logs import configure_logging
 from tests.fault_upstream import FakeRegistry, Stall
 from tests.support.pullcache_proc import PullcacheProcess
 
-ACCESS_FIELDS = {"method", "path", "route", "status", "bytes", "duration_ms", "cache", "upstream", "remote",
-                 "user_agent"}
+ACCESS_FIELDS = {"method", "path", "route", "status", "bytes", "aborted", "duration_ms", "cache", "upstream",
+                 "remote", "user_agent"}
 
 
 @pytest.fixture(autouse=True)
@@ -179,8 +179,8 @@ async def test_access_lines_of_proxied_pulls_name_the_upstream_and_cache_result(
             assert await response.read() == data
     await access_lines.wait_for(2)
     lines = [entry for entry in access_entries(capsys.readouterr().err) if entry["route"] == "blob"]
-    assert [(e["cache"], e["upstream"], e["status"], e["bytes"]) for e in lines] == [
-        ("miss", "docker.io", 200, len(data)), ("hit", "docker.io", 200, len(data))]
+    assert [(e["cache"], e["upstream"], e["status"], e["bytes"], e["aborted"]) for e in lines] == [
+        ("miss", "docker.io", 200, len(data), False), ("hit", "docker.io", 200, len(data), False)]
     assert "cache=miss upstream=docker.io" in lines[0]["msg"]
 
 
@@ -235,3 +235,33 @@ async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
     access = [r for r in caplog.records if r.name == "pullcache.access" and r.route == "blob"]
     assert len(access) == 4
     assert all("read_timeout" not in r.getMessage() for r in access)
+
+
+async def test_a_transfer_cut_short_logs_the_bytes_it_sent_and_says_aborted(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        access_lines: AccessLines) -> None:
+    """The upstream stalls mid-blob, so pullcache cuts the client's connection after the headers promised
+    the whole blob: the line counts the bytes that went out, not that Content-Length, and says aborted."""
+    data = os.urandom(512 * 1024)
+    registry = await FakeRegistry().start(aiohttp_server)
+    digest = registry.add_blob(data)
+    stall = Stall(data, after=64 * 1024, headers={"Docker-Content-Digest": digest})
+    path = f"/v2/library/stalled/blobs/{digest}"
+    registry.faults[path] = stall
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "upstreams": [
+        {"name": "docker.io", "url": registry.url, "default": True, "read_timeout": "500ms"}]})
+    client = await aiohttp_client(build_app(config))
+    caplog.set_level(logging.INFO, logger="pullcache.access")
+    received = bytearray()
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with client.get(path) as response:
+                async for chunk in response.content.iter_any():
+                    received += chunk
+    finally:
+        stall.release.set()
+    await access_lines.wait_for(1)
+    [line] = [r for r in caplog.records if r.name == "pullcache.access" and r.route == "blob"]
+    assert (line.status, line.aborted) == (200, True)
+    assert 0 < line.bytes == len(received) < len(data)
+    assert f" 200 {len(received)}B aborted " in line.getMessage()

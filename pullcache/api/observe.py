@@ -3,7 +3,9 @@
 `access` is the outermost middleware, so it sees every answer: handlers', the error middleware's OCI
 bodies and aiohttp's own 404/405. It finishes sending the response itself (aiohttp's prepare() and
 write_eof() do nothing when called again, so the server's own call afterwards is a no-op); only then
-are the duration and the bytes known, because a response is mostly its body.
+are the duration and the bytes known, because a response is mostly its body. A response whose connection
+closed before it went out whole (the client left, or pull-through cut it) is logged `aborted` with the
+body bytes that did go out.
 
 Labels never carry raw paths: the route is the endpoint the dispatcher matched ("manifest", "blob", ...),
 the ops routes name themselves, anything else is "other".
@@ -77,8 +79,25 @@ def _target(request: web.Request, route: str) -> Target | None:
         return None
 
 
+def _cut_short(request: web.Request, response: web.StreamResponse) -> bool:
+    """The connection closed before the response went out whole: the client went away, or a handler cut
+    it (pull-through does when the upstream fails after the headers promised a body, the only way to tell
+    the client the body is not whole).
+
+    write_eof() cannot tell us: with a Content-Length, ending the body writes nothing, so it "succeeds"
+    on a dead connection. aiohttp sets body_length when the response's EOF was sent, so a response
+    the handler finished itself counts as whole even if the client hung up right after.
+    """
+    if response.prepared and response.body_length:
+        return False
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _finish(request: web.Request, response: web.StreamResponse) -> bool:
-    """Send what the handler has not sent yet; False if the client went away meanwhile."""
+    """Send what the handler has not sent yet; False if the response did not go out whole."""
+    if _cut_short(request, response):
+        return False
     try:
         await response.prepare(request)
         await response.write_eof()
@@ -91,6 +110,7 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
             completed: bool, metered: int, seconds: float) -> None:
     status = _status(response, error)
     sent = metered if response is None else body_bytes_sent(request, response, metered, completed)
+    aborted = response is not None and not completed  # headers (may have) said 200; the body stopped short
     route = request.get("route", ROUTE_OTHER)
     method = request.method if request.method in _METHODS else "other"
     metrics.http_requests.labels(method, route, str(status)).inc()
@@ -109,12 +129,12 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     user_agent = request.headers.get("User-Agent", "")
     level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
     access_log.log(
-        level, "%s %s %d %dB %.1fms cache=%s upstream=%s remote=%s ua=%s",
-        request.method, request.raw_path, status, sent, seconds * 1000, cache or "-", upstream or "-",
-        request.remote, json.dumps(user_agent),
+        level, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
+        request.method, request.raw_path, status, sent, " aborted" if aborted else "", seconds * 1000,
+        cache or "-", upstream or "-", request.remote, json.dumps(user_agent),
         extra={"method": request.method, "path": request.raw_path, "route": route, "status": status,
-               "bytes": sent, "duration_ms": round(seconds * 1000, 3), "cache": cache, "upstream": upstream,
-               "remote": request.remote, "user_agent": user_agent})
+               "bytes": sent, "aborted": aborted, "duration_ms": round(seconds * 1000, 3), "cache": cache,
+               "upstream": upstream, "remote": request.remote, "user_agent": user_agent})
 
 
 @web.middleware
