@@ -36,3 +36,15 @@ def test_a_pull_that_runs_out_of_disk_makes_eviction_free_room(
 
     eventually(lambda: metric(pullcache, "pullcache_evictions_total") > 0, "an eviction pass ran")
     assert not blob_file(pullcache, data_layer(cached)).exists()  # it asked for the layer's size: all of it
+
+
+def test_a_layer_larger_than_the_free_space_is_refused_with_507_before_any_byte(
+        small_disk: PullcacheProcess, upstream: Upstream) -> None:  # noqa: F811  (the fixture)
+    pullcache = small_disk.start()
+    client = RegistryClient(pullcache.url)
+    too_big = upstream_image(upstream, 9 * MiB)  # more than the whole disk
+
+    with pytest.raises(RegistryError) as refused:  # an answer, not a transfer cut part-way
+        client.get_blob(too_big.repo, data_layer(too_big))
+
+    assert refused.value.response.status == 507

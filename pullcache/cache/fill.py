@@ -63,12 +63,18 @@ class Fill:
 
     # ------------------------------------------------------------------ producer side
     async def begin(self, size: int | None) -> None:
-        """Open the temp file; readers waiting for started() learn the size."""
+        """Open the temp file; readers waiting for started() learn the size.
+
+        A known size is allocated on disk first: a blob that cannot fit fails here (StoreFullError),
+        before any reader has sent a header, so clients get a clean 507 rather than a cut transfer.
+        """
         assert self.state is State.PENDING, "begin() twice or after the end"
+        self.size = size
         self._writer = self._store.new_writer(self.digest.algorithm)
         await self._writer.open()
+        if size:
+            await self._writer.reserve(size)
         self._fd = os.open(self._writer.path, os.O_RDONLY)
-        self.size = size
         self.state = State.RUNNING
         self._notify()
 

@@ -7,6 +7,7 @@ threads, so the event loop keeps serving while a layer arrives.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 from typing import BinaryIO, Self
@@ -55,6 +56,18 @@ class BlobWriter:
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if not self.committed:
             await self.abort()
+
+    async def reserve(self, size: int) -> None:
+        """Allocate the whole blob's disk space now, so a blob that cannot fit fails before its first
+        byte (StoreFullError) rather than part-way. A file system without fallocate fills as bytes arrive."""
+        assert self._file is not None, "reserve() before open()"
+        try:
+            await asyncio.to_thread(os.posix_fallocate, self._file.fileno(), 0, size)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StoreFullError(exc.errno, f"no space left on device for a blob of {size} bytes") from exc
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
 
     async def write(self, chunk: bytes) -> None:
         self._pending.append(chunk)
