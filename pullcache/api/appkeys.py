@@ -1,4 +1,5 @@
-"""Typed keys under which app.py puts the shared objects that handlers use."""
+"""Typed keys: the shared objects app.py puts on the application for handlers, and what handlers note on
+a request for the access middleware (api/observe.py) to count and log."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,3 +17,8 @@ RESOLVER = web.AppKey("resolver", Resolver)
 UPSTREAMS = web.AppKey("upstreams", Any)      # pullcache.upstream.pool.Upstreams
 PULLTHROUGH = web.AppKey("pullthrough", Any)  # pullcache.pullthrough.PullThrough
 PULL_COUNTS = web.AppKey("pull_counts", PullCounts)  # the status page's most pulled images (ops.setup)
+
+ROUTE = web.RequestKey("route", str)                # the endpoint that answered: a metric label, never a raw path
+SERVED_FROM = web.RequestKey("served_from", str)    # "local": a local repository's content was answered
+CACHE_RESULT = web.RequestKey("cache_result", str)  # hit/miss/stale/revalidated/coalesced of a pull-through
+USER = web.RequestKey("user", str)                  # the authenticated user, when there is one

@@ -36,6 +36,7 @@ import bcrypt
 from aiohttp import web
 from cachetools import TTLCache
 
+from pullcache.api.appkeys import ROUTE, USER
 from pullcache.api.errors import RegistryError
 from pullcache.config import AuthConfig, ConfigError
 
@@ -179,12 +180,12 @@ class Authenticator:
                                     headers=self._challenges(request))
 
     async def authorize(self, request: web.Request, access: Access) -> None:
-        """Return if the request may proceed (setting request["user"] for a known user); else 401."""
+        """Return if the request may proceed (setting request[USER] for a known user); else 401."""
         if self._users is None:
             return
         user = await self._user(request)
         if user:
-            request["user"] = user
+            request[USER] = user
             return
         if not self._required(access):
             return
@@ -195,7 +196,7 @@ class Authenticator:
     async def token(self, request: web.Request) -> web.StreamResponse:
         """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
         one when anonymous pulls are allowed. Wrong credentials are 401, so docker login fails."""
-        request["route"] = "base"  # part of the /v2/ login handshake, for metrics and logs
+        request[ROUTE] = "base"  # part of the /v2/ login handshake, for metrics and logs
         credentials = _credentials(request.headers.get("Authorization"))
         if isinstance(credentials, tuple) and await self._password_ok(*credentials):
             user = credentials[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from pullcache.api.appkeys import STORE
+from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest
 from pullcache.api.targets import push_target, read_target
@@ -142,7 +142,7 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
         raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
                             detail={"digest": str(digest)})
     store.note_access(digest)
-    request["served_from"] = "local"
+    request[SERVED_FROM] = "local"
     return blob_file_response(request, store.blob_path(digest), digest, size)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from pullcache.api import proxied
-from pullcache.api.appkeys import STORE
+from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
 from pullcache.api.targets import push_target, read_target
@@ -153,7 +153,7 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
                                 "request's Accept header does not include", detail={"mediaType": found})
         manifest = fallback
     store.note_access(manifest.digest)
-    request["served_from"] = "local"
+    request[SERVED_FROM] = "local"
     return web.Response(body=manifest.data, headers={
         "Content-Type": manifest.media_type,
         "Docker-Content-Digest": str(manifest.digest),

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.api import routes
-from pullcache.api.appkeys import PULL_COUNTS, RESOLVER
+from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, RESOLVER, ROUTE, SERVED_FROM
 from pullcache.api.errors import RegistryError
 from pullcache.resolver import Target
 
@@ -111,21 +111,21 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     status = _status(response, error)
     sent = metered if response is None else body_bytes_sent(request, response, metered, completed)
     aborted = response is not None and not completed  # headers (may have) said 200; the body stopped short
-    route = request.get("route", ROUTE_OTHER)
+    route = request.get(ROUTE, ROUTE_OTHER)
     method = request.method if request.method in _METHODS else "other"
     metrics.http_requests.labels(method, route, str(status)).inc()
     metrics.http_request_duration.labels(route).observe(seconds)
 
     answered = 200 <= status < 300
     # Handlers of local repositories mark their content; proxied bodies are counted where they are streamed.
-    if answered and request.get("served_from") == "local" and sent:
+    if answered and request.get(SERVED_FROM) == "local" and sent:
         metrics.bytes_served.labels("local").inc(sent)
     target = _target(request, route)
     if answered and target is not None and route == "manifest" and request.method == "GET":
         request.app[PULL_COUNTS].add(target.store_name)
 
     upstream = target.upstream.name if target is not None and target.upstream is not None else None
-    cache = request.get("cache_result")
+    cache = request.get(CACHE_RESULT)
     user_agent = request.headers.get("User-Agent", "")
     level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
     access_log.log(

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pullcache import metrics
 from pullcache.api import status_page
-from pullcache.api.appkeys import CONFIG, PULL_COUNTS, STORE
+from pullcache.api.appkeys import CONFIG, PULL_COUNTS, ROUTE, STORE
 from pullcache.cache.store import Store
 
 PROBE_TIMEOUT = 5.0  # a hung disk or a busy index must make /readyz fail, not hang
@@ -83,7 +83,7 @@ async def status(request: web.Request) -> web.Response:
 def _named(route: str, handler: Handler) -> Handler:
     """Label the request's route for the access middleware (metrics never see raw paths)."""
     async def labelled(request: web.Request) -> web.StreamResponse:
-        request["route"] = route
+        request[ROUTE] = route
         return await handler(request)
     return labelled
 

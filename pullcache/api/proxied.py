@@ -11,7 +11,7 @@ from contextlib import aclosing
 
 from aiohttp import web
 
-from pullcache.api.appkeys import PULLTHROUGH
+from pullcache.api.appkeys import CACHE_RESULT, PULLTHROUGH
 from pullcache.api.blobs import blob_file_response, digest_headers, parse_range
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
@@ -42,7 +42,7 @@ async def get_manifest(request: web.Request, target: Target, reference: str | Di
             target, reference, request.headers.getall("Accept", []), head=head)
     except UpstreamError as exc:
         raise upstream_error(exc, "MANIFEST_UNKNOWN", f"manifest {reference} of {target.repository}") from exc
-    request["cache_result"] = answer.result
+    request[CACHE_RESULT] = answer.result
     headers = {**digest_headers(answer.digest), "Content-Type": answer.media_type}
     if head:
         return web.Response(headers={**headers, "Content-Length": str(answer.size)})
@@ -60,11 +60,11 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
             size, result = await blobs.head(target, digest)
         except UpstreamError as exc:
             raise upstream_error(exc, "BLOB_UNKNOWN", f"blob {digest}") from exc
-        request["cache_result"] = result
+        request[CACHE_RESULT] = result
         return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
                                      "Content-Length": str(size), "Accept-Ranges": "bytes"})
     source = blobs.open(target, digest)
-    request["cache_result"] = source.result
+    request[CACHE_RESULT] = source.result
     if source.reader is None:
         assert source.path is not None and source.size is not None
         response = blob_file_response(request, source.path, digest, source.size)

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from pullcache.api.appkeys import ROUTE
 from pullcache.api.auth import Access
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
@@ -64,7 +65,7 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
             await authorize(request, access_of(request.method, None))
             raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
         endpoint, name, argument = found
-        request["route"] = endpoint
+        request[ROUTE] = endpoint
         await authorize(request, access_of(request.method, endpoint))
         method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
         handler = handlers.get((endpoint, method))
@@ -74,12 +75,12 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
         return await handler(request, name, argument)
 
     async def base_route(request: web.Request) -> web.StreamResponse:
-        request["route"] = "base"
+        request[ROUTE] = "base"
         await authorize(request, Access.LOGIN)
         return await base(request)
 
     async def catalog_route(request: web.Request) -> web.StreamResponse:
-        request["route"] = "catalog"
+        request[ROUTE] = "catalog"
         await authorize(request, Access.PULL)
         return await catalog(request)
 
