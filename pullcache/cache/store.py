@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 
 from cachetools import LRUCache
 
 from pullcache.cache.files import remove_quietly
-from pullcache.cache.index import CACHED, PUSHED, BlobIndex
+from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow
 from pullcache.cache.layout import Layout
 from pullcache.cache.repos import Repository
 from pullcache.cache.uploads import Uploads, UploadSession
@@ -75,22 +75,43 @@ class Store:
 
     async def commit(self, writer: BlobWriter, expected: Digest | None, *, origin: str,
                      size: int | None = None) -> Digest:
-        """Verify the writer's bytes, move them to their content address and index them.
+        """Verify the writer's bytes, index them and move them to their content address.
 
         Raises DigestMismatch / ValueError (size) after removing the temp file: nothing stays behind.
         """
         try:
             digest = await writer.verify(expected, size)
-            final = self.layout.blob(digest)
-            if final.exists():
-                await writer.abort()  # same bytes are already there
-            else:
-                await writer.publish_to(final)
+            await self._keep(writer, digest, origin)
         except BaseException:
             await writer.abort()
             raise
-        await self.index.add(str(digest), writer.hasher.size, origin)
         return digest
+
+    async def _keep(self, writer: BlobWriter, digest: Digest, origin: str) -> None:
+        """Index a verified blob, then publish the writer's file unless the same bytes are already in place.
+
+        The row comes first. Once it is written (pushed, or cached and used just now), eviction's
+        remove_unchanged leaves the file alone, so a file seen after it stays; an eviction that got in
+        before it took the file too, and this publishes the bytes again. Looking at the file first
+        would let eviction remove it between the look and the row: a pushed blob without its bytes.
+        """
+        key, size = str(digest), writer.hasher.size
+        await self.index.add(key, size, origin)
+        try:
+            if self.blob_size(digest) is not None:
+                await writer.abort()  # the same bytes are already there
+                return
+            await writer.publish_to(self.layout.blob(digest))
+        except BaseException:
+            await self._drop_row_if_missing(digest)  # e.g. a full disk: no row may promise a file
+            raise
+        if await self.index.get(key) is None:  # eviction took the new row before its file landed
+            await self.index.add(key, size, origin)  # so the file counts against the bound after all
+
+    async def _drop_row_if_missing(self, digest: Digest) -> None:
+        """Remove the blob's row if its file is absent, checked under the index's write lock, so a
+        concurrent commit that published the file keeps it."""
+        await self.index.remove_missing([str(digest)], lambda _: self.blob_size(digest) is None)
 
     async def write_blob(self, chunks: AsyncIterable[bytes], expected: Digest | None, *, origin: str,
                          algorithm: str = "sha256", size: int | None = None) -> Digest:
@@ -105,14 +126,14 @@ class Store:
         return await self.commit(writer, expected, origin=origin, size=size)
 
     async def put_small(self, data: bytes, *, origin: str, algorithm: str = "sha256") -> Digest:
-        """Store bytes already in memory (manifests); idempotent."""
-        digest = Digest.of(data, algorithm)
-        if self.blob_size(digest) is None:
-            async def one() -> AsyncIterable[bytes]:
-                yield data
-            await self.write_blob(one(), digest, origin=origin)
-        else:
-            await self.index.add(str(digest), len(data), origin)
+        """Store bytes already in memory (manifests); idempotent.
+
+        Bytes already on disk go through a temp file all the same: commit is the one place that
+        records a blob safely against eviction.
+        """
+        async def one() -> AsyncIterable[bytes]:
+            yield data
+        digest = await self.write_blob(one(), None, origin=origin, algorithm=algorithm)
         self._small[digest] = data
         return digest
 
@@ -127,18 +148,25 @@ class Store:
             self._small[digest] = data
         return data
 
-    async def delete_blob(self, digest: Digest) -> int:
-        """Remove a blob file and its index row; returns the bytes freed (0 if it was absent).
+    async def remove_unchanged(self, rows: Iterable[BlobRow]) -> list[BlobRow]:
+        """Remove the blobs eviction or GC chose, each only if its index row is still exactly as given
+        (BlobIndex.remove_unchanged: file, then row, under the index's write lock); returns those removed.
 
-        A response already streaming it keeps its open file (Linux keeps unlinked files alive).
+        A response already streaming one keeps its open file (Linux keeps unlinked files alive).
         """
-        path = self.layout.blob(digest)
-        size = self.blob_size(digest) or 0
-        await asyncio.to_thread(remove_quietly, path)
+        removed = await self.index.remove_unchanged(rows, self._remove_file)
+        for row in removed:
+            self.forget(Digest.parse(row.digest))
+        return removed
+
+    def _remove_file(self, digest: str) -> None:
+        """Unlink a blob's file by digest text (runs on the index thread, inside its transaction)."""
+        remove_quietly(self.layout.blob(Digest.parse(digest)))
+
+    def forget(self, digest: Digest) -> None:
+        """Drop what memory holds of a blob whose file is gone: its bytes (a manifest) and a pending hit."""
         self._small.pop(digest, None)
         self._accesses.pop(str(digest), None)
-        await self.index.remove_many([str(digest)])
-        return size
 
     # ------------------------------------------------------------------ recency
     def note_access(self, digest: Digest) -> None:
@@ -167,8 +195,9 @@ class Store:
         if size is None:
             return False
         await self.index.add(str(digest), size, PUSHED)
-        if self.blob_size(digest) is None:
-            return False  # evicted between the stat and the index update; the client uploads it instead
+        if self.blob_size(digest) is None:  # evicted between the stat and the index update
+            await self._drop_row_if_missing(digest)
+            return False  # the client uploads it instead
         await self.repository(repository).link_blob(digest)
         return True
 
@@ -181,12 +210,9 @@ class Store:
         writer = await self.uploads.writer(session, expected.algorithm)
         try:
             await writer.verify(expected)
-            final = self.layout.blob(expected)
-            if not final.exists():
-                await writer.publish_to(final)
+            await self._keep(writer, expected, PUSHED)
         finally:
-            await self.uploads.remove(session)  # verified and moved, or rejected: either way it is over
-        await self.index.add(str(expected), writer.hasher.size, PUSHED)
+            await self.uploads.remove(session)  # verified and kept, or rejected: either way it is over
         await self.repository(session.repository).link_blob(expected)
         return expected
 

@@ -28,7 +28,6 @@ from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig
 from pullcache.digests import Digest
-from pullcache.eviction.lru import blob_remover
 from pullcache.eviction.reconcile import TEMP_GRACE, apply_reconcile, plan_reconcile
 from pullcache.eviction.refs import LocalRefs, local_refs
 
@@ -100,7 +99,7 @@ async def sweep(store: Store, candidates: list[BlobRow]) -> list[BlobRow]:
     """
     fresh = await local_refs(store)
     candidates = [row for row in candidates if row.digest not in fresh.referenced]
-    removed = await store.index.remove_unchanged(candidates, blob_remover(store))
+    removed = await store.remove_unchanged(candidates)
     for row in removed:
         for name in fresh.links.get(row.digest, ()):
             await store.repository(name).unlink_blob(Digest.parse(row.digest))

@@ -1,21 +1,19 @@
 """The LRU bound: remove least-recently-used cached blobs until cached content fits a target.
 
 Only rows with origin `cached` are candidates, so pushed content is never touched. Each batch is
-removed through BlobIndex.remove_unchanged, which re-checks every row under the index's write lock:
-a blob used, re-filled or pushed since it was chosen stays. A response already streaming an
+removed through Store.remove_unchanged, which re-checks every row under the index's write lock (a
+blob used, re-filled or pushed since it was chosen stays) and forgets the manifest bytes it held in
+memory, so an evicted manifest is not served from there either. A response already streaming an
 evicted blob keeps its open file (Linux keeps an unlinked file alive until it is closed), and a
 cached manifest whose blobs went is still served: the blobs are fetched again on the next pull.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pullcache import metrics
-from pullcache.cache.files import remove_quietly
 from pullcache.cache.index import CACHED, BlobRow
 from pullcache.cache.store import Store
-from pullcache.digests import Digest
 
 BATCH = 512  # candidates read per query: one transaction each, small enough to never stall the index
 
@@ -24,13 +22,6 @@ BATCH = 512  # candidates read per query: one transaction each, small enough to 
 class Evicted:
     blobs: int = 0
     bytes: int = 0
-
-
-def blob_remover(store: Store) -> Callable[[str], None]:
-    """A function that unlinks a blob's file by digest text (it runs on the index thread)."""
-    def remove(digest: str) -> None:
-        remove_quietly(store.blob_path(Digest.parse(digest)))
-    return remove
 
 
 def _enough(rows: list[BlobRow], excess: int) -> list[BlobRow]:
@@ -50,13 +41,12 @@ async def evict_to(store: Store, target_bytes: int) -> Evicted:
     Pending hits are flushed first, so a blob used a moment ago counts as used.
     """
     await store.flush_accesses()
-    remove_file = blob_remover(store)
     blobs = freed = 0
     while (excess := store.index.totals()[CACHED].bytes - target_bytes) > 0:
         candidates = _enough(await store.index.least_recent(BATCH), excess)
         if not candidates:
             break
-        removed = await store.index.remove_unchanged(candidates, remove_file)
+        removed = await store.remove_unchanged(candidates)
         if not removed:
             break  # every candidate was used or re-filled meanwhile: the next pass sees them anew
         batch_bytes = sum(row.size for row in removed)
