@@ -239,22 +239,97 @@ async def test_a_tag_resolved_by_head_is_cached_once_its_digest_is_fetched(
     assert upstream_manifest_requests(proxy) == ["HEAD", "GET"]
 
 
+MULTI_PATH = "/v2/team/multi/manifests/v1"
+
+
+def add_multi_platform(fake: FakeRegistry, index_type: str = DOCKER_LIST,
+                       child_type: str = DOCKER_MANIFEST) -> tuple[bytes, bytes, bytes]:
+    """team/multi:v1 upstream, an index of a linux/amd64 and a linux/arm64 manifest: (index, amd64, arm64)."""
+    amd64, arm64 = manifest("amd64", child_type), manifest("arm64", child_type)
+    children = [{"mediaType": child_type, "digest": sha256(m), "size": len(m),
+                 "platform": {"os": "linux", "architecture": a}} for m, a in ((amd64, "amd64"), (arm64, "arm64"))]
+    index = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": children}, indent=3).encode()
+    fake.add_manifest("team/multi", "v1", index, index_type)
+    for child in (amd64, arm64):
+        fake.add_manifest("team/multi", sha256(child), child, child_type)
+    return index, amd64, arm64
+
+
 async def test_indexes_and_platform_manifests_keep_their_bytes_and_types(
         aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
     proxy = await proxy_with(aiohttp_client, fake, tmp_path)
-    amd64, arm64 = manifest("amd64", DOCKER_MANIFEST), manifest("arm64", DOCKER_MANIFEST)
-    children = [{"mediaType": DOCKER_MANIFEST, "digest": sha256(m), "size": len(m),
-                 "platform": {"os": "linux", "architecture": a}} for m, a in ((amd64, "amd64"), (arm64, "arm64"))]
-    index = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": children}, indent=3).encode()
-    fake.add_manifest("team/multi", "v1", index, DOCKER_LIST)
-    for child in (amd64, arm64):
-        fake.add_manifest("team/multi", sha256(child), child, DOCKER_MANIFEST)
-    status, body, headers = await get(proxy, "/v2/team/multi/manifests/v1")
+    index, amd64, arm64 = add_multi_platform(fake)
+    status, body, headers = await get(proxy, MULTI_PATH)
     assert (status, body, headers["Content-Type"], headers["Docker-Content-Digest"]) == (
         200, index, DOCKER_LIST, sha256(index))
     for child in (amd64, arm64):
         status, body, headers = await get(proxy, f"/v2/team/multi/manifests/{sha256(child)}")
         assert (status, body, headers["Content-Type"]) == (200, child, DOCKER_MANIFEST)
+
+
+async def test_a_client_that_accepts_no_index_gets_the_linux_amd64_manifest_of_an_indexed_tag(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    _, amd64, _ = add_multi_platform(fake)
+
+    status, body, headers = await get(proxy, MULTI_PATH, Accept=DOCKER_MANIFEST)
+
+    assert (status, body, headers["Content-Type"], headers["Docker-Content-Digest"]) == (
+        200, amd64, DOCKER_MANIFEST, sha256(amd64))
+
+
+async def test_head_from_a_client_that_accepts_no_index_names_the_linux_amd64_manifest(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    _, amd64, _ = add_multi_platform(fake)
+
+    status, _, headers = await get(proxy, MULTI_PATH, "HEAD", Accept=DOCKER_MANIFEST)
+
+    assert (status, headers["Content-Type"], headers["Docker-Content-Digest"], headers["Content-Length"]) == (
+        200, DOCKER_MANIFEST, sha256(amd64), str(len(amd64)))
+
+
+async def test_a_cached_index_and_platform_manifest_answer_a_client_that_accepts_no_index_alone(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="1h")
+    _, amd64, _ = add_multi_platform(fake)
+    await get(proxy, MULTI_PATH)
+    await get(proxy, f"/v2/team/multi/manifests/{sha256(amd64)}")
+    asked = upstream_manifest_requests(proxy)
+
+    status, body, _ = await get(proxy, MULTI_PATH, Accept=DOCKER_MANIFEST)
+
+    assert (status, body) == (200, amd64)
+    assert upstream_manifest_requests(proxy) == asked
+
+
+async def test_an_indexed_tag_without_a_platform_manifest_the_client_accepts_is_manifest_unknown(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    add_multi_platform(fake, OCI_INDEX, OCI_MANIFEST)
+
+    status, body, _ = await get(proxy, MULTI_PATH, Accept=DOCKER_MANIFEST)
+
+    assert (status, json.loads(body)["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN")
+
+
+async def test_a_tag_naming_a_manifest_type_the_client_does_not_accept_is_manifest_unknown(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)  # team/app:latest is an OCI manifest
+
+    status, body, _ = await get(proxy, Accept=DOCKER_MANIFEST)
+
+    assert (status, json.loads(body)["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN")
+
+
+async def test_an_index_asked_for_by_digest_is_served_as_stored_whatever_the_client_accepts(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    index, _, _ = add_multi_platform(fake)
+
+    status, body, headers = await get(proxy, f"/v2/team/multi/manifests/{sha256(index)}", Accept=DOCKER_MANIFEST)
+
+    assert (status, body, headers["Content-Type"]) == (200, index, DOCKER_LIST)
 
 
 async def test_the_upstream_is_asked_for_every_manifest_type(

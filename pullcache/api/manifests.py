@@ -1,12 +1,6 @@
 """Manifest endpoints of local repositories: GET/HEAD with content negotiation, PUT with validation, DELETE.
 
-Content negotiation (reference/oci-content-negotiation.md, Distribution's behaviour without schema1):
-- no `Accept`, `*/*`, `application/*` or `application/json` accept any manifest (all are JSON);
-- a manifest whose type the client accepts is served as stored, with that type as `Content-Type`;
-- a tag naming an index or manifest list the client does not accept is answered with the index's
-  linux/amd64 manifest when the client accepts that one's type (what Distribution does for
-  clients that predate manifest lists), else 404 `MANIFEST_UNKNOWN` saying what was found;
-- a digest is never rewritten: it names exactly one document, which is served as stored.
+Content negotiation is api/negotiation.py's, the same for upstream repositories (api/proxied.py).
 Schema1 manifests are neither converted to nor accepted.
 """
 from __future__ import annotations
@@ -14,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +17,14 @@ from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
+from pullcache.api.negotiation import (
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    negotiate,
+    parse_accept,
+)
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
@@ -31,53 +34,10 @@ from pullcache.digests import Digest
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed off the event loop
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
                            "application/vnd.docker.distribution.manifest.v1+prettyjws"})
-_ANY_MANIFEST = frozenset({"*/*", "application/*", "application/json"})
 _GENERIC_CONTENT_TYPES = frozenset({"application/octet-stream", "application/json"})
-DEFAULT_PLATFORM = ("linux", "amd64")
-
-
-# ---------------------------------------------------------------------- content negotiation
-
-@dataclass(frozen=True)
-class Accepted:
-    """The manifest media types a client said it accepts."""
-
-    types: frozenset[str]
-    any: bool
-
-    def allows(self, media_type: str) -> bool:
-        return self.any or media_type in self.types
-
-
-def _quality(params: list[str]) -> float:
-    for param in params:
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "q":
-            try:
-                return float(value)
-            except ValueError:
-                return 1.0
-    return 1.0
-
-
-def parse_accept(values: list[str]) -> Accepted:
-    """All `Accept` headers of a request (clients send one per type or one comma list); q=0 excludes."""
-    types, named = set(), False
-    for value in values:
-        for item in value.split(","):
-            media_type, *params = (part.strip() for part in item.split(";"))
-            named = named or bool(media_type)
-            if media_type and _quality(params) > 0:
-                types.add(media_type.lower())
-    return Accepted(frozenset(types), not named or bool(types & _ANY_MANIFEST))
 
 
 def _media_type_only(content_type: str | None) -> str | None:
@@ -93,34 +53,13 @@ def _media_type_only(content_type: str | None) -> str | None:
 class StoredManifest:
     digest: Digest
     media_type: str
-    data: bytes
+    body: bytes
 
 
 async def _load(store: Store, repo: Repository, digest: Digest) -> StoredManifest | None:
     media_type = await repo.manifest_media_type(digest)
     data = await store.read_small(digest) if media_type is not None else None
     return StoredManifest(digest, media_type, data) if media_type is not None and data is not None else None
-
-
-async def _default_platform_manifest(store: Store, repo: Repository, index: StoredManifest,
-                                     accepted: Accepted) -> StoredManifest | None:
-    """The index's linux/amd64 entry, if the client accepts its type and the repository holds it."""
-    try:
-        entries = json.loads(index.data).get("manifests") or []
-    except (ValueError, AttributeError):
-        return None
-    for entry in entries if isinstance(entries, list) else []:
-        platform = entry.get("platform") if isinstance(entry, dict) else None
-        if not isinstance(platform, dict) or (platform.get("os"), platform.get("architecture")) != DEFAULT_PLATFORM:
-            continue
-        if not accepted.allows(str(entry.get("mediaType"))):
-            continue
-        try:
-            digest = Digest.parse(str(entry.get("digest")))
-        except ValueError:
-            continue
-        return await _load(store, repo, digest)
-    return None
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -143,18 +82,11 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     manifest = await _load(store, repo, digest)
     if manifest is None:
         raise unknown
-    accepted = parse_accept(request.headers.getall("Accept", []))
-    if not isinstance(ref, Digest) and not accepted.allows(manifest.media_type):
-        found = manifest.media_type
-        fallback = (await _default_platform_manifest(store, repo, manifest, accepted)
-                    if found in INDEX_TYPES else None)
-        if fallback is None:
-            raise RegistryError("MANIFEST_UNKNOWN", f"tag {reference!r} names a {found} manifest, which the "
-                                "request's Accept header does not include", detail={"mediaType": found})
-        manifest = fallback
+    manifest = await negotiate(manifest, ref, parse_accept(request.headers.getall("Accept", [])),
+                               partial(_load, store, repo))
     store.note_access(manifest.digest)
     request[SERVED_FROM] = "local"
-    return web.Response(body=manifest.data, headers={
+    return web.Response(body=manifest.body, headers={
         "Content-Type": manifest.media_type,
         "Docker-Content-Digest": str(manifest.digest),
         "ETag": f'"{manifest.digest}"',

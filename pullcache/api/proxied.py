@@ -8,6 +8,7 @@ a broken transfer and never wrong bytes. Upstream failures become OCI errors a c
 from __future__ import annotations
 
 from contextlib import aclosing
+from functools import partial
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ from pullcache.api.appkeys import CACHE_RESULT, PULLTHROUGH
 from pullcache.api.blobs import blob_file_response, digest_headers, parse_range
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
+from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.digests import Digest
@@ -33,13 +35,19 @@ OCTET_STREAM = "application/octet-stream"
 
 
 async def get_manifest(request: web.Request, target: Target, reference: str | Digest) -> web.StreamResponse:
-    """GET/HEAD /v2/<name>/manifests/<reference> of an upstream repository."""
+    """GET/HEAD /v2/<name>/manifests/<reference> of an upstream repository.
+
+    Negotiated as for a local repository (api/negotiation.py): a tag naming an index the client does not
+    accept is answered with the index's linux/amd64 manifest, which comes through the cache like any other.
+    """
     if not isinstance(reference, Digest):
         reference = check_reference(reference)
     head = request.method == "HEAD"
+    manifests = _pullthrough(request).manifests
+    accept = request.headers.getall("Accept", [])
     try:
-        answer = await _pullthrough(request).manifests.get(
-            target, reference, request.headers.getall("Accept", []), head=head)
+        answer = await manifests.get(target, reference, accept, head=head)
+        answer = await negotiate(answer, reference, parse_accept(accept), partial(manifests.get, target, accept=accept))
     except UpstreamError as exc:
         raise upstream_error(exc, "MANIFEST_UNKNOWN", f"manifest {reference} of {target.repository}") from exc
     request[CACHE_RESULT] = answer.result
