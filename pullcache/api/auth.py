@@ -173,11 +173,9 @@ class Authenticator:
             return [bearer]
         return [("WWW-Authenticate", f'Basic realm="{self._realm}"'), bearer]
 
-    def _unauthorized(self, request: web.Request, reason: str, access: Access) -> web.HTTPUnauthorized:
-        error = RegistryError("UNAUTHORIZED", reason, detail={"access": access.value}).response()
-        assert isinstance(error.body, bytes)
-        return web.HTTPUnauthorized(body=error.body, content_type="application/json",
-                                    headers=self._challenges(request))
+    def _unauthorized(self, request: web.Request, reason: str, access: Access) -> RegistryError:
+        return RegistryError("UNAUTHORIZED", reason, detail={"access": access.value},
+                             headers=self._challenges(request))
 
     async def authorize(self, request: web.Request, access: Access) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401."""

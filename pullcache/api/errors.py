@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 # The spec's codes and the status each is answered with unless a handler says otherwise.
 STATUS_BY_CODE = {
@@ -32,20 +33,21 @@ class RegistryError(Exception):
     """Raised anywhere below a handler; the error middleware renders it as the spec's JSON body."""
 
     def __init__(self, code: str, message: str, *, status: int | None = None, detail: Any = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status or STATUS_BY_CODE.get(code, 400)
         self.detail = detail
-        self.headers = headers or {}
+        self.headers = CIMultiDict(headers or {})  # a list keeps repeated headers (several challenges)
 
     def response(self, *, head: bool = False) -> web.Response:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.detail is not None:
             error["detail"] = self.detail
         body = json.dumps({"errors": [error]}).encode()
-        headers = {"Content-Type": "application/json", **self.headers}
+        headers = CIMultiDict(self.headers)
+        headers["Content-Type"] = "application/json"
         if head:
             headers["Content-Length"] = str(len(body))
             return web.Response(status=self.status, headers=headers)
