@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+# Shared assertion helpers of the API tests: rewrite their asserts before any test module imports them.
+pytest.register_assert_rewrite("tests.registry_api")
+
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
