@@ -26,6 +26,9 @@ class Target:
     name: str                           # the name as the client wrote it (for Location headers)
     upstream: "UpstreamClient | None"   # None: a local repository
     repository: str                     # the local name, or the name at the upstream (library/ applied)
+    # True when a bare name went upstream only because nothing local has that name yet: it may
+    # still become a local repository by a push, so push-time existence checks stay local.
+    via_default: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -68,7 +71,7 @@ class Resolver:
         default = self._upstreams.default
         if default is None or self._local_exists(name):
             return Target(name, None, name)
-        return self._upstream_target(name, default, name)
+        return Target(name, default, upstream_repository(default.config, name), via_default=True)
 
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
         """The local target a push may write to, or DENIED saying why not."""

@@ -145,13 +145,27 @@ async def test_a_range_on_a_miss_is_answered_from_the_fill(proxy: Proxy) -> None
 
 async def test_head_on_a_miss_asks_upstream_for_headers_only(proxy: Proxy) -> None:
     digest = proxy.fake.add_blob(LAYER)
-    async with proxy.client.head(blob_path(digest)) as response:
+    async with proxy.client.head(f"/v2/{proxy.upstream}/team/app/blobs/{digest}") as response:
         assert response.status == 200
         assert response.headers["Content-Length"] == str(len(LAYER))
         assert response.headers["Docker-Content-Digest"] == digest
     assert proxy.upstream_requests("HEAD", digest) == 1
     assert proxy.upstream_requests("GET", digest) == 0
     assert proxy.cached(digest) is None
+
+
+async def test_head_of_a_bare_name_is_answered_from_the_store_so_a_push_uploads(proxy: Proxy) -> None:
+    """`docker push host/team/app` asks HEAD before uploading; while team/app is not local yet the name
+    falls back to the default upstream, whose same-named repository must not answer for us."""
+    digest = proxy.fake.add_blob(LAYER)
+    async with proxy.client.head(blob_path(digest)) as response:
+        assert response.status == 404
+    assert proxy.upstream_requests("HEAD", digest) == 0
+    async with proxy.client.get(blob_path(digest)) as response:  # a pull of the bare name still goes upstream
+        assert await response.read() == LAYER
+    async with proxy.client.head(blob_path(digest)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(len(LAYER))
 
 
 async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:

@@ -74,6 +74,13 @@ def test_a_bare_name_goes_to_the_default_upstream_with_library() -> None:
     assert where(routes.resolve("bitnami/redis")) == ("docker.io", "bitnami/redis")
 
 
+def test_only_a_bare_name_is_marked_as_falling_back_to_the_default() -> None:
+    routes = resolver()
+    assert routes.resolve("team/app").via_default
+    assert not routes.resolve("docker.io/team/app").via_default
+    assert not routes.resolve("team/app", "docker.io").via_default
+
+
 def test_a_bare_name_that_exists_locally_is_served_locally() -> None:
     target = resolver(existing=frozenset({"team/app"})).resolve("team/app")
     assert target.is_local

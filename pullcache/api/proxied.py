@@ -64,10 +64,16 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
     """GET/HEAD /v2/<name>/blobs/<digest> of an upstream repository."""
     blobs = _pullthrough(request).blobs
     if request.method == "HEAD":
+        # A HEAD is how a push asks whether to upload. For a bare name that only falls back to the
+        # default upstream, the answer must be ours: the upstream's copy (or its refusal) of a
+        # same-named repository would make the client skip an upload or abort its push.
         try:
-            size, result = await blobs.head(target, digest)
+            found = await blobs.head(target, digest, ask_upstream=not target.via_default)
         except UpstreamError as exc:
             raise upstream_error(exc, "BLOB_UNKNOWN", f"blob {digest}") from exc
+        if found is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not stored here", detail={"digest": str(digest)})
+        size, result = found
         request[CACHE_RESULT] = result
         return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
                                      "Content-Length": str(size), "Accept-Ranges": "bytes"})

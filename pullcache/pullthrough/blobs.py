@@ -60,8 +60,9 @@ class Blobs:
         stats.count(stats.BLOB, target.upstream.name, result)
         return BlobSource(result, reader=fill.reader())
 
-    async def head(self, target: Target, digest: Digest) -> tuple[int, str]:
-        """(size, result) without fetching a body: from the store, a running fill, or an upstream HEAD."""
+    async def head(self, target: Target, digest: Digest, *, ask_upstream: bool = True) -> tuple[int, str] | None:
+        """(size, result) without fetching a body: from the store, a running fill, or (if ask_upstream)
+        an upstream HEAD; None when only the store and fills were asked and neither has it."""
         assert target.upstream is not None, "Blobs serves upstream targets only"
         size = self._store.blob_size(digest)
         result = stats.HIT
@@ -69,6 +70,8 @@ class Blobs:
             fill = self._fills.get(digest)
             size = fill.size if fill is not None else None
             result = stats.COALESCED
+        if size is None and not ask_upstream:
+            return None
         if size is None:
             size = await target.upstream.head_blob(target.repository, str(digest))
             result = stats.MISS
