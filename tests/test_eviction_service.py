@@ -5,13 +5,16 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+
+import pytest
 
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED, Totals
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
+from pullcache.eviction import service as service_module
 from pullcache.eviction.service import EvictionService
 
 KIB = 1024
@@ -109,6 +112,28 @@ async def test_disk_full_runs_a_pass_that_frees_what_was_needed(tmp_path: Path) 
         running.store.index.report_disk_full(15 * KIB)  # what the error middleware does on ENOSPC
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
         assert running.store.index.totals()[CACHED].blobs == 2
+
+
+async def test_a_failed_pass_is_retried_and_still_frees_what_was_needed(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_evict_to = service_module.evict_to
+    calls = 0
+
+    async def fails_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("database or disk is full")
+        return await real_evict_to(*args)
+    monkeypatch.setattr(service_module, "evict_to", fails_once)
+    monkeypatch.setattr(service_module, "FLUSH_INTERVAL", 0.01)  # the retry back-off
+
+    async with Running(config_for(tmp_path, max_size=10**9)) as running:
+        for i in range(4):
+            await put(running.store, f"c{i}", 10 * KIB, CACHED)
+        running.store.index.report_disk_full(15 * KIB)
+        await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
+        assert calls == 2
 
 
 async def test_a_clean_restart_does_not_reconcile(tmp_path: Path) -> None:

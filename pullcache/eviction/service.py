@@ -107,12 +107,12 @@ class EvictionService:
         if self._free_request:
             share = int(min(cached, storage.max_size) * (1 - storage.low_water))
             target = min(target, cached - max(self._free_request, share))
-            self._free_request = 0
         return max(target, 0)
 
     async def evict_now(self) -> Evicted:
         """One eviction pass (the background loop's unit of work)."""
         evicted = await evict_to(self.store, self._target())
+        self._free_request = 0  # only once served: a failed pass keeps the request for its retry
         if evicted.blobs:
             log.info("evicted %d cached blobs (%d bytes)", evicted.blobs, evicted.bytes)
         async with self._pass_done:
@@ -132,7 +132,9 @@ class EvictionService:
             try:
                 await self.evict_now()
             except Exception:
-                log.exception("eviction pass failed; the next commit or tick retries")
+                log.exception("eviction pass failed; retrying in %gs", FLUSH_INTERVAL)
+                await asyncio.sleep(FLUSH_INTERVAL)
+                self._wake.set()
 
     # ------------------------------------------------------------------ periodic work
     async def _tick_loop(self) -> None:
