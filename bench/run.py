@@ -209,7 +209,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of each scenario (default 5, ~10 min)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of each scenario (default 7, ~10 minutes)")
     parser.add_argument("--quick", action="store_true",
                         help="small layers and 3 s wrk runs: a smoke run, figures not comparable")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
