@@ -157,12 +157,25 @@ class Config:
 
 # ---------------------------------------------------------------- value checkers
 
+Checker = Callable[[Any, str], Any]
+_TEXT_CHECKERS: set[Checker] = set()
+
+
+def _text(checker: Checker) -> Checker:
+    """Mark a checker whose value is text: an environment override reaches it exactly as written instead
+    of being read as YAML (which turns 0755 into 493, 12:30 into 750, yes into True and null into None)."""
+    _TEXT_CHECKERS.add(checker)
+    return checker
+
+
+@_text
 def _string(value: Any, key: str) -> str:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{key}: {value!r} is not a string")
 
 
+@_text
 def _optional_string(value: Any, key: str) -> str | None:
     return None if value is None else _string(value, key)
 
@@ -173,12 +186,12 @@ def _bool(value: Any, key: str) -> bool:
     raise ConfigError(f"{key}: {value!r} is not a boolean (expected true or false)")
 
 
-def _choice(*choices: str) -> Callable[[Any, str], str]:
+def _choice(*choices: str) -> Checker:
     def check(value: Any, key: str) -> str:
         if value in choices:
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
-    return check
+    return _text(check)
 
 
 def _string_list(value: Any, key: str) -> tuple[str, ...]:
@@ -207,6 +220,7 @@ def _positive_int(value: Any, key: str) -> int:
     raise ConfigError(f"{key}: {value!r} is not a positive integer")
 
 
+@_text
 def _listen(value: Any, key: str) -> str:
     text = _string(value, key)
     host, _, port = text.rpartition(":")
@@ -215,6 +229,7 @@ def _listen(value: Any, key: str) -> str:
     return text
 
 
+@_text
 def _url(value: Any, key: str) -> str:
     text = _string(value, key)
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
@@ -222,7 +237,7 @@ def _url(value: Any, key: str) -> str:
     return text.rstrip("/")
 
 
-_SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any, str], Any]]]] = {
+_SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
     "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
@@ -233,7 +248,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any, str], Any]]]] = {
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),
 }
 
-_UPSTREAM_KEYS: dict[str, Callable[[Any, str], Any]] = {
+_UPSTREAM_KEYS: dict[str, Checker] = {
     "name": _string, "url": _url, "default": _bool, "manifest_ttl": parse_duration,
     "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
     "aliases": _string_list, "token_hosts": _string_list, "connect_timeout": parse_duration,
@@ -241,7 +256,7 @@ _UPSTREAM_KEYS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def _build(cls: type, checkers: Mapping[str, Callable[[Any, str], Any]], raw: Any, key: str) -> Any:
+def _build(cls: type, checkers: Mapping[str, Checker], raw: Any, key: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -298,15 +313,39 @@ def build_config(raw: Any) -> Config:
     return config
 
 
+def _checker_at(path: list[str]) -> Checker | None:
+    """The checker of the key an override names; None for a whole section or list, or an unknown key."""
+    if path == ["listen"]:
+        return _listen
+    if len(path) == 3 and path[0] == "upstreams":
+        return _UPSTREAM_KEYS.get(path[2])
+    if len(path) == 2 and path[0] in _SECTIONS:
+        return _SECTIONS[path[0]][1].get(path[1])
+    return None
+
+
+def _env_value(env_key: str, text: str, path: list[str]) -> Any:
+    """An override's value: exactly the text for a text key, else the text read as YAML; empty is null."""
+    if text == "":
+        return None
+    if _checker_at(path) in _TEXT_CHECKERS:
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{env_key}: {text!r} is not a YAML value ({str(exc).splitlines()[0]})") from exc
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """PULLCACHE_<SECTION>__<KEY>=value sets raw[section][key]; upstreams are indexed:
-    PULLCACHE_UPSTREAMS__0__URL. Values are read as YAML scalars, so `true`, `30s` and `[a, b]` work."""
+    PULLCACHE_UPSTREAMS__0__URL. A text key (a path, password, realm, URL, choice) takes the value exactly
+    as written; the others read it as YAML, so `true`, `64`, `30s` and `[a, b]` work. Empty means null."""
     raw = dict(raw)
     for env_key in sorted(environ):
         if not env_key.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in env_key[len(ENV_PREFIX):].split("__")]
-        value = yaml.safe_load(environ[env_key]) if environ[env_key] != "" else None
+        value = _env_value(env_key, environ[env_key], path)
         node: Any = raw
         for depth, part in enumerate(path[:-1]):
             child_key: Any = int(part) if isinstance(node, list) and part.isdigit() else part

@@ -87,6 +87,37 @@ def test_environment_overrides_sections_and_indexed_upstreams(tmp_path: Path) ->
     assert config.local.deny_push == ("library/*", "base/*")
 
 
+@pytest.mark.parametrize("text", ["0755", "12:30", "0x1F", "yes", "no", "on", "null", "~", "1e3", "[a]", "true"])
+def test_environment_string_values_are_taken_exactly_as_written(text: str) -> None:
+    config = load_config(None, environ={"PULLCACHE_AUTH__REALM": text})
+    assert config.auth.realm == text
+
+
+def test_environment_upstream_password_is_taken_exactly_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstreams:\n  - {name: ghcr.io, url: https://ghcr.io, username: bot}\n")
+    config = load_config(path, environ={"PULLCACHE_UPSTREAMS__0__PASSWORD": "0755"})
+    assert config.upstreams[0].credentials() == ("bot", "0755")
+
+
+def test_environment_typed_values_are_read_as_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n")
+    config = load_config(path, environ={"PULLCACHE_METRICS__ENABLED": "false",
+                                        "PULLCACHE_UPSTREAMS__0__MAX_CONNECTIONS": "8",
+                                        "PULLCACHE_UPSTREAMS__0__DEFAULT": "true",
+                                        "PULLCACHE_GC__INTERVAL": "90",
+                                        "PULLCACHE_UPSTREAMS__0__ALIASES": "[hub, index.docker.io]"})
+    assert config.metrics.enabled is False
+    assert config.upstreams[0].max_connections == 8 and config.upstreams[0].default is True
+    assert config.gc.interval == 90
+    assert config.upstreams[0].aliases == ("hub", "index.docker.io")
+
+
+def test_environment_value_that_is_not_yaml_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PULLCACHE_LOCAL__DENY_PUSH") as caught:
+        load_config(None, environ={"PULLCACHE_LOCAL__DENY_PUSH": "[library/*, base/*"})
+    assert "\n" not in str(caught.value)
+
+
 def test_environment_override_errors_name_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "upstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n")
     with pytest.raises(ConfigError, match="PULLCACHE_UPSTREAMS__3__URL"):
