@@ -147,13 +147,6 @@ class Config:
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 
-    def upstream(self, name: str) -> UpstreamConfig | None:
-        return next((u for u in self.upstreams if u.name == name), None)
-
-    @property
-    def default_upstream(self) -> UpstreamConfig | None:
-        return next((u for u in self.upstreams if u.default), None)
-
 
 # ---------------------------------------------------------------- value checkers
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pullcache.config import ConfigError, build_config, load_config, parse_duration, parse_size
+from pullcache.upstream.pool import Upstreams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,8 @@ def test_shipped_proxy_yml_is_the_documented_default() -> None:
     assert config.gc.interval == 3600 and config.gc.upload_ttl == 86400
     assert config.auth.htpasswd is None and config.auth.pull == "anonymous"
     assert config.local.deny_push == ("library/*",)
-    assert config.default_upstream is not None and config.default_upstream.name == "docker.io"
+    default = Upstreams(config.upstreams).default
+    assert default is not None and default.name == "docker.io"
     assert config.metrics.enabled and config.log.format == "text"
 
 

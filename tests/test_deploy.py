@@ -601,12 +601,13 @@ def test_k8s_configmap_stores_on_the_volume_and_configures_the_three_upstreams()
 def test_shipped_config_is_accepted_by_pullcache(name, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from pullcache.config import build_config
+    from pullcache.upstream.pool import Upstreams
 
     text = (DEPLOY / "proxy.yml").read_text() if name == "deploy/proxy.yml" else _configmap_proxy_yml()
     config = build_config(yaml.safe_load(text))
     assert config.storage.path == STORAGE_PATH
     assert config.port == PORT
-    assert config.default_upstream.name == "docker.io"
+    assert Upstreams(config.upstreams).default.name == "docker.io"
     assert {u.name for u in config.upstreams} == UPSTREAMS
 
 
