@@ -225,6 +225,11 @@ def _listen(value: Any, key: str) -> str:
 @_text
 def _url(value: Any, key: str) -> str:
     text = _string(value, key)
+    if "@" in text.partition("://")[2].split("/", 1)[0]:
+        # Not repeated in the message: it is printed, logged, and a URL shows on the status page.
+        section = key.rsplit(".", 1)[0]
+        raise ConfigError(f"{key}: credentials in the URL (user:password@host) are refused "
+                          f"(expected {section}.username plus {section}.password_env)")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
         raise ConfigError(f"{key}: {value!r} is not an http(s) URL (expected e.g. https://registry-1.docker.io)")
     return text.rstrip("/")

@@ -74,6 +74,17 @@ def test_mistakes_name_the_key_and_value(raw: dict, names: list[str]) -> None:
         assert name in message
 
 
+@pytest.mark.parametrize("url", ["https://bob:hunter2@registry-1.docker.io", "https://bob@ghcr.io/v2",
+                                 "http://:hunter2@127.0.0.1:5001"])
+def test_credentials_in_an_upstream_url_are_refused_without_repeating_them(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"upstreams": [{"name": "hub", "url": url}]})
+    message = str(caught.value)
+    assert message.startswith("upstreams[0].url: ")
+    assert "username" in message and "password_env" in message
+    assert "hunter2" not in message and "bob" not in message
+
+
 def test_environment_overrides_sections_and_indexed_upstreams(tmp_path: Path) -> None:
     path = write(tmp_path, "upstreams:\n  - {name: docker.io, url: https://registry-1.docker.io}\n")
     config = load_config(path, environ={
