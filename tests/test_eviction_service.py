@@ -15,6 +15,7 @@ from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction import service as service_module
+from pullcache.eviction.lru import Evicted
 from pullcache.eviction.service import EvictionService
 
 KIB = 1024
@@ -174,3 +175,34 @@ async def test_the_periodic_gc_runs_on_its_interval(tmp_path: Path) -> None:
         os.unlink(store.blob_path(orphan))  # a row whose file is gone: GC's reconcile drops it
         await until_totals(store, lambda totals: totals[CACHED].blobs == 0)
         assert not stale.exists()
+
+
+async def test_a_disk_full_report_during_a_pass_is_served_by_the_next_pass(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    targets: list[int] = []
+    in_pass, release = asyncio.Event(), asyncio.Event()
+
+    async def held_pass(store: Store, target: int) -> Evicted:
+        targets.append(target)
+        in_pass.set()
+        await release.wait()
+        return Evicted()
+    monkeypatch.setattr(service_module, "evict_to", held_pass)
+    config = config_for(tmp_path, max_size=10**9)
+    store = Store(config.storage.path)
+    await store.open()
+    try:
+        await put(store, "c", 50 * KIB, CACHED)
+        service = EvictionService(store, config)  # not started: the test runs the passes itself
+        service.disk_full(1 * KIB)
+        first = asyncio.create_task(service.evict_now())
+        await in_pass.wait()
+        service.disk_full(40 * KIB)  # a second write ran out of disk while the first pass ran
+        release.set()
+        await first
+
+        await service.evict_now()
+
+        assert targets[1] == 10 * KIB  # 50 KiB cached, 40 KiB asked for
+    finally:
+        await store.close()

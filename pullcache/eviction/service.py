@@ -97,22 +97,30 @@ class EvictionService:
             self.disk_full(2 * reserve - free)
 
     # ------------------------------------------------------------------ eviction
-    def _target(self) -> int:
+    def _target(self, free_request: int) -> int:
         """Cached bytes to evict down to: low water when over the bound, less still when the disk is full."""
         storage = self.config.storage
         cached = self.store.index.totals()[CACHED].bytes
         target = cached
         if cached > storage.max_size:
             target = int(storage.max_size * storage.low_water)
-        if self._free_request:
+        if free_request:
             share = int(min(cached, storage.max_size) * (1 - storage.low_water))
-            target = min(target, cached - max(self._free_request, share))
+            target = min(target, cached - max(free_request, share))
         return max(target, 0)
 
     async def evict_now(self) -> Evicted:
-        """One eviction pass (the background loop's unit of work)."""
-        evicted = await evict_to(self.store, self._target())
-        self._free_request = 0  # only once served: a failed pass keeps the request for its retry
+        """One eviction pass (the background loop's unit of work).
+
+        The disk-full request is taken when the pass starts: one made while it runs is left for the
+        next pass, and a pass that fails puts its own back for the retry.
+        """
+        request, self._free_request = self._free_request, 0
+        try:
+            evicted = await evict_to(self.store, self._target(request))
+        except BaseException:
+            self._free_request = max(self._free_request, request)
+            raise
         if evicted.blobs:
             log.info("evicted %d cached blobs (%d bytes)", evicted.blobs, evicted.bytes)
         async with self._pass_done:
