@@ -26,15 +26,12 @@ from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.digests import Digest
 from pullcache.logs import configure_logging
+from pullcache.mediatypes import IMAGE_TYPES, INDEX_TYPES
 from pullcache.pullthrough import PullThrough, stats
 from pullcache.resolver import Resolver, Target
 from pullcache.upstream.errors import UpstreamError
 from pullcache.upstream.pool import Upstreams
 
-INDEX_TYPES = frozenset({"application/vnd.oci.image.index.v1+json",
-                         "application/vnd.docker.distribution.manifest.list.v2+json"})
-IMAGE_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
-                         "application/vnd.docker.distribution.manifest.v2+json"})
 PARALLEL_BLOBS = 4        # blobs of one image fetched at a time
 REDRAW_SECONDS = 0.2      # progress bar refresh
 BAR_WIDTH = 30

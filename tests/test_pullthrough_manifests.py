@@ -15,10 +15,11 @@ import pytest
 from pullcache.cache.store import Store
 from pullcache.config import UpstreamConfig
 from pullcache.digests import Digest
+from pullcache.mediatypes import MANIFEST_TYPES
 from pullcache.pullthrough import Manifests, stats
 from pullcache.pullthrough.manifests import STALE_RETRY_SECONDS
 from pullcache.resolver import Target
-from pullcache.upstream.client import MANIFEST_TYPES, UpstreamClient
+from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry, answer, sha256
 from tests.support_faults import (
     Hang,

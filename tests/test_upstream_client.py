@@ -14,11 +14,11 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.config import UpstreamConfig
+from pullcache.mediatypes import MANIFEST_TYPES
 from pullcache.upstream import (UpstreamClient, UpstreamError, UpstreamNotFound, UpstreamRateLimited,
                                 UpstreamRealmRefused, UpstreamTimeout, UpstreamUnauthorized, UpstreamUnavailable,
                                 Upstreams)
 from pullcache.upstream.challenge import Challenge, parse_challenges
-from pullcache.upstream.client import MANIFEST_TYPES
 from tests.fault_upstream import (BlobHost, FakeRegistry, Stall, TokenServer, answer, basic, redirect,
                                   sha256)
 

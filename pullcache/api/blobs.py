@@ -19,6 +19,7 @@ from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest
 from pullcache.api.targets import push_target, read_target
 from pullcache.digests import Digest
+from pullcache.mediatypes import OCTET_STREAM
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -75,7 +76,7 @@ class BlobFileResponse(web.StreamResponse):
     def __init__(self, path: Path, digest: Digest, size: int, byte_range: ByteRange | None) -> None:
         super().__init__(status=206 if byte_range else 200, headers={
             **digest_headers(digest),
-            "Content-Type": "application/octet-stream",
+            "Content-Type": OCTET_STREAM,
             "Accept-Ranges": "bytes",
         })
         self._path = path

@@ -17,27 +17,24 @@ from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
-from pullcache.api.negotiation import (
-    DOCKER_MANIFEST,
-    INDEX_TYPES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    negotiate,
-    parse_accept,
-)
+from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
+from pullcache.mediatypes import (
+    IMAGE_TYPES,
+    INDEX_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    OCTET_STREAM,
+    SCHEMA1_TYPES,
+)
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed off the event loop
-
-IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-SCHEMA1_TYPES = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
-                           "application/vnd.docker.distribution.manifest.v1+prettyjws"})
-_GENERIC_CONTENT_TYPES = frozenset({"application/octet-stream", "application/json"})
+_GENERIC_CONTENT_TYPES = frozenset({OCTET_STREAM, "application/json"})
 
 
 def _media_type_only(content_type: str | None) -> str | None:

@@ -17,12 +17,8 @@ from typing import Protocol, TypeVar
 
 from pullcache.api.errors import RegistryError
 from pullcache.digests import Digest
+from pullcache.mediatypes import INDEX_TYPES
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 DEFAULT_PLATFORM = ("linux", "amd64")
 _ANY_MANIFEST = frozenset({"*/*", "application/*", "application/json"})
 

@@ -20,6 +20,7 @@ from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.digests import Digest
+from pullcache.mediatypes import OCTET_STREAM
 from pullcache.pullthrough import PullThrough, stats
 from pullcache.resolver import Target
 from pullcache.upstream.errors import (
@@ -30,8 +31,6 @@ from pullcache.upstream.errors import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
-
-OCTET_STREAM = "application/octet-stream"
 
 
 async def get_manifest(request: web.Request, target: Target, reference: str | Digest) -> web.StreamResponse:

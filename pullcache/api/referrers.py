@@ -9,9 +9,9 @@ import json
 
 from aiohttp import web
 
-from pullcache.api.manifests import OCI_INDEX
 from pullcache.api.names import check_digest
 from pullcache.api.targets import read_target, repository_of
+from pullcache.mediatypes import OCI_INDEX
 
 
 async def list_referrers(request: web.Request, name: str, reference: str) -> web.StreamResponse:

@@ -18,20 +18,13 @@ from yarl import URL
 
 from ..config import UpstreamConfig
 from ..digests import Digest, DigestError
+from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES
 from .auth import Authorizer, pull_scope
 from .challenge import parse_challenges
 from .errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamUnauthorized,
                      UpstreamUnavailable, one_line)
 from .transport import Transport, for_log
 
-# Asked for on every manifest request, so whatever is stored can serve every kind of client.
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what CNCF Distribution accepts; anything larger is not a manifest
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5
 BLOB_CHUNK = 1024 * 1024
