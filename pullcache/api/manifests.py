@@ -15,6 +15,7 @@ from aiohttp import web
 
 from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, STORE
+from pullcache.api.blobs import digest_headers
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
@@ -83,11 +84,8 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
                                partial(_load, store, repo))
     store.note_access(manifest.digest)
     request[SERVED_FROM] = "local"
-    return web.Response(body=manifest.body, headers={
-        "Content-Type": manifest.media_type,
-        "Docker-Content-Digest": str(manifest.digest),
-        "ETag": f'"{manifest.digest}"',
-    })
+    return web.Response(body=manifest.body, headers={**digest_headers(manifest.digest),
+                                                     "Content-Type": manifest.media_type})
 
 
 # ---------------------------------------------------------------------- writing

@@ -58,11 +58,17 @@ def write_atomic(final: Path, data: bytes, tmp_dir: Path) -> None:
         raise
 
 
-def remove_quietly(path: Path) -> None:
+def unlink_if_present(path: Path) -> bool:
+    """Remove a file; False if it was not there."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
+
+
+def remove_quietly(path: Path) -> None:
+    unlink_if_present(path)
 
 
 def remove_empty_parents(path: Path, stop: Path) -> None:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pullcache.cache.files import remove_empty_parents, remove_quietly, write_atomic
+from pullcache.cache.files import (
+    remove_empty_parents,
+    remove_quietly,
+    unlink_if_present,
+    write_atomic,
+)
 from pullcache.digests import Digest
 
 
@@ -87,13 +92,7 @@ class Repository:
         await asyncio.to_thread(os.utime, self._tag(tag))
 
     async def delete_tag(self, tag: str) -> bool:
-        def delete() -> bool:
-            try:
-                os.unlink(self._tag(tag))
-                return True
-            except FileNotFoundError:
-                return False
-        return await asyncio.to_thread(delete)
+        return await asyncio.to_thread(unlink_if_present, self._tag(tag))
 
     def _tags(self) -> dict[str, Digest]:
         tags_dir = self.path / "_manifests" / "tags"
@@ -158,13 +157,7 @@ class Repository:
             await asyncio.to_thread(write_atomic, self._layer(digest), b"", self._tmp)
 
     async def unlink_blob(self, digest: Digest) -> bool:
-        def unlink() -> bool:
-            try:
-                os.unlink(self._layer(digest))
-                return True
-            except FileNotFoundError:
-                return False
-        return await asyncio.to_thread(unlink)
+        return await asyncio.to_thread(unlink_if_present, self._layer(digest))
 
     async def blob_links(self) -> list[Digest]:
         return await asyncio.to_thread(_digest_dirs, self.path / "_layers")
