@@ -206,3 +206,19 @@ async def test_a_disk_full_report_during_a_pass_is_served_by_the_next_pass(tmp_p
         assert targets[1] == 10 * KIB  # 50 KiB cached, 40 KiB asked for
     finally:
         await store.close()
+
+
+async def test_a_write_that_could_never_fit_evicts_nothing(tmp_path: Path) -> None:
+    config = config_for(tmp_path, max_size=10**9)
+    store = Store(config.storage.path)
+    await store.open()
+    try:
+        cached = [await put(store, f"c{i}", 10 * KIB, CACHED) for i in range(4)]
+        service = EvictionService(store, config)
+        service.disk_full(10**15)  # a bogus Content-Length: more than the cache and the free disk together
+
+        evicted = await service.evict_now()
+
+        assert evicted == Evicted() and all(store.blob_size(digest) == 10 * KIB for digest in cached)
+    finally:
+        await store.close()

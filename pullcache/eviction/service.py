@@ -5,7 +5,8 @@
 - It listens to the index: when a commit takes cached content over storage.max_size, an eviction
   pass frees it down to storage.low_water of the bound, in its own task, so no request waits.
 - A write that hit ENOSPC (store.index.report_disk_full, wired to disk_full()) or a disk with less
-  than its reserve free asks for a pass too.
+  than its reserve free asks for a pass too, unless evicting all cached content could not make the
+  room asked for.
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
 - It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
@@ -85,13 +86,18 @@ class EvictionService:
 
     def disk_full(self, needed: int = 0) -> None:
         """A write failed for lack of space: run a pass that frees at least `needed` bytes of cached
-        content, and at least the share between the bound and its low-water mark."""
+        content, and at least the share between the bound and its low-water mark (or nothing, when
+        evicting everything could not make room for it: see _servable)."""
         self._free_request = max(self._free_request, needed, 1)
         self._wake.set()
 
-    def _check_free_space(self) -> None:
+    def _disk_space(self) -> tuple[int, int]:
+        """(free, total) bytes of the store's filesystem; blocking, so callers run it in a thread."""
         stats = os.statvfs(self.store.layout.root)
-        free, total = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+        return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+
+    async def _check_free_space(self) -> None:
+        free, total = await asyncio.to_thread(self._disk_space)
         reserve = min(DISK_RESERVE_MAX, int(total * DISK_RESERVE_FRACTION))
         if free < reserve:
             self.disk_full(2 * reserve - free)
@@ -109,6 +115,20 @@ class EvictionService:
             target = min(target, cached - max(free_request, share))
         return max(target, 0)
 
+    async def _servable(self, request: int) -> int:
+        """The part of a disk-full request eviction can serve: at most all cached content, and nothing
+        if even all of it and the free space together are less than was asked for (a blob larger than
+        the disk, or a bogus Content-Length, must not empty the cache for nothing)."""
+        cached = self.store.index.totals()[CACHED].bytes
+        if request <= cached:
+            return request
+        free, _ = await asyncio.to_thread(self._disk_space)
+        if request > cached + free:
+            log.warning("a write needed %d bytes, more than all cached content (%d bytes) and the free space "
+                        "(%d bytes) together; not evicting for it", request, cached, free)
+            return 0
+        return cached
+
     async def evict_now(self) -> Evicted:
         """One eviction pass (the background loop's unit of work).
 
@@ -117,7 +137,7 @@ class EvictionService:
         """
         request, self._free_request = self._free_request, 0
         try:
-            evicted = await evict_to(self.store, self._target(request))
+            evicted = await evict_to(self.store, self._target(await self._servable(request)))
         except BaseException:
             self._free_request = max(self._free_request, request)
             raise
@@ -151,7 +171,7 @@ class EvictionService:
             try:
                 await self.store.flush_accesses()
                 await self.store.index.refresh_if_changed()
-                await asyncio.to_thread(self._check_free_space)
+                await self._check_free_space()
             except Exception:
                 log.exception("periodic flush failed; retrying in %gs", FLUSH_INTERVAL)
 
