@@ -1,19 +1,19 @@
-"""Content digests (`sha256:<hex>`, `sha512:<hex>`): parsing, and hashing that never stalls the event loop.
+"""Content digests (`sha256:<hex>`, `sha512:<hex>`): parsing and incremental hashing.
 
 Shared by api/ (validation of what clients send), cache/ (verification of what is written) and
 upstream/ (verification of what arrives), so the grammar lives in exactly one place.
+
+Nothing here moves work off the event loop: a caller hashing large data runs it in a thread
+(cache/writer.py hashes each flushed batch in the thread that writes it; hashlib releases the GIL).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
-# Chunks at least this big are hashed in a worker thread (hashlib releases the GIL for them).
-OFFLOAD_THRESHOLD = 256 * 1024
 
 
 class DigestError(ValueError):
@@ -47,15 +47,12 @@ class Digest:
     def of(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
-    def hasher(self) -> "Hasher":
-        return Hasher(self.algorithm)
-
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
 
 class Hasher:
-    """Incremental hash whose large updates run in a thread so the event loop keeps serving."""
+    """Incremental hash that counts the bytes it has seen."""
 
     def __init__(self, algorithm: str = "sha256") -> None:
         self.algorithm = algorithm
@@ -65,13 +62,6 @@ class Hasher:
     def update(self, chunk: bytes) -> None:
         self._hash.update(chunk)
         self.size += len(chunk)
-
-    async def update_async(self, chunk: bytes) -> None:
-        if len(chunk) >= OFFLOAD_THRESHOLD:
-            await asyncio.to_thread(self._hash.update, chunk)
-            self.size += len(chunk)
-        else:
-            self.update(chunk)
 
     def digest(self) -> Digest:
         return Digest(self.algorithm, self._hash.hexdigest())

@@ -1,4 +1,7 @@
-"""Where each thing lives under storage.path. The only module that builds store paths.
+"""Where each thing lives under storage.path: the map below, and the top-level places as paths.
+
+Each place's own files are named by the module that keeps them: a repository's links by cache/repos.py,
+an upload session's files by cache/uploads.py.
 
     blobs/<alg>/<hex[:2]>/<hex>                  content-addressed bytes (layers, configs, manifests)
     repositories/<name>/...                      local (pushed) repositories
@@ -50,9 +53,6 @@ class Layout:
 
     def repository(self, name: str, cached: bool) -> Path:
         return self.repositories(cached) / name
-
-    def upload(self, upload_id: str) -> Path:
-        return self.uploads / upload_id
 
     def make_dirs(self) -> None:
         for path in (self.blobs, self.uploads, self.tmp, self.repositories(False), self.repositories(True)):
