@@ -205,6 +205,29 @@ async def test_authenticated_pull_needs_credentials(aiohttp_client: Any, tmp_pat
         assert (await client.get(path, headers=GOOD)).status == 200, path
 
 
+@pytest.mark.parametrize("path", ["/", "/metrics"])
+async def test_authenticated_pull_protects_the_status_page_and_metrics(aiohttp_client: Any, tmp_path: Path,
+                                                                       path: str) -> None:
+    client = await client_for(aiohttp_client, auth_config(tmp_path, pull="authenticated"))
+    for method in ("GET", "HEAD"):
+        refused = await client.request(method, path)
+        assert refused.status == 401, method
+        assert 'Basic realm="pullcache"' in refused.headers.getall("WWW-Authenticate")  # a browser asks for a login
+        assert (await client.request(method, path, headers=WRONG)).status == 401, method
+        assert (await client.request(method, path, headers=GOOD)).status == 200, method
+
+
+async def test_authenticated_pull_leaves_the_probes_open(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, auth_config(tmp_path, pull="authenticated"))
+    for path in ("/healthz", "/readyz"):
+        assert (await client.get(path)).status == 200, path
+
+
+async def test_anonymous_pull_leaves_the_status_page_and_metrics_open(registry: TestClient) -> None:
+    for path in ("/", "/metrics"):
+        assert (await registry.get(path)).status == 200, path
+
+
 async def test_authenticated_pull_gives_no_anonymous_token(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await client_for(aiohttp_client, auth_config(tmp_path, pull="authenticated"))
     assert (await client.get("/auth/token")).status == 401

@@ -323,6 +323,32 @@ def test_prometheus_config_passes_promtool_check_config():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _offered_block(text: str, first: str):
+    """The YAML a comment offers to uncomment: the line `# <first>` and the `#   ...` lines under it."""
+    lines = [line.strip() for line in text.splitlines()]
+    start = lines.index(f"# {first}")
+    block = [first]
+    for line in lines[start + 1:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    return yaml.safe_load("\n".join(block))
+
+
+def test_prometheus_basic_auth_the_config_offers_passes_promtool(tmp_path):
+    """With auth.pull: authenticated, /metrics needs credentials: the offered block must be valid as is."""
+    offered = _offered_block(PROMETHEUS_CONFIG.read_text(), "basic_auth:")["basic_auth"]
+    assert set(offered) == {"username", "password_file"}
+    (tmp_path / "password").write_text("secret\n")
+    config = _load_yaml(PROMETHEUS_CONFIG)
+    config["rule_files"] = [str(ALERTS)]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "pullcache"]
+    job["basic_auth"] = {**offered, "password_file": str(tmp_path / "password")}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = _promtool("check", "config", tmp_path / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_prometheus_config_loads_the_alert_rules_beside_it():
     rule_files = _load_yaml(PROMETHEUS_CONFIG)["rule_files"]
     assert [(PROMETHEUS_DIR / f).resolve() for f in rule_files] == [ALERTS.resolve()]
@@ -573,6 +599,15 @@ def test_k8s_servicemonitor_scrapes_metrics_from_the_service_port():
     (endpoint,) = monitor["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_k8s_servicemonitor_offers_basic_auth_from_a_secret():
+    """With auth.pull: authenticated, /metrics needs credentials: the Operator reads them from a Secret."""
+    offered = _offered_block((K8S / "servicemonitor.yaml").read_text(), "basicAuth:")["basicAuth"]
+    assert set(offered) == {"username", "password"}
+    for ref in offered.values():
+        assert set(ref) == {"name", "key"}
+    assert offered["username"]["name"] == offered["password"]["name"]
 
 
 def test_k8s_servicemonitor_labels_the_job_as_the_alerts_expect():

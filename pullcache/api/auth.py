@@ -4,7 +4,8 @@ Rules, once htpasswd is set:
 - pushes and deletes (every method but GET/HEAD, and every upload request) need a known user;
 - pulls need one only with `auth.pull: authenticated`; otherwise credentials that do not check out
   are ignored on pulls (skopeo answers a Basic challenge with empty credentials when it has none);
-- `/v2/` always asks, so that `docker login` really checks the password.
+- `/v2/` always asks, so that `docker login` really checks the password;
+- the status page and /metrics count as pulls (they show what is pulled); the probes never ask.
 
 A 401 carries `WWW-Authenticate: Basic realm="<auth.realm>"` and a second challenge,
 `Bearer realm="<this server>/auth/token"`, for clients that prefer tokens. Docker gets the Bearer
@@ -206,3 +207,6 @@ class Authenticator:
         token = self._tokens.issue(user)
         return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
                                   "issued_at": datetime.now(UTC).isoformat()})
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)  # set by v2.setup; ops routes authorize with it too

@@ -4,6 +4,10 @@
 the store accepts writes and the index answers (a readiness probe: send me no traffic if not), with the
 reason when it cannot. /metrics is the Prometheus exposition of pullcache.metrics, absent when
 metrics.enabled is false.
+
+The status page names the most pulled images (private local repositories among them) and /metrics
+carries the same figures, so both are pulls to the Authenticator: with `auth.pull: authenticated` they
+need credentials (Prometheus scrapes with basic_auth). The probes never do: kubelet sends none.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pullcache import metrics
 from pullcache.api import status_page
 from pullcache.api.appkeys import CONFIG, PULL_COUNTS, ROUTE, STORE
+from pullcache.api.auth import AUTHENTICATOR, Access
 from pullcache.cache.store import Store
 
 PROBE_TIMEOUT = 5.0  # a hung disk or a busy index must make /readyz fail, not hang
@@ -80,18 +85,22 @@ async def status(request: web.Request) -> web.Response:
                         headers=STATUS_PAGE_HEADERS)
 
 
-def _named(route: str, handler: Handler) -> Handler:
-    """Label the request's route for the access middleware (metrics never see raw paths)."""
+def _named(route: str, handler: Handler, access: Access | None = None) -> Handler:
+    """Label the request's route for the access middleware (metrics never see raw paths); with an access,
+    authorize the request first (after labelling, so that a 401 is counted under its route)."""
     async def labelled(request: web.Request) -> web.StreamResponse:
         request[ROUTE] = route
+        if access is not None:
+            await request.app[AUTHENTICATOR].authorize(request, access)
         return await handler(request)
     return labelled
 
 
 def setup(app: web.Application) -> None:
+    """Register the operator endpoints (HEAD too); the protected ones use the Authenticator v2.setup put on app."""
     app[PULL_COUNTS] = status_page.PullCounts()  # this server's pulls, not every app's in the process
     app.router.add_get("/healthz", _named("healthz", healthz))
     app.router.add_get("/readyz", _named("readyz", readyz))
     if app[CONFIG].metrics.enabled:
-        app.router.add_get("/metrics", _named("metrics", metrics_exposition))
-    app.router.add_get("/", _named("status", status))
+        app.router.add_get("/metrics", _named("metrics", metrics_exposition, Access.PULL))
+    app.router.add_get("/", _named("status", status, Access.PULL))

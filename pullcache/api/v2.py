@@ -5,7 +5,7 @@ from aiohttp import web
 
 from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
 from pullcache.api.appkeys import CONFIG, STORE
-from pullcache.api.auth import TOKEN_PATH, Authenticator
+from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -48,6 +48,7 @@ async def _announce_api_version(request: web.Request, response: web.StreamRespon
 def setup(app: web.Application) -> None:
     """Register the API; a bad htpasswd file raises ConfigError here, before anything is served."""
     authenticator = Authenticator(app[CONFIG].auth)
+    app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
     if authenticator.enabled:
         app.router.add_get(TOKEN_PATH, authenticator.token)
