@@ -92,6 +92,23 @@ async def test_base_accepts_good_and_refuses_wrong_credentials(registry: TestCli
     assert (await registry.get("/v2/", headers=basic("nobody", PASSWORD))).status == 401
 
 
+async def test_head_base_checks_credentials_like_get(registry: TestClient) -> None:
+    refused = await registry.head("/v2/")
+    assert refused.status == 401
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="pullcache"'
+    accepted = await registry.head("/v2/", headers=GOOD)
+    assert accepted.status == 200
+    assert accepted.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+async def test_head_base_answers_200_without_htpasswd(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, build_config({"storage": {"path": str(tmp_path)}}))
+    for path in ("/v2/", "/v2"):
+        response = await client.head(path)
+        assert response.status == 200, path
+        assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
 async def test_push_without_credentials_is_401_and_writes_nothing(registry: TestClient,
                                                                   registry_config: Config) -> None:
     requests = [("POST", "/v2/team/app/blobs/uploads/"), ("PUT", "/v2/team/app/manifests/v1"),

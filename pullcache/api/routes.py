@@ -84,7 +84,8 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
         await authorize(request, Access.PULL)
         return await catalog(request)
 
-    app.router.add_route("GET", "/v2/", base_route)
-    app.router.add_route("GET", "/v2", base_route)
-    app.router.add_route("GET", "/v2/_catalog", catalog_route)
+    # add_get answers HEAD too, with the same authorization: HEAD /v2/ is 200 like GET, as in Distribution.
+    app.router.add_get("/v2/", base_route)
+    app.router.add_get("/v2", base_route)
+    app.router.add_get("/v2/_catalog", catalog_route)
     app.router.add_route("*", "/v2/{tail:.+}", dispatch)
