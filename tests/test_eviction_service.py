@@ -110,7 +110,7 @@ async def test_disk_full_runs_a_pass_that_frees_what_was_needed(tmp_path: Path) 
     async with Running(config_for(tmp_path, max_size=10**9)) as running:
         for i in range(4):
             await put(running.store, f"c{i}", 10 * KIB, CACHED)
-        running.store.index.report_disk_full(15 * KIB)  # what the error middleware does on ENOSPC
+        running.store.report_disk_full(15 * KIB)  # what the error middleware does on ENOSPC
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
         assert running.store.index.totals()[CACHED].blobs == 2
 
@@ -132,7 +132,7 @@ async def test_a_failed_pass_is_retried_and_still_frees_what_was_needed(tmp_path
     async with Running(config_for(tmp_path, max_size=10**9)) as running:
         for i in range(4):
             await put(running.store, f"c{i}", 10 * KIB, CACHED)
-        running.store.index.report_disk_full(15 * KIB)
+        running.store.report_disk_full(15 * KIB)
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
         assert calls == 2
 

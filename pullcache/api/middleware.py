@@ -21,7 +21,7 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
         return exc.response(head=request.method == "HEAD")
     except StoreFullError as exc:
         log.error("disk full: %s", exc)
-        request.app[STORE].index.report_disk_full()  # eviction frees cached content for the next write
+        request.app[STORE].report_disk_full()  # eviction frees cached content for the next write
         return RegistryError("UNAVAILABLE", "the registry's disk is full; the write was discarded",
                              status=507).response(head=request.method == "HEAD")
     except web.HTTPException:

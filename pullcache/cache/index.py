@@ -9,7 +9,7 @@ The index keeps running totals per origin in memory (one SELECT at open, then a 
 write), so the store's size is known without a query; `refresh_if_changed()` re-reads them when
 another process (a `pullcache gc`) wrote to the database. Listeners hear about every change:
 the eviction service uses that to notice when a commit takes cached content over its bound, and
-to hear report_disk_full() from whoever caught an ENOSPC.
+to hear Store.report_disk_full() from whoever caught an ENOSPC.
 """
 from __future__ import annotations
 
@@ -147,8 +147,7 @@ class BlobIndex:
         self._disk_full_listeners.remove(listener)
 
     def report_disk_full(self, needed: int = 0) -> None:
-        """A write failed with ENOSPC (StoreFullError). Whoever catches it reports it here, where
-        everything holding the store can reach; eviction listens and frees cached content."""
+        """Tell the listeners a write failed with ENOSPC; callers go through Store.report_disk_full."""
         for listener in list(self._disk_full_listeners):
             listener(needed)
 

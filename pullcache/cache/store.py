@@ -168,6 +168,11 @@ class Store:
         self._small.pop(digest, None)
         self._accesses.pop(str(digest), None)
 
+    def report_disk_full(self, needed: int = 0) -> None:
+        """A write failed with ENOSPC (StoreFullError): whoever caught it says so here, with the bytes
+        it needed when known, and eviction frees cached content for the next write."""
+        self.index.report_disk_full(needed)
+
     # ------------------------------------------------------------------ recency
     def note_access(self, digest: Digest) -> None:
         """Remember a hit in memory; flush_accesses() writes a batch, so a hot blob costs no write per hit."""

@@ -4,7 +4,7 @@
   totals if a `pullcache gc` process changed them, and checks the disk's free space.
 - It listens to the index: when a commit takes cached content over storage.max_size, an eviction
   pass frees it down to storage.low_water of the bound, in its own task, so no request waits.
-- A write that hit ENOSPC (store.index.report_disk_full, wired to disk_full()) or a disk with less
+- A write that hit ENOSPC (store.report_disk_full, wired to disk_full()) or a disk with less
   than its reserve free asks for a pass too, unless evicting all cached content could not make the
   room asked for.
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
