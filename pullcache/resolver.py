@@ -4,6 +4,8 @@ Rules (DESIGN.md "Routing"): containerd's `?ns=` names the upstream; else a firs
 equal to an upstream's name; else a repository that exists locally; else the default upstream.
 Docker Hub's one-component names get `library/`. Pushes go only to local names that are not
 shadowing an upstream and do not match `local.deny_push`.
+
+A refusal is one of this module's exceptions; api/targets.py says it in HTTP, `pullcache warm` in words.
 """
 from __future__ import annotations
 
@@ -11,12 +13,27 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Callable
 
-from pullcache.api.errors import RegistryError
 from pullcache.config import Config, UpstreamConfig
 
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
     from pullcache.upstream.pool import Upstreams
+
+
+class UnknownNamespace(LookupError):
+    """`?ns=` names no configured upstream: pullcache contacts no host the operator did not list."""
+
+    def __init__(self, ns: str) -> None:
+        super().__init__(f"ns={ns!r} names no configured upstream; pullcache only contacts the upstreams in its config")
+        self.ns = ns
+
+
+class PushDenied(PermissionError):
+    """A write to a name that is proxied from an upstream or matches local.deny_push; the message says which."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,7 @@ class Resolver:
         if ns is not None:
             client = self._upstreams.by_ns(ns)
             if client is None:
-                raise RegistryError("NAME_UNKNOWN", f"ns={ns!r} names no configured upstream; "
-                                    "pullcache only contacts the upstreams in its config", detail={"ns": ns})
+                raise UnknownNamespace(ns)
             return self._upstream_target(name, client, name)
         first, _, rest = name.partition("/")
         client = self._upstreams.by_name(first) if rest else None
@@ -74,15 +90,15 @@ class Resolver:
         return Target(name, default, upstream_repository(default.config, name), via_default=True)
 
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
-        """The local target a push may write to, or DENIED saying why not."""
+        """The local target a push may write to, or PushDenied saying why not."""
         first = name.split("/", 1)[0]
         if ns is not None or self._upstreams.by_name(first) is not None and "/" in name:
-            raise RegistryError("DENIED", f"repository {name!r} is proxied from an upstream and is read-only; "
-                                "push to a name that does not start with an upstream's name", detail={"name": name})
+            raise PushDenied(name, f"repository {name!r} is proxied from an upstream and is read-only; "
+                                   "push to a name that does not start with an upstream's name")
         # A one-component name is what Docker Hub calls library/<name>: `alpine` would shadow library/alpine.
         candidates = [name] if "/" in name else [name, f"library/{name}"]
         for pattern in self._config.local.deny_push:
             if any(fnmatchcase(candidate, pattern) for candidate in candidates):
-                raise RegistryError("DENIED", f"pushing to {name!r} is denied by local.deny_push pattern "
-                                    f"{pattern!r} (it would shadow an upstream image)", detail={"name": name})
+                raise PushDenied(name, f"pushing to {name!r} is denied by local.deny_push pattern {pattern!r} "
+                                       "(it would shadow an upstream image)")
         return Target(name, None, name)

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from pullcache.api.errors import RegistryError
-from pullcache.api.names import check_name, check_reference
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.digests import Digest
 from pullcache.logs import configure_logging
 from pullcache.mediatypes import IMAGE_TYPES, INDEX_TYPES
+from pullcache.names import parse_name, parse_reference
 from pullcache.pullthrough import PullThrough, stats
 from pullcache.resolver import Resolver, Target
 from pullcache.upstream.errors import UpstreamError
@@ -70,9 +69,9 @@ def parse_image(text: str) -> tuple[str, str | Digest]:
     if ":" in name.rsplit("/", 1)[-1]:
         name, tag = name.rsplit(":", 1)
     try:
-        return check_name(name), check_reference(digest or tag or "latest")
-    except RegistryError as exc:
-        raise WarmError(f"not an image reference: {exc.message}") from exc
+        return parse_name(name), parse_reference(digest or tag or "latest")
+    except ValueError as exc:  # InvalidName, InvalidTag, DigestError
+        raise WarmError(f"not an image reference: {exc}") from exc
 
 
 def platform_matches(wanted: str, platform: dict[str, Any] | None) -> bool:
@@ -128,10 +127,7 @@ class Warmer:
 
     async def warm(self, image: str) -> Tally:
         name, reference = parse_image(image)
-        try:
-            target = self.resolver.resolve(name)
-        except RegistryError as exc:
-            raise WarmError(exc.message) from exc
+        target = self.resolver.resolve(name)  # without ?ns= every name resolves
         if target.is_local:
             raise WarmError(f"{name!r} is a local repository (or no upstream is the default); "
                             "warm fills the cache of upstream images")

@@ -111,3 +111,9 @@ async def test_push_with_ns_is_denied(registry: TestClient) -> None:
     response = await registry.post("/v2/team/app/blobs/uploads/", params={"ns": "docker.io"})
     assert response.status == 403
     assert await error_code(response) == "DENIED"
+
+
+async def test_an_ns_naming_no_configured_upstream_is_name_unknown(registry: TestClient) -> None:
+    response = await registry.get("/v2/library/alpine/manifests/latest", params={"ns": "evil.example.com"})
+    assert response.status == 404
+    assert await error_code(response) == "NAME_UNKNOWN"

@@ -1,30 +1,26 @@
-"""Validation of what clients put in a /v2/ path: repository names, tags, references.
-
-Any name or reference that leaves here is safe to use as path components below the store:
-the spec's grammar admits no `..`, no empty component, no absolute path and no encoded slash.
-"""
+"""What clients put in a /v2/ path, checked against the grammar of pullcache/names.py and refused
+with the spec's error codes (NAME_INVALID, TAG_INVALID, DIGEST_INVALID) when it does not fit."""
 from __future__ import annotations
-
-import re
 
 from pullcache.api.errors import RegistryError
 from pullcache.digests import Digest, DigestError
+from pullcache.names import (
+    NAME_PATTERN,
+    InvalidName,
+    InvalidTag,
+    parse_name,
+    parse_reference,
+)
 
-NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-MAX_NAME_LENGTH = 255
+__all__ = ["NAME_PATTERN", "check_digest", "check_name", "check_reference"]
 
 
 def check_name(name: str) -> str:
     """The repository name, or NAME_INVALID naming what is wrong with it."""
-    if len(name) > MAX_NAME_LENGTH:
-        raise RegistryError("NAME_INVALID", f"repository name is longer than {MAX_NAME_LENGTH} characters",
-                            detail={"name": name[:300]})
-    if not NAME_PATTERN.match(name):
-        raise RegistryError("NAME_INVALID", f"invalid repository name {name!r}: components are lowercase "
-                            "letters and digits separated by '.', '_', '__' or '-', joined by '/'",
-                            detail={"name": name})
-    return name
+    try:
+        return parse_name(name)
+    except InvalidName as exc:
+        raise RegistryError("NAME_INVALID", str(exc), detail={"name": name[:300]}) from exc
 
 
 def check_digest(text: str, code: str = "DIGEST_INVALID") -> Digest:
@@ -35,16 +31,11 @@ def check_digest(text: str, code: str = "DIGEST_INVALID") -> Digest:
         raise RegistryError(code, f"digest {exc}", detail={"digest": text}) from exc
 
 
-def is_digest_reference(reference: str) -> bool:
-    return ":" in reference
-
-
 def check_reference(reference: str) -> str | Digest:
     """A tag (str) or a Digest; anything else is a 400 naming the grammar it broke."""
-    if is_digest_reference(reference):
-        return check_digest(reference)
-    if not TAG_PATTERN.match(reference):
-        raise RegistryError("TAG_INVALID",
-                            f"invalid tag {reference!r}: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
-                            detail={"tag": reference})
-    return reference
+    try:
+        return parse_reference(reference)
+    except DigestError as exc:
+        raise RegistryError("DIGEST_INVALID", f"digest {exc}", detail={"digest": reference}) from exc
+    except InvalidTag as exc:
+        raise RegistryError("TAG_INVALID", str(exc), detail={"tag": reference}) from exc

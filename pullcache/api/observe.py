@@ -23,7 +23,7 @@ from pullcache import metrics
 from pullcache.api import routes
 from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, RESOLVER, ROUTE, SERVED_FROM
 from pullcache.api.errors import RegistryError
-from pullcache.resolver import Target
+from pullcache.resolver import Target, UnknownNamespace
 
 ROUTE_OTHER = "other"
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before an answer went out"
@@ -75,7 +75,7 @@ def _target(request: web.Request, route: str) -> Target | None:
     try:
         found = routes.match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
         return None if found is None else request.app[RESOLVER].resolve(found[1], request.query.get("ns"))
-    except RegistryError:
+    except (RegistryError, UnknownNamespace):
         return None
 
 

@@ -8,18 +8,26 @@ from __future__ import annotations
 from aiohttp import web
 
 from pullcache.api.appkeys import RESOLVER, STORE
+from pullcache.api.errors import RegistryError
 from pullcache.cache.repos import Repository
-from pullcache.resolver import Target
+from pullcache.resolver import PushDenied, Target, UnknownNamespace
 
 
 def read_target(request: web.Request, name: str) -> Target:
-    """Where to read `name` from: a local repository or an upstream (then the caller delegates to proxied)."""
-    return request.app[RESOLVER].resolve(name, request.query.get("ns"))
+    """Where to read `name` from: a local repository or an upstream (then the caller delegates to proxied);
+    404 NAME_UNKNOWN for an `?ns=` that names no configured upstream."""
+    try:
+        return request.app[RESOLVER].resolve(name, request.query.get("ns"))
+    except UnknownNamespace as exc:
+        raise RegistryError("NAME_UNKNOWN", str(exc), detail={"ns": exc.ns}) from exc
 
 
 def push_target(request: web.Request, name: str) -> Target:
-    """The local repository a write may change; DENIED for upstream names and local.deny_push."""
-    return request.app[RESOLVER].resolve_push(name, request.query.get("ns"))
+    """The local repository a write may change; 403 DENIED for upstream names and local.deny_push."""
+    try:
+        return request.app[RESOLVER].resolve_push(name, request.query.get("ns"))
+    except PushDenied as exc:
+        raise RegistryError("DENIED", str(exc), detail={"name": exc.name}) from exc
 
 
 def repository_of(request: web.Request, target: Target) -> Repository:
