@@ -5,13 +5,16 @@ that the CLI loads the certificate and that blobs go out correctly over TLS (no 
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import ipaddress
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -293,17 +296,50 @@ def test_missing_htpasswd_file_stops_start_up(tmp_path: Path) -> None:
         build_app(config)
 
 
-async def test_a_good_password_is_checked_by_bcrypt_once(registry: TestClient,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+@pytest.fixture
+def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The passwords bcrypt is asked to check, in order."""
+    calls: list[bytes] = []
     real = bcrypt.checkpw
-    monkeypatch.setattr(auth.bcrypt, "checkpw", lambda password, hashed: calls.append(1) or real(password, hashed))
+    monkeypatch.setattr(auth.bcrypt, "checkpw", lambda password, hashed: calls.append(password) or real(password, hashed))
+    return calls
+
+
+async def test_a_good_password_is_checked_by_bcrypt_once(registry: TestClient, bcrypt_calls: list[bytes]) -> None:
     for _ in range(5):
         assert (await registry.get("/v2/", headers=GOOD)).status == 200
-    assert len(calls) == 1
-    for _ in range(2):
+    assert bcrypt_calls == [PASSWORD.encode()]
+
+
+async def test_a_wrong_password_is_checked_by_bcrypt_once_for_a_while(registry: TestClient,
+                                                                       bcrypt_calls: list[bytes]) -> None:
+    """A client retrying with a wrong password costs one bcrypt check, not one per attempt."""
+    for _ in range(5):
         assert (await registry.get("/v2/", headers=WRONG)).status == 401
-    assert len(calls) == 3  # failures are never remembered
+    assert bcrypt_calls == [b"not it"]
+
+
+async def test_credentials_on_an_anonymous_pull_are_not_checked(registry: TestClient,
+                                                                 bcrypt_calls: list[bytes]) -> None:
+    digest = await push_image_as(registry, GOOD)
+    bcrypt_calls.clear()
+    for headers in (WRONG, basic("other", "guess")):
+        assert (await registry.get(f"/v2/team/app/manifests/{digest}", headers=headers)).status == 200
+    assert bcrypt_calls == []
+
+
+async def test_bcrypt_does_not_queue_behind_the_default_executor(registry: TestClient) -> None:
+    """Disk reads and writes go through the default executor; a login must not wait for them, nor they for it."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    busy = loop.run_in_executor(None, release.wait)  # the default executor's only thread is taken
+    try:
+        response = await asyncio.wait_for(registry.get("/v2/", headers=GOOD), timeout=10)
+        assert response.status == 200
+    finally:
+        release.set()
+        await busy
 
 
 # ------------------------------------------------------------------ TLS through the CLI

@@ -2,8 +2,8 @@
 
 Rules, once htpasswd is set:
 - pushes and deletes (every method but GET/HEAD, and every upload request) need a known user;
-- pulls need one only with `auth.pull: authenticated`; otherwise credentials that do not check out
-  are ignored on pulls (skopeo answers a Basic challenge with empty credentials when it has none);
+- pulls need one only with `auth.pull: authenticated`; otherwise credentials on pulls are not even
+  checked (skopeo answers a Basic challenge with empty credentials when it has none);
 - `/v2/` always asks, so that `docker login` really checks the password;
 - the status page and /metrics count as pulls (they show what is pulled); the probes never ask.
 
@@ -16,8 +16,10 @@ from /auth/token, anonymously or with the user's Basic credentials (checked agai
 file, so a wrong password still fails `docker login`). Tokens are HMAC-signed with a per-process key
 and carry only the user name and an expiry.
 
-bcrypt is slow by design, so checks run in a thread and a successful check is remembered for a
-while, keyed by a hash of the password, never the password itself.
+bcrypt is slow by design, so checks run one at a time on a thread of their own (the default executor
+serves the store's disk I/O, which must not wait behind logins), a successful check is remembered for
+a while and a failed one briefly (a client retrying a wrong password costs one check), keyed by a hash
+of the password, never the password itself.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import hmac
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -43,12 +46,16 @@ from pullcache.config import AuthConfig, ConfigError
 
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 CHECK_CACHE_SECONDS = 300.0
+# A refusal never changes (the file is read once), but anyone can send endless wrong passwords: they are
+# remembered briefly, apart from the accepted ones, which they therefore cannot push out.
+REFUSED_CACHE_SECONDS = 30.0
 CHECK_CACHE_SIZE = 4096
 TOKEN_SECONDS = 300  # the token spec asks for at least 60
 TOKEN_PATH = "/auth/token"
 SERVICE = "pullcache"
 DOCKER_ENGINE_AGENT = "docker/"  # dockerd's User-Agent: "docker/20.10.24 go/go1.19 ... UpstreamClient(...)"
 ANONYMOUS = ""
+_BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullcache-bcrypt")
 
 
 class Access(Enum):
@@ -136,7 +143,8 @@ class Authenticator:
         self._pull_needs_login = config.pull == "authenticated"
         self._realm = config.realm
         self._tokens = Tokens()
-        self._checked: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
+        self._accepted: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
+        self._refused: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, REFUSED_CACHE_SECONDS)
 
     @property
     def enabled(self) -> bool:
@@ -151,12 +159,16 @@ class Authenticator:
         if hashed is None:
             return False
         key = (user, hashlib.sha256(hashed + b"\0" + password.encode()).digest())
-        if key in self._checked:
+        if key in self._accepted:
             return True
-        if not await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed):
+        if key in self._refused:
             return False
-        self._checked[key] = True
-        return True
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, password.encode(), hashed):
+            self._accepted[key] = True
+            return True
+        self._refused[key] = True
+        return False
 
     async def _user(self, request: web.Request) -> str | None:
         """The user the request proves to be (by password or by token); ANONYMOUS or None otherwise."""
@@ -180,13 +192,11 @@ class Authenticator:
 
     async def authorize(self, request: web.Request, access: Access) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401."""
-        if self._users is None:
-            return
+        if not self._required(access):
+            return  # a pull anyone may make: credentials are not worth a bcrypt check
         user = await self._user(request)
         if user:
             request[USER] = user
-            return
-        if not self._required(access):
             return
         present = request.headers.get("Authorization")
         raise self._unauthorized(request, "invalid username, password or token" if present
