@@ -42,6 +42,7 @@ def build_app(config: Config) -> web.Application:
             await app[EVICTION].stop()
             await app[PULLTHROUGH].close()
             await upstreams.close()
+            await app[EVICTION].mark_clean()
             await store.close()
 
     app.cleanup_ctx.append(resources)

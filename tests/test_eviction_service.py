@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+from aiohttp import web
 
 from pullcache import metrics
+from pullcache.api.appkeys import PULLTHROUGH, STORE
+from pullcache.app import build_app
 from pullcache.cache.index import CACHED, PUSHED, Totals
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction import service as service_module
 from pullcache.eviction.lru import Evicted
-from pullcache.eviction.service import EvictionService
+from pullcache.eviction.service import CLEAN_SHUTDOWN, EvictionService
 
 KIB = 1024
 
@@ -60,6 +63,7 @@ class Running:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.service.stop()
+        await self.service.mark_clean()
         await self.store.close()
 
 
@@ -222,3 +226,25 @@ async def test_a_write_that_could_never_fit_evicts_nothing(tmp_path: Path) -> No
         assert evicted == Evicted() and all(store.blob_size(digest) == 10 * KIB for digest in cached)
     finally:
         await store.close()
+
+
+async def test_shutdown_is_marked_clean_only_after_pull_through_closed(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    app = build_app(config_for(tmp_path))
+    pullthrough, marker_while_closing = app[PULLTHROUGH], []
+    real_close = pullthrough.close
+
+    async def close() -> None:  # cancels running fills: a crash in here is not a clean shutdown
+        marker_while_closing.append(await app[STORE].index.get_meta(CLEAN_SHUTDOWN))
+        await real_close()
+    monkeypatch.setattr(pullthrough, "close", close)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await runner.cleanup()
+
+    reopened = Store(tmp_path)
+    await reopened.open()
+    try:
+        assert marker_while_closing == ["0"] and await reopened.index.get_meta(CLEAN_SHUTDOWN) == "1"
+    finally:
+        await reopened.close()

@@ -31,7 +31,7 @@ from pullcache.eviction.reconcile import reconcile
 log = logging.getLogger("pullcache.eviction")
 
 FLUSH_INTERVAL = 5.0  # how stale recency may get in the index: hits in between cost no write
-CLEAN_SHUTDOWN = "clean_shutdown"  # index meta key: "1" after stop(), "0" while running
+CLEAN_SHUTDOWN = "clean_shutdown"  # index meta key: "1" after mark_clean(), "0" while running
 DISK_RESERVE_FRACTION = 0.05  # keep this much of the filesystem free ...
 DISK_RESERVE_MAX = 1024**3  # ... but never ask for more than 1 GiB
 
@@ -69,6 +69,10 @@ class EvictionService:
         self.store.index.unsubscribe(self._on_totals)
         self.store.index.off_disk_full(self.disk_full)
         await self.store.flush_accesses()
+
+    async def mark_clean(self) -> None:
+        """Record a clean shutdown, so the next start skips the reconcile. app.py calls it last, after
+        everything that writes to the store has stopped: a crash before this point reconciles."""
         await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
 
     def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
