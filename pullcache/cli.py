@@ -5,6 +5,8 @@ import argparse
 import asyncio
 import ssl
 import sys
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 from pullcache.config import Config, ConfigError, load_config
@@ -29,6 +31,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_storage(config: Config) -> None:
+    """storage.path must exist or be creatable, and take a new file: the server writes there first thing."""
+    path = Path(config.storage.path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"storage.path: {str(path)!r} cannot be created or written ({exc.strerror})") from exc
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context from tls.cert and tls.key, None for plain HTTP."""
+    if not config.tls.enabled:
+        return None
+    cert, key = str(config.tls.cert), str(config.tls.key)
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        try:
+            Path(path).open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"{name}: {path!r} cannot be read ({exc.strerror})") from exc
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(f"tls.cert: {cert!r} and tls.key {key!r} are not a PEM certificate and its private key "
+                          f"({reason})") from exc
+    return context
+
+
 def _serve(config: Config) -> int:
     from aiohttp import web
 
@@ -36,28 +69,21 @@ def _serve(config: Config) -> int:
     from pullcache.logs import configure_logging
 
     configure_logging(config.log)
-    try:
-        app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
-    except ConfigError as exc:
-        print(f"pullcache: config error: {exc}", file=sys.stderr)
-        return 2
-    ssl_context = None
-    if config.tls.enabled:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.tls.cert, config.tls.key)  # type: ignore[arg-type]
+    _check_storage(config)
+    ssl_context = _ssl_context(config)
+    app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
     web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context,
                 access_log=None, print=None, handle_signals=True)
     return 0
 
 
 def _check_config(config: Config, path: str) -> int:
+    """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
 
-    try:
-        Authenticator(config.auth)  # the htpasswd file must exist and hold only bcrypt entries
-    except ConfigError as exc:
-        print(f"pullcache: config error: {exc}", file=sys.stderr)
-        return 2
+    Authenticator(config.auth)  # the htpasswd file must exist and hold only bcrypt entries
+    _check_storage(config)
+    _ssl_context(config)
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
@@ -67,20 +93,24 @@ def _check_config(config: Config, path: str) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "serve":
+        return _serve(config)
+    if args.command == "check-config":
+        return _check_config(config, args.config)
+    if args.command == "gc":
+        from pullcache.eviction.gc import run_gc_command
+        return asyncio.run(run_gc_command(config, dry_run=args.dry_run))
+    from pullcache.warm import run_warm_command
+    return asyncio.run(run_warm_command(config, args.images, platform=args.platform))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
+        code = _run(args)
+    except ConfigError as exc:  # whichever command and step finds it: one line naming the key, no traceback
         print(f"pullcache: config error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if args.command == "serve":
-        sys.exit(_serve(config))
-    if args.command == "check-config":
-        sys.exit(_check_config(config, args.config))
-    if args.command == "gc":
-        from pullcache.eviction.gc import run_gc_command
-        sys.exit(asyncio.run(run_gc_command(config, dry_run=args.dry_run)))
-    if args.command == "warm":
-        from pullcache.warm import run_warm_command
-        sys.exit(asyncio.run(run_warm_command(config, args.images, platform=args.platform)))
+        code = 2
+    sys.exit(code)

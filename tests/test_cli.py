@@ -1,4 +1,5 @@
-"""The command line refuses a bad htpasswd file with one line, in check-config and in serve alike."""
+"""The command line refuses what would stop the server (a bad htpasswd file, unreadable TLS files, a storage
+path it cannot write) with one line naming the key, in check-config and in serve alike."""
 from __future__ import annotations
 
 import subprocess
@@ -44,3 +45,49 @@ def test_check_config_accepts_a_bcrypt_htpasswd(tmp_path: Path) -> None:
     result = run_cli("check-config", "-c", str(config_with_htpasswd(tmp_path, f"carol:{hashed}")))
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: 127.0.0.1:0\n{text}")
+    return config
+
+
+def assert_one_config_error_line(result: subprocess.CompletedProcess[str], key: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"pullcache: config error: {key}: "), line
+
+
+def test_check_config_names_a_missing_tls_cert(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n"
+                                    f"tls: {{cert: {tmp_path / 'absent.pem'}, key: {tmp_path / 'absent.key'}}}\n")
+    assert_one_config_error_line(run_cli("check-config", "-c", str(config)), "tls.cert")
+
+
+def test_serve_stops_on_a_missing_tls_key_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("placeholder\n")
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n"
+                                    f"tls: {{cert: {tmp_path / 'cert.pem'}, key: {tmp_path / 'absent.key'}}}\n")
+    assert_one_config_error_line(run_cli("serve", "-c", str(config)), "tls.key")
+
+
+def test_check_config_names_tls_files_that_are_no_certificate_and_key(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n"
+                                    f"tls: {{cert: {tmp_path / 'cert.pem'}, key: {tmp_path / 'key.pem'}}}\n")
+    assert_one_config_error_line(run_cli("check-config", "-c", str(config)), "tls.cert")
+
+
+def test_check_config_names_a_storage_path_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("where the storage directory's parent should be\n")
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'a-file' / 'data'}}}\n")
+    assert_one_config_error_line(run_cli("check-config", "-c", str(config)), "storage.path")
+
+
+def test_serve_stops_on_a_storage_path_that_cannot_be_created_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("where the storage directory's parent should be\n")
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'a-file' / 'data'}}}\n")
+    assert_one_config_error_line(run_cli("serve", "-c", str(config)), "storage.path")
