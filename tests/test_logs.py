@@ -21,7 +21,9 @@ from pullcache.app import build_app
 from pullcache.config import LogConfig, build_config
 from pullcache.logs import configure_logging
 from tests.fault_upstream import FakeRegistry, Stall
+from tests.registry_api import push_image
 from tests.support.pullcache_proc import PullcacheProcess
+from tests.support_faults import Held
 
 ACCESS_FIELDS = {"method", "path", "route", "status", "bytes", "aborted", "duration_ms", "cache", "upstream",
                  "remote", "user_agent"}
@@ -44,17 +46,27 @@ class AccessLines(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.records: list[logging.LogRecord] = []
         self._changed = asyncio.Event()
 
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
     def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
+        self.records.append(record)
         self._changed.set()
 
     async def wait_for(self, count: int) -> None:
-        while self.count < count:
+        await self.wait_until(lambda: self.count >= count)
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
             self._changed.clear()
             await asyncio.wait_for(self._changed.wait(), 10)
+
+    def logged(self, method: str, path: str) -> bool:
+        return any((record.method, record.path) == (method, path) for record in self.records)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -182,6 +194,29 @@ async def test_access_lines_of_proxied_pulls_name_the_upstream_and_cache_result(
     assert [(e["cache"], e["upstream"], e["status"], e["bytes"], e["aborted"]) for e in lines] == [
         ("miss", "docker.io", 200, len(data), False), ("hit", "docker.io", 200, len(data), False)]
     assert "cache=miss upstream=docker.io" in lines[0]["msg"]
+
+
+async def test_the_access_line_names_the_upstream_the_handler_used_though_a_push_made_the_name_local_meanwhile(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        access_lines: AccessLines) -> None:
+    registry = await FakeRegistry().start(aiohttp_server)
+    registry.add_manifest("team/app", "v1", b'{"schemaVersion": 2, "config": {}, "layers": []}')
+    held = Held(registry, "/v2/team/app/manifests/v1")
+    registry.faults[held.path] = held
+    config = build_config({"storage": {"path": str(tmp_path / "data")},
+                           "upstreams": [{"name": "docker.io", "url": registry.url, "default": True}]})
+    client = await aiohttp_client(build_app(config))
+    configure_logging(LogConfig(level="info", format="json"))
+    pulling = asyncio.ensure_future(client.get("/v2/team/app/manifests/v1"))  # bare name: the default upstream
+    await held.arrived.wait()
+    await push_image(client, "team/app", "v2")  # from now on team/app is a local repository
+    held.release.set()
+    async with await pulling as response:
+        assert response.status == 200
+    await access_lines.wait_until(lambda: access_lines.logged("GET", "/v2/team/app/manifests/v1"))
+    [pull] = [entry for entry in access_entries(capsys.readouterr().err)
+              if entry["method"] == "GET" and entry["path"] == "/v2/team/app/manifests/v1"]
+    assert (pull["upstream"], pull["cache"]) == ("docker.io", "miss")
 
 
 def test_a_server_configured_for_json_writes_only_json_lines(

@@ -20,15 +20,12 @@ import time
 from aiohttp import web
 
 from pullcache import metrics
-from pullcache.api import routes
-from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, RESOLVER, ROUTE, SERVED_FROM
-from pullcache.api.errors import RegistryError
-from pullcache.resolver import Target, UnknownNamespace
+from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, ROUTE, SERVED_FROM
+from pullcache.api.targets import TARGET
 
 ROUTE_OTHER = "other"
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before an answer went out"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_REPOSITORY_ROUTES = frozenset({"manifest", "blob", "upload", "tags", "referrers"})
 # Probes and scrapes arrive every few seconds; when they succeed their lines are debug, not info.
 _QUIET_ROUTES = frozenset({"healthz", "readyz", "metrics"})
 
@@ -67,16 +64,6 @@ def _status(response: web.StreamResponse | None, error: BaseException | None) ->
         return CLIENT_CLOSED
     return 500  # escaped every handler and middleware: aiohttp's server answers 500
 
-
-def _target(request: web.Request, route: str) -> Target | None:
-    """Where the request's repository lives, resolved as its handler resolved it; None off /v2/<name>/..."""
-    if route not in _REPOSITORY_ROUTES:
-        return None
-    try:
-        found = routes.match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
-        return None if found is None else request.app[RESOLVER].resolve(found[1], request.query.get("ns"))
-    except (RegistryError, UnknownNamespace):
-        return None
 
 
 def _cut_short(request: web.Request, response: web.StreamResponse) -> bool:
@@ -120,7 +107,7 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     # Handlers of local repositories mark their content; proxied bodies are counted where they are streamed.
     if answered and request.get(SERVED_FROM) == "local" and sent:
         metrics.bytes_served.labels("local").inc(sent)
-    target = _target(request, route)
+    target = request.get(TARGET)  # as the handler resolved it: a push since then may resolve the name otherwise
     if answered and target is not None and route == "manifest" and request.method == "GET":
         request.app[PULL_COUNTS].add(target.store_name)
 

@@ -1,7 +1,8 @@
 """From a request's repository name to where it lives: the resolver's answer and its repository in the store.
 
 Every handler goes through here, so `?ns=` is honoured the same way everywhere and reads and writes
-cannot disagree about which repository a name means.
+cannot disagree about which repository a name means. The answer is kept on the request (TARGET), so the
+access log and metrics (api/observe.py) name the upstream the handler really used.
 """
 from __future__ import annotations
 
@@ -12,22 +13,29 @@ from pullcache.api.errors import RegistryError
 from pullcache.cache.repos import Repository
 from pullcache.resolver import PushDenied, Target, UnknownNamespace
 
+TARGET = web.RequestKey("target", Target)  # set by read_target / push_target
+
+
 
 def read_target(request: web.Request, name: str) -> Target:
     """Where to read `name` from: a local repository or an upstream (then the caller delegates to proxied);
     404 NAME_UNKNOWN for an `?ns=` that names no configured upstream."""
     try:
-        return request.app[RESOLVER].resolve(name, request.query.get("ns"))
+        target = request.app[RESOLVER].resolve(name, request.query.get("ns"))
     except UnknownNamespace as exc:
         raise RegistryError("NAME_UNKNOWN", str(exc), detail={"ns": exc.ns}) from exc
+    request[TARGET] = target
+    return target
 
 
 def push_target(request: web.Request, name: str) -> Target:
     """The local repository a write may change; 403 DENIED for upstream names and local.deny_push."""
     try:
-        return request.app[RESOLVER].resolve_push(name, request.query.get("ns"))
+        target = request.app[RESOLVER].resolve_push(name, request.query.get("ns"))
     except PushDenied as exc:
         raise RegistryError("DENIED", str(exc), detail={"name": exc.name}) from exc
+    request[TARGET] = target
+    return target
 
 
 def repository_of(request: web.Request, target: Target) -> Repository:
