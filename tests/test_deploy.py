@@ -312,7 +312,7 @@ def test_alert_expressions_use_only_contract_metrics():
 def test_upstream_errors_alert_counts_5xx_429_and_non_http_failures_but_not_404():
     selector = re.search(r'code=~"([^"]+)"', _alert("PullcacheUpstreamErrors")["expr"]).group(1)
     matches = lambda code: re.fullmatch(selector, code) is not None  # Prometheus anchors regexes
-    assert all(matches(c) for c in ("500", "502", "503", "429", "timeout"))
+    assert all(matches(c) for c in ("500", "502", "503", "429", "error"))
     assert not any(matches(c) for c in ("200", "206", "304", "401", "404"))
 
 
@@ -702,6 +702,30 @@ def test_podman_registries_conf_mirrors_each_registry_under_its_path_prefix():
         (mirror,) = registry["mirror"]
         assert mirror["location"] == f"{_mirror_hostport()}/{prefix}"
         assert mirror["insecure"] is True  # the example mirror speaks plain HTTP
+
+
+async def _code_of_an_upstream_request_without_an_http_answer(port: int) -> str:
+    """The `code` label pullcache records when an upstream cannot be reached at all."""
+    from pullcache import metrics
+    from pullcache.config import UpstreamConfig
+    from pullcache.upstream.client import UpstreamClient
+    from pullcache.upstream.errors import UpstreamUnavailable
+
+    client = UpstreamClient(UpstreamConfig(name=f"refused-{port}", url=f"http://127.0.0.1:{port}"))
+    await client.start()
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await client.head_blob("library/alpine", "sha256:" + "0" * 64)
+    finally:
+        await client.close()
+    (code,) = {sample.labels["code"] for family in metrics.upstream_requests.collect() for sample in family.samples
+               if sample.labels.get("upstream") == client.name}
+    return code
+
+
+async def test_readme_names_the_code_upstream_failures_without_a_status_are_counted_under(unused_tcp_port):
+    code = await _code_of_an_upstream_request_without_an_http_answer(unused_tcp_port)
+    assert f'`code="{code}"`' in (DEPLOY / "README.md").read_text()
 
 
 def test_readme_documents_every_piece():
