@@ -539,12 +539,15 @@ def test_k8s_readiness_probe_asks_readyz():
     assert _container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_k8s_startup_probe_asks_healthz():
+    assert _container()["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
 def test_k8s_probes_target_the_container_port():
     (port,) = _container()["ports"]
     assert port["containerPort"] == PORT
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        if probe in _container():
-            assert _container()[probe]["httpGet"]["port"] in (port["name"], PORT), probe
+        assert _container()[probe]["httpGet"]["port"] in (port["name"], PORT), probe
 
 
 def test_k8s_pod_runs_as_non_root_without_privilege_escalation():
