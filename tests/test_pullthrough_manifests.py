@@ -290,6 +290,17 @@ async def test_head_from_a_client_that_accepts_no_index_names_the_linux_amd64_ma
         200, DOCKER_MANIFEST, sha256(amd64), str(len(amd64)))
 
 
+async def test_a_request_answered_with_the_platform_manifest_of_an_index_counts_once(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await proxy_with(aiohttp_client, fake, tmp_path)
+    add_multi_platform(fake)
+
+    await get(proxy, MULTI_PATH, Accept=DOCKER_MANIFEST)  # the index, then its linux/amd64 manifest
+
+    counted = {result: proxy.count("manifest", result) for result in (stats.HIT, stats.MISS, stats.COALESCED)}
+    assert counted == {stats.HIT: 0, stats.MISS: 1, stats.COALESCED: 0}
+
+
 async def test_a_cached_index_and_platform_manifest_answer_a_client_that_accepts_no_index_alone(
         aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
     proxy = await proxy_with(aiohttp_client, fake, tmp_path, manifest_ttl="1h")
@@ -378,6 +389,22 @@ async def test_the_ttl_ends_exactly_at_manifest_ttl(store: Store, target: Target
     clock.now += 299.9
     assert (await manifests.get(target, "latest")).result == stats.HIT  # the HEAD restarted the ttl
     assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
+    await manifests.close()
+
+
+async def test_an_expired_tag_that_moved_to_a_manifest_already_held_is_a_miss_not_revalidated(
+        store: Store, target: Target, fake: FakeRegistry) -> None:
+    clock = Clock()
+    manifests = Manifests(store, clock=clock)
+    fake.add_manifest("team/app", "next", V2)
+    await manifests.get(target, "latest")
+    await manifests.get(target, "next")  # V2 is held now
+    fake.add_manifest("team/app", "latest", V2)  # the upstream moves latest to it
+    clock.now += 300
+
+    answer = await manifests.get(target, "latest")
+
+    assert (answer.body, answer.result) == (V2, stats.MISS)
     await manifests.close()
 
 

@@ -46,10 +46,11 @@ async def get_manifest(request: web.Request, target: Target, reference: str | Di
     accept = request.headers.getall("Accept", [])
     try:
         answer = await manifests.get(target, reference, accept, head=head)
-        answer = await negotiate(answer, reference, parse_accept(accept), partial(manifests.get, target, accept=accept))
+        request[CACHE_RESULT] = answer.result  # what was counted: the request, not each manifest negotiation loads
+        answer = await negotiate(answer, reference, parse_accept(accept),
+                                 partial(manifests.get, target, accept=accept, count=False))
     except UpstreamError as exc:
         raise upstream_error(exc, "MANIFEST_UNKNOWN", f"manifest {reference} of {target.repository}") from exc
-    request[CACHE_RESULT] = answer.result
     headers = {**digest_headers(answer.digest), "Content-Type": answer.media_type}
     if head:
         return web.Response(headers={**headers, "Content-Length": str(answer.size)})

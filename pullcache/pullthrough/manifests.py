@@ -83,10 +83,11 @@ class Manifests:
         await self._flights.close()
 
     async def get(self, target: Target, reference: str | Digest, accept: Sequence[str] = (), *,
-                  head: bool = False) -> ManifestAnswer:
+                  head: bool = False, count: bool = True) -> ManifestAnswer:
         """The manifest `reference` (a tag or a Digest) of an upstream target, counted once.
 
         head=True: the body may be left unfetched (answer.body None) when the cache lacks it.
+        count=False: a further manifest loaded to answer a request already counted (content negotiation).
         Raises the upstream's UpstreamError when the cache cannot answer.
         """
         assert target.upstream is not None, "Manifests serves upstream targets only"
@@ -98,7 +99,8 @@ class Manifests:
             work = partial(self._refresh_tag, target, reference, accept, head)
         if answer is not None:
             self._store.note_access(answer.digest)
-            stats.count(stats.MANIFEST, target.upstream.name, answer.result)
+            if count:
+                stats.count(stats.MANIFEST, target.upstream.name, answer.result)
             return answer
         self._raise_if_missing(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
@@ -107,7 +109,8 @@ class Manifests:
             answer = replace(answer, result=stats.STALE if answer.result == stats.STALE else stats.COALESCED)
         if answer.body is not None:
             self._store.note_access(answer.digest)
-        stats.count(stats.MANIFEST, target.upstream.name, answer.result)
+        if count:
+            stats.count(stats.MANIFEST, target.upstream.name, answer.result)
         return answer
 
     # ------------------------------------------------------------------ cache reads
@@ -186,7 +189,8 @@ class Manifests:
                     if held is not None:
                         unchanged = cached is not None and cached.digest == held.digest
                         await self._set_tag(target, tag, held, confirm=unchanged)
-                        return replace(held, result=stats.REVALIDATED if cached is not None else stats.MISS)
+                        # revalidated: the upstream confirmed the digest we had; a tag that moved is a miss
+                        return replace(held, result=stats.REVALIDATED if unchanged else stats.MISS)
                     if head:
                         self._pending_tags[(target.store_name, remote_digest)] = (tag, self._clock())
                         return ManifestAnswer(remote_digest, remote.media_type, remote.size, None, stats.MISS)
