@@ -34,7 +34,7 @@ from pullcache.mediatypes import (
     SCHEMA1_TYPES,
 )
 
-_PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed off the event loop
+_PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed and hashed off the event loop
 _GENERIC_CONTENT_TYPES = frozenset({OCTET_STREAM, "application/json"})
 
 
@@ -177,6 +177,10 @@ def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
     return ParsedManifest(document, media_type, blobs, manifests, subject)
 
 
+def _parse_and_hash(data: bytes, content_type: str | None, algorithm: str) -> tuple[ParsedManifest, Digest]:
+    return parse_manifest(data, content_type), Digest.of(data, algorithm)
+
+
 def referrer_descriptor(parsed: ParsedManifest, digest: Digest, size: int) -> dict[str, Any]:
     """The descriptor the referrers API lists for a manifest with a subject (spec: Listing Referrers)."""
     descriptor: dict[str, Any] = {"mediaType": parsed.media_type, "digest": str(digest), "size": size}
@@ -224,12 +228,11 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     target = push_target(request, name)
     data = await _read_body(request)
     content_type = request.headers.get("Content-Type")
-    if len(data) > _PARSE_IN_THREAD:
-        parsed = await asyncio.to_thread(parse_manifest, data, content_type)
-    else:
-        parsed = parse_manifest(data, content_type)
     algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
-    digest = Digest.of(data, algorithm)
+    if len(data) > _PARSE_IN_THREAD:  # up to 4 MiB of JSON and its hash: one thread hop for both
+        parsed, digest = await asyncio.to_thread(_parse_and_hash, data, content_type, algorithm)
+    else:
+        parsed, digest = _parse_and_hash(data, content_type, algorithm)
     if isinstance(ref, Digest) and digest != ref:
         raise RegistryError("DIGEST_INVALID", f"manifest content hashes to {digest}, not {ref}",
                             detail={"expected": str(ref), "actual": str(digest)})
