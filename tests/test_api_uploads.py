@@ -2,10 +2,17 @@
 cancel, cross-repository mount, and every way an upload can be wrong (each leaves the store unchanged)."""
 from __future__ import annotations
 
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
+from pullcache.api.appkeys import STORE
+from pullcache.cache.writer import BlobWriter
 from pullcache.config import Config
 from tests.registry_api import blob_files, error_code, push_blob, sha256, sha512, store_snapshot
 
@@ -225,6 +232,50 @@ async def test_unknown_session_is_404_blob_upload_unknown_for_every_method(regis
         assert await error_code(response) == "BLOB_UPLOAD_UNKNOWN"
     response = await registry.patch(UPLOADS + "..%2f..%2fetc", data=b"x")
     assert response.status == 404
+
+
+async def test_a_chunk_for_a_session_removed_on_disk_is_blob_upload_unknown(
+        registry: TestClient, registry_config: Config) -> None:
+    location = await start(registry)
+    await patch(registry, location, BLOB[:100], 0)
+    shutil.rmtree(sessions(registry_config)[0])  # what `pullcache gc` in another process does
+
+    response = await patch(registry, location, BLOB[100:], 100)
+
+    assert (response.status, await error_code(response)) == (404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def test_a_chunk_whose_session_is_removed_while_it_streams_is_blob_upload_unknown(
+        registry: TestClient, registry_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    location = await start(registry)
+    uploads, writing = registry.server.app[STORE].uploads, asyncio.Event()
+    real_writer = uploads.writer
+
+    async def writer(*args: Any) -> BlobWriter:
+        opened = await real_writer(*args)
+        writing.set()
+        return opened
+    monkeypatch.setattr(uploads, "writer", writer)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield BLOB[:100]
+        await writing.wait()  # the server is appending this chunk
+        shutil.rmtree(sessions(registry_config)[0])
+        yield BLOB[100:]
+    response = await registry.patch(location, data=body())
+
+    assert (response.status, await error_code(response)) == (404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def test_closing_a_session_removed_on_disk_is_blob_upload_unknown(
+        registry: TestClient, registry_config: Config) -> None:
+    location = await start(registry)
+    await patch(registry, location, BLOB, 0)
+    shutil.rmtree(sessions(registry_config)[0])
+
+    response = await registry.put(location, params={"digest": DIGEST})
+
+    assert (response.status, await error_code(response)) == (404, "BLOB_UPLOAD_UNKNOWN")
 
 
 async def test_session_of_another_repository_is_unknown(registry: TestClient) -> None:

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,38 @@ async def test_idle_upload_sessions_and_half_made_folders_are_removed(store: Sto
     assert {r.name for r in report.removals if r.kind == "upload"} == {idle.id, half_made.name}
     assert not idle.path.exists() and not half_made.exists() and live.path.exists()
     assert report.reclaimed == 1000
+
+
+async def test_an_idle_session_gc_removes_is_ended_for_the_server_too(store: Store) -> None:
+    live = await store.uploads.create("team/app")  # the server's own object for it
+
+    await collect_garbage(store, GC, dry_run=False, now=time.time() + GC.upload_ttl + 60)
+
+    assert live.ended and await store.uploads.get(live.id, "team/app") is None
+
+
+async def test_a_session_receiving_a_chunk_is_not_removed(store: Store) -> None:
+    session = await store.uploads.create("team/app")
+    async with session.lock:  # a PATCH is streaming into it
+        report = await collect_garbage(store, GC, dry_run=False, now=time.time() + GC.upload_ttl + 60)
+
+    assert report.count("upload") == 0 and session.path.exists() and not session.ended
+
+
+async def test_a_session_written_to_after_the_scan_is_not_removed(store: Store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    session = await store.uploads.create("team/app")
+    os.utime(session.data, (0, 0))
+    real_remove_if_idle = store.uploads.remove_if_idle
+
+    async def chunk_lands_first(*args: Any) -> bool:  # a PATCH got the lock between the scan and the removal
+        os.utime(session.data)
+        return await real_remove_if_idle(*args)
+    monkeypatch.setattr(store.uploads, "remove_if_idle", chunk_lands_first)
+
+    report = await collect_garbage(store, GC, dry_run=False)
+
+    assert report.count("upload") == 0 and session.path.exists() and not session.ended
 
 
 async def test_orphaned_temp_files_are_removed_and_fresh_ones_kept(store: Store) -> None:

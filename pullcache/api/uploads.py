@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from pullcache.api.appkeys import RESOLVER, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import NAME_PATTERN, check_digest
 from pullcache.api.targets import push_target, repository_of
-from pullcache.cache.uploads import UploadSession
+from pullcache.cache.uploads import UploadGone, UploadSession
 from pullcache.cache.writer import DigestMismatch
 from pullcache.digests import Digest
 from pullcache.resolver import Target
@@ -87,19 +88,28 @@ def _chunk_length(request: web.Request, target: Target, session: UploadSession) 
     return length
 
 
+def _upload_unknown(upload_id: str, message: str) -> RegistryError:
+    return RegistryError("BLOB_UPLOAD_UNKNOWN", message, detail={"uuid": upload_id})
+
+
 async def _session(request: web.Request, target: Target, upload_id: str) -> UploadSession:
     session = await request.app[STORE].uploads.get(upload_id, target.store_name) if upload_id else None
     if session is None or session.ended:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id!r} in progress for repository "
-                            f"{target.name!r}", detail={"uuid": upload_id})
+        raise _upload_unknown(upload_id, f"no upload {upload_id!r} in progress for repository {target.name!r}")
     return session
 
 
-def _require_open(session: UploadSession) -> None:
-    """After taking session.lock: another request may have completed or cancelled the upload meanwhile."""
-    if session.ended:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {session.id!r} ended while this request waited",
-                            detail={"uuid": session.id})
+@asynccontextmanager
+async def _holding(session: UploadSession) -> AsyncIterator[None]:
+    """Hold session.lock for a request that changes the upload. It is unknown to the client if another
+    request completed or cancelled it meanwhile, or if its folder turns out removed (GC)."""
+    async with session.lock:
+        if session.ended:
+            raise _upload_unknown(session.id, f"upload {session.id!r} ended while this request waited")
+        try:
+            yield
+        except UploadGone as exc:
+            raise _upload_unknown(session.id, f"upload {session.id!r} was removed (idle too long)") from exc
 
 
 async def _append_chunk(request: web.Request, target: Target, session: UploadSession) -> None:
@@ -152,8 +162,7 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.S
     """PATCH /v2/<name>/blobs/uploads/<uuid>: one more chunk (Content-Range) or a streamed body."""
     target = push_target(request, name)
     session = await _session(request, target, upload_id)
-    async with session.lock:
-        _require_open(session)
+    async with _holding(session):
         await _append_chunk(request, target, session)
     return web.Response(status=202, headers=_progress_headers(target, session))
 
@@ -169,8 +178,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     digest = check_digest(request.query["digest"])
     session = await _session(request, target, upload_id)
     store = request.app[STORE]
-    async with session.lock:
-        _require_open(session)
+    async with _holding(session):
         if request.body_exists:
             await _append_chunk(request, target, session)
         try:
@@ -191,7 +199,6 @@ async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.
     """DELETE /v2/<name>/blobs/uploads/<uuid>: abandon the upload and its bytes."""
     target = push_target(request, name)
     session = await _session(request, target, upload_id)
-    async with session.lock:
-        _require_open(session)
+    async with _holding(session):
         await request.app[STORE].uploads.remove(session)
     return web.Response(status=204)

@@ -2,16 +2,21 @@
 
 The running hash lives in memory so a chunked push is hashed once; after a restart it is rebuilt
 from the data file the first time the session is touched. A session lock serialises chunks,
-so two PATCHes of one session can never interleave.
+so two PATCHes of one session can never interleave, and GC removes a session under that lock.
+There is one UploadSession object per session id (`_live`), so a removal by GC ends the very object
+the requests hold. A `pullcache gc` in another process cannot reach it: a session whose folder
+went raises UploadGone.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +25,14 @@ from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Hasher
 
 HASH_READ_SIZE = 4 * 1024 * 1024
+
+
+class UploadGone(Exception):
+    """The session's folder was removed (by a GC, maybe in another process): the upload is over."""
+
+    def __init__(self, session: UploadSession) -> None:
+        super().__init__(f"upload {session.id} was removed")
+        self.session = session
 
 
 @dataclass
@@ -35,6 +48,16 @@ class UploadSession:
     @property
     def data(self) -> Path:
         return self.path / "data"
+
+    def last_write(self) -> float:
+        """When a byte last arrived: the data file's mtime, the folder's before the data file
+        exists, 0 once the folder is gone too."""
+        for path in (self.data, self.path):
+            try:
+                return os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+        return 0.0
 
     def size(self) -> int:
         """Bytes received so far: the running hash knows it; after a restart or a rollback, the file does."""
@@ -99,41 +122,72 @@ class Uploads:
             return None
         return UploadSession(upload_id, info["repository"], info["started"], path)
 
+    @contextmanager
+    def _gone_if_missing(self, session: UploadSession) -> Iterator[None]:
+        """A session file that is not there means its folder was removed: end the session."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            self._end(session)
+            raise UploadGone(session) from exc
+
     async def writer(self, session: UploadSession, algorithm: str = "sha256") -> BlobWriter:
-        """A writer appending to the session's data, its hash continued (or rebuilt after a restart)."""
-        if session.hasher is None or session.hasher.algorithm != algorithm:
-            session.hasher = await asyncio.to_thread(_rehash, session.data, algorithm)
-        writer = BlobWriter(self._tmp, path=session.data, hasher=session.hasher)
-        return await writer.open(append=True)
+        """A writer appending to the session's data, its hash continued (or rebuilt after a restart).
+
+        Raises UploadGone if the session's folder was removed."""
+        with self._gone_if_missing(session):
+            if session.hasher is None or session.hasher.algorithm != algorithm:
+                session.hasher = await asyncio.to_thread(_rehash, session.data, algorithm)
+            writer = BlobWriter(self._tmp, path=session.data, hasher=session.hasher)
+            return await writer.open(append=True)
 
     async def append(self, session: UploadSession, chunks: AsyncIterable[bytes]) -> int:
         """Append a chunk stream; returns the session's new size. Caller holds session.lock.
 
         A stream that fails half-way (client gone, wrong length, full disk) is cut off again, so
         the session is exactly as it was before this chunk and the client can resume from there.
+        Raises UploadGone if the session's folder was removed, even while the chunk arrived (the
+        open file took the bytes, but they went with the folder).
         """
         writer = await self.writer(session)
         start = writer.hasher.size
-        try:
-            async for chunk in chunks:
-                await writer.write(chunk)
-            await writer.close_file()
-        except BaseException:
-            session.hasher = None  # it has seen the dropped bytes; rebuilt from the file on next use
-            await asyncio.shield(writer.rollback(start))
-            raise
+        with self._gone_if_missing(session):
+            try:
+                async for chunk in chunks:
+                    await writer.write(chunk)
+                await writer.close_file()
+                await asyncio.to_thread(os.stat, session.data)
+            except BaseException:
+                session.hasher = None  # it has seen the dropped bytes; rebuilt from the file on next use
+                await asyncio.shield(writer.rollback(start))
+                raise
         return writer.hasher.size
 
-    async def remove(self, session: UploadSession) -> None:
+    def _end(self, session: UploadSession) -> None:
         session.ended = True
         self._live.pop(session.id, None)
+
+    async def remove(self, session: UploadSession) -> None:
+        self._end(session)
         await asyncio.to_thread(shutil.rmtree, session.path, True)
 
+    async def remove_if_idle(self, session: UploadSession, idle_before: float) -> bool:
+        """GC's removal: only a session no request is writing to, that has received nothing since
+        idle_before (an epoch time) and is not over already; True if it was removed."""
+        if session.lock.locked():
+            return False  # a chunk is streaming in right now
+        async with session.lock:
+            if session.ended or await asyncio.to_thread(session.last_write) >= idle_before:
+                return False
+            await self.remove(session)
+        return True
+
     async def sessions(self) -> list[UploadSession]:
-        """Every session on disk (GC removes those older than gc.upload_ttl)."""
+        """Every session on disk (GC removes those idle longer than gc.upload_ttl): the live object
+        for each, so that what GC does to one, the requests holding it see."""
         def scan() -> list[UploadSession]:
             if not self.root.is_dir():
                 return []
             found = [self._load(entry.name) for entry in self.root.iterdir()]
             return [s for s in found if s is not None]
-        return await asyncio.to_thread(scan)
+        return [self._live.setdefault(session.id, session) for session in await asyncio.to_thread(scan)]

@@ -161,13 +161,16 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
     report.removals += [Removal("blob", row.digest, row.size, "pushed, no local manifest references it")
                         for row in swept]
 
+    expired = uploads.expired
     if not dry_run:
+        kept = set()
         for upload_id, path in uploads.paths.items():
-            if upload_id in sessions:
-                await store.uploads.remove(sessions[upload_id])
-            else:
+            if upload_id not in sessions:
                 await asyncio.to_thread(shutil.rmtree, path, True)
-    report.removals += uploads.expired
+            elif not await store.uploads.remove_if_idle(sessions[upload_id], now - config.upload_ttl):
+                kept.add(upload_id)  # a chunk is arriving, or arrived since the scan
+        expired = [removal for removal in expired if removal.name not in kept]
+    report.removals += expired
 
     if not dry_run:
         metrics.gc_runs.inc()
