@@ -225,7 +225,8 @@ async def run_warm_command(config: Config, images: Sequence[str], platform: str 
         for image in images:
             try:
                 tally = await warmer.warm(image)
-            except (WarmError, UpstreamError, FillFailed, KeyError, ValueError, TypeError) as exc:
+            except (WarmError, UpstreamError, FillFailed, OSError, KeyError, ValueError, TypeError) as exc:
+                # OSError: the store could not write (StoreFullError for a full disk);
                 # KeyError, ValueError, TypeError: a manifest without the fields an image manifest has
                 failed += 1
                 print(f"{image}: failed: {exc}", file=out)

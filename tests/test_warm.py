@@ -2,6 +2,7 @@
 code, with a progress bar per image and a report of what was fetched and what was already cached."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import urllib.request
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from pullcache.cache.files import StoreFullError
+from pullcache.cache.store import Store
 from pullcache.config import Config, build_config
 from pullcache.warm import parse_image, platform_matches, run_warm_command
 from tests.fault_upstream import FakeRegistry
@@ -114,6 +117,29 @@ async def test_failures_are_reported_and_the_other_images_still_warm(fake: FakeR
     assert lines[0].startswith("nosuch:1: failed:") and "not known" not in lines[0] and "404" in lines[0]
     assert lines[1] == "alpine:3.20: failed: alpine:3.20 has no manifest for platform linux/s390x (it has: linux/amd64)"
     assert lines[2].startswith("warmed 0 of 2 images")
+
+
+async def test_a_full_disk_fails_that_image_and_the_others_still_warm(
+        fake: FakeRegistry, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    doomed = build_image("library/alpine", "3.20", platforms=(AMD64,))
+    fine = build_image("team/app", "v1", platforms=(AMD64,))
+    add_image(fake, doomed)
+    add_image(fake, fine)
+    put_small = Store.put_small
+
+    async def full_for_doomed(store: Store, data: bytes, **kwargs: Any) -> Any:
+        if data == doomed.top.data:
+            raise StoreFullError(errno.ENOSPC, "no space left writing the manifest")
+        return await put_small(store, data, **kwargs)
+    monkeypatch.setattr(Store, "put_small", full_for_doomed)
+
+    code, out, _ = await warm(config, "alpine:3.20", "team/app:v1")
+
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("alpine:3.20: failed:") and "no space left" in lines[0]
+    assert lines[1].startswith("team/app:v1: fetched ")
+    assert blob_digests(fine) <= cached_blobs(config)
 
 
 def test_image_references_parse_like_docker_does() -> None:
