@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pullcache import metrics
+from pullcache.cache import writer as writer_module
 from pullcache.cache.index import CACHED, PUSHED
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
@@ -204,6 +205,15 @@ async def test_orphaned_temp_files_are_removed_and_fresh_ones_kept(store: Store)
 
     assert [(r.kind, r.name, r.bytes) for r in report.removals] == [("temp", orphan.name, 10)]
     assert not orphan.exists() and fresh.exists()
+
+
+async def test_a_slow_write_touches_its_temp_file_before_its_buffer_fills(store: Store,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "FLUSH_AGE", 0.0)  # as if each chunk came FLUSH_AGE after the last
+    async with store.new_writer() as writer:
+        await writer.write(b"a trickle")
+
+        assert writer.path.read_bytes() == b"a trickle"  # written, so GC sees a live temp file
 
 
 async def test_reconcile_indexes_files_without_rows_by_their_links(store: Store) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO, Self
 
 from pullcache.cache.files import StoreFullError, is_disk_full, publish, remove_quietly, temp_path
 from pullcache.digests import Digest, Hasher
 
-FLUSH_SIZE = 1024 * 1024  # batch small network chunks into one thread hop
+FLUSH_SIZE = 1024 * 1024  # batch small network chunks into one thread hop ...
+FLUSH_AGE = 2.0  # ... but write at least this often: GC takes a temp file untouched for minutes for an orphan
 
 
 class DigestMismatch(ValueError):
@@ -37,6 +39,7 @@ class BlobWriter:
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._flushed_at = time.monotonic()
         self.committed = False
 
     @property
@@ -72,7 +75,7 @@ class BlobWriter:
     async def write(self, chunk: bytes) -> None:
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        if self._pending_size >= FLUSH_SIZE:
+        if self._pending_size >= FLUSH_SIZE or time.monotonic() - self._flushed_at >= FLUSH_AGE:
             await self.flush()
 
     def _write_and_hash(self, data: bytes) -> None:
@@ -93,6 +96,7 @@ class BlobWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
+        self._flushed_at = time.monotonic()
         await asyncio.to_thread(self._write_and_hash, data)
 
     async def close_file(self) -> None:
