@@ -299,3 +299,11 @@ async def test_shutting_down_mid_fill_fails_its_readers_and_leaves_nothing(
         await client.close()
     assert store.blob_size(Digest.parse(digest)) is None
     assert os.listdir(store.layout.tmp) == []
+
+
+async def test_a_cached_blob_is_linked_into_no_repository(proxy: Proxy) -> None:
+    """Nothing reads per-repository links of cached blobs, and eviction would leave them behind."""
+    digest = proxy.fake.add_blob(LAYER)
+    assert await pull(proxy, digest) == (200, LAYER)
+    assert proxy.cached(digest) == LAYER
+    assert list((proxy.data_dir / "proxied").rglob("_layers")) == []

@@ -4,6 +4,9 @@ The first request for a missing digest starts the only fetch, a task of its own 
 one request; its bytes go into a Fill, and that request and every one arriving while the fetch runs
 read the Fill as it grows. A verified fill is committed to the store as cached content; a failed
 one leaves nothing behind.
+
+A cached blob belongs to no repository: it is served to any upstream repository that asks for its
+digest (a digest names one content), so no per-repository link is written for it.
 """
 from __future__ import annotations
 
@@ -108,10 +111,6 @@ class Blobs:
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
             return
         self._ended(digest)  # committed: from now on requests find the blob in the store
-        try:
-            await self._store.repository(target.store_name, cached=True).link_blob(digest)
-        except OSError as exc:  # the blob is cached and served all the same; only the link is missing
-            log.warning("blob %s cached, but linking it into %s failed: %s", digest, target.store_name, exc)
 
     def _ended(self, digest: Digest) -> None:
         self._fills.pop(digest, None)
