@@ -113,6 +113,18 @@ async def test_children_of_a_local_index_are_marked(store: Store) -> None:
     assert store.blob_size(child) is not None and store.blob_size(Digest.of(b"amd64 layer")) is not None
 
 
+async def test_marking_reads_manifests_from_disk_not_through_the_manifest_cache(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, blobs = await push_image(store, "team/app", "v1", [b"layer"])
+
+    async def read_small(digest: Digest) -> bytes | None:
+        raise AssertionError("GC filled the manifest cache, which is for serving pulls")
+    monkeypatch.setattr(store, "read_small", read_small)
+    await collect_garbage(store, GC, dry_run=False, now=time.time() + LATER)
+
+    assert all(store.blob_size(digest) is not None for digest in blobs)
+
+
 async def test_a_recent_unreferenced_push_survives_the_grace_period(store: Store) -> None:
     layer = await push_blob(store, "team/app", b"uploaded, manifest not yet pushed")
 

@@ -97,6 +97,8 @@ async def sweep(store: Store, candidates: list[BlobRow]) -> list[BlobRow]:
     The local repositories are walked again first: a manifest pushed while this GC ran keeps
     what it references. Each removal is re-checked under the index's write lock.
     """
+    if not candidates:
+        return []  # the common case: no second walk
     fresh = await local_refs(store)
     candidates = [row for row in candidates if row.digest not in fresh.referenced]
     removed = await store.remove_unchanged(candidates)

@@ -2,13 +2,19 @@
 
 GC marks from `referenced`; reconcile decides a re-found file's origin from `linked` (a blob any
 local repository links or lists as a manifest was pushed, anything else was cached).
+
+The manifests are read from their blob files and parsed in one worker thread: a GC must not
+parse every local manifest on the event loop, nor push the hot manifests out of the store's
+memory cache (which serves pulls) with every manifest it reads once.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pullcache.cache.layout import Layout
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
 
@@ -47,32 +53,39 @@ def manifest_references(data: bytes) -> tuple[list[str], list[str]]:
     return blobs, _digests(manifest.get("manifests")) + _digests(manifest.get("subject"))
 
 
-async def _mark_manifest(store: Store, digest: str, referenced: set[str]) -> None:
-    """Add a manifest and everything it references (children of an index too) to referenced."""
-    pending = [digest]
+def _read(layout: Layout, digest: str) -> bytes | None:
+    try:
+        return layout.blob(Digest.parse(digest)).read_bytes()
+    except (ValueError, FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _mark_manifests(layout: Layout, manifests: list[str]) -> set[str]:
+    """The manifests and everything they reference (children of an index too); blocking."""
+    referenced: set[str] = set()
+    pending = list(manifests)
     while pending:
         current = pending.pop()
         if current in referenced:
             continue
         referenced.add(current)
-        try:
-            data = await store.read_small(Digest.parse(current))
-        except ValueError:
-            continue
+        data = _read(layout, current)
         if data is None:
             continue
         blobs, children = manifest_references(data)
         referenced.update(blobs)
         pending.extend(children)
+    return referenced
 
 
 async def local_refs(store: Store) -> LocalRefs:
     """Walk every local repository: its manifest revisions (tags name revisions) and blob links."""
     refs = LocalRefs()
+    manifests: list[str] = []
     for name in await store.repository_names(cached=False):
         repository = store.repository(name)
-        for manifest in await repository.manifests():
-            await _mark_manifest(store, str(manifest), refs.referenced)
+        manifests += [str(manifest) for manifest in await repository.manifests()]
         for blob in await repository.blob_links():
             refs.links.setdefault(str(blob), []).append(name)
+    refs.referenced = await asyncio.to_thread(_mark_manifests, store.layout, manifests)
     return refs
