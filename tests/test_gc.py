@@ -148,6 +148,56 @@ async def test_cached_blobs_are_left_to_the_lru(store: Store) -> None:
     assert store.blob_size(cached) is not None
 
 
+async def cache_manifest(store: Store, repo: str, manifest: dict[str, object], tag: str | None = None) -> Digest:
+    """A manifest pulled through from an upstream, as the pull-through path stores it."""
+    digest = await store.put_small(json.dumps(manifest).encode(), origin=CACHED)
+    repository = store.repository(repo, cached=True)
+    await repository.link_manifest(digest, OCI_MANIFEST)
+    if tag:
+        await repository.set_tag(tag, digest)
+    return digest
+
+
+async def evict(store: Store, digest: Digest) -> None:
+    """What an eviction pass does to one cached blob."""
+    assert await store.remove_unchanged([await store.index.get(str(digest))])
+
+
+async def test_the_revision_of_an_evicted_cached_manifest_is_pruned(store: Store) -> None:
+    repository = store.repository("docker.io/library/alpine", cached=True)
+    evicted = await cache_manifest(store, repository.name, {"schemaVersion": 2, "n": 1})
+    held = await cache_manifest(store, repository.name, {"schemaVersion": 2, "n": 2})
+    await evict(store, evicted)
+
+    report = await collect_garbage(store, GC, dry_run=False)
+
+    assert [(r.kind, r.name) for r in report.removals] == [("revision", f"{repository.name}@{evicted}")]
+    assert not repository.has_manifest(evicted) and repository.has_manifest(held)
+
+
+async def test_a_cached_tag_stays_when_its_manifest_is_evicted(store: Store) -> None:
+    repository = store.repository("docker.io/library/alpine", cached=True)
+    tagged = await cache_manifest(store, repository.name, {"schemaVersion": 2}, tag="3.20")
+    await evict(store, tagged)
+
+    await collect_garbage(store, GC, dry_run=False)
+
+    assert (await repository.get_tag("3.20")).digest == tagged and repository.has_manifest(tagged)
+
+
+async def test_a_legacy_blob_link_in_a_cached_repository_goes_with_its_blob(store: Store) -> None:
+    repository = store.repository("docker.io/library/alpine", cached=True)
+    evicted = await store.put_small(b"evicted layer", origin=CACHED)
+    held = await store.put_small(b"held layer", origin=CACHED)
+    for digest in (evicted, held):
+        await repository.link_blob(digest)  # what the pull-through path used to write
+    await evict(store, evicted)
+
+    await collect_garbage(store, GC, dry_run=False)
+
+    assert await repository.blob_links() == [held]
+
+
 async def test_a_cached_blob_a_local_manifest_references_becomes_pushed(store: Store) -> None:
     base = await store.put_small(b"base layer pulled before", origin=CACHED)
     await push_image(store, "team/app", "v1", [b"base layer pulled before"])  # the push found it present
@@ -259,6 +309,7 @@ async def test_dry_run_changes_nothing_and_reports_the_same(store: Store) -> Non
     os.utime(orphan, (0, 0))
     unindexed = await store.put_small(b"crash left it unindexed", origin=CACHED)
     await store.index.remove_many([str(unindexed)])
+    await evict(store, await cache_manifest(store, "docker.io/library/alpine", {"schemaVersion": 2}))
     before = files_and_rows(store)
     runs_before = metrics.REGISTRY.get_sample_value("pullcache_gc_runs_total")
 

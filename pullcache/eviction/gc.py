@@ -3,13 +3,15 @@
 One code path serves the periodic sweep (EvictionService, every gc.interval) and `pullcache gc`,
 which may run while a server uses the same storage (docs/gc.md says why that is safe):
 
+- reconcile: rows without files are dropped, files without rows are indexed, orphaned temp files
+  removed;
 - mark: every manifest of a local repository and every blob it references (an index's child
   manifests too), plus every cached blob still in the LRU index (eviction owns those);
 - sweep: pushed blobs nothing marked any more (after a DELETE), but only when unused for the grace
   period (BLOB_GRACE, or gc.upload_ttl if shorter: a push idle that long is abandoned anyway) and
   older than the oldest live upload session, so a push whose manifest has not arrived yet keeps
-  its blobs; upload sessions idle longer than gc.upload_ttl; orphaned temp files;
-- reconcile: rows without files are dropped, files without rows are indexed.
+  its blobs; upload sessions idle longer than gc.upload_ttl;
+- prune: what cached repositories still name of evicted content (eviction/prune.py).
 
 A dry run plans the same and changes nothing.
 """
@@ -28,17 +30,19 @@ from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig
 from pullcache.digests import Digest
+from pullcache.eviction.prune import LINK, REVISION, prune, stale_names
 from pullcache.eviction.reconcile import TEMP_GRACE, apply_reconcile, plan_reconcile
 from pullcache.eviction.refs import LocalRefs, local_refs
 
 log = logging.getLogger("pullcache.gc")
 
 BLOB_GRACE = 3600.0  # an unreferenced pushed blob used this recently may belong to a push in progress
+PRUNE_REASONS = {REVISION: "cached manifest, evicted, no tag names it", LINK: "cached blob link, blob evicted"}
 
 
 @dataclass(frozen=True)
 class Removal:
-    kind: str  # blob, upload, temp or row (an index row whose file is gone)
+    kind: str  # blob, upload, temp, row (an index row whose file is gone), revision or link (prune.py)
     name: str
     bytes: int
     reason: str
@@ -70,7 +74,8 @@ class GCReport:
         lines.append(
             f"gc{' (dry run)' if would else ''}: {'would reclaim' if would else 'reclaimed'} {self.reclaimed} bytes "
             f"({self.count('blob')} blobs, {self.count('upload')} upload sessions, {self.count('temp')} temp files, "
-            f"{self.count('row')} index rows without files; {len(self.indexed)} files indexed)")
+            f"{self.count('row')} index rows without files, {self.count(REVISION) + self.count(LINK)} "
+            f"cached revisions and links of evicted content; {len(self.indexed)} files indexed)")
         return lines
 
 
@@ -173,6 +178,10 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
                 kept.add(upload_id)  # a chunk is arriving, or arrived since the scan
         expired = [removal for removal in expired if removal.name not in kept]
     report.removals += expired
+
+    stale = await stale_names(store)
+    pruned = stale if dry_run else await prune(store, stale)
+    report.removals += [Removal(name.kind, str(name), 0, PRUNE_REASONS[name.kind]) for name in pruned]
 
     if not dry_run:
         metrics.gc_runs.inc()
