@@ -179,18 +179,16 @@ class Warmer:
         slots = asyncio.Semaphore(PARALLEL_BLOBS)
 
         async def one(digest: Digest, size: int) -> None:
-            async with slots:
-                source = self.pullthrough.blobs.open(target, digest)
+            async with slots, await self.pullthrough.blobs.open(target, digest) as source:
                 if source.reader is None:
                     tally.cached_blobs += 1
                     tally.cached_bytes += size
                 else:
-                    async with source.reader as reader:
-                        bar.readers.add(reader)
-                        try:
-                            await reader.finished()
-                        finally:
-                            bar.readers.discard(reader)
+                    bar.readers.add(source.reader)
+                    try:
+                        await source.reader.finished()
+                    finally:
+                        bar.readers.discard(source.reader)
                     tally.fetched_blobs += 1
                     tally.fetched_bytes += size
                 bar.done += size

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from pullcache import metrics
+from pullcache.api.appkeys import STORE
 from pullcache.cache.fill import FillFailed
 from pullcache.cache.store import Store
 from pullcache.config import UpstreamConfig
@@ -168,6 +169,25 @@ async def test_head_of_a_bare_name_is_answered_from_the_store_so_a_push_uploads(
         assert response.headers["Content-Length"] == str(len(LAYER))
 
 
+async def test_a_cached_blob_evicted_between_its_stat_and_its_open_is_fetched_again(
+        proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    assert await pull(proxy, digest) == (200, LAYER)
+    store = proxy.client.app[STORE]
+    stat = store.blob_size
+
+    def evicted_right_after_the_stat(wanted: Digest) -> int | None:
+        size = stat(wanted)
+        store.blob_path(wanted).unlink()
+        monkeypatch.setattr(store, "blob_size", stat)  # once
+        return size
+    monkeypatch.setattr(store, "blob_size", evicted_right_after_the_stat)
+
+    assert await pull(proxy, digest) == (200, LAYER)
+    assert proxy.upstream_requests("GET", digest) == 2
+    assert proxy.cached(digest) == LAYER
+
+
 async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:
     missing = "sha256:" + "0" * 64
     async with proxy.client.get(blob_path(missing)) as response:
@@ -287,13 +307,12 @@ async def test_shutting_down_mid_fill_fails_its_readers_and_leaves_nothing(
     await client.start()
     blobs = Blobs(store)
     try:
-        source = blobs.open(Target("team/app", client, "team/app"), Digest.parse(digest))
-        assert source.reader is not None
-        async with source.reader as reader:
+        async with await blobs.open(Target("team/app", client, "team/app"), Digest.parse(digest)) as source:
+            assert source.reader is not None
             await gate.sent.wait()
             await blobs.close()
             with pytest.raises(FillFailed):
-                await reader.finished()
+                await source.reader.finished()
     finally:
         gate.release.set()
         await client.close()

@@ -10,6 +10,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -71,15 +72,19 @@ def digest_headers(digest: Digest) -> dict[str, str]:
 
 class BlobFileResponse(web.StreamResponse):
     """A committed blob from disk: headers up front, body by sendfile (loop.sendfile falls back to
-    read/write in a thread for TLS), so a large layer costs the event loop nothing."""
+    read/write in a thread for TLS), so a large layer costs the event loop nothing.
 
-    def __init__(self, path: Path, digest: Digest, size: int, byte_range: ByteRange | None) -> None:
+    Given a path, it opens the file itself when sending and answers BLOB_UNKNOWN if the file went in the
+    meantime; given a file its caller opened (and closes), that file cannot go.
+    """
+
+    def __init__(self, source: Path | BinaryIO, digest: Digest, size: int, byte_range: ByteRange | None) -> None:
         super().__init__(status=206 if byte_range else 200, headers={
             **digest_headers(digest),
             "Content-Type": OCTET_STREAM,
             "Accept-Ranges": "bytes",
         })
-        self._path = path
+        self._source = source
         self._offset = byte_range.start if byte_range else 0
         self.content_length = byte_range.length if byte_range else size
         if byte_range:
@@ -88,23 +93,28 @@ class BlobFileResponse(web.StreamResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared or request.method == "HEAD" or not self.content_length:
             return await super().prepare(request)
+        if not isinstance(self._source, Path):
+            return await self._send(request, self._source)
         try:
-            file = await asyncio.to_thread(open, self._path, "rb")
+            file = await asyncio.to_thread(open, self._source, "rb")
         except FileNotFoundError:
-            # Deleted (eviction, GC) after the caller's stat: answer as if it had never been there.
+            # Deleted (GC of a local blob) after the caller's stat: answer as if it had never been there.
             return await self._vanished(request)
         try:
-            writer = await super().prepare(request)
-            assert writer is not None and request.transport is not None
-            count = self.content_length
-            await asyncio.get_running_loop().sendfile(request.transport, file, self._offset, count)
-            # sendfile bypasses the payload writer: keep its byte counts (body_length) truthful.
-            writer.buffer_size += count
-            writer.output_size += count
-            await super().write_eof()
-            return writer
+            return await self._send(request, file)
         finally:
             await asyncio.to_thread(file.close)
+
+    async def _send(self, request: web.BaseRequest, file: BinaryIO) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        assert writer is not None and request.transport is not None and self.content_length is not None
+        count = self.content_length
+        await asyncio.get_running_loop().sendfile(request.transport, file, self._offset, count)
+        # sendfile bypasses the payload writer: keep its byte counts (body_length) truthful.
+        writer.buffer_size += count
+        writer.output_size += count
+        await super().write_eof()
+        return writer
 
     async def _vanished(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         error = RegistryError("BLOB_UNKNOWN", "blob unknown to registry").response()
@@ -120,14 +130,15 @@ class BlobFileResponse(web.StreamResponse):
         return writer
 
 
-def blob_file_response(request: web.Request, path: Path, digest: Digest, size: int) -> web.StreamResponse:
-    """The response for a committed blob of `size` bytes at `path`: 200, 206 for a Range, 304 for a
-    matching If-None-Match (a digest names one content forever), 416 raised for an unsatisfiable range.
-    HEAD gets the same headers without a body."""
+def blob_file_response(request: web.Request, source: Path | BinaryIO, digest: Digest,
+                       size: int) -> web.StreamResponse:
+    """The response for a committed blob of `size` bytes, at a path or in a file the caller keeps open
+    until the response is sent: 200, 206 for a Range, 304 for a matching If-None-Match (a digest names
+    one content forever), 416 raised for an unsatisfiable range. HEAD gets the same headers without a body."""
     if request.if_none_match and any(tag.value in (str(digest), "*") for tag in request.if_none_match):
         return web.Response(status=304, headers=digest_headers(digest))
     byte_range = parse_range(request.headers.get("Range"), size)
-    return BlobFileResponse(path, digest, size, byte_range)
+    return BlobFileResponse(source, digest, size, byte_range)
 
 
 async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:

@@ -77,20 +77,19 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
         request[CACHE_RESULT] = result
         return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
                                      "Content-Length": str(size), "Accept-Ranges": "bytes"})
-    source = blobs.open(target, digest)
-    request[CACHE_RESULT] = source.result
-    if source.reader is None:
-        assert source.path is not None and source.size is not None
-        response = blob_file_response(request, source.path, digest, source.size)
+    async with await blobs.open(target, digest) as source:
+        request[CACHE_RESULT] = source.result
+        if source.reader is not None:
+            return await _stream_fill(request, source.reader, digest)
+        assert source.file is not None and source.size is not None
+        response = blob_file_response(request, source.file, digest, source.size)
         try:
-            await response.prepare(request)  # sends it all; counted once it went out
+            await response.prepare(request)  # sends it all while the file is open; counted once it went out
         except ConnectionError:
             return response  # the client went away mid-file
         if response.status in (200, 206) and response.content_length:
             stats.served(stats.FROM_CACHE, response.content_length)
         return response
-    async with source.reader as reader:
-        return await _stream_fill(request, reader, digest)
 
 
 async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest) -> web.StreamResponse:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Self
 
 from pullcache import metrics
 from pullcache.cache.files import StoreFullError
@@ -29,12 +31,33 @@ log = logging.getLogger("pullcache.pullthrough")
 
 @dataclass(frozen=True)
 class BlobSource:
-    """Where a blob request reads from: a committed file (path, size) or a fill (reader, to be closed)."""
+    """Where a blob request reads from: its committed file, already open (file, size), or a fill (reader).
+
+    Use `async with`: leaving it closes the file or the reader.
+    """
 
     result: str
-    path: Path | None = None
+    file: BinaryIO | None = None
     size: int | None = None
     reader: FillReader | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.file is not None:
+            await asyncio.to_thread(self.file.close)
+
+
+def _open_committed(path: Path) -> tuple[BinaryIO, int] | None:
+    """The blob file open for reading and its size; None if it is gone (evicted since the caller looked)."""
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (handed to the caller, who closes it)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return file, os.fstat(file.fileno()).st_size
 
 
 class Blobs:
@@ -43,18 +66,21 @@ class Blobs:
         self._fills: dict[Digest, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def open(self, target: Target, digest: Digest) -> BlobSource:
-        """The blob from the store, or a reader of its fill (joined, or started now), counted once.
+    async def open(self, target: Target, digest: Digest) -> BlobSource:
+        """The blob, counted once: its committed file, opened, or a reader of its fill (joined, or started now).
 
-        Synchronous on purpose: checking the store and the running fills and registering the reader
-        happen in one step, so no fill can finish in between.
+        A cached file is a hit only once it is open: eviction may remove it at any moment, and an open
+        file stays readable, while one removed between the stat and the open is fetched again instead
+        of answered 404. From the look at the running fills to the new reader nothing awaits, so no
+        fill can finish in between.
         """
         assert target.upstream is not None, "Blobs serves upstream targets only"
-        size = self._store.blob_size(digest)
-        if size is not None:
-            self._store.note_access(digest)
-            stats.count(stats.BLOB, target.upstream.name, stats.HIT)
-            return BlobSource(stats.HIT, self._store.blob_path(digest), size)
+        if self._store.blob_size(digest) is not None:  # a stat is cheap; the open runs in a thread
+            opened = await asyncio.to_thread(_open_committed, self._store.blob_path(digest))
+            if opened is not None:
+                self._store.note_access(digest)
+                stats.count(stats.BLOB, target.upstream.name, stats.HIT)
+                return BlobSource(stats.HIT, file=opened[0], size=opened[1])
         fill = self._fills.get(digest)
         result = stats.COALESCED
         if fill is None:
