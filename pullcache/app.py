@@ -7,7 +7,7 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.api import middleware, observe, ops, v2
-from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE, UPSTREAMS
+from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE
 from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.eviction.service import EvictionService
@@ -26,7 +26,6 @@ def build_app(config: Config) -> web.Application:
     store = Store(config.storage.path)
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
-    app[UPSTREAMS] = upstreams
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
     app[PULLTHROUGH] = PullThrough(store, config)
     app[EVICTION] = EvictionService(store, config)

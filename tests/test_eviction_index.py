@@ -32,7 +32,7 @@ async def test_running_totals_follow_adds_merges_promotions_and_removals(index: 
     await index.add("sha256:" + "c" * 64, 7, CACHED)
     await index.add("sha256:" + "c" * 64, 7, PUSHED)  # cached, then pushed: moves to pushed
     await index.promote(["sha256:" + "a" * 64])
-    await index.remove_many(["sha256:" + "b" * 64, "sha256:" + "d" * 64])
+    await index.remove_unchanged([await index.get("sha256:" + "b" * 64)], lambda digest: None)
 
     assert index.totals() == {PUSHED: OriginTotals(107, 2), CACHED: OriginTotals(0, 0)}
     assert index.totals() == _selected_totals(index.path)
@@ -56,7 +56,7 @@ async def test_listeners_hear_every_change(index: BlobIndex) -> None:
     heard = []
     index.subscribe(lambda totals: heard.append(totals[CACHED].bytes))
     await index.add("sha256:" + "a" * 64, 10, CACHED)
-    await index.remove_many(["sha256:" + "a" * 64])
+    await index.remove_unchanged(await index.least_recent(1), lambda digest: None)
     assert heard == [10, 0]
 
 

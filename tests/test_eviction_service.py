@@ -20,6 +20,7 @@ from pullcache.digests import Digest
 from pullcache.eviction import service as service_module
 from pullcache.eviction.lru import Evicted
 from pullcache.eviction.service import CLEAN_SHUTDOWN, EvictionService
+from tests.test_gc import forget_row
 
 KIB = 1024
 
@@ -154,7 +155,7 @@ async def test_after_a_crash_start_up_reconciles_in_the_background(tmp_path: Pat
     config = config_for(tmp_path)
     async with Running(config) as running:
         digest = await put(running.store, "orphan", 3 * KIB, CACHED)
-        await running.store.index.remove_many([str(digest)])  # the file stayed, its row did not
+        await forget_row(running.store, digest)
         await running.service.reconciling
     # An unclean stop: the marker written at start-up says so.
     crashed = Store(config.storage.path)

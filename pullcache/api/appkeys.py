@@ -14,7 +14,6 @@ from pullcache.resolver import Resolver
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 RESOLVER = web.AppKey("resolver", Resolver)
-UPSTREAMS = web.AppKey("upstreams", Any)      # pullcache.upstream.pool.Upstreams
 PULLTHROUGH = web.AppKey("pullthrough", Any)  # pullcache.pullthrough.PullThrough
 PULL_COUNTS = web.AppKey("pull_counts", PullCounts)  # the status page's most pulled images (ops.setup)
 

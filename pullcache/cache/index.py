@@ -227,17 +227,6 @@ class BlobIndex:
         if accesses:
             await self._run(self._touch_many, [(t, d) for d, t in accesses.items()])
 
-    def _remove_many(self, digests: list[str]) -> None:
-        with self._transaction() as db:
-            for digest in digests:
-                old = self._get(digest)
-                if old is not None:
-                    db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-                    self._account(old, None)
-
-    async def remove_many(self, digests: Iterable[str]) -> None:
-        await self._write(self._remove_many, list(digests))
-
     def _remove_unchanged(self, rows: list[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
         removed = []
         with self._transaction() as db:

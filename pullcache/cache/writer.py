@@ -144,10 +144,3 @@ class BlobWriter:
         await asyncio.to_thread(remove_quietly, self.path)
         self._pending.clear()
         self._pending_size = 0
-
-
-def file_size(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None

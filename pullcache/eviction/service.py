@@ -44,8 +44,6 @@ class EvictionService:
         self._free_request = 0  # bytes of cached content a full disk asked to free on the next pass
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciling: asyncio.Task[None] | None = None  # the start-up reconcile, when one runs
-        self.passes = 0  # eviction passes completed (tests and the bench wait on it)
-        self._pass_done = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -147,15 +145,7 @@ class EvictionService:
             raise
         if evicted.blobs:
             log.info("evicted %d cached blobs (%d bytes)", evicted.blobs, evicted.bytes)
-        async with self._pass_done:
-            self.passes += 1
-            self._pass_done.notify_all()
         return evicted
-
-    async def wait_passes(self, count: int) -> None:
-        """Wait until `count` eviction passes have completed since start."""
-        async with self._pass_done:
-            await self._pass_done.wait_for(lambda: self.passes >= count)
 
     async def _evict_loop(self) -> None:
         while True:
