@@ -161,12 +161,13 @@ def wrong_bytes(body: bytes) -> Handler:
 
 
 class Held:
-    """Holds requests to `path` until `release` is set (`arrived` is set by the first), then answers as the
-    fake normally would."""
+    """Holds requests to `path` until `release` is set (`arrived` is set by the first), then answers with
+    `then` if given, else as the fake normally would."""
 
-    def __init__(self, fake: FakeRegistry, path: str) -> None:
+    def __init__(self, fake: FakeRegistry, path: str, then: Handler | None = None) -> None:
         self.fake = fake
         self.path = path
+        self.then = then
         self.arrived = asyncio.Event()
         self.release = asyncio.Event()
 
@@ -174,4 +175,4 @@ class Held:
         self.arrived.set()
         await self.release.wait()
         self.fake.faults.pop(self.path, None)
-        return await self.fake.handle(request)
+        return await (self.then or self.fake.handle)(request)

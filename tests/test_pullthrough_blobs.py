@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from pullcache import metrics
-from pullcache.api.appkeys import STORE
+from pullcache.api.appkeys import PULLTHROUGH, STORE
 from pullcache.cache.fill import FillFailed
 from pullcache.cache.store import Store
 from pullcache.config import UpstreamConfig
@@ -24,6 +24,7 @@ from tests.fault_upstream import FakeRegistry, Stall, answer
 from tests.support_faults import (
     AccessLog,
     Gate,
+    Held,
     Proxy,
     bytes_served,
     start_proxy,
@@ -185,6 +186,34 @@ async def test_a_cached_blob_evicted_between_its_stat_and_its_open_is_fetched_ag
 
     assert await pull(proxy, digest) == (200, LAYER)
     assert proxy.upstream_requests("GET", digest) == 2
+    assert proxy.cached(digest) == LAYER
+
+
+async def test_a_blob_refused_for_one_repository_is_still_fetched_for_another_that_joined_it(
+        proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+    refused = Held(proxy.fake, f"/v2/team/a/blobs/{digest}",
+                   then=answer(404, {"errors": [{"code": "BLOB_UNKNOWN"}]}))
+    proxy.fake.faults[refused.path] = refused
+    blobs = proxy.client.app[PULLTHROUGH].blobs
+    open_blob = blobs.open
+    b_asks = asyncio.Event()
+
+    async def open_and_tell(target: Target, wanted: Digest) -> Any:
+        if target.repository == "team/b":
+            b_asks.set()  # b finds a's fetch running and joins it before anything else can run
+        return await open_blob(target, wanted)
+
+    blobs.open = open_and_tell
+    pull_a = asyncio.ensure_future(proxy.client.get(f"/v2/team/a/blobs/{digest}"))
+    await refused.arrived.wait()
+    pull_b = asyncio.ensure_future(proxy.client.get(f"/v2/team/b/blobs/{digest}"))
+    await b_asks.wait()
+    refused.release.set()
+
+    async with await pull_a as a, await pull_b as b:
+        assert a.status == 404
+        assert (b.status, await b.read()) == (200, LAYER)
     assert proxy.cached(digest) == LAYER
 
 

@@ -6,7 +6,11 @@ read the Fill as it grows. A verified fill is committed to the store as cached c
 one leaves nothing behind.
 
 A cached blob belongs to no repository: it is served to any upstream repository that asks for its
-digest (a digest names one content), so no per-repository link is written for it.
+digest (a digest names one content), so no per-repository link is written for it, and a request joins
+a fetch of the same digest whichever repository that fetch asks. When such a fetch fails before its
+first byte because its upstream refused *its* repository (not found, denied), or it was another
+upstream's fetch, the requests of other repositories fetch for themselves instead of sharing a refusal
+that is not theirs.
 """
 from __future__ import annotations
 
@@ -19,12 +23,17 @@ from typing import BinaryIO, Self
 
 from pullcache import metrics
 from pullcache.cache.files import StoreFullError
-from pullcache.cache.fill import Fill, FillReader
+from pullcache.cache.fill import Fill, FillFailed, FillReader
 from pullcache.cache.index import CACHED
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
 from pullcache.pullthrough import stats
 from pullcache.resolver import Target
+from pullcache.upstream.errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnauthorized,
+)
 
 log = logging.getLogger("pullcache.pullthrough")
 
@@ -60,10 +69,30 @@ def _open_committed(path: Path) -> tuple[BinaryIO, int] | None:
     return file, os.fstat(file.fileno()).st_size
 
 
+@dataclass(frozen=True)
+class _Flight:
+    """A running fetch and the target (upstream repository) it asks."""
+
+    fill: Fill
+    target: Target
+
+
+def _not_ours(cause: BaseException | None, theirs: Target, ours: Target) -> bool:
+    """Whether a failure of a fetch for `theirs` says nothing about the same digest in `ours`.
+
+    Another upstream's failures are its own; on the same upstream, only a refusal of that repository
+    (not found, denied) is. An outage of our own upstream, a full disk and the like are everyone's.
+    """
+    assert theirs.upstream is not None and ours.upstream is not None
+    if theirs.store_name == ours.store_name or not isinstance(cause, UpstreamError):
+        return False
+    return theirs.upstream.name != ours.upstream.name or isinstance(cause, (UpstreamNotFound, UpstreamUnauthorized))
+
+
 class Blobs:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._fills: dict[Digest, Fill] = {}
+        self._fills: dict[Digest, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, target: Target, digest: Digest) -> BlobSource:
@@ -72,22 +101,43 @@ class Blobs:
         A cached file is a hit only once it is open: eviction may remove it at any moment, and an open
         file stays readable, while one removed between the stat and the open is fetched again instead
         of answered 404. From the look at the running fills to the new reader nothing awaits, so no
-        fill can finish in between.
+        fill can finish in between. A fetch for another repository is joined only once it has begun
+        (or failed for reasons that are ours too, see _not_ours); otherwise this request fetches itself.
         """
         assert target.upstream is not None, "Blobs serves upstream targets only"
-        if self._store.blob_size(digest) is not None:  # a stat is cheap; the open runs in a thread
-            opened = await asyncio.to_thread(_open_committed, self._store.blob_path(digest))
-            if opened is not None:
-                self._store.note_access(digest)
-                stats.count(stats.BLOB, target.upstream.name, stats.HIT)
-                return BlobSource(stats.HIT, file=opened[0], size=opened[1])
-        fill = self._fills.get(digest)
-        result = stats.COALESCED
-        if fill is None:
-            fill = self._start(target, digest)
-            result = stats.MISS
-        stats.count(stats.BLOB, target.upstream.name, result)
-        return BlobSource(result, reader=fill.reader())
+        while True:
+            if self._store.blob_size(digest) is not None:  # a stat is cheap; the open runs in a thread
+                opened = await asyncio.to_thread(_open_committed, self._store.blob_path(digest))
+                if opened is not None:
+                    self._store.note_access(digest)
+                    stats.count(stats.BLOB, target.upstream.name, stats.HIT)
+                    return BlobSource(stats.HIT, file=opened[0], size=opened[1])
+            flight = self._fills.get(digest)
+            if flight is None:
+                fill = self._start(target, digest)
+                stats.count(stats.BLOB, target.upstream.name, stats.MISS)
+                return BlobSource(stats.MISS, reader=fill.reader())
+            reader = flight.fill.reader()
+            if flight.target.store_name == target.store_name or not await self._refused_elsewhere(
+                    reader, flight.target, target):
+                stats.count(stats.BLOB, target.upstream.name, stats.COALESCED)
+                return BlobSource(stats.COALESCED, reader=reader)
+            # That fetch has ended (it is no longer in _fills): look again, and fetch for ourselves.
+
+    @staticmethod
+    async def _refused_elsewhere(reader: FillReader, theirs: Target, ours: Target) -> bool:
+        """Wait for a fetch of another repository to begin; True (and the reader closed) if it failed
+        for reasons of its own."""
+        try:
+            await reader.started()
+        except FillFailed as exc:
+            if _not_ours(exc.cause, theirs, ours):
+                reader.close()
+                return True
+        except BaseException:
+            reader.close()
+            raise
+        return False
 
     async def head(self, target: Target, digest: Digest, *, ask_upstream: bool = True) -> tuple[int, str] | None:
         """(size, result) without fetching a body: from the store, a running fill, or (if ask_upstream)
@@ -96,8 +146,8 @@ class Blobs:
         size = self._store.blob_size(digest)
         result = stats.HIT
         if size is None:
-            fill = self._fills.get(digest)
-            size = fill.size if fill is not None else None
+            flight = self._fills.get(digest)
+            size = flight.fill.size if flight is not None else None
             result = stats.COALESCED
         if size is None and not ask_upstream:
             return None
@@ -109,7 +159,7 @@ class Blobs:
 
     def _start(self, target: Target, digest: Digest) -> Fill:
         fill = Fill(self._store, digest, origin=CACHED)
-        self._fills[digest] = fill
+        self._fills[digest] = _Flight(fill, target)
         task = asyncio.get_running_loop().create_task(self._fetch(target, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -148,6 +198,6 @@ class Blobs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for fill in list(self._fills.values()):  # a task cancelled before its first step never failed its fill
-            await fill.fail(asyncio.CancelledError())
+        for flight in list(self._fills.values()):  # a task cancelled before its first step never failed its fill
+            await flight.fill.fail(asyncio.CancelledError())
         self._fills.clear()
