@@ -59,13 +59,14 @@ def bytes_served(source: str) -> float:
 
 
 async def start_proxy(aiohttp_client: ClientFactory, fake: FakeRegistry, data_dir: Path,
-                      **upstream: Any) -> Proxy:
-    """pullcache (build_app, as `serve` runs it) whose default upstream is `fake`; `upstream` overrides
-    its settings (manifest_ttl, read_timeout, ...). The name is unique so metric samples are per test."""
+                      storage: dict[str, Any] | None = None, **upstream: Any) -> Proxy:
+    """pullcache (build_app, as `serve` runs it) whose default upstream is `fake`; `storage` adds to its
+    storage settings (max_size, ...), `upstream` overrides the upstream's (manifest_ttl, read_timeout, ...).
+    The name is unique so metric samples are per test."""
     name = f"up{uuid.uuid4().hex[:10]}"
     settings = {"name": name, "url": fake.url, "default": True, "read_timeout": "2s", "connect_timeout": "2s",
                 **upstream}
-    config = build_config({"storage": {"path": str(data_dir)}, "upstreams": [settings],
+    config = build_config({"storage": {"path": str(data_dir), **(storage or {})}, "upstreams": [settings],
                            "log": {"level": "debug"}})
     client = await aiohttp_client(build_app(config))
     return Proxy(client, fake, name, data_dir)

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from pullcache import metrics
 from pullcache.api.appkeys import PULLTHROUGH, STORE
@@ -217,6 +218,42 @@ async def test_a_blob_refused_for_one_repository_is_still_fetched_for_another_th
     assert proxy.cached(digest) == LAYER
 
 
+async def test_a_blob_larger_than_max_size_is_refused_with_507_from_its_headers_alone(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = await start_proxy(aiohttp_client, fake, tmp_path / "data", storage={"max_size": "1MiB"})
+    digest = fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)  # the body stops after its first bytes until released
+    fake.faults[blob_path(digest)] = gate
+    disk_full_reports: list[int] = []
+    monkeypatch.setattr(proxy.client.app[STORE], "report_disk_full", disk_full_reports.append)
+    try:
+        async with proxy.client.get(blob_path(digest)) as response:
+            assert response.status == 507
+            assert "storage.max_size" in (await response.json())["errors"][0]["message"]
+    finally:
+        gate.release.set()
+    assert proxy.cached(digest) is None and proxy.temp_files() == []
+    assert disk_full_reports == []  # evicting would not make it fit
+
+
+async def test_a_blob_of_unannounced_size_is_cut_once_it_passes_max_size(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
+    proxy = await start_proxy(aiohttp_client, fake, tmp_path / "data", storage={"max_size": "1MiB"})
+    digest = fake.add_blob(LAYER)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(LAYER), FIRST):
+            await response.write(LAYER[start:start + FIRST])
+        return response
+    fake.faults[blob_path(digest)] = chunked
+
+    await assert_broken_transfer(proxy, digest)
+    assert proxy.cached(digest) is None and proxy.temp_files() == []
+
+
 async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:
     missing = "sha256:" + "0" * 64
     async with proxy.client.get(blob_path(missing)) as response:
@@ -334,7 +371,7 @@ async def test_shutting_down_mid_fill_fails_its_readers_and_leaves_nothing(
     fake.faults[blob_path(digest)] = gate
     client = UpstreamClient(UpstreamConfig(name="shutdown", url=fake.url))
     await client.start()
-    blobs = Blobs(store)
+    blobs = Blobs(store, max_size=1024**3)
     try:
         async with await blobs.open(Target("team/app", client, "team/app"), Digest.parse(digest)) as source:
             assert source.reader is not None

@@ -21,7 +21,7 @@ from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
-from pullcache.pullthrough import PullThrough, stats
+from pullcache.pullthrough import BlobTooLarge, PullThrough, stats
 from pullcache.resolver import Target
 from pullcache.upstream.errors import (
     UpstreamError,
@@ -135,6 +135,8 @@ def fill_error(exc: FillFailed, what: str) -> Exception:
         return upstream_error(cause, "BLOB_UNKNOWN", what)
     if isinstance(cause, StoreFullError):
         return cause  # the error middleware answers 507
+    if isinstance(cause, BlobTooLarge):
+        return RegistryError("UNAVAILABLE", str(cause), status=507, detail={"digest": str(cause.digest)})
     return RegistryError("UNAVAILABLE", f"fetching {what} failed: {cause}", status=503)
 
 

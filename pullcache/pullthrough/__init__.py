@@ -5,7 +5,7 @@ and a pulled one are filled by one code path.
 """
 from pullcache.cache.store import Store
 from pullcache.config import Config
-from pullcache.pullthrough.blobs import Blobs, BlobSource
+from pullcache.pullthrough.blobs import Blobs, BlobSource, BlobTooLarge
 from pullcache.pullthrough.manifests import ManifestAnswer, Manifests
 
 
@@ -13,17 +13,17 @@ class PullThrough:
     """The pull-through cache of every upstream.
 
     Each request's Target carries its upstream client and that upstream's settings (manifest_ttl,
-    not_found_ttl, timeouts), so nothing here is per upstream; `config` is taken for the app's wiring.
+    not_found_ttl, timeouts), so nothing here is per upstream; from `config` it takes storage.max_size,
+    the largest blob it will try to cache.
     """
 
     def __init__(self, store: Store, config: Config) -> None:
-        self.store = store
         self.manifests = Manifests(store)
-        self.blobs = Blobs(store)
+        self.blobs = Blobs(store, max_size=config.storage.max_size)
 
     async def close(self) -> None:
         await self.manifests.close()
         await self.blobs.close()
 
 
-__all__ = ["BlobSource", "Blobs", "ManifestAnswer", "Manifests", "PullThrough"]
+__all__ = ["BlobSource", "BlobTooLarge", "Blobs", "ManifestAnswer", "Manifests", "PullThrough"]

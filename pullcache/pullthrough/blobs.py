@@ -11,6 +11,10 @@ a fetch of the same digest whichever repository that fetch asks. When such a fet
 first byte because its upstream refused *its* repository (not found, denied), or it was another
 upstream's fetch, the requests of other repositories fetch for themselves instead of sharing a refusal
 that is not theirs.
+
+A blob larger than storage.max_size could only be cached by evicting everything and still not fit,
+so its fetch ends as soon as the upstream's headers announce its size (BlobTooLarge, answered 507),
+or, when they announce none, as soon as more than max_size has arrived. It asks eviction for nothing.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ from pullcache.upstream.errors import (
 )
 
 log = logging.getLogger("pullcache.pullthrough")
+
+
+class BlobTooLarge(Exception):
+    """The upstream's blob is larger than storage.max_size, the bound on all cached content."""
+
+    def __init__(self, digest: Digest, max_size: int, size: int | None) -> None:
+        what = f"is {size} bytes" if size is not None else "sent no size and passed it"
+        super().__init__(f"blob {digest} {what}, more than storage.max_size ({max_size} bytes) allows to cache")
+        self.digest = digest
 
 
 @dataclass(frozen=True)
@@ -90,8 +103,9 @@ def _not_ours(cause: BaseException | None, theirs: Target, ours: Target) -> bool
 
 
 class Blobs:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_size: int) -> None:
         self._store = store
+        self._max_size = max_size  # storage.max_size: no larger blob is fetched
         self._fills: dict[Digest, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -172,16 +186,20 @@ class Blobs:
         metrics.inflight_fetches.inc()
         try:
             async with target.upstream.open_blob(target.repository, str(digest)) as stream:
+                if stream.size is not None and stream.size > self._max_size:
+                    raise BlobTooLarge(digest, self._max_size, stream.size)  # the body is left unread
                 await fill.begin(stream.size)
                 async for chunk in stream.chunks():
                     await fill.write(chunk)
+                    if fill.written > self._max_size:
+                        raise BlobTooLarge(digest, self._max_size, None)
             await fill.commit()
         except BaseException as exc:
             self._ended(digest)  # before any await: nobody may join a fill that is failing
             await fill.fail(exc)
             if isinstance(exc, StoreFullError):  # whether or not a request is still there to say so
                 await fill.closed()  # until then the failed fill still holds its space: eviction could not even write
-                self._store.index.report_disk_full(fill.size if fill.size is not None else fill.written)
+                self._store.report_disk_full(fill.size if fill.size is not None else fill.written)
             if not isinstance(exc, Exception):
                 raise
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
