@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
 venv: $(VENV)/.installed
 
 system:
@@ -26,7 +30,7 @@ run: venv
 test: system venv
 	$(BIN)/python -m pytest -q -ra
 
-bench: system venv
+bench: system venv $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 clean:
