@@ -2,9 +2,10 @@
 
 - TokenServer: a Docker token realm that issues opaque tokens per scope, optionally demands Basic
   credentials, and can revoke what it issued (to simulate expiry on the registry's side).
-- FakeRegistry: the read side of the distribution API (manifests, blobs; GET and HEAD) that demands
-  Bearer tokens from a TokenServer, Basic credentials, or nothing; `faults[path]` replaces the answer
-  for one path with any handler (errors, redirects, stalls).
+- FakeRegistry: the read side of the distribution API (manifests, blobs; GET and HEAD; the referrers API
+  when `referrers` is a dict, else a 404 as from a registry without it) that demands Bearer tokens from a
+  TokenServer, Basic credentials, or nothing; `faults[path]` replaces the answer for one path with any
+  handler (errors, redirects, stalls).
 - BlobHost: a CDN that serves blob bytes after a redirect and records what it was sent.
 - Stall: a handler that sends headers and part of a body, then goes silent until released.
 
@@ -28,7 +29,8 @@ from multidict import CIMultiDict, MultiDict
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServerFactory = Callable[..., Awaitable[Any]]  # pytest-aiohttp's aiohttp_server
 
-_ROUTE = re.compile(r"/v2/(?P<repo>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)")
+_ROUTE = re.compile(r"/v2/(?P<repo>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)")
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def sha256(data: bytes) -> str:
@@ -113,6 +115,8 @@ class FakeRegistry(_Fake):
         self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.blobs: dict[str, bytes] = {}
         self.faults: dict[str, Handler] = {}  # request path -> handler answering instead (after auth)
+        # (repo, subject digest) -> descriptors the referrers API lists; None: no referrers API (404)
+        self.referrers: dict[tuple[str, str], list[dict[str, Any]]] | None = None
         self.extra_headers: dict[str, str] = {}  # added to every successful answer
 
     def add_manifest(self, repo: str, tag: str, body: bytes,
@@ -152,6 +156,11 @@ class FakeRegistry(_Fake):
                 headers={"WWW-Authenticate": self._challenge(repo)})
         if request.path in self.faults:
             return await self.faults[request.path](request)
+        if kind == "referrers":
+            if self.referrers is None:
+                return web.Response(status=404, text="404 page not found\n")  # what Distribution 2.8 answers
+            index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.referrers.get((repo, ref), [])}
+            return web.json_response(index, content_type=OCI_INDEX)
         if kind == "manifests":
             if (repo, ref) not in self.manifests:
                 return web.json_response(

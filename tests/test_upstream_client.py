@@ -4,6 +4,7 @@ verification, error mapping, timeouts and metrics. Every server binds 127.0.0.1;
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.config import UpstreamConfig
-from pullcache.mediatypes import MANIFEST_TYPES
+from pullcache.mediatypes import MANIFEST_TYPES, OCI_INDEX
 from pullcache.upstream import (UpstreamClient, UpstreamError, UpstreamNotFound, UpstreamRateLimited,
                                 UpstreamRealmRefused, UpstreamTimeout, UpstreamUnauthorized, UpstreamUnavailable,
                                 Upstreams)
@@ -527,3 +528,32 @@ async def test_upstreams_are_found_by_name_alias_and_default() -> None:
         assert upstreams.by_name("quay.io") is None and upstreams.by_ns("quay.io") is None
     finally:
         await upstreams.close()
+
+
+# ---------------------------------------------------------------- referrers
+
+async def test_referrers_are_read_from_the_referrers_api_behind_a_token(
+        make_client: MakeClient, registry: FakeRegistry) -> None:
+    subject = sha256(MANIFEST)
+    listed = [{"mediaType": OCI_MANIFEST, "digest": sha256(b"sbom"), "size": 4, "artifactType": "x/sbom"}]
+    registry.referrers = {("library/alpine", subject): listed}
+    client = await make_client(registry.url)
+    assert await client.get_referrers("library/alpine", subject) == listed
+
+
+async def test_a_sha512_subject_falls_back_to_the_tag_schema_with_64_characters_of_its_digest(
+        make_client: MakeClient, open_registry: FakeRegistry) -> None:
+    subject = "sha512:" + hashlib.sha512(MANIFEST).hexdigest()
+    listed = [{"mediaType": OCI_MANIFEST, "digest": sha256(b"sig"), "size": 3}]
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}).encode()
+    open_registry.add_manifest("library/alpine", "sha512-" + subject[len("sha512:"):][:64], index, OCI_INDEX)
+    client = await make_client(open_registry.url)
+    assert await client.get_referrers("library/alpine", subject) == listed
+
+
+async def test_a_tag_schema_tag_that_is_not_an_image_index_means_no_referrers(
+        make_client: MakeClient, open_registry: FakeRegistry) -> None:
+    subject = sha256(MANIFEST)
+    open_registry.add_manifest("library/alpine", subject.replace(":", "-"), MANIFEST, OCI_MANIFEST)
+    client = await make_client(open_registry.url)
+    assert await client.get_referrers("library/alpine", subject) == []

@@ -1,4 +1,5 @@
-"""HTTP answers for repositories of upstreams: manifests and blobs through the pull-through cache.
+"""HTTP answers for repositories of upstreams: manifests and blobs through the pull-through cache, referrers
+from the upstream itself.
 
 The API handlers call get_manifest / get_blob when the resolver says a name is not local. A cached
 blob goes out like any committed blob (sendfile, Range); a blob still arriving streams from its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 
@@ -122,6 +124,19 @@ async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest)
     except ConnectionError:
         pass  # the client went away; the fill carries on for the others
     return response
+
+
+async def get_referrers(target: Target, subject: Digest) -> list[dict[str, Any]]:
+    """GET /v2/<name>/referrers/<digest> of an upstream repository: the upstream's list, asked each time.
+
+    Nothing is cached: signatures and SBOMs are attached to an image after it was pushed, and a verifier
+    must see them as soon as the upstream does. Clients ask for referrers rarely next to blobs.
+    """
+    assert target.upstream is not None
+    try:
+        return await target.upstream.get_referrers(target.repository, str(subject))
+    except UpstreamError as exc:
+        raise upstream_error(exc, "NAME_UNKNOWN", f"the referrers of {subject}") from exc
 
 
 def _pullthrough(request: web.Request) -> PullThrough:

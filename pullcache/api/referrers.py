@@ -1,7 +1,8 @@
 """The referrers API: manifests whose `subject` is a given digest, as an OCI image index.
 
 Never 404 (the spec forbids it once the API is supported): an unknown digest or repository has
-an empty index. For an upstream name it lists what is cached.
+an empty index. For an upstream name it lists what the upstream lists (api/proxied.get_referrers),
+through the referrers API or the tag schema; `artifactType` is filtered here either way.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 
 from aiohttp import web
 
+from pullcache.api import proxied
 from pullcache.api.names import check_digest
 from pullcache.api.targets import read_target, repository_of
 from pullcache.mediatypes import OCI_INDEX
@@ -18,7 +20,10 @@ async def list_referrers(request: web.Request, name: str, reference: str) -> web
     """GET /v2/<name>/referrers/<digest>[?artifactType=]."""
     subject = check_digest(reference)
     target = read_target(request, name)
-    descriptors = await repository_of(request, target).referrers(subject)
+    if target.is_local:
+        descriptors = await repository_of(request, target).referrers(subject)
+    else:
+        descriptors = await proxied.get_referrers(target, subject)
     headers = {}
     artifact_type = request.query.get("artifactType")
     if artifact_type:

@@ -1,4 +1,4 @@
-"""The registry API of one upstream as pullcache needs it: manifests and blobs, read-only.
+"""The registry API of one upstream as pullcache needs it: manifests, blobs and referrers, read-only.
 
 It hands back bytes and sizes and knows nothing of where they are stored. What it guarantees:
 a manifest's bytes match the digest the upstream claims and the digest that was asked for, the
@@ -11,14 +11,14 @@ import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Mapping, NoReturn, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, NoReturn, Sequence
 
 import aiohttp
 from yarl import URL
 
 from ..config import UpstreamConfig
 from ..digests import Digest, DigestError
-from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES
+from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
 from .auth import Authorizer, pull_scope
 from .challenge import parse_challenges
 from .errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamUnauthorized,
@@ -142,6 +142,37 @@ class UpstreamClient:
             raise
         response.release()
 
+    async def get_referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
+        """Descriptors of the manifests whose subject is `digest`, from the referrers API.
+
+        An upstream without the API answers 404 (CNCF Distribution 2.8 does, before even asking for
+        credentials); then, as the spec tells clients, the list is the image index kept under the
+        referrers tag schema `<alg>-<hex>`, and no such tag, or one that is not an image index, means none.
+        """
+        subject = Digest.parse(digest)
+        url = self._url(repo, "referrers", digest)
+        try:
+            response = await self._exchange("GET", repo, url, {"Accept": OCI_INDEX})
+        except UpstreamNotFound:
+            return await self._referrers_by_tag(repo, subject)
+        what = f"GET {for_log(url)}"
+        try:
+            body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
+        finally:
+            response.release()
+        descriptors = _index_descriptors(body)
+        if descriptors is None:
+            raise UpstreamError(self.name, f"{what}: the answer is not an image index", response.status)
+        return descriptors
+
+    async def _referrers_by_tag(self, repo: str, subject: Digest) -> list[dict[str, Any]]:
+        tag = f"{subject.algorithm}-{subject.hex[:64]}"  # the spec limits <ref> to 64 characters
+        try:
+            index = await self.get_manifest(repo, tag, (OCI_INDEX,))
+        except UpstreamNotFound:
+            return []
+        return (_index_descriptors(index.body) or []) if index.media_type == OCI_INDEX else []
+
     # ------------------------------------------------------------------ HTTP exchange
 
     def _url(self, repo: str, kind: str, reference: str) -> URL:
@@ -263,6 +294,18 @@ def _body_media_type(body: bytes) -> str:
         return ""
     value = data.get("mediaType") if isinstance(data, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _index_descriptors(body: bytes) -> list[dict[str, Any]] | None:
+    """The descriptors listed by an image index; None if the body is not one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return None
+    return [entry for entry in entries if isinstance(entry, dict) and isinstance(entry.get("digest"), str)]
 
 
 def _error_detail(body: bytes) -> tuple[set[str], str]:
