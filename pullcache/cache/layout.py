@@ -5,11 +5,13 @@ an upload session's files by cache/uploads.py.
 
     blobs/<alg>/<hex[:2]>/<hex>                  content-addressed bytes (layers, configs, manifests)
     repositories/<name>/...                      local (pushed) repositories
-    proxied/<upstream>/<name>/...                repositories cached from an upstream
+    proxied/<upstream>/<name>/...                repositories cached from an upstream (tags and manifests;
+                                                 a cached blob serves every repository, so it has no link)
         _manifests/tags/<tag>                    file holding the tag's digest; mtime = last confirmed
         _manifests/revisions/<alg>/<hex>         file holding the manifest's media type
-        _layers/<alg>/<hex>                      empty link: the repository may serve this blob
+        _layers/<alg>/<hex>                      empty link: the (local) repository may serve this blob
         _referrers/<alg>/<hex>/<alg>-<hex>       descriptor JSON of a manifest whose subject is <alg>:<hex>
+                                                 (local repositories; an upstream's are asked of it)
     uploads/<uuid>/{data,info.json}              upload sessions
     tmp/                                         temp files before their rename (same filesystem)
     index.sqlite                                 derived index of blobs: size, origin, last access
