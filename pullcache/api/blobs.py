@@ -18,6 +18,7 @@ from aiohttp.abc import AbstractStreamWriter
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest
+from pullcache.api.sendfile import send_file
 from pullcache.api.targets import push_target, read_target
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
@@ -71,7 +72,7 @@ def digest_headers(digest: Digest) -> dict[str, str]:
 
 
 class BlobFileResponse(web.StreamResponse):
-    """A committed blob from disk: headers up front, body by sendfile (loop.sendfile falls back to
+    """A committed blob from disk: headers up front, body by sendfile on worker threads (api/sendfile.py;
     read/write in a thread for TLS), so a large layer costs the event loop nothing.
 
     Given a path, it opens the file itself when sending and answers BLOB_UNKNOWN if the file went in the
@@ -109,7 +110,7 @@ class BlobFileResponse(web.StreamResponse):
         writer = await super().prepare(request)
         assert writer is not None and request.transport is not None and self.content_length is not None
         count = self.content_length
-        await asyncio.get_running_loop().sendfile(request.transport, file, self._offset, count)
+        await send_file(request.transport, file, self._offset, count)
         # sendfile bypasses the payload writer: keep its byte counts (body_length) truthful.
         writer.buffer_size += count
         writer.output_size += count
