@@ -43,12 +43,11 @@ def _digest_dirs(root: Path) -> list[Digest]:
 
 
 class Repository:
-    """One repository's links. `cached` repositories live under proxied/<upstream>/<name>."""
+    """One repository's links (local ones under repositories/<name>, cached ones under proxied/<upstream>/<name>)."""
 
-    def __init__(self, path: Path, tmp_dir: Path, name: str, cached: bool) -> None:
+    def __init__(self, path: Path, tmp_dir: Path, name: str) -> None:
         self.path = path
         self.name = name
-        self.cached = cached
         self._tmp = tmp_dir
 
     # ------------------------------------------------------------------ paths

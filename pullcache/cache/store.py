@@ -44,7 +44,7 @@ class Store:
     # ------------------------------------------------------------------ repositories
     def repository(self, name: str, *, cached: bool = False) -> Repository:
         """A local repository, or with cached=True one cached from an upstream (name = '<upstream>/<repo>')."""
-        return Repository(self.layout.repository(name, cached), self.layout.tmp, name, cached)
+        return Repository(self.layout.repository(name, cached), self.layout.tmp, name)
 
     async def repository_names(self, *, cached: bool = False) -> list[str]:
         """Every repository name holding manifests or blobs, sorted (the _catalog)."""
