@@ -85,8 +85,8 @@ def notes(results: Results) -> str:
                    "(the machine is shared; on 2 cores anything above ~1 is other work competing).")
     ceiling = results.extra.get("loadgen_ceiling")
     if isinstance(ceiling, dict):
-        out.append("Load generator for blobs: `bench/blobget.py` (N threads in one process, 4 MiB "
-                   "recv_into, body dropped); for manifests: wrk -t1 -c16. Blob client ceiling against a "
+        out.append("Load generator for blobs: `bench/blobget.py` (N threads in one process; a body of "
+                   "known length is received with MSG_TRUNC, never copied to user space); for manifests: wrk -t1 -c16. Blob client ceiling against a "
                    "sendfile(2) server of a file as big as the cached layer (best of 3): " + "; ".join(
                        f"{client}: " + ", ".join(
                            f"{n} client{'s' if n != '1' else ''} {v['throughput']:.0f} MB/s "
