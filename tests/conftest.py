@@ -8,15 +8,16 @@ logs of the processes its factories started are attached to the report.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 # Shared assertion helpers of the API tests: rewrite their asserts before any test module imports them.
 pytest.register_assert_rewrite("tests.registry_api")
 
+from pullcache.cache.store import Store
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
@@ -32,6 +33,16 @@ def _attach_log(request: pytest.FixtureRequest, name: str, tail: Callable[[], st
     request.node.stash.setdefault(_LOGS, []).append((name, tail))
 
 
+Daemon = TypeVar("Daemon", Dockerd, Containerd)
+
+
+def _start_daemon(request: pytest.FixtureRequest, started: list[Daemon], name: str, daemon: Daemon) -> Daemon:
+    """Start `daemon`, remembered in `started` for the fixture to stop and with its log tail on failure."""
+    started.append(daemon)
+    _attach_log(request, name, lambda: daemon.process.log_tail(LOG_TAIL_LINES))
+    return daemon.start()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -39,6 +50,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for name, tail in item.stash.get(_LOGS, []):
             report.sections.append((f"log: {name}", tail()))
     return report
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An open `Store` on a fresh directory, closed when the test ends."""
+    store = Store(tmp_path / "data")
+    await store.open()
+    yield store
+    await store.close()
 
 
 @pytest.fixture(scope="session")
@@ -135,9 +155,7 @@ def dockerd_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Do
     ) -> Dockerd:
         daemon = Dockerd(mirrors=mirrors, insecure_registries=insecure_registries,
                          extra_config=extra_config)
-        started.append(daemon)
-        _attach_log(request, "dockerd", lambda: daemon.process.log_tail(LOG_TAIL_LINES))
-        return daemon.start()
+        return _start_daemon(request, started, "dockerd", daemon)
 
     yield factory
     for daemon in started:
@@ -151,10 +169,7 @@ def containerd_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...,
     started: list[Containerd] = []
 
     def factory(*, snapshotter: str = "overlayfs") -> Containerd:
-        daemon = Containerd(snapshotter=snapshotter)
-        started.append(daemon)
-        _attach_log(request, "containerd", lambda: daemon.process.log_tail(LOG_TAIL_LINES))
-        return daemon.start()
+        return _start_daemon(request, started, "containerd", Containerd(snapshotter=snapshotter))
 
     yield factory
     for daemon in started:

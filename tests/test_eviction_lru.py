@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
-import pytest
 
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED
@@ -14,14 +12,6 @@ from pullcache.digests import Digest
 from pullcache.eviction.lru import evict_to
 
 KIB = 1024
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    store = Store(tmp_path / "data")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def put(store: Store, seed: str, size: int, origin: str) -> Digest:

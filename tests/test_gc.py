@@ -25,14 +25,6 @@ GC = GCConfig(interval=3600, upload_ttl=86400)
 LATER = BLOB_GRACE + 60  # seconds after which an unreferenced pushed blob may go
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    store = Store(tmp_path / "data")
-    await store.open()
-    yield store
-    await store.close()
-
-
 def descriptor(digest: Digest, size: int, media_type: str) -> dict[str, object]:
     return {"mediaType": media_type, "digest": str(digest), "size": size}
 

@@ -234,10 +234,10 @@ def test_a_server_configured_for_json_writes_only_json_lines(
     assert routes[-5:] == ["healthz", "base", "other", "metrics", "status"]
 
 
-async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
-        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        access_lines: AccessLines) -> None:
-    """Four clients wait on one blob fetch that stalls; the cause is logged once, each client gets its line."""
+async def stalled_blob(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
+                       read_timeout: str) -> tuple[TestClient, str, bytes, Stall]:
+    """A pullcache whose upstream stalls a 512 KiB blob after 64 KiB (until `stall.release` is set):
+    its client, the blob's path, the blob and the stall."""
     data = os.urandom(512 * 1024)
     registry = await FakeRegistry().start(aiohttp_server)
     digest = registry.add_blob(data)
@@ -245,8 +245,15 @@ async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
     path = f"/v2/library/stalled/blobs/{digest}"
     registry.faults[path] = stall
     config = build_config({"storage": {"path": str(tmp_path / "data")}, "upstreams": [
-        {"name": "docker.io", "url": registry.url, "default": True, "read_timeout": "700ms"}]})
-    client = await aiohttp_client(build_app(config))
+        {"name": "docker.io", "url": registry.url, "default": True, "read_timeout": read_timeout}]})
+    return await aiohttp_client(build_app(config)), path, data, stall
+
+
+async def test_an_upstream_failure_is_logged_once_not_per_waiting_client(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        access_lines: AccessLines) -> None:
+    """Four clients wait on one blob fetch that stalls; the cause is logged once, each client gets its line."""
+    client, path, data, stall = await stalled_blob(aiohttp_client, aiohttp_server, tmp_path, read_timeout="700ms")
 
     async def pull() -> str:
         try:
@@ -277,15 +284,7 @@ async def test_a_transfer_cut_short_logs_the_bytes_it_sent_and_says_aborted(
         access_lines: AccessLines) -> None:
     """The upstream stalls mid-blob, so pullcache cuts the client's connection after the headers promised
     the whole blob: the line counts the bytes that went out, not that Content-Length, and says aborted."""
-    data = os.urandom(512 * 1024)
-    registry = await FakeRegistry().start(aiohttp_server)
-    digest = registry.add_blob(data)
-    stall = Stall(data, after=64 * 1024, headers={"Docker-Content-Digest": digest})
-    path = f"/v2/library/stalled/blobs/{digest}"
-    registry.faults[path] = stall
-    config = build_config({"storage": {"path": str(tmp_path / "data")}, "upstreams": [
-        {"name": "docker.io", "url": registry.url, "default": True, "read_timeout": "500ms"}]})
-    client = await aiohttp_client(build_app(config))
+    client, path, data, stall = await stalled_blob(aiohttp_client, aiohttp_server, tmp_path, read_timeout="500ms")
     caplog.set_level(logging.INFO, logger="pullcache.access")
     received = bytearray()
     try:

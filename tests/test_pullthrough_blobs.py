@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,6 @@ FIRST = 256 * 1024
 @pytest.fixture
 async def fake(aiohttp_server: Any) -> FakeRegistry:
     return await FakeRegistry().start(aiohttp_server)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "store")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -18,14 +18,6 @@ DATA = os.urandom(3 * 1024 * 1024 + 17)
 DIGEST = Digest.of(DATA)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "data")
-    await store.open()
-    yield store
-    await store.close()
-
-
 def temp_files(store: Store) -> list[str]:
     return os.listdir(store.layout.tmp)
 

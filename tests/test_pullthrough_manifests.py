@@ -363,14 +363,6 @@ class Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "data")
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def target(fake: FakeRegistry) -> AsyncIterator[Target]:
     client = UpstreamClient(UpstreamConfig(name=f"direct{os.urandom(4).hex()}", url=fake.url, manifest_ttl=300))
     await client.start()

@@ -7,8 +7,7 @@ recording the blob.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterable
 
 import pytest
 
@@ -19,14 +18,6 @@ from pullcache.eviction.lru import evict_to
 
 DATA = b'{"schemaVersion": 2, "layers": []} - bytes both pulled and pushed'
 DIGEST = Digest.of(DATA)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "data")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def one_chunk(data: bytes) -> AsyncIterable[bytes]:
