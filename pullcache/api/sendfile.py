@@ -12,9 +12,11 @@ import asyncio
 import os
 import select
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import BinaryIO
 
 STALL_WAIT_MS = 20
+MAX_BURST = 32 * 1024 * 1024  # bytes per burst: a cancelled transfer's last burst ends soon
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pullcache-sendfile")  # mostly in poll(2)
 
 
@@ -40,29 +42,39 @@ async def send_file(transport: asyncio.Transport, file: BinaryIO, offset: int, c
     """Like `loop.sendfile(transport, file, offset, count)`, with the copying done off the loop.
 
     Falls back to loop.sendfile for TLS (no kernel sendfile there) and while the transport still
-    buffers bytes (they must go first). A burst under way is never abandoned: its thread uses the
-    socket's fd, which must not be closed and reused underneath it.
+    buffers bytes (they must go first). The bursts use their own duplicates of the socket's and the
+    file's fds: when this is cancelled (shutdown, a cancelled handler) it returns at once, and the
+    transport and the caller close their fds, while a burst under way finishes on the duplicates,
+    never on a number that meanwhile names another connection or file. A burst is at most MAX_BURST.
     """
     loop = asyncio.get_running_loop()
     sock = transport.get_extra_info("socket")
     if sock is None or transport.get_extra_info("sslcontext") is not None or transport.get_write_buffer_size():
         await loop.sendfile(transport, file, offset, count)
         return
-    # Not reading while bursts run: a client's EOF would otherwise close the fd under a running burst
-    # (asyncio's own sendfile pauses reading for the same reason); a gone client shows up as EPIPE.
+    fds = (os.dup(sock.fileno()), os.dup(file.fileno()))
+    # Not reading while bursts run, as asyncio's own sendfile: a gone client shows up as EPIPE.
     was_reading = transport.is_reading()
     transport.pause_reading()
+    burst: asyncio.Future[int] | None = None
     try:
         end = offset + count
         while offset < end:
-            burst = loop.run_in_executor(_POOL, _burst, sock.fileno(), file.fileno(), offset, end - offset)
-            try:
-                offset += await asyncio.shield(burst)
-            except asyncio.CancelledError:
-                await asyncio.wait([burst])
-                if not burst.cancelled():
-                    burst.exception()  # the client is gone either way; do not log it as unretrieved
-                raise
+            burst = loop.run_in_executor(_POOL, _burst, *fds, offset, min(end - offset, MAX_BURST))
+            offset += await asyncio.shield(burst)
     finally:
+        if burst is None or burst.done():
+            _close_after(fds, burst)
+        else:
+            burst.add_done_callback(partial(_close_after, fds))
         if was_reading and not transport.is_closing():
             transport.resume_reading()
+
+
+def _close_after(fds: tuple[int, ...], burst: asyncio.Future[int] | None) -> None:
+    """Close a transfer's duplicate fds once its last burst is over; its outcome was either awaited or
+    belongs to a transfer that was cancelled (the client is gone either way), so it is not logged."""
+    if burst is not None and not burst.cancelled():
+        burst.exception()
+    for fd in fds:
+        os.close(fd)
