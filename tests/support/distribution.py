@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .procs import ManagedProcess, clean_env, free_port, http_status, retry_on_taken_port
+from .procs import ManagedProcess, OnLoopback, clean_env, free_port, http_status, retry_on_taken_port
 from .tokenserver import TokenServer
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -43,7 +43,7 @@ class ProxySettings:
     password: str | None = None
 
 
-class Distribution:
+class Distribution(OnLoopback):
     """A running Distribution; storage and config live in a temp dir removed by `stop()`."""
 
     def __init__(
@@ -68,15 +68,6 @@ class Distribution:
             env=clean_env(),
             name="docker-registry",
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`, the registry part of an image reference."""
-        return f"127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {

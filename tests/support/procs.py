@@ -44,6 +44,21 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
+class OnLoopback:
+    """The addresses of a server listening on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`, the registry part of an image reference."""
+        return f"127.0.0.1:{self.port}"
+
+
 class StartError(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .procs import ManagedProcess, free_port, http_status, retry_on_taken_port
+from .procs import ManagedProcess, OnLoopback, free_port, http_status, retry_on_taken_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def docker_hub_upstream(url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-class PullcacheProcess:
+class PullcacheProcess(OnLoopback):
     """One pullcache server on 127.0.0.1 with its config, data dir and log under `workdir`.
 
     The listen port is chosen once, so `restart()` comes back on the same URL.
@@ -85,15 +85,6 @@ class PullcacheProcess:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
         return env
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`, the registry part of an image reference."""
-        return f"127.0.0.1:{self.port}"
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
