@@ -5,11 +5,13 @@ expected, so that a wrong config stops start-up with something an operator can a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import yaml
 
@@ -196,14 +198,13 @@ def _string_list(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _fraction(value: Any, key: str) -> float:
+    """0.9 or '90%' -> 0.9; the error quotes the value as it was written."""
+    number = value
     if isinstance(value, str) and value.endswith("%"):
-        value = value[:-1]
-        try:
-            value = float(value) / 100
-        except ValueError:
-            pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
-        return float(value)
+        with contextlib.suppress(ValueError):
+            number = float(value[:-1]) / 100
+    if isinstance(number, (int, float)) and not isinstance(number, bool) and 0 < number <= 1:
+        return float(number)
     raise ConfigError(f"{key}: {value!r} is not a fraction (expected e.g. 0.9 or 90%)")
 
 
@@ -345,7 +346,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
         path = [p.lower() for p in env_key[len(ENV_PREFIX):].split("__")]
         value = _env_value(env_key, environ[env_key], path)
         node: Any = raw
-        for depth, part in enumerate(path[:-1]):
+        for part in path[:-1]:
             child_key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
             if isinstance(node, list):
                 if not isinstance(child_key, int) or child_key >= len(node):

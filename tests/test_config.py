@@ -162,3 +162,15 @@ def test_check_config_command_reports_ok_or_one_line(tmp_path: Path) -> None:
                             check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert failed.returncode == 2
     assert failed.stderr.strip().count("\n") == 0 and "gc.interval" in failed.stderr
+
+
+def test_low_water_accepts_a_fraction_or_a_percentage() -> None:
+    assert build_config({"storage": {"low_water": 0.75}}).storage.low_water == 0.75
+    assert build_config({"storage": {"low_water": "80%"}}).storage.low_water == 0.8
+
+
+@pytest.mark.parametrize("value", ["90x%", "0%", "150%", 0, 1.5, True])
+def test_a_low_water_that_is_no_fraction_is_refused_quoting_it_as_written(value: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_config({"storage": {"low_water": value}})
+    assert str(refused.value) == f"storage.low_water: {value!r} is not a fraction (expected e.g. 0.9 or 90%)"
