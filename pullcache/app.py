@@ -1,7 +1,7 @@
 """Builds the aiohttp Application: wires store, upstreams, resolver, pull-through, eviction and metrics."""
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 

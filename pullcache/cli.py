@@ -7,7 +7,7 @@ import ssl
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from pullcache.config import Config, ConfigError, load_config
 

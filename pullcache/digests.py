@@ -31,7 +31,7 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, text: str) -> "Digest":
+    def parse(cls, text: str) -> Digest:
         """Strictly parse `alg:hex`; unsupported algorithms and wrong lengths raise DigestError."""
         match = _DIGEST.match(text or "")
         if not match:
@@ -44,7 +44,7 @@ class Digest:
         return cls(algorithm, hexpart)
 
     @classmethod
-    def of(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
     def __str__(self) -> str:

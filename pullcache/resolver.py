@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from pullcache.config import Config, UpstreamConfig
 
@@ -41,7 +42,7 @@ class Target:
     """Where a request's repository lives."""
 
     name: str                           # the name as the client wrote it (for Location headers)
-    upstream: "UpstreamClient | None"   # None: a local repository
+    upstream: UpstreamClient | None   # None: a local repository
     repository: str                     # the local name, or the name at the upstream (library/ applied)
     # True when a bare name went upstream only because nothing local has that name yet: it may
     # still become a local repository by a push, so push-time existence checks stay local.
@@ -65,12 +66,12 @@ def upstream_repository(config: UpstreamConfig, name: str) -> str:
 
 
 class Resolver:
-    def __init__(self, config: Config, upstreams: "Upstreams", local_exists: Callable[[str], bool]) -> None:
+    def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool]) -> None:
         self._config = config
         self._upstreams = upstreams
         self._local_exists = local_exists
 
-    def _upstream_target(self, name: str, client: "UpstreamClient", remote: str) -> Target:
+    def _upstream_target(self, name: str, client: UpstreamClient, remote: str) -> Target:
         return Target(name, client, upstream_repository(client.config, remote))
 
     def resolve(self, name: str, ns: str | None = None) -> Target:

@@ -7,7 +7,7 @@ after a wasted 401; after a Basic challenge the credentials go along with every 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .challenge import Challenge
 from .errors import UpstreamUnauthorized

@@ -11,7 +11,8 @@ import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
 from yarl import URL

@@ -7,7 +7,7 @@ operator did not list.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..config import UpstreamConfig
 from .client import UpstreamClient

@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from cachetools import TLRUCache
 from yarl import URL

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDictProxy
