@@ -85,6 +85,8 @@ class AuthConfig:
 @dataclass(frozen=True)
 class LocalConfig:
     deny_push: tuple[str, ...] = ("library/*",)
+    allow_push: tuple[str, ...] = ()  # globs a push must match; empty: every name not denied
+    anonymous_push: bool = False  # true: pushes and deletes need no user (warned at start-up)
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ class UpstreamConfig:
     password_env: str | None = None
     aliases: tuple[str, ...] = ()
     token_hosts: tuple[str, ...] = ()  # hosts besides the upstream's own that may serve token realms
+    redirect_hosts: tuple[str, ...] = ()  # private-address hosts a blob redirect or token realm may name
     connect_timeout: float = 10.0
     read_timeout: float = 30.0  # a fetch that receives nothing for this long is a stall
+    request_timeout: float = 20.0  # total deadline of one exchange: token, manifest, HEAD, a blob's headers
     not_found_ttl: float = 30.0  # how long an upstream 404 is remembered
     max_connections: int = 64
 
@@ -242,7 +246,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
     "auth": (AuthConfig, {"htpasswd": _optional_string, "pull": _choice("anonymous", "authenticated"),
                           "realm": _string}),
-    "local": (LocalConfig, {"deny_push": _string_list}),
+    "local": (LocalConfig, {"deny_push": _string_list, "allow_push": _string_list, "anonymous_push": _bool}),
     "metrics": (MetricsConfig, {"enabled": _bool}),
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),
 }
@@ -250,8 +254,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
 _UPSTREAM_KEYS: dict[str, Checker] = {
     "name": _string, "url": _url, "default": _bool, "manifest_ttl": parse_duration,
     "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
-    "aliases": _string_list, "token_hosts": _string_list, "connect_timeout": parse_duration,
-    "read_timeout": parse_duration, "not_found_ttl": parse_duration, "max_connections": _positive_int,
+    "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
+    "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration, "not_found_ttl": parse_duration, "max_connections": _positive_int,
 }
 
 
