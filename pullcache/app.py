@@ -7,11 +7,12 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.api import middleware, observe, ops, v2
-from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE
+from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, SHADOW_WARNINGS, STORE
 from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.eviction.service import EvictionService
 from pullcache.pullthrough import PullThrough
+from pullcache.pullthrough.shadowing import ShadowWarnings
 from pullcache.resolver import Resolver
 from pullcache.upstream.pool import Upstreams
 
@@ -27,6 +28,7 @@ def build_app(config: Config) -> web.Application:
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
+    app[SHADOW_WARNINGS] = ShadowWarnings(app[RESOLVER])
     app[PULLTHROUGH] = PullThrough(store, config)
     app[EVICTION] = EvictionService(store, config)
     metrics.store_max_bytes.set(config.storage.max_size)
@@ -39,6 +41,7 @@ def build_app(config: Config) -> web.Application:
             yield
         finally:
             await app[EVICTION].stop()
+            await app[SHADOW_WARNINGS].close()
             await app[PULLTHROUGH].close()
             await upstreams.close()
             await app[EVICTION].mark_clean()

@@ -153,6 +153,16 @@ class Config:
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 
+    @property
+    def push_policy(self) -> str:
+        """Who may push and delete, in one line for the start-up log and the status page."""
+        if self.local.anonymous_push:
+            return "pushes: anyone, no login needed (local.anonymous_push: true)"
+        if self.auth.htpasswd:
+            return "pushes: users in auth.htpasswd"
+        return ("pushes: refused, no users are configured (set auth.htpasswd to a bcrypt htpasswd file, "
+                "or local.anonymous_push: true)")
+
 
 # ---------------------------------------------------------------- value checkers
 

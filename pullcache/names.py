@@ -48,3 +48,21 @@ def parse_reference(reference: str) -> str | Digest:
     if not TAG_PATTERN.match(reference):
         raise InvalidTag(reference)
     return reference
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` matches within one path component, `**` across any number of them (`team/**` is team/a, team/a/b)."""
+    parts = []
+    for piece in re.split(r"(\*\*/?|\*)", pattern):
+        if piece in ("**", "**/"):
+            parts.append(".*" if piece == "**" else "(?:.*/)?")
+        elif piece == "*":
+            parts.append("[^/]*")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
+
+
+def matches_glob(name: str, pattern: str) -> bool:
+    """Whether repository `name` matches a config glob (local.deny_push, local.allow_push)."""
+    return _glob_regex(pattern).fullmatch(name) is not None

@@ -2,19 +2,20 @@
 
 Rules (DESIGN.md "Routing"): containerd's `?ns=` names the upstream; else a first path component
 equal to an upstream's name; else a repository that exists locally; else the default upstream.
-Docker Hub's one-component names get `library/`. Pushes go only to local names that are not
-shadowing an upstream and do not match `local.deny_push`.
+Docker Hub's one-component names get `library/`. Pushes go only to local names that do not start
+with an upstream's name, do not match `local.deny_push` and, when `local.allow_push` is set, match it.
+A pushed bare name shadows the default upstream's image of that name for every mirror client.
 
 A refusal is one of this module's exceptions; api/targets.py says it in HTTP, `pullcache warm` in words.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 from collections.abc import Callable
 
 from pullcache.config import Config, UpstreamConfig
+from pullcache.names import matches_glob
 
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
@@ -30,7 +31,8 @@ class UnknownNamespace(LookupError):
 
 
 class PushDenied(PermissionError):
-    """A write to a name that is proxied from an upstream or matches local.deny_push; the message says which."""
+    """A write to a name that is proxied from an upstream, matches local.deny_push or misses local.allow_push;
+    the message says which."""
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
@@ -85,10 +87,10 @@ class Resolver:
         client = self._upstreams.by_name(first) if rest else None
         if client is not None:
             return self._upstream_target(name, client, rest)
-        default = self._upstreams.default
-        if default is None or self._local_exists(name):
+        shadowed = self.default_target(name)
+        if shadowed is None or self._local_exists(name):
             return Target(name, None, name)
-        return Target(name, default, upstream_repository(default.config, name), via_default=True)
+        return shadowed
 
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
         """The local target a push may write to, or PushDenied saying why not."""
@@ -99,7 +101,19 @@ class Resolver:
         # A one-component name is what Docker Hub calls library/<name>: `alpine` would shadow library/alpine.
         candidates = [name] if "/" in name else [name, f"library/{name}"]
         for pattern in self._config.local.deny_push:
-            if any(fnmatchcase(candidate, pattern) for candidate in candidates):
+            if any(matches_glob(candidate, pattern) for candidate in candidates):
                 raise PushDenied(name, f"pushing to {name!r} is denied by local.deny_push pattern {pattern!r} "
                                        "(it would shadow an upstream image)")
+        allowed = self._config.local.allow_push
+        if allowed and not any(matches_glob(name, pattern) for pattern in allowed):
+            raise PushDenied(name, f"pushing to {name!r} is not allowed: local.allow_push admits only "
+                                   f"{', '.join(allowed)}")
         return Target(name, None, name)
+
+    def default_target(self, name: str) -> Target | None:
+        """The default upstream's repository for a bare name: where it is pulled from while nothing local has
+        that name, and so the image a push of that name hides from every mirror client."""
+        default = self._upstreams.default
+        if default is None:
+            return None
+        return Target(name, default, upstream_repository(default.config, name), via_default=True)

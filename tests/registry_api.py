@@ -122,8 +122,9 @@ async def error_code(response: Any) -> str:
 
 @pytest.fixture
 def registry_config(tmp_path: Path) -> Config:
-    """A registry with no upstreams: every name is local."""
-    return build_config({"storage": {"path": str(tmp_path / "data")}})
+    """A registry with no upstreams: every name is local, and pushes are opted into without users
+    (`local.anonymous_push`; tests of push authentication override this fixture)."""
+    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
 
 
 @pytest.fixture

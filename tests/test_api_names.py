@@ -20,6 +20,7 @@ def registry_config(tmp_path: Path) -> Config:
     return build_config({
         "storage": {"path": str(tmp_path / "data")},
         "upstreams": [{"name": "docker.io", "url": "http://127.0.0.1:9", "default": False}],
+        "local": {"anonymous_push": True},
     })
 
 

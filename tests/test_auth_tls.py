@@ -207,9 +207,58 @@ async def test_expired_token_counts_for_nothing(registry: TestClient, monkeypatc
                                 headers={"Authorization": f"Bearer {token}"})).status == 401
 
 
-async def test_no_token_endpoint_without_htpasswd(aiohttp_client: Any, tmp_path: Path) -> None:
-    client = await client_for(aiohttp_client, build_config({"storage": {"path": str(tmp_path)}}))
-    assert (await client.get("/auth/token")).status == 404
+# ------------------------------------------------------------------ push: the default without users
+
+def no_users_config(tmp_path: Path, **local: Any) -> Config:
+    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": local})
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v2/team/app/blobs/uploads/"),
+    ("PUT", "/v2/team/app/manifests/v1"),
+    ("DELETE", "/v2/team/app/manifests/v1"),
+])
+async def test_without_users_writes_are_refused_saying_how_to_allow_them(
+        aiohttp_client: Any, tmp_path: Path, method: str, path: str) -> None:
+    client = await client_for(aiohttp_client, no_users_config(tmp_path))
+    response = await client.request(method, path, data=b"{}")
+    assert response.status == 401
+    body = await response.json()
+    assert body["errors"][0]["code"] == "UNAUTHORIZED"
+    assert "auth.htpasswd" in body["errors"][0]["message"]
+    assert "local.anonymous_push" in body["errors"][0]["message"]
+    assert (await client.get("/v2/team/app/tags/list")).status == 404
+
+
+async def test_without_users_pulls_stay_anonymous(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, no_users_config(tmp_path))
+    assert (await client.get("/v2/")).status == 200
+    assert (await client.get("/v2/team/app/tags/list")).status == 404
+
+
+async def test_without_users_the_token_endpoint_gives_docker_an_anonymous_token(
+        aiohttp_client: Any, tmp_path: Path) -> None:
+    """Docker fetches a token before it shows a refused push's reason: the realm must answer."""
+    client = await client_for(aiohttp_client, no_users_config(tmp_path))
+    anonymous = await client.get("/auth/token")
+    assert anonymous.status == 200
+    token = (await anonymous.json())["token"]
+    refused = await client.post("/v2/team/app/blobs/uploads/", headers={"Authorization": f"Bearer {token}"})
+    assert refused.status == 401
+    assert (await client.get("/auth/token", headers=basic("someone", "anything"))).status == 401
+
+
+async def test_anonymous_push_is_an_explicit_opt_in(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, no_users_config(tmp_path, anonymous_push=True))
+    await push_image(client, "team/app")
+    assert (await client.get("/v2/team/app/tags/list")).status == 200
+
+
+async def test_with_users_and_anonymous_push_a_push_needs_no_login(aiohttp_client: Any, tmp_path: Path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {USER: PASSWORD})
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd)},
+                           "local": {"anonymous_push": True}})
+    client = await client_for(aiohttp_client, config)
     assert (await client.post("/v2/team/app/blobs/uploads/")).status == 202
 
 
@@ -379,7 +428,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
     cert, key = self_signed(tmp_path)
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", "storage": {"path": str(tmp_path / "data")},
-              "tls": {"cert": str(cert), "key": str(key)}}
+              "tls": {"cert": str(cert), "key": str(key)}, "local": {"anonymous_push": True}}
     (tmp_path / "proxy.yml").write_text(yaml.safe_dump(config))
     process = ManagedProcess([sys.executable, "-m", "pullcache", "serve", "-c", str(tmp_path / "proxy.yml")],
                              log_path=tmp_path / "pullcache.log", cwd=REPO_ROOT,

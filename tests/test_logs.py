@@ -204,7 +204,8 @@ async def test_the_access_line_names_the_upstream_the_handler_used_though_a_push
     held = Held(registry, "/v2/team/app/manifests/v1")
     registry.faults[held.path] = held
     config = build_config({"storage": {"path": str(tmp_path / "data")},
-                           "upstreams": [{"name": "docker.io", "url": registry.url, "default": True}]})
+                           "upstreams": [{"name": "docker.io", "url": registry.url, "default": True}],
+                           "local": {"anonymous_push": True}})
     client = await aiohttp_client(build_app(config))
     configure_logging(LogConfig(level="info", format="json"))
     pulling = asyncio.ensure_future(client.get("/v2/team/app/manifests/v1"))  # bare name: the default upstream

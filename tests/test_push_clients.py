@@ -30,7 +30,7 @@ CREDS = f"{USER}:{PASSWORD}"
 @pytest.fixture
 def pullcache(pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> PullcacheProcess:
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {USER: PASSWORD})
-    return pullcache_factory({"auth": {"htpasswd": str(htpasswd)}})
+    return pullcache_factory({"auth": {"htpasswd": str(htpasswd)}, "local": {"anonymous_push": False}})
 
 
 def write_dir_layout(directory: Path, image: Image) -> Path:
@@ -111,6 +111,28 @@ def test_skopeo_push_without_credentials_is_refused(pullcache: PullcacheProcess,
                          check=False)
     assert result.returncode != 0
     assert b"unauthorized" in result.stderr.lower() or b"401" in result.stderr
+
+
+def test_the_default_config_refuses_a_skopeo_push_saying_how_to_allow_pushes(
+        pullcache_factory: Callable[..., PullcacheProcess], skopeo: Skopeo, tmp_path: Path) -> None:
+    server = pullcache_factory({"local": {"anonymous_push": False}})  # proxy.yml's default: no users
+    source = write_dir_layout(tmp_path / "source", build_image("internal/app", "v1", oci=True))
+    result = skopeo.copy(f"dir:{source}", f"docker://{server.host}/team/app:v1", all_platforms=True, check=False)
+    assert result.returncode != 0
+    assert b"auth.htpasswd" in result.stderr
+
+
+def test_docker_push_to_the_default_config_is_refused_saying_how_to_allow_pushes(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream,
+        dockerd_factory: Callable[..., Any]) -> None:
+    server = pullcache_factory({"local": {"anonymous_push": False}})
+    daemon = dockerd_factory()
+    source = f"{upstream.host}/library/single:v1"
+    daemon.docker("pull", source)
+    daemon.docker("tag", source, f"{server.host}/team/app:v1")
+    push = daemon.docker("push", f"{server.host}/team/app:v1", check=False)
+    assert push.returncode != 0
+    assert "auth.htpasswd" in push.stderr
 
 
 def test_dockerd_logs_in_pushes_and_pulls_back(pullcache: PullcacheProcess, upstream: Upstream,

@@ -138,3 +138,43 @@ def test_deny_push_patterns_come_from_the_config() -> None:
     with pytest.raises(PushDenied):
         routes.resolve_push("corp/base")
     assert routes.resolve_push("library/alpine").is_local  # the default pattern was replaced
+
+
+def test_allow_push_confines_pushes_to_its_globs() -> None:
+    routes = resolver(local={"allow_push": ["team/*", "internal/**"]})
+    assert routes.resolve_push("team/app").is_local
+    assert routes.resolve_push("internal/a/b/c").is_local
+    for name in ("myorg/oci-app", "team/a/b", "teamx/app"):
+        with pytest.raises(PushDenied, match="local.allow_push"):
+            routes.resolve_push(name)
+
+
+def test_allow_push_does_not_override_deny_push() -> None:
+    routes = resolver(local={"allow_push": ["**"], "deny_push": ["library/*"]})
+    with pytest.raises(PushDenied, match="local.deny_push"):
+        routes.resolve_push("library/alpine")
+
+
+@pytest.mark.parametrize("name, pattern, matches", [
+    ("team/app", "team/*", True),
+    ("team/a/b", "team/*", False),
+    ("team/a/b", "team/**", True),
+    ("team", "team/**", False),
+    ("x/team/app", "**/app", True),
+    ("app", "**/app", True),
+    ("team-a/app", "team-*/app", True),
+])
+def test_push_globs_take_star_as_one_component_and_double_star_as_any(name: str, pattern: str,
+                                                                      matches: bool) -> None:
+    routes = resolver(local={"allow_push": [pattern], "deny_push": []})
+    if matches:
+        assert routes.resolve_push(name).is_local
+    else:
+        with pytest.raises(PushDenied):
+            routes.resolve_push(name)
+
+
+def test_the_image_a_pushed_bare_name_hides_is_the_default_upstreams() -> None:
+    assert where(resolver().default_target("myorg/oci-app")) == ("docker.io", "myorg/oci-app")  # type: ignore[arg-type]
+    assert where(resolver().default_target("busybox")) == ("docker.io", "library/busybox")  # type: ignore[arg-type]
+    assert resolver(GHCR).default_target("myorg/oci-app") is None

@@ -9,12 +9,14 @@ from aiohttp import web
 from pullcache.api.status_page import PullCounts
 from pullcache.cache.store import Store
 from pullcache.config import Config
+from pullcache.pullthrough.shadowing import ShadowWarnings
 from pullcache.resolver import Resolver
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 RESOLVER = web.AppKey("resolver", Resolver)
 PULLTHROUGH = web.AppKey("pullthrough", Any)  # pullcache.pullthrough.PullThrough
+SHADOW_WARNINGS = web.AppKey("shadow_warnings", ShadowWarnings)
 PULL_COUNTS = web.AppKey("pull_counts", PullCounts)  # the status page's most pulled images (ops.setup)
 
 ROUTE = web.RequestKey("route", str)                # the endpoint that answered: a metric label, never a raw path

@@ -1,10 +1,12 @@
 """Who may do what: HTTP Basic against a bcrypt htpasswd file (`auth.htpasswd`, as `htpasswd -B` writes it).
 
-Rules, once htpasswd is set:
-- pushes and deletes (every method but GET/HEAD, and every upload request) need a known user;
-- pulls need one only with `auth.pull: authenticated`; otherwise credentials on pulls are not even
+Rules:
+- pushes and deletes (every method but GET/HEAD, and every upload request) need a known user, unless the
+  operator opted into `local.anonymous_push`. With no users configured they are refused with a 401 that
+  says how to allow them: open by default, anyone on the network could replace what mirror clients pull;
+- pulls need a user only with `auth.pull: authenticated`; otherwise credentials on pulls are not even
   checked (skopeo answers a Basic challenge with empty credentials when it has none);
-- `/v2/` always asks, so that `docker login` really checks the password;
+- once htpasswd is set, `/v2/` always asks, so that `docker login` really checks the password;
 - the status page and /metrics count as pulls (they show what is pulled); the probes never ask.
 
 A 401 carries `WWW-Authenticate: Basic realm="<auth.realm>"` and a second challenge,
@@ -55,6 +57,9 @@ TOKEN_PATH = "/auth/token"
 SERVICE = "pullcache"
 DOCKER_ENGINE_AGENT = "docker/"  # dockerd's User-Agent: "docker/20.10.24 go/go1.19 ... UpstreamClient(...)"
 ANONYMOUS = ""
+PUSH_NEEDS_USERS = ("pushes and deletes need an authenticated user and none is configured: set auth.htpasswd "
+                    "to a bcrypt htpasswd file (htpasswd -B), or local.anonymous_push: true to accept "
+                    "anonymous pushes")
 _BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullcache-bcrypt")
 
 
@@ -135,27 +140,27 @@ def _credentials(header: str | None) -> tuple[str, str] | str | None:
 class Authenticator:
     """Decides, per request, whether credentials are needed and whether the ones given are right."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, *, anonymous_push: bool = False) -> None:
         if config.pull == "authenticated" and not config.htpasswd:
             raise ConfigError("auth.pull: 'authenticated' needs auth.htpasswd to be set (expected a bcrypt "
                               "htpasswd file)")
         self._users = load_htpasswd(config.htpasswd) if config.htpasswd else None
         self._pull_needs_login = config.pull == "authenticated"
+        self._anonymous_push = anonymous_push
         self._realm = config.realm
         self._tokens = Tokens()
         self._accepted: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
         self._refused: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, REFUSED_CACHE_SECONDS)
 
-    @property
-    def enabled(self) -> bool:
+    def _required(self, access: Access) -> bool:
+        if access is Access.PUSH:
+            return not self._anonymous_push
+        if access is Access.PULL:
+            return self._pull_needs_login
         return self._users is not None
 
-    def _required(self, access: Access) -> bool:
-        return self._users is not None and (access is not Access.PULL or self._pull_needs_login)
-
     async def _password_ok(self, user: str, password: str) -> bool:
-        assert self._users is not None
-        hashed = self._users.get(user)
+        hashed = self._users.get(user) if self._users is not None else None
         if hashed is None:
             return False
         key = (user, hashlib.sha256(hashed + b"\0" + password.encode()).digest())
@@ -198,6 +203,8 @@ class Authenticator:
         if user:
             request[USER] = user
             return
+        if self._users is None:  # only pushes get here: no user could ever be right
+            raise self._unauthorized(request, PUSH_NEEDS_USERS, access)
         present = request.headers.get("Authorization")
         raise self._unauthorized(request, "invalid username, password or token" if present
                                  else "authentication required", access)

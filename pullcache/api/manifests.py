@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from pullcache.api import proxied
-from pullcache.api.appkeys import SERVED_FROM, STORE
+from pullcache.api.appkeys import SERVED_FROM, SHADOW_WARNINGS, STORE
 from pullcache.api.blobs import digest_headers
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest, check_reference
@@ -243,6 +243,8 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     await store.put_small(data, origin=PUSHED, algorithm=algorithm)
     await repo.link_manifest(digest, parsed.media_type)
     if not isinstance(ref, Digest):
+        if not await repo.tags():
+            request.app[SHADOW_WARNINGS].first_tag_pushed(target.name, ref)
         await repo.set_tag(ref, digest)
     headers = {"Location": f"/v2/{target.name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
     if parsed.subject is not None:

@@ -158,6 +158,7 @@ class Figures:
     upstreams: list[UpstreamFigures]
     health_window: float
     top_images: list[tuple[str, int]]
+    push_policy: str
 
     @property
     def cache_requests(self) -> float:
@@ -191,6 +192,7 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
         upstreams=upstreams,
         health_window=window,
         top_images=pulls.top(TOP_IMAGES),
+        push_policy=config.push_policy,
     )
 
 
@@ -372,7 +374,8 @@ def render_page(f: Figures) -> str:
     facts = (f'<div class="facts"><span>upstream fetches in flight <b>{human_count(f.inflight_fetches)}</b></span>'
              f'<span>evicted <b>{human_count(f.evictions)}</b> blobs, <b>{human_bytes(f.evicted_bytes)}</b></span>'
              f'<span>GC runs <b>{human_count(f.gc_runs)}</b>, reclaimed <b>{human_bytes(f.gc_reclaimed_bytes)}</b></span>'
-             f'<span>HTTP requests answered <b>{human_count(f.http_requests)}</b></span></div>')
+             f'<span>HTTP requests answered <b>{human_count(f.http_requests)}</b></span>'
+             f'<span id="pushes">{escape(f.push_policy)}</span></div>')
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

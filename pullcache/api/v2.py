@@ -47,9 +47,10 @@ async def _announce_api_version(request: web.Request, response: web.StreamRespon
 
 def setup(app: web.Application) -> None:
     """Register the API; a bad htpasswd file raises ConfigError here, before anything is served."""
-    authenticator = Authenticator(app[CONFIG].auth)
+    config = app[CONFIG]
+    authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push)
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
-    if authenticator.enabled:
-        app.router.add_get(TOKEN_PATH, authenticator.token)
+    # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
+    app.router.add_get(TOKEN_PATH, authenticator.token)
     routes.setup(app, HANDLERS, base, catalog, authenticator.authorize)

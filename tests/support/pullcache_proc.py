@@ -66,6 +66,9 @@ class PullcacheProcess(OnLoopback):
             "listen": f"127.0.0.1:{self.port}",
             "storage": {"path": str(self.data_dir)},
             "log": {"level": "debug", "format": "text"},
+            # Most tests push without users: they opt in as an operator would. Tests of the
+            # default (pushes need a user) set anonymous_push: false.
+            "local": {"anonymous_push": True},
         }
         self.config = deep_merge(base, config or {})
         self._started_once = False
