@@ -9,11 +9,13 @@ import tempfile
 from pathlib import Path
 from collections.abc import Sequence
 
+from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pullcache", description="Pull-through caching proxy for OCI registries")
+    parser.add_argument("--version", action="version", version=f"pullcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -2,6 +2,8 @@
 path it cannot write) with one line naming the key, in check-config and in serve alike."""
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,19 @@ def test_serve_stops_on_a_storage_path_that_cannot_be_created_with_one_line(tmp_
     (tmp_path / "a-file").write_text("where the storage directory's parent should be\n")
     config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'a-file' / 'data'}}}\n")
     assert_one_config_error_line(run_cli("serve", "-c", str(config)), "storage.path")
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"pullcache {importlib.metadata.version('pullcache')}"
+
+
+def test_readme_commands_run_the_virtualenv_pullcache() -> None:
+    """`make run` installs into .venv without activating it: a bare `pullcache` is not on PATH."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    commands = [line.strip() for block in blocks for line in block.splitlines()
+                if re.match(r"\s*(\S*/)?pullcache\s", line)]
+    assert commands, "the README shows no pullcache command"
+    assert all(command.startswith(".venv/bin/pullcache ") for command in commands), commands
