@@ -368,6 +368,41 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`at line 3, column 5: mapping values are not allowed here`: where the file went wrong, 1-based."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else f"({problem})"
+
+
+def _error_key(exc: ConfigError) -> str:
+    """The key an error names: every message starts with `key: `."""
+    return str(exc).split(": ", 1)[0]
+
+
+def _dotted(env_key: str) -> str:
+    """PULLCACHE_UPSTREAMS__0__URL -> upstreams[0].url, the key as errors name it."""
+    first, *rest = env_key[len(ENV_PREFIX):].lower().split("__")
+    return first + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in rest)
+
+
+def _within(key: str, outer: str) -> bool:
+    return key == outer or key.startswith((f"{outer}.", f"{outer}["))
+
+
+def _blame_overrides(exc: ConfigError, environ: Mapping[str, str]) -> ConfigError:
+    """The error, led by the PULLCACHE_* variables that set its key, a key inside it or a section around it:
+    a value the file does not hold must not send the operator looking for it there."""
+    key = _error_key(exc)
+    culprits = [env_key for env_key in sorted(environ) if env_key.startswith(ENV_PREFIX)
+                and (_within(_dotted(env_key), key) or _within(key, _dotted(env_key)))]
+    if not culprits:
+        return exc
+    shown = [f"{name} (value hidden)" if name.endswith("__PASSWORD") else f"{name}={environ[name]}"
+             for name in culprits]
+    return ConfigError(f"{', '.join(shown)}: {exc}")
+
+
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read proxy.yml (or only defaults when path is None), apply env overrides, validate."""
     raw: Any = {}
@@ -379,8 +414,12 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise ConfigError(f"config file {str(path)!r}: not valid YAML {_yaml_problem(exc)}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r}: {raw!r} is not a mapping of sections")
-    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
-    return build_config(raw)
+    environ = os.environ if environ is None else environ
+    raw = apply_env_overrides(raw, environ)
+    try:
+        return build_config(raw)
+    except ConfigError as exc:
+        raise _blame_overrides(exc, environ) from exc
