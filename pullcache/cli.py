@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config
+from pullcache.startup import ListenError, announce, bind
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,8 +75,9 @@ def _serve(config: Config) -> int:
     _check_storage(config)
     ssl_context = _ssl_context(config)
     app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
-    web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context,
-                access_log=None, print=None, handle_signals=True)
+    sockets = bind(config.host, config.port)
+    announce(app, config, sockets)
+    web.run_app(app, sock=sockets, ssl_context=ssl_context, access_log=None, print=None, handle_signals=True)
     return 0
 
 
@@ -115,4 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:  # whichever command and step finds it: one line naming the key, no traceback
         print(f"pullcache: config error: {exc}", file=sys.stderr)
         code = 2
+    except ListenError as exc:  # the port is taken, or the host is not an address of this machine
+        print(f"pullcache: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)

@@ -6,6 +6,7 @@ expected, so that a wrong config stops start-up with something an operator can a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -147,11 +148,12 @@ class Config:
 
     @property
     def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0] or "0.0.0.0"
+        """The address to bind, without an IPv6 address's brackets; every IPv4 address when none is given."""
+        return split_listen(self.listen)[0] or "0.0.0.0"
 
     @property
     def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+        return split_listen(self.listen)[1]
 
 
 # ---------------------------------------------------------------- value checkers
@@ -218,12 +220,30 @@ def _positive_int(value: Any, key: str) -> int:
     raise ConfigError(f"{key}: {value!r} is not a positive integer")
 
 
+_LISTEN = re.compile(r"^(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[ipv6]:port` -> (host without brackets, port); ValueError for anything else."""
+    match = _LISTEN.match(text)
+    if not match or int(match["port"]) > 65535:
+        raise ValueError(text)
+    if match["ipv6"] is not None:
+        ipaddress.IPv6Address(match["ipv6"])  # brackets hold an IPv6 address, nothing else
+        return match["ipv6"], int(match["port"])
+    return match["host"], int(match["port"])
+
+
 @_text
 def _listen(value: Any, key: str) -> str:
     text = _string(value, key)
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: {value!r} is not host:port (expected e.g. 0.0.0.0:5000)")
+    try:
+        host, _ = split_listen(text)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not host:port (expected e.g. 0.0.0.0:5000 or [::]:5000)") from None
+    if ":" in host and not text.startswith("["):
+        raise ConfigError(f"{key}: {value!r} is an IPv6 address without brackets "
+                          "(expected e.g. [::1]:5000, or [::]:5000 for every address)")
     return text
 
 

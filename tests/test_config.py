@@ -218,3 +218,25 @@ def test_an_error_in_the_file_names_no_unrelated_variable(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={"PULLCACHE_STORAGE__PATH": "/srv/cache"})
     assert str(caught.value).startswith("storage.max_size: 'lots'")
+
+
+@pytest.mark.parametrize(("listen", "host", "port"), [("[::1]:5000", "::1", 5000), ("[::]:5001", "::", 5001),
+                                                      ("0.0.0.0:5002", "0.0.0.0", 5002), (":5003", "0.0.0.0", 5003),
+                                                      ("localhost:5004", "localhost", 5004)])
+def test_listen_gives_the_host_without_brackets_and_the_port(listen: str, host: str, port: int) -> None:
+    config = build_config({"listen": listen})
+    assert (config.host, config.port) == (host, port)
+
+
+@pytest.mark.parametrize("listen", ["::1:5000", "::5000", "fe80::1:5000"])
+def test_an_ipv6_listen_address_without_brackets_is_refused_in_one_line(listen: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"listen": listen})
+    assert str(caught.value) == (f"listen: {listen!r} is an IPv6 address without brackets "
+                                 "(expected e.g. [::1]:5000, or [::]:5000 for every address)")
+
+
+@pytest.mark.parametrize("listen", ["[::1:5000", "[nonsense]:5000", "[::1]5000", "[127.0.0.1]:5000"])
+def test_a_bracketed_listen_address_must_be_ipv6(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"^listen: .* is not host:port"):
+        build_config({"listen": listen})
