@@ -110,12 +110,30 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_warm_command(config, args.images, platform=args.platform))
 
 
+class UsageError(Exception):
+    """An argument the command cannot use; the message is the one line to print."""
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot check, before any config or storage is opened."""
+    if args.command == "warm" and args.platform is not None:
+        from pullcache.warm import WarmError, check_platform
+        try:
+            check_platform(args.platform)
+        except WarmError as exc:
+            raise UsageError(str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
+        _check_arguments(args)
         code = _run(args)
     except ConfigError as exc:  # whichever command and step finds it: one line naming the key, no traceback
         print(f"pullcache: config error: {exc}", file=sys.stderr)
+        code = 2
+    except UsageError as exc:  # e.g. warm --platform linux
+        print(f"pullcache: {exc}", file=sys.stderr)
         code = 2
     except ListenError as exc:  # the port is taken, or the host is not an address of this machine
         print(f"pullcache: {exc}", file=sys.stderr)

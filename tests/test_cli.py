@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import bcrypt
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +110,13 @@ def test_readme_commands_run_the_virtualenv_pullcache() -> None:
                 if re.match(r"\s*(\S*/)?pullcache\s", line)]
     assert commands, "the README shows no pullcache command"
     assert all(command.startswith(".venv/bin/pullcache ") for command in commands), commands
+
+
+@pytest.mark.parametrize("platform", ["linux", "linux/", "/amd64", "linux/amd64/v8/extra", "Linux/AMD64", "linux amd64"])
+def test_warm_refuses_a_platform_that_is_not_os_arch_variant_in_one_line(tmp_path: Path, platform: str) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n")
+    result = run_cli("warm", "-c", str(config), "--platform", platform, "alpine:3.20")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"pullcache: --platform {platform!r} is not os/arch[/variant] "
+                                     "(expected e.g. linux/amd64 or linux/arm64/v8)")
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
