@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config
-from pullcache.startup import ListenError, announce, bind
+from pullcache.startup import ListenError, announce, bind, push_policy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +94,7 @@ def _check_config(config: Config, path: str) -> int:
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")
+    print(f"  {push_policy(config)}")
     return 0
 
 

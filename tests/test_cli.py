@@ -120,3 +120,10 @@ def test_warm_refuses_a_platform_that_is_not_os_arch_variant_in_one_line(tmp_pat
     assert result.stderr.strip() == (f"pullcache: --platform {platform!r} is not os/arch[/variant] "
                                      "(expected e.g. linux/amd64 or linux/arm64/v8)")
     assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_check_config_says_who_may_push(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\nlocal: {{anonymous_push: true}}\n")
+    result = run_cli("check-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "  pushes allowed for anyone (local.anonymous_push: true)\n" in result.stdout
