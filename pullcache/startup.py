@@ -2,7 +2,8 @@
 
 The sockets are bound here, before aiohttp starts, so that a port already taken or a host that does
 not resolve is one line naming the address instead of a traceback. `[::]` binds one dual-stack
-socket (IPV6_V6ONLY off), which accepts IPv4 clients too: what IPv6 and dual-stack clusters need.
+socket (IPV6_V6ONLY off), which accepts IPv4 clients too: what IPv6 and dual-stack clusters need
+(a kernel that cannot turn IPV6_V6ONLY off gets a second socket on 0.0.0.0 instead).
 """
 from __future__ import annotations
 
@@ -39,29 +40,30 @@ def _reason(exc: OSError) -> str:
     return os.strerror(exc.errno).lower()
 
 
-def _bind_one(host: str, port: int, family: socket.AddressFamily, dual_stack: bool = False) -> socket.socket:
-    return socket.create_server((host, port), family=family, backlog=BACKLOG, dualstack_ipv6=dual_stack)
+def _addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
+    """What to bind for `host`: `::` is every address of both families, a name every address it resolves to."""
+    if host == "::":
+        if socket.has_dualstack_ipv6():
+            return [(socket.AF_INET6, "::")]
+        return [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]  # a kernel without IPV6_V6ONLY=0
+    resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list(dict.fromkeys((info[0], str(info[4][0])) for info in resolved))  # each address once
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for `host:port`: one per address a host name resolves to, all on one port."""
+    """Listening sockets for `host:port`, all on one port."""
     sockets: list[socket.socket] = []
     try:
-        if host == "::":
-            return [_bind_one(host, port, socket.AF_INET6, dual_stack=socket.has_dualstack_ipv6())]
-        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, ip in dict.fromkeys((info[0], str(info[4][0])) for info in resolved):  # once each
-            # Port 0 picks a port once: every address of the name then listens on that one.
-            sockets.append(_bind_one(ip, port or _chosen_port(sockets), family))
+        for family, ip in _addresses(host, port):
+            # Port 0 picks a port once: every other address then listens on that one.
+            chosen = port or (int(sockets[0].getsockname()[1]) if sockets else 0)
+            sockets.append(socket.create_server((ip, chosen), family=family, backlog=BACKLOG,
+                                                dualstack_ipv6=ip == "::" and socket.has_dualstack_ipv6()))
     except OSError as exc:
         for sock in sockets:
             sock.close()
         raise ListenError(f"cannot listen on {address(host, port)}: {_reason(exc)}") from exc
     return sockets
-
-
-def _chosen_port(sockets: list[socket.socket]) -> int:
-    return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
 def push_policy(config: Config) -> str:

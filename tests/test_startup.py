@@ -106,3 +106,20 @@ def test_anonymous_push_is_announced_with_a_warning(pullcache_factory: Callable[
     assert (f"local.anonymous_push is true: anyone who can reach 127.0.0.1:{server.port} may push and delete "
             "images, and a pushed bare name (such as team/app) hides the default upstream's image of that name"
             ) in warning
+
+
+def test_without_dual_stack_sockets_every_address_also_binds_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without IPV6_V6ONLY=0 still gets IPv4 clients on [::]: a second socket on 0.0.0.0."""
+    from pullcache.startup import bind
+
+    monkeypatch.setattr(socket, "has_dualstack_ipv6", lambda: False)
+    sockets = bind("::", 0)
+    try:
+        assert [(sock.family, sock.getsockname()[0]) for sock in sockets] == [
+            (socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+        (port,) = {sock.getsockname()[1] for sock in sockets}
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        for sock in sockets:
+            sock.close()
