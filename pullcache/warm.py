@@ -78,11 +78,10 @@ def parse_image(text: str) -> tuple[str, str | Digest]:
 _PLATFORM = re.compile(r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$")
 
 
-def check_platform(text: str) -> str:
+def check_platform(text: str) -> None:
     """`--platform` as an index entry's platform can match it: lower-case os/arch[/variant]."""
     if not _PLATFORM.match(text):
         raise WarmError(f"--platform {text!r} is not os/arch[/variant] (expected e.g. linux/amd64 or linux/arm64/v8)")
-    return text
 
 
 def names_a_registry(component: str) -> bool:
