@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Debian 12 machine (as root):
 #   make run    virtualenv + install, then serve proxy.yml on :5000 with data in ./data
 #   make test   the Debian packages the tests drive + test dependencies, then every test
+# The command line is then .venv/bin/pullcache (make venv installs it without serving).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

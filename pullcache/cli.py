@@ -9,11 +9,14 @@ import tempfile
 from pathlib import Path
 from collections.abc import Sequence
 
+from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config
+from pullcache.startup import ListenError, announce, bind, push_policy
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pullcache", description="Pull-through caching proxy for OCI registries")
+    parser.add_argument("--version", action="version", version=f"pullcache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -72,8 +75,9 @@ def _serve(config: Config) -> int:
     _check_storage(config)
     ssl_context = _ssl_context(config)
     app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
-    web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context,
-                access_log=None, print=None, handle_signals=True)
+    sockets = bind(config.host, config.port)
+    announce(app, config, sockets)
+    web.run_app(app, sock=sockets, ssl_context=ssl_context, access_log=None, print=None, handle_signals=True)
     return 0
 
 
@@ -90,6 +94,7 @@ def _check_config(config: Config, path: str) -> int:
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")
+    print(f"  {push_policy(config)}")
     return 0
 
 
@@ -106,11 +111,32 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_warm_command(config, args.images, platform=args.platform))
 
 
+class UsageError(Exception):
+    """An argument the command cannot use; the message is the one line to print."""
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot check, before any config or storage is opened."""
+    if args.command == "warm" and args.platform is not None:
+        from pullcache.warm import WarmError, check_platform
+        try:
+            check_platform(args.platform)
+        except WarmError as exc:
+            raise UsageError(str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
+        _check_arguments(args)
         code = _run(args)
     except ConfigError as exc:  # whichever command and step finds it: one line naming the key, no traceback
         print(f"pullcache: config error: {exc}", file=sys.stderr)
         code = 2
+    except UsageError as exc:  # e.g. warm --platform linux
+        print(f"pullcache: {exc}", file=sys.stderr)
+        code = 2
+    except ListenError as exc:  # the port is taken, or the host is not an address of this machine
+        print(f"pullcache: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)

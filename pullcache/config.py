@@ -6,6 +6,7 @@ expected, so that a wrong config stops start-up with something an operator can a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -147,21 +148,12 @@ class Config:
 
     @property
     def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0] or "0.0.0.0"
+        """The address to bind, without an IPv6 address's brackets; every IPv4 address when none is given."""
+        return split_listen(self.listen)[0] or "0.0.0.0"
 
     @property
     def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
-
-    @property
-    def push_policy(self) -> str:
-        """Who may push and delete, in one line for the start-up log and the status page."""
-        if self.local.anonymous_push:
-            return "pushes: anyone, no login needed (local.anonymous_push: true)"
-        if self.auth.htpasswd:
-            return "pushes: users in auth.htpasswd"
-        return ("pushes: refused, no users are configured (set auth.htpasswd to a bcrypt htpasswd file, "
-                "or local.anonymous_push: true)")
+        return split_listen(self.listen)[1]
 
 
 # ---------------------------------------------------------------- value checkers
@@ -228,12 +220,30 @@ def _positive_int(value: Any, key: str) -> int:
     raise ConfigError(f"{key}: {value!r} is not a positive integer")
 
 
+_LISTEN = re.compile(r"^(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[ipv6]:port` -> (host without brackets, port); ValueError for anything else."""
+    match = _LISTEN.match(text)
+    if not match or int(match["port"]) > 65535:
+        raise ValueError(text)
+    if match["ipv6"] is not None:
+        ipaddress.IPv6Address(match["ipv6"])  # brackets hold an IPv6 address, nothing else
+        return match["ipv6"], int(match["port"])
+    return match["host"], int(match["port"])
+
+
 @_text
 def _listen(value: Any, key: str) -> str:
     text = _string(value, key)
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: {value!r} is not host:port (expected e.g. 0.0.0.0:5000)")
+    try:
+        host, _ = split_listen(text)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not host:port (expected e.g. 0.0.0.0:5000 or [::]:5000)") from None
+    if ":" in host and not text.startswith("["):
+        raise ConfigError(f"{key}: {value!r} is an IPv6 address without brackets "
+                          "(expected e.g. [::1]:5000, or [::]:5000 for every address)")
     return text
 
 
@@ -378,6 +388,41 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`at line 3, column 5: mapping values are not allowed here`: where the file went wrong, 1-based."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else f"({problem})"
+
+
+def _error_key(exc: ConfigError) -> str:
+    """The key an error names: every message starts with `key: `."""
+    return str(exc).split(": ", 1)[0]
+
+
+def _dotted(env_key: str) -> str:
+    """PULLCACHE_UPSTREAMS__0__URL -> upstreams[0].url, the key as errors name it."""
+    first, *rest = env_key[len(ENV_PREFIX):].lower().split("__")
+    return first + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in rest)
+
+
+def _within(key: str, outer: str) -> bool:
+    return key == outer or key.startswith((f"{outer}.", f"{outer}["))
+
+
+def _blame_overrides(exc: ConfigError, environ: Mapping[str, str]) -> ConfigError:
+    """The error, led by the PULLCACHE_* variables that set its key, a key inside it or a section around it:
+    a value the file does not hold must not send the operator looking for it there."""
+    key = _error_key(exc)
+    culprits = [env_key for env_key in sorted(environ) if env_key.startswith(ENV_PREFIX)
+                and (_within(_dotted(env_key), key) or _within(key, _dotted(env_key)))]
+    if not culprits:
+        return exc
+    shown = [f"{name} (value hidden)" if name.endswith("__PASSWORD") else f"{name}={environ[name]}"
+             for name in culprits]
+    return ConfigError(f"{', '.join(shown)}: {exc}")
+
+
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read proxy.yml (or only defaults when path is None), apply env overrides, validate."""
     raw: Any = {}
@@ -389,8 +434,12 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise ConfigError(f"config file {str(path)!r}: not valid YAML {_yaml_problem(exc)}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r}: {raw!r} is not a mapping of sections")
-    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
-    return build_config(raw)
+    environ = os.environ if environ is None else environ
+    raw = apply_env_overrides(raw, environ)
+    try:
+        return build_config(raw)
+    except ConfigError as exc:
+        raise _blame_overrides(exc, environ) from exc

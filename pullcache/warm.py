@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -74,6 +75,20 @@ def parse_image(text: str) -> tuple[str, str | Digest]:
         raise WarmError(f"not an image reference: {exc}") from exc
 
 
+_PLATFORM = re.compile(r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$")
+
+
+def check_platform(text: str) -> None:
+    """`--platform` as an index entry's platform can match it: lower-case os/arch[/variant]."""
+    if not _PLATFORM.match(text):
+        raise WarmError(f"--platform {text!r} is not os/arch[/variant] (expected e.g. linux/amd64 or linux/arm64/v8)")
+
+
+def names_a_registry(component: str) -> bool:
+    """A first name component that is a host, as Docker reads it: a dot, a port, or localhost."""
+    return "." in component or ":" in component or component == "localhost"
+
+
 def platform_matches(wanted: str, platform: dict[str, Any] | None) -> bool:
     """`os/arch[/variant]` against an index entry's platform; a variant counts only when asked for."""
     if not platform:
@@ -85,11 +100,13 @@ def platform_matches(wanted: str, platform: dict[str, Any] | None) -> bool:
 
 
 class ProgressBar:
-    """One `\\r`-redrawn line per image on stderr: name, bar, percentage and MiB."""
+    """One line per image on stderr: name, bar, percentage and MiB. On a terminal it is redrawn in place
+    (`\\r`) as bytes arrive; elsewhere (CI logs, files) it is written once, when the image is done."""
 
     def __init__(self, label: str, out: TextIO) -> None:
         self.label = label
         self.out = out
+        self.live = out.isatty()
         self.total = 0
         self.done = 0
         self.readers: set[FillReader] = set()
@@ -102,7 +119,8 @@ class ProgressBar:
         current = min(self.current, self.total)
         share = current / self.total if self.total else 1.0
         filled = int(share * BAR_WIDTH)
-        self.out.write(f"\r{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} "
+        redraw = "\r" if self.live else ""
+        self.out.write(f"{redraw}{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} "
                        f"{current / MiB:.1f}/{self.total / MiB:.1f} MiB" + ("\n" if final else ""))
         self.out.flush()
 
@@ -119,13 +137,20 @@ class Manifest:
 
 
 class Warmer:
-    def __init__(self, pullthrough: PullThrough, resolver: Resolver, platform: str | None, out: TextIO) -> None:
+    def __init__(self, pullthrough: PullThrough, resolver: Resolver, upstream_names: Sequence[str],
+                 platform: str | None, out: TextIO) -> None:
         self.pullthrough = pullthrough
         self.resolver = resolver
+        self.upstream_names = upstream_names
         self.platform = platform
         self.out = out
 
     async def warm(self, image: str) -> Tally:
+        registry, slash, _ = image.partition("/")
+        if slash and names_a_registry(registry) and registry not in self.upstream_names:
+            # The resolver would send it to the default upstream as a repository named `registry.k8s.io/...`.
+            raise WarmError(f"no upstream named {registry!r} is configured "
+                            f"(configured: {', '.join(self.upstream_names) or 'none'})")
         name, reference = parse_image(image)
         target = self.resolver.resolve(name)  # without ?ns= every name resolves
         if target.is_local:
@@ -193,7 +218,7 @@ class Warmer:
                     tally.fetched_bytes += size
                 bar.done += size
 
-        redraw = asyncio.ensure_future(bar.redraw_until_cancelled())
+        redraw = asyncio.ensure_future(bar.redraw_until_cancelled()) if bar.live else None
         try:
             results = await asyncio.gather(*(one(digest, size) for digest, size in blobs.items()),
                                            return_exceptions=True)
@@ -201,7 +226,8 @@ class Warmer:
             if failures:
                 raise failures[0]  # the others were still worth caching
         finally:
-            redraw.cancel()
+            if redraw is not None:
+                redraw.cancel()
             bar.draw(final=True)
 
 
@@ -215,7 +241,7 @@ async def run_warm_command(config: Config, images: Sequence[str], platform: str 
     await upstreams.start()
     pullthrough = PullThrough(store, config)
     warmer = Warmer(pullthrough, Resolver(config, upstreams, lambda name: store.repository(name).exists()),
-                    platform, progress)
+                    [upstream.name for upstream in config.upstreams], platform, progress)
     total = Tally()
     failed = 0
     started = time.monotonic()

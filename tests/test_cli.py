@@ -2,11 +2,14 @@
 path it cannot write) with one line naming the key, in check-config and in serve alike."""
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import bcrypt
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +94,36 @@ def test_serve_stops_on_a_storage_path_that_cannot_be_created_with_one_line(tmp_
     (tmp_path / "a-file").write_text("where the storage directory's parent should be\n")
     config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'a-file' / 'data'}}}\n")
     assert_one_config_error_line(run_cli("serve", "-c", str(config)), "storage.path")
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"pullcache {importlib.metadata.version('pullcache')}"
+
+
+def test_readme_commands_run_the_virtualenv_pullcache() -> None:
+    """`make run` installs into .venv without activating it: a bare `pullcache` is not on PATH."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    commands = [line.strip() for block in blocks for line in block.splitlines()
+                if re.match(r"\s*(\S*/)?pullcache\s", line)]
+    assert commands, "the README shows no pullcache command"
+    assert all(command.startswith(".venv/bin/pullcache ") for command in commands), commands
+
+
+@pytest.mark.parametrize("platform", ["linux", "linux/", "/amd64", "linux/amd64/v8/extra", "Linux/AMD64", "linux amd64"])
+def test_warm_refuses_a_platform_that_is_not_os_arch_variant_in_one_line(tmp_path: Path, platform: str) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n")
+    result = run_cli("warm", "-c", str(config), "--platform", platform, "alpine:3.20")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"pullcache: --platform {platform!r} is not os/arch[/variant] "
+                                     "(expected e.g. linux/amd64 or linux/arm64/v8)")
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_check_config_says_who_may_push(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\nlocal: {{anonymous_push: true}}\n")
+    result = run_cli("check-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "  pushes allowed for anyone (local.anonymous_push: true)\n" in result.stdout

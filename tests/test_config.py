@@ -174,3 +174,69 @@ def test_a_low_water_that_is_no_fraction_is_refused_quoting_it_as_written(value:
     with pytest.raises(ConfigError) as refused:
         build_config({"storage": {"low_water": value}})
     assert str(refused.value) == f"storage.low_water: {value!r} is not a fraction (expected e.g. 0.9 or 90%)"
+
+
+def test_invalid_yaml_names_the_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: 127.0.0.1:5000\nstorage:\n  path: x: y\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value) == (f"config file {str(path)!r}: not valid YAML at line 3, column 10: "
+                                 "mapping values are not allowed here")
+
+
+def test_an_override_value_that_a_key_refuses_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"PULLCACHE_STORAGE__MAX_SIZE": "abc"})
+    assert str(caught.value) == ("PULLCACHE_STORAGE__MAX_SIZE=abc: storage.max_size: 'abc' is not a size "
+                                 "(expected e.g. 512MiB, 50GiB, 1TB)")
+
+
+def test_an_override_of_an_unknown_key_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"PULLCACHE_STORAGE__COLOUR": "blue"})
+    assert str(caught.value).startswith("PULLCACHE_STORAGE__COLOUR=blue: storage.colour: unknown key")
+
+
+def test_an_override_that_breaks_a_rule_across_keys_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"PULLCACHE_TLS__CERT": "/c.pem", "PULLCACHE_STORAGE__PATH": "/srv/cache"})
+    assert str(caught.value).startswith("PULLCACHE_TLS__CERT=/c.pem: tls: ")
+
+
+def test_an_override_error_names_a_password_variable_without_its_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstreams:\n  - {name: a, url: http://a}\n  - {name: b, url: http://b}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"PULLCACHE_UPSTREAMS__1__NAME": "a", "PULLCACHE_UPSTREAMS__0__PASSWORD": "hunter2"})
+    message = str(caught.value)
+    assert message.startswith("PULLCACHE_UPSTREAMS__0__PASSWORD (value hidden), PULLCACHE_UPSTREAMS__1__NAME=a: "
+                              "upstreams: name 'a' is used twice"), message
+    assert "hunter2" not in message
+
+
+def test_an_error_in_the_file_names_no_unrelated_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage: {max_size: lots}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"PULLCACHE_STORAGE__PATH": "/srv/cache"})
+    assert str(caught.value).startswith("storage.max_size: 'lots'")
+
+
+@pytest.mark.parametrize(("listen", "host", "port"), [("[::1]:5000", "::1", 5000), ("[::]:5001", "::", 5001),
+                                                      ("0.0.0.0:5002", "0.0.0.0", 5002), (":5003", "0.0.0.0", 5003),
+                                                      ("localhost:5004", "localhost", 5004)])
+def test_listen_gives_the_host_without_brackets_and_the_port(listen: str, host: str, port: int) -> None:
+    config = build_config({"listen": listen})
+    assert (config.host, config.port) == (host, port)
+
+
+@pytest.mark.parametrize("listen", ["::1:5000", "::5000", "fe80::1:5000"])
+def test_an_ipv6_listen_address_without_brackets_is_refused_in_one_line(listen: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"listen": listen})
+    assert str(caught.value) == (f"listen: {listen!r} is an IPv6 address without brackets "
+                                 "(expected e.g. [::1]:5000, or [::]:5000 for every address)")
+
+
+@pytest.mark.parametrize("listen", ["[::1:5000", "[nonsense]:5000", "[::1]5000", "[127.0.0.1]:5000"])
+def test_a_bracketed_listen_address_must_be_ipv6(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"^listen: .* is not host:port"):
+        build_config({"listen": listen})

@@ -736,3 +736,26 @@ def test_readme_documents_every_piece():
     for piece in ("docker build -f deploy/Dockerfile", "docker-compose.yml", "kubectl apply -k deploy/k8s",
                   "pullcache.service", "daemon.json", "hosts.toml", "registries.conf", "alerts.yml"):
         assert piece in readme, piece
+
+
+def _readme_client_row(client: str) -> str:
+    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {client} |")]
+    return row
+
+
+@pytest.mark.parametrize("client", ["Docker", "containerd", "podman / skopeo / CRI-O", "push"])
+def test_readme_client_rows_name_the_mirror_address_of_deploy_clients(client):
+    addresses = set(re.findall(r"[\w.-]+:5000", _readme_client_row(client)))
+    assert addresses == {_mirror_hostport()}
+
+
+def test_readme_podman_row_is_the_recipe_of_registries_conf():
+    row = _readme_client_row("podman / skopeo / CRI-O")
+    config = tomllib.loads((CLIENTS / "podman" / "registries.conf").read_text())
+    mirrors = {registry["prefix"]: registry["mirror"][0] for registry in config["registry"]}
+    shown = re.findall(r'\[\[registry\]\] prefix = "([^"]+)".*?\[\[registry\.mirror\]\] location = "([^"]+)"', row)
+    assert shown, row
+    for prefix, location in shown:
+        assert location == mirrors[prefix]["location"]
+    assert ("insecure = true" in row) == all(mirror.get("insecure") for mirror in mirrors.values())
+    assert all(f"`{prefix}`" in row or f'"{prefix}"' in row for prefix in mirrors), row

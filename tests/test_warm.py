@@ -51,8 +51,16 @@ def cached_blobs(config: Config) -> set[str]:
     return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*")}
 
 
-async def warm(config: Config, *images: str, platform: str | None = None) -> tuple[int, str, str]:
-    out, progress = io.StringIO(), io.StringIO()
+class Terminal(io.StringIO):
+    """A progress stream that says it is a terminal, as stderr does in an interactive shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def warm(config: Config, *images: str, platform: str | None = None,
+               terminal: bool = False) -> tuple[int, str, str]:
+    out, progress = io.StringIO(), Terminal() if terminal else io.StringIO()
     code = await run_warm_command(config, list(images), platform, out=out, progress=progress)
     return code, out.getvalue(), progress.getvalue()
 
@@ -70,7 +78,7 @@ def manifest_digests(image: Image, *platforms: str) -> set[str]:
 async def test_warm_fills_every_platform_of_an_index(fake: FakeRegistry, config: Config) -> None:
     image = build_image("library/alpine", "3.20", platforms=(AMD64, ARM64), layer_sizes=(300 * 1024, 70 * 1024))
     add_image(fake, image)
-    code, out, progress = await warm(config, "alpine:3.20")
+    code, out, progress = await warm(config, "alpine:3.20", terminal=True)
     assert code == 0
     assert cached_blobs(config) == blob_digests(image) | manifest_digests(image)
     assert f"alpine:3.20: fetched {len(blob_digests(image))} blobs" in out
@@ -142,6 +150,29 @@ async def test_a_full_disk_fails_that_image_and_the_others_still_warm(
     assert blob_digests(fine) <= cached_blobs(config)
 
 
+async def test_off_a_terminal_progress_is_one_line_per_image(fake: FakeRegistry, config: Config) -> None:
+    add_image(fake, build_image("library/alpine", "3.20", platforms=(AMD64,), layer_sizes=(300 * 1024,)))
+    add_image(fake, build_image("team/app", "v1", platforms=(AMD64,)))
+    code, _, progress = await warm(config, "alpine:3.20", "team/app:v1")
+    assert code == 0
+    assert "\r" not in progress
+    lines = progress.splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["alpine:3.20", "team/app:v1"]
+    assert all(" 100% " in line and line.endswith(" MiB") for line in lines), lines
+
+
+@pytest.mark.parametrize(("image", "registry"), [("registry.k8s.io/pause:3.9", "registry.k8s.io"),
+                                                 ("localhost/team/app:v1", "localhost"),
+                                                 ("127.0.0.1:5000/team/app", "127.0.0.1:5000")])
+async def test_an_image_of_a_registry_that_is_no_upstream_is_refused_without_asking_any(
+        fake: FakeRegistry, config: Config, image: str, registry: str) -> None:
+    code, out, _ = await warm(config, image)
+    assert code == 1
+    assert out.splitlines()[0] == (f"{image}: failed: no upstream named {registry!r} is configured "
+                                   "(configured: docker.io)")
+    assert not fake.seen
+
+
 def test_image_references_parse_like_docker_does() -> None:
     assert parse_image("alpine") == ("alpine", "latest")
     assert parse_image("alpine:3.20") == ("alpine", "3.20")
@@ -181,7 +212,7 @@ def test_the_cli_warms_while_a_server_runs_and_the_server_then_serves_hits(
     assert result.returncode == 0, result.stdout + result.stderr
     wanted = busybox.platforms[ARM64]
     assert f"busybox:1.36: fetched {1 + len(wanted.layers)} blobs" in result.stdout
-    assert f"busybox:1.36 [{'#' * 30}] 100%" in result.stderr  # the bar (text mode shows its \r as \n)
+    assert f"busybox:1.36 [{'#' * 30}] 100%" in result.stderr  # the bar: one line per image off a terminal
     manifest = json.loads(fetch(f"{server.url}/v2/library/busybox/manifests/{wanted.manifest.digest}"))
     for descriptor in [manifest["config"], *manifest["layers"]]:
         assert len(fetch(f"{server.url}/v2/busybox/blobs/{descriptor['digest']}")) == descriptor["size"]

@@ -19,6 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from pullcache import __version__, metrics
 from pullcache.config import Config
+from pullcache.startup import push_policy
 
 STARTED = time.time()
 TOP_IMAGES = 10
@@ -192,7 +193,7 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
         upstreams=upstreams,
         health_window=window,
         top_images=pulls.top(TOP_IMAGES),
-        push_policy=config.push_policy,
+        push_policy=push_policy(config),
     )
 
 
