@@ -82,7 +82,7 @@ def startup_line(server: PullcacheProcess) -> str:
 
 def test_startup_says_where_it_listens_what_it_uses_and_that_pushes_are_refused(
         pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
-    server = pullcache_factory()
+    server = pullcache_factory({"local": {"anonymous_push": False}})  # proxy.yml's default
     line = startup_line(server)
     assert re.search(r" INFO pullcache\.startup: pullcache \S+ listening on ", line), line
     assert f"listening on http://127.0.0.1:{server.port}; " in line
@@ -95,7 +95,8 @@ def test_startup_says_where_it_listens_what_it_uses_and_that_pushes_are_refused(
 def test_startup_says_pushes_are_allowed_for_htpasswd_users(
         pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> None:
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "secret"})
-    server = pullcache_factory({"auth": {"htpasswd": str(htpasswd)}, "local": {"allow_push": ["team/*"]}})
+    server = pullcache_factory({"auth": {"htpasswd": str(htpasswd)},
+                                "local": {"allow_push": ["team/*"], "anonymous_push": False}})
     assert startup_line(server).endswith("; pushes allowed for the users in auth.htpasswd, to team/*")
 
 
