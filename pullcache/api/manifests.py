@@ -1,12 +1,13 @@
 """Manifest endpoints of local repositories: GET/HEAD with content negotiation, PUT with validation, DELETE.
 
 Content negotiation is api/negotiation.py's, the same for upstream repositories (api/proxied.py).
-Schema1 manifests are neither converted to nor accepted.
+What a manifest must be is pullcache/manifest_check.py's, the same for upstream manifests; a push is
+refused with 400 MANIFEST_INVALID before anything is written. Schema1 manifests are neither converted
+to nor accepted.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,32 +18,17 @@ from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.blobs import digest_headers
 from pullcache.api.errors import RegistryError
-from pullcache.api.names import check_digest, check_reference
+from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
-from pullcache.mediatypes import (
-    IMAGE_TYPES,
-    INDEX_TYPES,
-    MAX_MANIFEST_BYTES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    OCTET_STREAM,
-    SCHEMA1_TYPES,
-)
+from pullcache.manifest_check import ManifestInvalid, ParsedManifest, check_manifest
+from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
 
 _PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed and hashed off the event loop
-_GENERIC_CONTENT_TYPES = frozenset({OCTET_STREAM, "application/json"})
-
-
-def _media_type_only(content_type: str | None) -> str | None:
-    """A Content-Type without its parameters; None when absent."""
-    if content_type is None:
-        return None
-    return content_type.split(";", 1)[0].strip().lower() or None
 
 
 # ---------------------------------------------------------------------- reading
@@ -109,72 +95,15 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(parts)
 
 
-def _descriptor_digest(descriptor: Any, field: str) -> Digest:
-    """The digest of a well-formed descriptor, or MANIFEST_INVALID naming the field."""
-    if not isinstance(descriptor, dict):
-        raise _invalid(f"{field} is not a descriptor object")
-    size = descriptor.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{field} has no valid size", detail={"field": field})
-    if not isinstance(descriptor.get("mediaType"), str):
-        raise _invalid(f"{field} has no mediaType", detail={"field": field})
-    return check_digest(str(descriptor.get("digest")), "MANIFEST_INVALID")
-
-
-@dataclass(frozen=True)
-class ParsedManifest:
-    document: dict[str, Any]
-    media_type: str
-    blobs: list[Digest]        # config and layers: must be blobs of the repository
-    manifests: list[Digest]    # index entries: must be manifests of the repository
-    subject: Digest | None
-
-
 def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
-    """Validate a pushed manifest's JSON, agree on its media type and list what it references."""
+    """A pushed manifest checked (pullcache/manifest_check.py) and of a type pushes may store."""
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"manifest is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise _invalid("manifest is not a JSON object")
-    if document.get("schemaVersion") == 1:
+        parsed = check_manifest(data, content_type)
+    except ManifestInvalid as exc:
+        raise _invalid(exc.message, exc.detail) from exc
+    if parsed.media_type in SCHEMA1_TYPES or parsed.document.get("schemaVersion") == 1:
         raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
-    declared = document.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
-        raise _invalid("manifest mediaType is not a string")
-    header = _media_type_only(content_type)
-    header = None if header in _GENERIC_CONTENT_TYPES else header
-    if header and declared and header != declared:
-        raise _invalid(f"Content-Type {header!r} differs from the manifest's mediaType {declared!r}",
-                       detail={"contentType": header, "mediaType": declared})
-    media_type = header or declared or (OCI_INDEX if "manifests" in document else
-                                        OCI_MANIFEST if "config" in document else None)
-    if media_type is None:
-        raise _invalid("manifest has no media type: set Content-Type or mediaType")
-    if media_type in SCHEMA1_TYPES:
-        raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
-    if media_type in IMAGE_TYPES and not ("config" in document and isinstance(document.get("layers"), list)):
-        raise _invalid(f"a {media_type} needs a config descriptor and a layers list")
-    if media_type in INDEX_TYPES and not isinstance(document.get("manifests"), list):
-        raise _invalid(f"a {media_type} needs a manifests list")
-
-    blobs: list[Digest] = []
-    if "config" in document:
-        blobs.append(_descriptor_digest(document["config"], "config"))
-    layers = document.get("layers") or []
-    if not isinstance(layers, list):
-        raise _invalid("layers is not a list")
-    for i, layer in enumerate(layers):
-        digest = _descriptor_digest(layer, f"layers[{i}]")
-        if not layer.get("urls"):  # foreign layers live elsewhere and are never pushed
-            blobs.append(digest)
-    entries = document.get("manifests") or []
-    if not isinstance(entries, list):
-        raise _invalid("manifests is not a list")
-    manifests = [_descriptor_digest(entry, f"manifests[{i}]") for i, entry in enumerate(entries)]
-    subject = _descriptor_digest(document["subject"], "subject") if "subject" in document else None
-    return ParsedManifest(document, media_type, blobs, manifests, subject)
+    return parsed
 
 
 def _parse_and_hash(data: bytes, content_type: str | None, algorithm: str) -> tuple[ParsedManifest, Digest]:
