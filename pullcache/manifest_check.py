@@ -29,6 +29,7 @@ from pullcache.digests import Digest, DigestError
 from pullcache.mediatypes import IMAGE_TYPES, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST, OCTET_STREAM, is_media_type
 
 MAX_DEPTH = 100
+CHECK_INLINE_BYTES = 64 * 1024  # callers check bigger manifests (up to 4 MiB of JSON) off the event loop
 MAX_SIZE = 2 ** 63 - 1  # what an int64 holds, as every registry and client in Go reads sizes
 GENERIC_CONTENT_TYPES = frozenset({OCTET_STREAM, "application/json"})  # say nothing of the manifest's type
 

@@ -25,11 +25,8 @@ from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
-from pullcache.manifest_check import ManifestInvalid, ParsedManifest, check_manifest
+from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, ParsedManifest, check_manifest
 from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
-
-_PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed and hashed off the event loop
-
 
 # ---------------------------------------------------------------------- reading
 
@@ -177,7 +174,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     data = await _read_body(request)
     content_type = request.headers.get("Content-Type")
     algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
-    if len(data) > _PARSE_IN_THREAD:  # up to 4 MiB of JSON and its hash: one thread hop for both
+    if len(data) > CHECK_INLINE_BYTES:  # up to 4 MiB of JSON and its hash: one thread hop for both
         parsed, digest = await asyncio.to_thread(_parse_and_hash, data, content_type, algorithm)
     else:
         parsed, digest = _parse_and_hash(data, content_type, algorithm)
