@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pullcache.config import Config, build_config
+from pullcache.mediatypes import is_media_type
 from tests.registry_api import (
     DOCKER_CONFIG,
     DOCKER_LIST,
@@ -117,7 +118,19 @@ async def test_invalid_artifact_type_is_refused(pushed: TestClient, registry_con
     await assert_refused(pushed, registry_config, good_manifest(artifactType=artifact_type))
 
 
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_LIST, EMPTY_JSON, "text/plain", "application/vnd.in-toto+json",
+                                        "application/vnd.cncf.helm.config.v1+json", "application/x.a!b#c$d&e^f_g-h"])
+def test_media_types_clients_use_are_valid(media_type: str) -> None:
+    assert is_media_type(media_type)
+
+
 # ------------------------------------------------------------------ structure
+
+async def test_json_extensions_nan_and_infinity_are_not_json(pushed: TestClient, registry_config: Config) -> None:
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        body = manifest_bytes(good_manifest())[:-1] + b', "extension": ' + constant + b"}"
+        assert "not JSON" in await assert_refused(pushed, registry_config, body)
+
 
 @pytest.mark.parametrize("version", [None, "2", 3, 2.5, True])
 async def test_schema_version_must_be_2(pushed: TestClient, registry_config: Config, version: Any) -> None:
