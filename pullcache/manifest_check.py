@@ -52,7 +52,7 @@ class ParsedManifest:
     subject: Digest | None
 
 
-def media_type_of(content_type: str | None) -> str | None:
+def _media_type_of(content_type: str | None) -> str | None:
     """A Content-Type header without its parameters, lowercased; None when absent or empty."""
     if content_type is None:
         return None
@@ -129,7 +129,7 @@ def _media_type(document: dict[str, Any], content_type: str | None) -> str:
     declared = document.get("mediaType")
     if declared is not None:
         _check_media_type(declared, "mediaType")
-    header = media_type_of(content_type)
+    header = _media_type_of(content_type)
     if header is not None and header not in GENERIC_CONTENT_TYPES:
         if not is_media_type(header):
             _fail(f"Content-Type {header[:300]!r} is not a media type (expected type/subtype as in RFC 6838)")
