@@ -3,10 +3,12 @@ errors (each leaves the store unchanged), deletion by digest and by tag."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 
-from pullcache.config import Config
+from pullcache.config import Config, build_config
 from tests.registry_api import (
     DOCKER_CONFIG,
     DOCKER_LIST,
@@ -26,6 +28,12 @@ from tests.registry_api import (
 )
 
 pytest_plugins = ["tests.registry_api"]
+
+
+@pytest.fixture
+def registry_config(tmp_path: Path) -> Config:
+    """Every name is local and anyone may push: these tests are about manifests, not who pushes them."""
+    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
 
 CONFIG = b'{"architecture":"amd64","os":"linux"}'
 LAYER = b"layer bytes" * 50
@@ -196,10 +204,41 @@ async def test_malformed_digest_reference_is_400_with_a_spec_code(registry: Test
     assert await error_code(response) == "DIGEST_INVALID"
 
 
-async def test_reference_outside_the_tag_grammar_is_400(registry: TestClient) -> None:
-    for bad in ("-leading-dash", ".dot", "x" * 129):
-        response = await registry.get(f"/v2/team/app/manifests/{bad}")
-        assert response.status == 400, bad
+NOT_A_TAG = ("-leading-dash", ".INVALID_MANIFEST_NAME", "x" * 129)
+
+
+async def test_get_and_head_of_a_reference_outside_the_tag_grammar_are_manifest_unknown(registry: TestClient) -> None:
+    """No manifest can have such a name: 404 MANIFEST_UNKNOWN, as the conformance suite expects and zot answers."""
+    await push_image(registry, "team/app")
+    for bad in NOT_A_TAG:
+        for method in ("GET", "HEAD"):
+            response = await registry.request(method, f"/v2/team/app/manifests/{bad}")
+            assert response.status == 404, (method, bad)
+        assert await error_code(await registry.get(f"/v2/team/app/manifests/{bad}")) == "MANIFEST_UNKNOWN"
+
+
+async def test_put_to_a_reference_outside_the_tag_grammar_is_tag_invalid(registry: TestClient,
+                                                                         registry_config: Config) -> None:
+    manifest = await push_parts(registry)
+    for bad in NOT_A_TAG:
+        await assert_rejected(registry, registry_config, manifest, "TAG_INVALID", reference=bad)
+
+
+async def test_delete_of_a_reference_outside_the_tag_grammar_is_manifest_unknown(registry: TestClient,
+                                                                                 registry_config: Config) -> None:
+    await push_image(registry, "team/app")
+    before = store_snapshot(registry_config)
+    for bad in NOT_A_TAG:
+        response = await registry.delete(f"/v2/team/app/manifests/{bad}")
+        assert response.status == 404, bad
+        assert await error_code(response) == "MANIFEST_UNKNOWN"
+    assert store_snapshot(registry_config) == before
+
+
+async def test_delete_of_a_malformed_digest_is_400_digest_invalid(registry: TestClient) -> None:
+    response = await registry.delete("/v2/team/app/manifests/sha256:totallywrong")
+    assert response.status == 400
+    assert await error_code(response) == "DIGEST_INVALID"
 
 
 # ------------------------------------------------------------------ validation

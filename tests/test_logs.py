@@ -200,7 +200,8 @@ async def test_the_access_line_names_the_upstream_the_handler_used_though_a_push
         aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         access_lines: AccessLines) -> None:
     registry = await FakeRegistry().start(aiohttp_server)
-    registry.add_manifest("team/app", "v1", b'{"schemaVersion": 2, "config": {}, "layers": []}')
+    registry.add_manifest("team/app", "v1", b'{"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.'
+                          b'image.config.v1+json", "digest": "sha256:' + b"0" * 64 + b'", "size": 2}, "layers": []}')
     held = Held(registry, "/v2/team/app/manifests/v1")
     registry.faults[held.path] = held
     config = build_config({"storage": {"path": str(tmp_path / "data")},

@@ -37,8 +37,10 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def manifest(marker: str, media_type: str = OCI_MANIFEST) -> bytes:
-    """A manifest whose bytes (odd spacing and key order included) must survive unchanged."""
-    return (f'{{"schemaVersion":2,  "mediaType": "{media_type}", "config": {{"digest": "{marker}"}},'
+    """A manifest (of a config blob holding `marker`) whose bytes, odd spacing and key order included,
+    must survive unchanged."""
+    config = f'"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "{sha256(marker.encode())}"'
+    return (f'{{"schemaVersion":2,  "mediaType": "{media_type}", "config": {{{config}, "size": {len(marker)}}},'
             f'"layers":[]}}\n').encode()
 
 

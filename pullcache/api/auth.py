@@ -22,6 +22,15 @@ bcrypt is slow by design, so checks run one at a time on a thread of their own (
 serves the store's disk I/O, which must not wait behind logins), a successful check is remembered for
 a while and a failed one briefly (a client retrying a wrong password costs one check), keyed by a hash
 of the password, never the password itself.
+
+Bad input is a 401, never a 500, and never tells users apart:
+- bcrypt reads only the first 72 bytes of a password; `htpasswd -B` truncates longer ones when it
+  writes them, and so does the check here (bcrypt 5 would refuse them);
+- credentials that are not Basic base64 of UTF-8 `user:password`, or a token that is not ours, count
+  as wrong credentials; at /auth/token they are refused, not answered with an anonymous token;
+- a user not in the file is checked against a dummy hash of the cost most entries use and remembered
+  as refused like a wrong password, so neither the first nor a repeated attempt is faster for an
+  unknown user than for a known one.
 """
 from __future__ import annotations
 
@@ -31,8 +40,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
@@ -46,7 +57,9 @@ from pullcache.api.appkeys import ROUTE, USER
 from pullcache.api.errors import RegistryError
 from pullcache.config import AuthConfig, ConfigError
 
-BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
+BCRYPT_ENTRY = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")  # $2y$<cost>$<22 salt + 31 hash>
+BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads; htpasswd -B truncates longer passwords to these
+DEFAULT_COST = 12
 CHECK_CACHE_SECONDS = 300.0
 # A refusal never changes (the file is read once), but anyone can send endless wrong passwords: they are
 # remembered briefly, apart from the accepted ones, which they therefore cannot push out.
@@ -83,11 +96,19 @@ def load_htpasswd(path: str) -> dict[str, bytes]:
         user, sep, hashed = line.partition(":")
         if not sep or not user or not hashed:
             raise ConfigError(f"auth.htpasswd: {path!r} line {number} is not user:hash")
-        if not hashed.startswith(BCRYPT_PREFIXES):
-            raise ConfigError(f"auth.htpasswd: {path!r} line {number}: user {user!r} has a non-bcrypt hash "
+        if not BCRYPT_ENTRY.fullmatch(hashed):
+            raise ConfigError(f"auth.htpasswd: {path!r} line {number}: user {user!r} has no valid bcrypt hash "
                               "(expected entries written by htpasswd -B)")
         users[user] = hashed.encode()
     return users
+
+
+def dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A bcrypt hash no password matches, of the cost most entries use (the highest of equally common
+    ones): checking an unknown user against it takes as long as checking a known one."""
+    costs = Counter(int(hashed[4:6]) for hashed in users.values())  # $2y$<cost>$..., as BCRYPT_ENTRY checked
+    cost = max(costs, key=lambda c: (costs[c], c)) if costs else DEFAULT_COST
+    return bcrypt.gensalt(cost) + b"." * 31  # a random salt, then an all-zero hash no password realistically gives
 
 
 def _b64(data: bytes) -> str:
@@ -113,6 +134,8 @@ class Tokens:
 
     def subject(self, token: str) -> str | None:
         """The user a token was issued to (ANONYMOUS for none); None if forged, damaged or expired."""
+        if not token.isascii():  # ours are base64url; hmac.compare_digest refuses other text
+            return None
         payload, _, signature = token.partition(".")
         if not hmac.compare_digest(self._sign(payload), signature):
             return None
@@ -124,7 +147,7 @@ class Tokens:
 
 
 def _credentials(header: str | None) -> tuple[str, str] | str | None:
-    """(user, password) for Basic, the token for Bearer, None for anything else."""
+    """(user, password) for Basic, the token for Bearer, None for anything else (malformed ones included)."""
     scheme, _, value = (header or "").strip().partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -132,7 +155,7 @@ def _credentials(header: str | None) -> tuple[str, str] | str | None:
         return None
     try:
         user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not ASCII, not base64 (binascii.Error) or not UTF-8 (UnicodeDecodeError)
         return None
     return (user, password) if sep else None
 
@@ -145,6 +168,7 @@ class Authenticator:
             raise ConfigError("auth.pull: 'authenticated' needs auth.htpasswd to be set (expected a bcrypt "
                               "htpasswd file)")
         self._users = load_htpasswd(config.htpasswd) if config.htpasswd else None
+        self._dummy_hash = dummy_hash(self._users or {})
         self._pull_needs_login = config.pull == "authenticated"
         self._anonymous_push = anonymous_push
         self._realm = config.realm
@@ -160,16 +184,18 @@ class Authenticator:
         return self._users is not None
 
     async def _password_ok(self, user: str, password: str) -> bool:
-        hashed = self._users.get(user) if self._users is not None else None
-        if hashed is None:
-            return False
-        key = (user, hashlib.sha256(hashed + b"\0" + password.encode()).digest())
+        """Whether the password is the user's; the same work, cache included, for a user not in the file."""
+        if self._users is None:
+            return False  # no users configured: no password can be right, and there is no one to enumerate
+        hashed = self._users.get(user, self._dummy_hash)
+        secret = password.encode()[:BCRYPT_MAX_PASSWORD]
+        key = (user, hashlib.sha256(hashed + b"\0" + secret).digest())
         if key in self._accepted:
             return True
         if key in self._refused:
             return False
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, password.encode(), hashed):
+        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, secret, hashed) and user in self._users:
             self._accepted[key] = True
             return True
         self._refused[key] = True
@@ -211,15 +237,17 @@ class Authenticator:
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
-        one when anonymous pulls are allowed. Wrong credentials are 401, so docker login fails."""
+        one, when anonymous pulls are allowed, to a request without any. Wrong or malformed credentials
+        are 401, so docker login fails."""
         request[ROUTE] = "base"  # part of the /v2/ login handshake, for metrics and logs
-        credentials = _credentials(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        credentials = _credentials(header)
         if isinstance(credentials, tuple) and await self._password_ok(*credentials):
             user = credentials[0]
-        elif credentials is None and not self._pull_needs_login:
+        elif header is None and not self._pull_needs_login:
             user = ANONYMOUS
         else:
-            raise self._unauthorized(request, "invalid username or password" if credentials
+            raise self._unauthorized(request, "invalid username or password" if header is not None
                                      else "authentication required", Access.LOGIN)
         token = self._tokens.issue(user)
         return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,

@@ -1,12 +1,13 @@
 """Manifest endpoints of local repositories: GET/HEAD with content negotiation, PUT with validation, DELETE.
 
 Content negotiation is api/negotiation.py's, the same for upstream repositories (api/proxied.py).
-Schema1 manifests are neither converted to nor accepted.
+What a manifest must be is pullcache/manifest_check.py's, the same for upstream manifests; a push is
+refused with 400 MANIFEST_INVALID before anything is written. Schema1 manifests are neither converted
+to nor accepted.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,32 +18,15 @@ from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, SHADOW_WARNINGS, STORE
 from pullcache.api.blobs import digest_headers
 from pullcache.api.errors import RegistryError
-from pullcache.api.names import check_digest, check_reference
+from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
-from pullcache.mediatypes import (
-    IMAGE_TYPES,
-    INDEX_TYPES,
-    MAX_MANIFEST_BYTES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    OCTET_STREAM,
-    SCHEMA1_TYPES,
-)
-
-_PARSE_IN_THREAD = 64 * 1024  # bigger manifests are parsed and hashed off the event loop
-_GENERIC_CONTENT_TYPES = frozenset({OCTET_STREAM, "application/json"})
-
-
-def _media_type_only(content_type: str | None) -> str | None:
-    """A Content-Type without its parameters; None when absent."""
-    if content_type is None:
-        return None
-    return content_type.split(";", 1)[0].strip().lower() or None
+from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, ParsedManifest, check_manifest
+from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
 
 
 # ---------------------------------------------------------------------- reading
@@ -60,16 +44,35 @@ async def _load(store: Store, repo: Repository, digest: Digest) -> StoredManifes
     return StoredManifest(digest, media_type, data) if media_type is not None and data is not None else None
 
 
+def _unknown(name: str, reference: str, why: str = "") -> RegistryError:
+    return RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}{why}",
+                         detail={"name": name, "reference": reference})
+
+
+def _existing_reference(name: str, reference: str) -> str | Digest:
+    """The tag or digest a GET, HEAD or DELETE names.
+
+    A reference outside the tag grammar names no manifest that could exist: 404 MANIFEST_UNKNOWN, as the
+    conformance suite expects and zot answers (a PUT to one is 400 TAG_INVALID: it would create it). A
+    malformed digest stays 400 DIGEST_INVALID, which the suite accepts: the client sent a broken digest.
+    """
+    try:
+        return check_reference(reference)
+    except RegistryError as exc:
+        if exc.code != "TAG_INVALID":
+            raise
+        raise _unknown(name, reference, f" (no tag can have that name: {exc.message})") from exc
+
+
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     """GET/HEAD /v2/<name>/manifests/<tag or digest>."""
-    ref = check_reference(reference)
+    ref = _existing_reference(name, reference)
     target = read_target(request, name)
     if not target.is_local:
         return await proxied.get_manifest(request, target, reference)
     store = request.app[STORE]
     repo = store.repository(target.store_name)
-    unknown = RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}",
-                            detail={"name": name, "reference": reference})
+    unknown = _unknown(name, reference)
     if isinstance(ref, Digest):
         digest = ref
     else:
@@ -109,72 +112,15 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(parts)
 
 
-def _descriptor_digest(descriptor: Any, field: str) -> Digest:
-    """The digest of a well-formed descriptor, or MANIFEST_INVALID naming the field."""
-    if not isinstance(descriptor, dict):
-        raise _invalid(f"{field} is not a descriptor object")
-    size = descriptor.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{field} has no valid size", detail={"field": field})
-    if not isinstance(descriptor.get("mediaType"), str):
-        raise _invalid(f"{field} has no mediaType", detail={"field": field})
-    return check_digest(str(descriptor.get("digest")), "MANIFEST_INVALID")
-
-
-@dataclass(frozen=True)
-class ParsedManifest:
-    document: dict[str, Any]
-    media_type: str
-    blobs: list[Digest]        # config and layers: must be blobs of the repository
-    manifests: list[Digest]    # index entries: must be manifests of the repository
-    subject: Digest | None
-
-
 def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
-    """Validate a pushed manifest's JSON, agree on its media type and list what it references."""
+    """A pushed manifest checked (pullcache/manifest_check.py) and of a type pushes may store."""
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"manifest is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise _invalid("manifest is not a JSON object")
-    if document.get("schemaVersion") == 1:
+        parsed = check_manifest(data, content_type)
+    except ManifestInvalid as exc:
+        raise _invalid(exc.message, exc.detail) from exc
+    if parsed.media_type in SCHEMA1_TYPES or parsed.document.get("schemaVersion") == 1:
         raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
-    declared = document.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
-        raise _invalid("manifest mediaType is not a string")
-    header = _media_type_only(content_type)
-    header = None if header in _GENERIC_CONTENT_TYPES else header
-    if header and declared and header != declared:
-        raise _invalid(f"Content-Type {header!r} differs from the manifest's mediaType {declared!r}",
-                       detail={"contentType": header, "mediaType": declared})
-    media_type = header or declared or (OCI_INDEX if "manifests" in document else
-                                        OCI_MANIFEST if "config" in document else None)
-    if media_type is None:
-        raise _invalid("manifest has no media type: set Content-Type or mediaType")
-    if media_type in SCHEMA1_TYPES:
-        raise _invalid("schema1 manifests are not supported; push schema2 or OCI manifests")
-    if media_type in IMAGE_TYPES and not ("config" in document and isinstance(document.get("layers"), list)):
-        raise _invalid(f"a {media_type} needs a config descriptor and a layers list")
-    if media_type in INDEX_TYPES and not isinstance(document.get("manifests"), list):
-        raise _invalid(f"a {media_type} needs a manifests list")
-
-    blobs: list[Digest] = []
-    if "config" in document:
-        blobs.append(_descriptor_digest(document["config"], "config"))
-    layers = document.get("layers") or []
-    if not isinstance(layers, list):
-        raise _invalid("layers is not a list")
-    for i, layer in enumerate(layers):
-        digest = _descriptor_digest(layer, f"layers[{i}]")
-        if not layer.get("urls"):  # foreign layers live elsewhere and are never pushed
-            blobs.append(digest)
-    entries = document.get("manifests") or []
-    if not isinstance(entries, list):
-        raise _invalid("manifests is not a list")
-    manifests = [_descriptor_digest(entry, f"manifests[{i}]") for i, entry in enumerate(entries)]
-    subject = _descriptor_digest(document["subject"], "subject") if "subject" in document else None
-    return ParsedManifest(document, media_type, blobs, manifests, subject)
+    return parsed
 
 
 def _parse_and_hash(data: bytes, content_type: str | None, algorithm: str) -> tuple[ParsedManifest, Digest]:
@@ -229,7 +175,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     data = await _read_body(request)
     content_type = request.headers.get("Content-Type")
     algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
-    if len(data) > _PARSE_IN_THREAD:  # up to 4 MiB of JSON and its hash: one thread hop for both
+    if len(data) > CHECK_INLINE_BYTES:  # up to 4 MiB of JSON and its hash: one thread hop for both
         parsed, digest = await asyncio.to_thread(_parse_and_hash, data, content_type, algorithm)
     else:
         parsed, digest = _parse_and_hash(data, content_type, algorithm)
@@ -255,8 +201,8 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
 
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     """DELETE /v2/<name>/manifests/<digest> removes the manifest and its tags; by tag, only the tag."""
-    ref = check_reference(reference)
     target = push_target(request, name)
+    ref = _existing_reference(name, reference)
     repo = request.app[STORE].repository(target.store_name)
     if isinstance(ref, Digest):
         digest: Digest | None = ref if await repo.unlink_manifest(ref) else None
@@ -264,6 +210,5 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
         tag = await repo.get_tag(ref)
         digest = tag.digest if tag is not None and await repo.delete_tag(ref) else None
     if digest is None:
-        raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}",
-                            detail={"name": name, "reference": reference})
+        raise _unknown(name, reference)
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

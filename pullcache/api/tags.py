@@ -29,7 +29,7 @@ def paginate(request: web.Request, items: Sequence[str],
     if "n" not in request.query:
         return list(items), {}
     text = request.query["n"]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit alone admits "²", which int() refuses
         raise RegistryError("UNSUPPORTED", f"n={text!r} is not a non-negative integer", status=400,
                             detail={"n": text})
     n = int(text)

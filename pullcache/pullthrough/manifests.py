@@ -15,6 +15,7 @@ use, so a cached tag within its ttl costs no upstream request and no disk access
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from pullcache.cache.index import CACHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
+from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, check_manifest
 from pullcache.pullthrough import stats
 from pullcache.pullthrough.flight import SingleFlight
 from pullcache.resolver import Target
@@ -213,11 +215,18 @@ class Manifests:
 
     # ------------------------------------------------------------------ cache writes
     async def _keep(self, target: Target, response: ManifestResponse, algorithm: str) -> ManifestAnswer:
-        """Store a fetched manifest byte-for-byte and link it into its cached repository."""
+        """Store a fetched manifest byte-for-byte and link it into its cached repository, if it passes the
+        checks a push passes (pullcache/manifest_check.py); one that fails is the upstream's failure, not cached."""
+        assert target.upstream is not None
+        check = partial(check_manifest, response.body, response.media_type)
+        try:
+            media_type = (await asyncio.to_thread(check) if len(response.body) > CHECK_INLINE_BYTES else check()).media_type
+        except ManifestInvalid as exc:
+            raise UpstreamError(target.upstream.name, f"served an invalid manifest: {exc.message}") from exc
         digest = await self._store.put_small(response.body, origin=CACHED, algorithm=algorithm)
-        await self._repository(target).link_manifest(digest, response.media_type)
-        self._media_types[(target.store_name, digest)] = response.media_type
-        answer = ManifestAnswer(digest, response.media_type, len(response.body), response.body, stats.MISS)
+        await self._repository(target).link_manifest(digest, media_type)
+        self._media_types[(target.store_name, digest)] = media_type
+        answer = ManifestAnswer(digest, media_type, len(response.body), response.body, stats.MISS)
         pending = self._pending_tags.pop((target.store_name, digest), None)
         if pending is not None:
             tag, learned_at = pending
