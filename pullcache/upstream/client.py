@@ -77,21 +77,28 @@ class BlobStream:
         self._what = what
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Raw bytes as they arrive (at most 1 MiB each); a stall or a drip is UpstreamTimeout."""
+        """Raw bytes as they arrive (at most 1 MiB each); a stall or a drip is UpstreamTimeout.
+
+        The rate counts only time spent waiting for the upstream, not time the caller took between chunks
+        (a slow disk is not the upstream's fault)."""
         url = self._response.url
         window = self._transport.config.read_timeout
         async with self._transport.watch(self._what, url, deadline=False):
             with self._transport.failures(self._what, url):
-                started, received = time.monotonic(), 0
-                async for chunk in self._response.content.iter_chunked(BLOB_CHUNK):
+                waited, received = 0.0, 0
+                while True:
+                    asked = time.monotonic()
+                    chunk = await self._response.content.read(BLOB_CHUNK)
+                    if not chunk:
+                        return
+                    waited += time.monotonic() - asked
                     received += len(chunk)
-                    now = time.monotonic()
-                    if now - started >= window:
-                        if received < MIN_BLOB_RATE * (now - started):
+                    if waited >= window:
+                        if received < MIN_BLOB_RATE * waited:
                             raise UpstreamTimeout(
                                 self._transport.name, f"{self._what}: body arrives slower than the minimum of "
                                 f"{MIN_BLOB_RATE // 1024} KiB/s over {window:g}s (read_timeout)", where=for_log(url))
-                        started, received = now, 0
+                        waited, received = 0.0, 0
                     yield chunk
 
 
