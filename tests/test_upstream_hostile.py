@@ -23,8 +23,8 @@ from yarl import URL
 from pullcache.config import UpstreamConfig
 from pullcache.upstream import (
     UpstreamClient,
-    UpstreamError,
     UpstreamRealmRefused,
+    UpstreamRedirectRefused,
     UpstreamTimeout,
     UpstreamUnauthorized,
     UpstreamUnavailable,
@@ -124,7 +124,7 @@ async def test_a_redirect_to_a_name_resolving_to_loopback_is_refused_without_con
     digest = sha256(LAYER)
     fake.faults[f"/v2/library/alpine/blobs/{digest}"] = redirect(f"{other.url}/blobs/{digest}")
     client = await make_client(fake.url)
-    with pytest.raises(UpstreamError, match="non-public address 127.0.0.1"):
+    with pytest.raises(UpstreamRedirectRefused, match="non-public address 127.0.0.1"):
         await client.head_blob("library/alpine", digest)
     assert other.seen == []
 
