@@ -48,6 +48,7 @@ from tests.test_status_page import parse
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
 LAYER = b"layer bytes " * 1000
+DIGEST = sha256(LAYER)
 
 MakeClient = Callable[..., Awaitable[UpstreamClient]]
 
@@ -156,6 +157,29 @@ async def test_every_resolved_address_is_checked_and_each_connection_resolves_ag
         await guarded.resolve("cdn.example", 443)
 
 
+async def test_the_connection_goes_to_the_addresses_the_guard_checked(
+        internal: InternalService, fake: FakeRegistry) -> None:
+    internal.bodies["/cdn/layer"] = LAYER
+    port = internal.url.rsplit(":", 1)[1]
+    fake.faults[f"/v2/library/alpine/blobs/{DIGEST}"] = redirect(f"http://cdn.test:{port}/cdn/layer")
+    clients = [UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=fake.url, **extra),
+                              resolver=FakeResolver({"cdn.test": [[ANOTHER_LOOPBACK]] * 3}))
+               for extra in ({}, {"redirect_hosts": ("cdn.test",)})]
+    refused, listed = clients
+    for client in clients:
+        await client.start()
+    try:
+        with pytest.raises(UpstreamRedirectRefused, match="non-public address 127.0.0.2"):
+            await refused.head_blob("library/alpine", DIGEST)
+        assert internal.seen == []
+        async with listed.open_blob("library/alpine", DIGEST) as blob:
+            assert b"".join([chunk async for chunk in blob.chunks()]) == LAYER
+        assert internal.seen == ["/cdn/layer"]  # reached by the address the resolver gave, not by DNS
+    finally:
+        for client in clients:
+            await client.close()
+
+
 async def test_the_upstreams_own_host_and_listed_hosts_may_resolve_to_private_addresses() -> None:
     config = UpstreamConfig(name="up", url="https://registry.internal:5000", redirect_hosts=("blobs.internal",),
                             token_hosts=("auth.internal",))
@@ -225,9 +249,6 @@ async def test_a_changed_challenge_is_learned_again(aiohttp_server: Any, make_cl
 
 HEAD_ANSWER = raw_answer("200 OK", {"Content-Type": OCI_MANIFEST, "Content-Length": str(len(MANIFEST)),
                                     "Docker-Content-Digest": sha256(MANIFEST)})
-
-
-DIGEST = sha256(LAYER)
 
 
 async def head_manifest(client: UpstreamClient) -> object:
