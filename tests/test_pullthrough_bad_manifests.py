@@ -98,3 +98,16 @@ async def test_a_reference_outside_the_tag_grammar_is_404_without_asking_the_ups
         response = await proxy.client.request(method, f"/v2/{REPO}/manifests/.INVALID_MANIFEST_NAME")
         assert response.status == 404, method
     assert fake.seen == []
+
+
+@pytest.mark.parametrize("content_type", [OCTET_STREAM, ""])
+async def test_a_deeply_nested_manifest_without_a_manifest_content_type_is_502(
+        fake: FakeRegistry, proxy: Proxy, content_type: str) -> None:
+    """The upstream client reads mediaType from a body with no useful Content-Type: nesting past the
+    parser's stack there is a refusal too, not a 500."""
+    fake.add_manifest(REPO, "v1", b"[" * 100_000 + b"]" * 100_000, content_type)
+    before = stored_files(proxy.data_dir)
+    response = await proxy.client.get(f"/v2/{REPO}/manifests/v1")
+    assert response.status == 502, await response.text()
+    assert f"upstream {proxy.upstream} " in (await response.json())["errors"][0]["message"]
+    assert stored_files(proxy.data_dir) == before

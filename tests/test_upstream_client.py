@@ -1,6 +1,9 @@
 """pullcache.upstream against in-process fakes (tests/fault_upstream.py): auth, tokens, redirects,
 verification, error mapping, timeouts and metrics. Every server binds 127.0.0.1; a URL spelled
-`localhost` stands for "another host" because host checks compare names, not addresses."""
+`localhost` stands for "another host": the upstream's host is trusted by name, and localhost is not, so
+its loopback address is refused unless a test lists it (token_hosts, redirect_hosts). The token servers
+listen on another port of 127.0.0.1 than the registries, so clients list 127.0.0.1 in token_hosts, as an
+operator would (tests/test_upstream_hostile.py covers the refusal without it)."""
 from __future__ import annotations
 
 import asyncio
@@ -44,7 +47,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
     clients: list[UpstreamClient] = []
 
     async def make(url: str, *, clock: Callable[[], float] = time.monotonic, **overrides: Any) -> UpstreamClient:
-        settings: dict[str, Any] = {"name": f"up-{uuid.uuid4().hex[:8]}", "url": url,
+        settings: dict[str, Any] = {"name": f"up-{uuid.uuid4().hex[:8]}", "url": url, "token_hosts": ("127.0.0.1",),
                                     "connect_timeout": 2.0, "read_timeout": 2.0, **overrides}
         client = UpstreamClient(UpstreamConfig(**settings), clock=clock)
         await client.start()
@@ -282,7 +285,7 @@ async def test_blob_redirect_to_another_host_is_followed_without_authorization(
     digest = sha256(data)
     cdn.blobs[digest] = data
     registry.faults[f"/v2/library/alpine/blobs/{digest}"] = redirect(f"{cdn.url}/blobs/{digest}?sig=abc")
-    client = await make_client(registry.url)
+    client = await make_client(registry.url, redirect_hosts=("localhost",))  # a CDN on loopback must be listed
     async with client.open_blob("library/alpine", digest) as blob:
         received = b"".join([chunk async for chunk in blob.chunks()])
     assert received == data

@@ -1,10 +1,11 @@
 """The status page at `/`: what a person with a browser wants to know about this mirror at a glance.
 
-Hit ratio, bytes served by source, the store against its bound, upstream health and rate limit, the
-most pulled images. Server-rendered HTML with inline SVG charts and inline CSS: it needs no JavaScript
+Hit ratio, bytes served by source, the store against its bound, upstream health, rate limit and last
+error, the most pulled images. Server-rendered HTML with inline SVG charts and inline CSS: it needs no JavaScript
 and no other request. Every figure comes from the Prometheus objects in pullcache.metrics (the same
 numbers /metrics exports), except the pull counts: each application keeps its own PullCounts (ops.setup
-puts it under appkeys.PULL_COUNTS, the access middleware adds every manifest pull to it).
+puts it under appkeys.PULL_COUNTS, the access middleware adds every manifest pull to it), and each
+upstream's last error, which pullcache.upstream.health keeps.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pullcache import __version__, metrics
 from pullcache.config import Config
 from pullcache.startup import push_policy
+from pullcache.upstream.health import LastError, last_error
 
 STARTED = time.time()
 TOP_IMAGES = 10
@@ -139,6 +141,7 @@ class UpstreamFigures:
     state: str
     recent: Tally
     ratelimit_remaining: float | None
+    last_error: LastError | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
     remaining = {labels["upstream"]: value for labels, value in _samples(metrics.upstream_ratelimit_remaining)}
     recent, window = _health.recent(now, _upstream_tallies())
     upstreams = [UpstreamFigures(u.name, u.url, upstream_state(recent.get(u.name, Tally()), remaining.get(u.name)),
-                                 recent.get(u.name, Tally()), remaining.get(u.name)) for u in config.upstreams]
+                                 recent.get(u.name, Tally()), remaining.get(u.name), last_error(u.name))
+                 for u in config.upstreams]
     return Figures(
         now=now,
         cache_results=_sum_by(_samples(metrics.cache_requests, "_total"), "result"),
@@ -303,6 +307,8 @@ th{text-align:left;font-weight:600;color:#4a5568;font-size:12px;text-transform:u
 td{padding:7px 8px;border-bottom:1px solid #edf2f7;vertical-align:middle}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .url{color:#718096;font-size:12px;white-space:nowrap}
+tr.has-error td{border-bottom:none}
+td.last-error{color:#822727;font-size:12px;padding-top:0;word-break:break-word}
 .pill{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
 .healthy{background:#c6f6d5;color:#22543d}.idle{background:#e2e8f0;color:#4a5568}
 .degraded,.rate-limited{background:#feebc8;color:#7b341e}.down{background:#fed7d7;color:#822727}
@@ -352,12 +358,21 @@ def _upstreams_section(f: Figures) -> str:
             f'<td><span class="pill {u.state.replace(" ", "-")}">{escape(u.state)}</span></td>'
             f'<td class="num">{human_count(u.recent.requests)}</td><td class="num">{human_count(u.recent.failures)}</td>'
             f'<td class="num">{human_count(u.recent.throttled)}</td><td class="num">{remaining}</td></tr>')
+        if u.last_error is not None:
+            rows[-1] = rows[-1].replace("<tr>", '<tr class="has-error">', 1)
+            rows.append(f'<tr><td colspan="6" class="last-error">{_last_error(u.last_error, f.now)}</td></tr>')
     body = "".join(rows) or '<tr><td colspan="6" class="empty">no upstreams configured</td></tr>'
     return (f'<section id="upstreams"><h2>Upstreams</h2><table><thead><tr><th>upstream</th><th>health</th>'
             f'<th class="num">requests</th><th class="num">failed</th><th class="num">429</th>'
             f'<th class="num">limit left</th></tr></thead><tbody>{body}</tbody></table>'
             f'<p class="sub">requests in the last {human_duration(max(f.health_window, 1))}; failed = network errors and 5xx; '
             f'limit left = the upstream\'s ratelimit-remaining</p></section>')
+
+
+def _last_error(error: LastError, now: float) -> str:
+    stamp = datetime.fromtimestamp(error.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f'last error {escape(stamp)} ({human_duration(max(now - error.at, 0))} ago): '
+            f'{escape(error.text)}')
 
 
 def _images_section(f: Figures) -> str:

@@ -3,12 +3,12 @@
 Knows remote registries and nothing of disk: callers get bytes, sizes and typed errors.
 """
 from .client import BlobStream, ManifestHead, ManifestResponse, UpstreamClient
-from .errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamRealmRefused, UpstreamTimeout,
-                     UpstreamUnauthorized, UpstreamUnavailable)
+from .errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamRealmRefused,
+                     UpstreamRedirectRefused, UpstreamTimeout, UpstreamUnauthorized, UpstreamUnavailable)
 from .pool import Upstreams
 
 __all__ = [
     "BlobStream", "ManifestHead", "ManifestResponse", "UpstreamClient", "Upstreams",
-    "UpstreamError", "UpstreamNotFound", "UpstreamRateLimited", "UpstreamRealmRefused", "UpstreamTimeout",
-    "UpstreamUnauthorized", "UpstreamUnavailable",
+    "UpstreamError", "UpstreamNotFound", "UpstreamRateLimited", "UpstreamRealmRefused", "UpstreamRedirectRefused",
+    "UpstreamTimeout", "UpstreamUnauthorized", "UpstreamUnavailable",
 ]

@@ -3,32 +3,48 @@
 It hands back bytes and sizes and knows nothing of where they are stored. What it guarantees:
 a manifest's bytes match the digest the upstream claims and the digest that was asked for, the
 upstream's failures arrive as the typed UpstreamErrors, and credentials or tokens never leave the
-upstream's own origin (blob redirects to a CDN are followed without them).
+upstream's own origin (blob redirects to a CDN are followed without them). Redirects are followed only
+to hosts addresses.py allows, and every exchange ends within request_timeout (a blob body: see BlobStream).
+Error messages name the upstream by its configured name; its URL goes only to the log (errors.py).
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from ..config import UpstreamConfig
 from ..digests import Digest, DigestError
 from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
+from .addresses import AddressRefused, own_host, redirect_hosts, token_hosts
 from .auth import Authorizer, pull_scope
 from .challenge import parse_challenges
-from .errors import (UpstreamError, UpstreamNotFound, UpstreamRateLimited, UpstreamUnauthorized,
-                     UpstreamUnavailable, one_line)
+from .errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamRedirectRefused,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+    one_line,
+)
 from .transport import Transport, for_log
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5
 BLOB_CHUNK = 1024 * 1024
+# A blob body must bring at least this many bytes per second, averaged over each read_timeout: 16 KiB/s
+# (128 kbit/s) is slower than any link a registry mirror is run on, and an upstream dripping a byte at a
+# time, which read_timeout alone never stops, would otherwise hold a fill and its clients for days.
+MIN_BLOB_RATE = 16 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
 
@@ -48,7 +64,11 @@ class ManifestHead:
 
 
 class BlobStream:
-    """An open upstream blob body; read it with chunks() while the open_blob context is active."""
+    """An open upstream blob body; read it with chunks() while the open_blob context is active.
+
+    A body may rightly take long (a multi-GiB layer), so it has no total deadline; it fails instead when
+    silent for read_timeout, or when slower than MIN_BLOB_RATE over a read_timeout window.
+    """
 
     def __init__(self, response: aiohttp.ClientResponse, transport: Transport, what: str) -> None:
         self.size: int | None = response.content_length
@@ -57,19 +77,39 @@ class BlobStream:
         self._what = what
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Raw bytes as they arrive (at most 1 MiB each); silence longer than read_timeout is UpstreamTimeout."""
-        with self._transport.failures(self._what):
-            async for chunk in self._response.content.iter_chunked(BLOB_CHUNK):
-                yield chunk
+        """Raw bytes as they arrive (at most 1 MiB each); a stall or a drip is UpstreamTimeout.
+
+        The rate counts only time spent waiting for the upstream, not time the caller took between chunks
+        (a slow disk is not the upstream's fault)."""
+        url = self._response.url
+        window = self._transport.config.read_timeout
+        async with self._transport.watch(self._what, url, deadline=False):
+            with self._transport.failures(self._what, url):
+                waited, received = 0.0, 0
+                while True:
+                    asked = time.monotonic()
+                    chunk = await self._response.content.read(BLOB_CHUNK)
+                    if not chunk:
+                        return
+                    waited += time.monotonic() - asked
+                    received += len(chunk)
+                    if waited >= window:
+                        if received < MIN_BLOB_RATE * waited:
+                            raise UpstreamTimeout(
+                                self._transport.name, f"{self._what}: body arrives slower than the minimum of "
+                                f"{MIN_BLOB_RATE // 1024} KiB/s over {window:g}s (read_timeout)", where=for_log(url))
+                        waited, received = 0.0, 0
+                    yield chunk
 
 
 class UpstreamClient:
     """One configured upstream. start() before use, close() at shutdown."""
 
-    def __init__(self, config: UpstreamConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: UpstreamConfig, *, clock: Callable[[], float] = time.monotonic,
+                 resolver: AbstractResolver | None = None) -> None:
         self.name = config.name
         self.config = config
-        self._transport = Transport(config)
+        self._transport = Transport(config, resolver)
         self._auth = Authorizer(self._transport, clock=clock)
 
     async def start(self) -> None:
@@ -82,20 +122,23 @@ class UpstreamClient:
         """The manifest's exact bytes; UpstreamError if they do not hash to the digest claimed or asked for."""
         requested = _requested_digest(reference)
         url = self._url(repo, "manifests", reference)
-        response = await self._exchange("GET", repo, url, {"Accept": accept_header(accept)})
-        try:
-            body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, f"GET {for_log(url)}")
-        finally:
-            response.release()
-        claimed = self._claimed_digest(response, url)
-        for label, expected in (("Docker-Content-Digest", claimed), ("the requested digest", requested)):
-            actual = Digest.of(body, expected.algorithm) if expected is not None else None
-            if actual != expected:
-                raise UpstreamError(self.name, f"GET {for_log(url)}: manifest bytes hash to {actual}, "
-                                               f"not {label} {expected}")
-        media_type = _media_type(response.headers.get("Content-Type")) or _body_media_type(body)
-        if not media_type:
-            raise UpstreamError(self.name, f"GET {for_log(url)}: manifest has no Content-Type and no mediaType")
+        what = "GET manifest"
+        async with self._transport.watch(what, url):
+            response = await self._exchange("GET", repo, url, {"Accept": accept_header(accept)}, what)
+            try:
+                body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
+            finally:
+                response.release()
+            claimed = self._claimed_digest(response, url, what)
+            for label, expected in (("Docker-Content-Digest", claimed), ("the requested digest", requested)):
+                actual = Digest.of(body, expected.algorithm) if expected is not None else None
+                if actual != expected:
+                    raise UpstreamError(self.name, f"{what}: manifest bytes hash to {actual}, "
+                                                   f"not {label} {expected}", where=for_log(response.url))
+            media_type = _media_type(response.headers.get("Content-Type")) or _body_media_type(body)
+            if not media_type:
+                raise UpstreamError(self.name, f"{what}: manifest has no Content-Type and no mediaType",
+                                    where=for_log(response.url))
         return ManifestResponse(body, media_type, str(Digest.of(body)))
 
     async def head_manifest(self, repo: str, reference: str, accept: Sequence[str]) -> ManifestHead:
@@ -105,39 +148,49 @@ class UpstreamClient:
         Content-Length, so callers always get a sha256 digest to compare with what they hold."""
         requested = _requested_digest(reference)
         url = self._url(repo, "manifests", reference)
-        response = await self._exchange("HEAD", repo, url, {"Accept": accept_header(accept)})
-        response.release()
-        claimed = self._claimed_digest(response, url)
-        media_type = _media_type(response.headers.get("Content-Type"))
-        size = response.content_length
-        if claimed is None or claimed.algorithm != "sha256" or not media_type or size is None:
-            full = await self.get_manifest(repo, reference, accept)
-            return ManifestHead(full.digest, full.media_type, len(full.body))
-        if requested is not None and requested.algorithm == "sha256" and claimed != requested:
-            raise UpstreamError(self.name, f"HEAD {for_log(url)}: upstream claims {claimed} for {requested}")
+        what = "HEAD manifest"
+        async with self._transport.watch(what, url):
+            response = await self._exchange("HEAD", repo, url, {"Accept": accept_header(accept)}, what)
+            response.release()
+            claimed = self._claimed_digest(response, url, what)
+            media_type = _media_type(response.headers.get("Content-Type"))
+            size = response.content_length
+            if claimed is None or claimed.algorithm != "sha256" or not media_type or size is None:
+                full = await self.get_manifest(repo, reference, accept)
+                return ManifestHead(full.digest, full.media_type, len(full.body))
+            if requested is not None and requested.algorithm == "sha256" and claimed != requested:
+                raise UpstreamError(self.name, f"{what}: upstream claims {claimed} for {requested}",
+                                    where=for_log(response.url))
         return ManifestHead(str(claimed), media_type, size)
 
     async def head_blob(self, repo: str, digest: str) -> int:
         """The blob's size in bytes."""
         Digest.parse(digest)
         url = self._url(repo, "blobs", digest)
-        response = await self._exchange("HEAD", repo, url, {})
-        response.release()
-        claimed = self._claimed_digest(response, url)
-        if claimed is not None and str(claimed) != digest:
-            raise UpstreamError(self.name, f"HEAD {for_log(url)}: upstream claims {claimed}")
-        if response.content_length is None:
-            raise UpstreamError(self.name, f"HEAD {for_log(url)}: answered without Content-Length")
+        what = "HEAD blob"
+        async with self._transport.watch(what, url):
+            response = await self._exchange("HEAD", repo, url, {}, what)
+            response.release()
+            claimed = self._claimed_digest(response, url, what)
+            if claimed is not None and str(claimed) != digest:
+                raise UpstreamError(self.name, f"{what}: upstream claims {claimed}", where=for_log(response.url))
+            if response.content_length is None:
+                raise UpstreamError(self.name, f"{what}: answered without Content-Length",
+                                    where=for_log(response.url))
         return response.content_length
 
     @asynccontextmanager
     async def open_blob(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
-        """The blob body, open until the context exits. The caller verifies the digest of what it reads."""
+        """The blob body, open until the context exits. The caller verifies the digest of what it reads.
+
+        request_timeout bounds the wait for the response's headers; the body has its own rules (BlobStream)."""
         Digest.parse(digest)
         url = self._url(repo, "blobs", digest)
-        response = await self._exchange("GET", repo, url, {})
+        what = "GET blob"
+        async with self._transport.watch(what, url):
+            response = await self._exchange("GET", repo, url, {}, what)
         try:
-            yield BlobStream(response, self._transport, f"GET {for_log(url)}")
+            yield BlobStream(response, self._transport, what)
         except BaseException:
             response.close()  # an unread rest of a body must not go back into the pool
             raise
@@ -152,18 +205,20 @@ class UpstreamClient:
         """
         subject = Digest.parse(digest)
         url = self._url(repo, "referrers", digest)
+        what = "GET referrers"
         try:
-            response = await self._exchange("GET", repo, url, {"Accept": OCI_INDEX})
+            async with self._transport.watch(what, url):
+                response = await self._exchange("GET", repo, url, {"Accept": OCI_INDEX}, what)
+                try:
+                    body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
+                finally:
+                    response.release()
         except UpstreamNotFound:
             return await self._referrers_by_tag(repo, subject)
-        what = f"GET {for_log(url)}"
-        try:
-            body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
-        finally:
-            response.release()
         descriptors = _index_descriptors(body)
         if descriptors is None:
-            raise UpstreamError(self.name, f"{what}: the answer is not an image index", response.status)
+            raise UpstreamError(self.name, f"{what}: the answer is not an image index", response.status,
+                                where=for_log(response.url))
         return descriptors
 
     async def _referrers_by_tag(self, repo: str, subject: Digest) -> list[dict[str, Any]]:
@@ -179,30 +234,37 @@ class UpstreamClient:
     def _url(self, repo: str, kind: str, reference: str) -> URL:
         return URL(f"{self.config.url}/v2/{repo}/{kind}/{reference}")
 
-    async def _exchange(self, method: str, repo: str, url: URL, headers: Mapping[str, str]
+    async def _exchange(self, method: str, repo: str, url: URL, headers: Mapping[str, str], what: str
                         ) -> aiohttp.ClientResponse:
         """A 2xx response to method on url, authenticated (one retry after a 401), redirects followed."""
         scope = pull_scope(repo)
         authorization = await self._auth.header(scope)
-        response = await self._follow(method, url, headers, authorization)
+        response = await self._follow(method, url, headers, authorization, what)
         if response.status == 401:
             challenges = parse_challenges(response.headers.getall("WWW-Authenticate", []))
             await self._drain(response)
             authorization = await self._auth.answer(challenges, scope, authorization)
-            response = await self._follow(method, url, headers, authorization)
+            response = await self._follow(method, url, headers, authorization, what)
         if not 200 <= response.status < 300:
-            await self._raise_for(method, url, response)
+            await self._raise_for(what, response)
         return response
 
-    async def _follow(self, method: str, url: URL, headers: Mapping[str, str], authorization: str | None
-                      ) -> aiohttp.ClientResponse:
-        """Send, following up to MAX_REDIRECTS http(s) redirects; Authorization goes only to the upstream's origin."""
+    async def _follow(self, method: str, url: URL, headers: Mapping[str, str], authorization: str | None,
+                      what: str) -> aiohttp.ClientResponse:
+        """Send, following up to MAX_REDIRECTS http(s) redirects to allowed hosts (_check_redirect);
+        Authorization goes only to the upstream's origin."""
         own_origin = _origin(URL(self.config.url))
         for _ in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
             if authorization is not None and _origin(url) == own_origin:
                 sent["Authorization"] = authorization
-            response = await self._transport.send(method, url, headers=sent)
+            try:
+                response = await self._transport.send(method, url, what, headers=sent)
+            except AddressRefused as exc:  # only a redirect target can be refused: the upstream's host is trusted
+                raise UpstreamRedirectRefused(
+                    self.name, f"{what}: redirected to host {exc.host!r}, which has a non-public address; pullcache "
+                    f"follows redirects only to the upstream's host, to public addresses, or to hosts listed in "
+                    f"upstreams[].redirect_hosts", where=f"{for_log(url)}: {exc}") from exc
             if response.status not in _REDIRECT_STATUSES:
                 return response
             location = response.headers.get("Location", "")
@@ -212,10 +274,22 @@ class UpstreamClient:
             except ValueError:
                 target = URL()
             if not location or target.scheme not in ("http", "https") or not target.host:
-                raise UpstreamError(self.name, f"{method} {for_log(url)}: redirect to {location!r}, "
-                                               f"which is not an http(s) URL", response.status)
+                raise UpstreamError(self.name, f"{what}: redirect to a location that is not an http(s) URL",
+                                    response.status, where=f"{for_log(url)} -> {location!r}")
+            self._check_redirect(target, what)
             url = target
-        raise UpstreamError(self.name, f"{method} {for_log(url)}: more than {MAX_REDIRECTS} redirects in a row")
+        raise UpstreamError(self.name, f"{what}: more than {MAX_REDIRECTS} redirects in a row", where=for_log(url))
+
+    def _check_redirect(self, target: URL, what: str) -> None:
+        """Refuse a redirect to a host the operator trusts for token realms only: the resolver lets any address
+        of a trusted host pass. Other hosts are left to the resolver's address check (addresses.py)."""
+        host = (target.host or "").lower()
+        if host == own_host(self.config) or host in redirect_hosts(self.config):
+            return
+        if host in token_hosts(self.config):
+            raise UpstreamRedirectRefused(
+                self.name, f"{what}: redirected to token host {host!r}, which is not listed in "
+                           f"upstreams[].redirect_hosts", where=for_log(target))
 
     async def _drain(self, response: aiohttp.ClientResponse) -> None:
         """Read a small unwanted body (401, redirect) so the connection can be reused, then release it."""
@@ -227,40 +301,47 @@ class UpstreamClient:
         finally:
             response.release()
 
-    async def _raise_for(self, method: str, url: URL, response: aiohttp.ClientResponse) -> NoReturn:
-        """Raise the UpstreamError that a non-2xx answer means, with the registry's error code if it sent one."""
+    async def _raise_for(self, what: str, response: aiohttp.ClientResponse) -> NoReturn:
+        """Raise the UpstreamError that a non-2xx answer means, with the registry's error code if it sent one.
+
+        The upstream's own error text reaches clients only with its address taken out."""
         status = response.status
+        where = for_log(response.url)
         body = b""
         try:
-            if method != "HEAD":
+            if response.method != "HEAD":
                 body = await self._transport.read_body(response, MAX_ERROR_BODY, "")
         except UpstreamError:
             pass  # the status alone says enough
         finally:
             response.release()
         codes, detail = _error_detail(body)
-        what = f"{method} {for_log(url)} answered {status}" + (f" {detail}" if detail else "")
+        host = response.url.host or ""
+        if host:
+            detail = detail.replace(f"{host}:{response.url.port}", "(its address)").replace(host, "(its address)")
+        said = f"{what} answered {status}" + (f" {detail}" if detail else "")
         if status == 404 or (400 <= status < 500 and codes & _NOT_FOUND_CODES):
-            raise UpstreamNotFound(self.name, what, status)
+            raise UpstreamNotFound(self.name, said, status, where=where)
         if status == 429:
-            raise UpstreamRateLimited(self.name, what, status, response.headers.get("Retry-After"))
+            raise UpstreamRateLimited(self.name, said, status, response.headers.get("Retry-After"), where=where)
         if status == 401:
-            raise UpstreamUnauthorized(self.name, f"{what} after authenticating: the repository is private, "
-                                                  f"does not exist, or the credentials lack access", status)
+            raise UpstreamUnauthorized(self.name, f"{said} after authenticating: the repository is private, "
+                                                  f"does not exist, or the credentials lack access", status,
+                                       where=where)
         if status == 403:
-            raise UpstreamUnauthorized(self.name, f"{what}: access denied", status)
+            raise UpstreamUnauthorized(self.name, f"{said}: access denied", status, where=where)
         if status >= 500:
-            raise UpstreamUnavailable(self.name, what, status)
-        raise UpstreamError(self.name, what, status)
+            raise UpstreamUnavailable(self.name, said, status, where=where)
+        raise UpstreamError(self.name, said, status, where=where)
 
-    def _claimed_digest(self, response: aiohttp.ClientResponse, url: URL) -> Digest | None:
+    def _claimed_digest(self, response: aiohttp.ClientResponse, url: URL, what: str) -> Digest | None:
         value = response.headers.get("Docker-Content-Digest")
         if value is None:
             return None
         try:
             return Digest.parse(value.strip())
         except DigestError as exc:
-            raise UpstreamError(self.name, f"{response.method} {for_log(url)}: Docker-Content-Digest {exc}") from exc
+            raise UpstreamError(self.name, f"{what}: Docker-Content-Digest {exc}", where=for_log(url)) from exc
 
 
 def accept_header(accept: Sequence[str]) -> str:
@@ -291,7 +372,7 @@ def _media_type(content_type: str | None) -> str:
 def _body_media_type(body: bytes) -> str:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack: no manifest either way
         return ""
     value = data.get("mediaType") if isinstance(data, dict) else None
     return value if isinstance(value, str) else ""
@@ -301,7 +382,7 @@ def _index_descriptors(body: bytes) -> list[dict[str, Any]] | None:
     """The descriptors listed by an image index; None if the body is not one."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     entries = document.get("manifests") if isinstance(document, dict) else None
     if not isinstance(entries, list):

@@ -3,6 +3,10 @@
 The resolver needs to tell "the image does not exist" (remember it, answer 404) from "upstream is
 down" (serve stale, answer 503) from "upstream throttles us" (pass Retry-After on), so each cause
 has its own class. Every message is one line that names the upstream and what happened.
+
+`message` is what a client may read: it names the upstream by its configured name and never its URL,
+host or port (an internal registry's address is the operator's business). `where`, the URL or host
+involved, goes only into str(exc), which the log and the status page show.
 """
 from __future__ import annotations
 
@@ -20,11 +24,17 @@ def one_line(text: str, limit: int = 600) -> str:
 class UpstreamError(Exception):
     """An upstream request failed; `status` is the HTTP status when the upstream answered one."""
 
-    def __init__(self, upstream: str, message: str, status: int | None = None) -> None:
+    def __init__(self, upstream: str, message: str, status: int | None = None, *, where: str | None = None) -> None:
         self.upstream = upstream
         self.status = status
         self.message = one_line(message)
-        super().__init__(f"upstream {upstream}: {self.message}")
+        self.where = one_line(where, 300) if where else None
+        super().__init__(f"upstream {upstream}: {self.message}" + (f" [{self.where}]" if self.where else ""))
+
+    @property
+    def for_operator(self) -> str:
+        """The message with where it happened: for the log and the status page, never for clients."""
+        return self.message + (f" [{self.where}]" if self.where else "")
 
 
 class UpstreamNotFound(UpstreamError):
@@ -35,8 +45,8 @@ class UpstreamRateLimited(UpstreamError):
     """The upstream answered 429; `retry_after` is its Retry-After header, passed on verbatim."""
 
     def __init__(self, upstream: str, message: str, status: int | None = 429,
-                 retry_after: str | None = None) -> None:
-        super().__init__(upstream, message, status)
+                 retry_after: str | None = None, *, where: str | None = None) -> None:
+        super().__init__(upstream, message, status, where=where)
         self.retry_after = retry_after
 
 
@@ -46,8 +56,13 @@ class UpstreamUnauthorized(UpstreamError):
 
 
 class UpstreamRealmRefused(UpstreamError):
-    """The upstream's auth challenge points at a token realm pullcache may not contact (not the upstream's
-    own host nor listed in token_hosts, or a downgrade from https). A configuration problem, not an outage."""
+    """The upstream's auth challenge points at a token realm pullcache may not contact (see tokens.allowed_realm
+    and addresses.py), or downgrades from https. A configuration problem or a hostile upstream, not an outage."""
+
+
+class UpstreamRedirectRefused(UpstreamError):
+    """The upstream redirected to a host pullcache may not contact (see client.UpstreamClient._follow and
+    addresses.py)."""
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -55,5 +70,5 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamUnavailable):
-    """The upstream accepted the connection but sent nothing for longer than read_timeout (or never connected
-    within connect_timeout)."""
+    """The upstream sent nothing for longer than read_timeout, never connected within connect_timeout, gave no
+    complete answer within request_timeout, or sent a blob body slower than the minimum rate."""

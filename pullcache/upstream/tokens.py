@@ -4,35 +4,39 @@ Docker Hub answers every anonymous request with a 401 and counts token fetches a
 a pull of one image touches one repository many times (index, manifest, config, layers): one token
 per repository scope, shared by concurrent requests, saves a round trip per request.
 
-The realm comes from a remote header, so it is checked before it is contacted: only the upstream's own
-host or a host the operator listed in token_hosts, and never a downgrade from https to http. Credentials
-go to that realm as Basic auth and nowhere else.
+The realm comes from a remote header, so it is checked before it is contacted: the upstream's own origin
+(scheme, host and port), a host the operator listed in token_hosts or redirect_hosts, or a host whose
+every address is public (addresses.py checks that as it connects), and never a downgrade from https to
+http. Credentials go as Basic auth only to a realm the operator named: the upstream's own origin or a
+host in token_hosts (a realm on any other host is asked anonymously).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cachetools import TLRUCache
 from yarl import URL
 
 from ..config import UpstreamConfig
+from .addresses import AddressRefused, own_host, redirect_hosts, token_hosts
 from .challenge import Challenge
-from .errors import (UpstreamError, UpstreamRateLimited, UpstreamRealmRefused, UpstreamUnauthorized,
-                     UpstreamUnavailable)
+from .errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRealmRefused,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+)
 from .transport import Transport, basic_auth, for_log
 
 DEFAULT_EXPIRES_IN = 60.0  # token spec: an absent expires_in means 60 seconds
 MAX_EXPIRY_MARGIN = 30.0  # a token is dropped this long (or 10% of its life, if less) before it expires
 MAX_TOKEN_RESPONSE = 1024 * 1024
 MAX_SCOPES_CACHED = 4096
-
-# Registries whose realm lives on a sibling host, keyed by the registry's host: so a plain
-# `url: https://registry-1.docker.io` works without token_hosts, and only for that very host.
-_BUILTIN_TOKEN_HOSTS = {"registry-1.docker.io": ("auth.docker.io",)}
 
 
 @dataclass(frozen=True)
@@ -42,25 +46,46 @@ class Token:
 
 
 def allowed_realm(config: UpstreamConfig, realm: str) -> URL:
-    """The realm as a URL if pullcache may contact it for this upstream, else UpstreamRealmRefused."""
+    """The realm as a URL if pullcache may contact it for this upstream, else UpstreamRealmRefused.
+
+    A host that is none of the listed ones passes here; the resolver then refuses it unless every address it
+    has is public. The upstream's own host is trusted by the resolver, so another port or scheme on it is
+    refused here: it may be any service on that machine."""
     upstream = URL(config.url)
     try:
         url = URL(realm)
     except ValueError:
         url = URL()
     if url.scheme not in ("http", "https") or not url.host:
-        raise UpstreamRealmRefused(config.name, f"token realm {realm!r} is not an http(s) URL")
+        raise UpstreamRealmRefused(config.name, "token realm is not an http(s) URL", where=repr(realm))
     if upstream.scheme == "https" and url.scheme != "https":
-        raise UpstreamRealmRefused(config.name, f"token realm {for_log(url)} downgrades https to http")
+        raise UpstreamRealmRefused(config.name, "token realm downgrades https to http", where=for_log(url))
     host = url.host.lower()
-    allowed = {(upstream.host or "").lower(),
-               *(h.lower() for h in config.token_hosts),
-               *_BUILTIN_TOKEN_HOSTS.get((upstream.host or "").lower(), ())}
-    if host not in allowed and f"{host}:{url.port}" not in allowed:
+    if (url.scheme, host, url.port) == (upstream.scheme, own_host(config), upstream.port):
+        return url
+    if host in token_hosts(config) or host in redirect_hosts(config):
+        return url
+    if host == own_host(config):
         raise UpstreamRealmRefused(
-            config.name, f"token realm {for_log(url)} is on host {host!r}, which is neither the upstream's "
-                         f"host nor in token_hosts (add it to upstreams[].token_hosts if it is trusted)")
+            config.name, "token realm is on the upstream's host but not its origin (another port or scheme); "
+                         "add the host to upstreams[].token_hosts if that realm is trusted", where=for_log(url))
     return url
+
+
+def sends_credentials(config: UpstreamConfig, realm: URL) -> bool:
+    """Whether the upstream's credentials may go to this (allowed) realm: only to one the operator named."""
+    upstream = URL(config.url)
+    host = (realm.host or "").lower()
+    return (realm.scheme, host, realm.port) == (upstream.scheme, own_host(config), upstream.port) \
+        or host in token_hosts(config)
+
+
+def _refused_address(config: UpstreamConfig, exc: AddressRefused, url: URL) -> UpstreamRealmRefused:
+    """The error for a realm whose host resolved to (or is) a non-public address."""
+    return UpstreamRealmRefused(
+        config.name, f"token realm on host {exc.host!r}, which has a non-public address and is neither the "
+                     f"upstream's origin nor in token_hosts or redirect_hosts (add it to upstreams[].token_hosts "
+                     f"if it is trusted)", where=f"{for_log(url)}: {exc}")
 
 
 class TokenCache:
@@ -110,38 +135,47 @@ class TokenCache:
         # Ask for our scope and whatever the challenge named; the realm grants the intersection it allows.
         query += [("scope", s) for s in dict.fromkeys((scope, *challenge.scopes))]
         url = url.extend_query(query)
-        credentials = self._config.credentials()
+        credentials = self._config.credentials() if sends_credentials(self._config, url) else None
         headers = {"Authorization": basic_auth(*credentials)} if credentials else {}
-        what = f"token request to {for_log(url)} for {scope}"
+        what = f"token request for {scope}"
+        where = for_log(url)
         started = self._clock()
-        response = await self._transport.send("GET", url, headers=headers)
-        try:
-            if response.status in (401, 403):
-                who = f"credentials of {credentials[0]!r}" if credentials else "anonymous access"
-                raise UpstreamUnauthorized(name, f"{what}: realm answered {response.status}, refusing {who}",
-                                           response.status)
-            if response.status == 429:
-                raise UpstreamRateLimited(name, f"{what}: realm answered 429", 429,
-                                          response.headers.get("Retry-After"))
-            if response.status >= 500:
-                raise UpstreamUnavailable(name, f"{what}: realm answered {response.status}", response.status)
-            if response.status != 200:
-                raise UpstreamError(name, f"{what}: realm answered {response.status}", response.status)
-            body = await self._transport.read_body(response, MAX_TOKEN_RESPONSE, what)
-        finally:
-            response.release()
-        return self._parse(body, what, started)
+        # Its own deadline: the fetch is shared, and outlives a waiter whose own deadline passes first.
+        async with self._transport.watch(what, url):
+            try:
+                response = await self._transport.send("GET", url, what, headers=headers)
+            except AddressRefused as exc:
+                raise _refused_address(self._config, exc, url) from exc
+            try:
+                if response.status in (401, 403):
+                    who = f"credentials of {credentials[0]!r}" if credentials else "anonymous access"
+                    raise UpstreamUnauthorized(name, f"{what}: realm answered {response.status}, refusing {who}",
+                                               response.status, where=where)
+                if response.status == 429:
+                    raise UpstreamRateLimited(name, f"{what}: realm answered 429", 429,
+                                              response.headers.get("Retry-After"), where=where)
+                if response.status >= 500:
+                    raise UpstreamUnavailable(name, f"{what}: realm answered {response.status}", response.status,
+                                              where=where)
+                if response.status != 200:
+                    raise UpstreamError(name, f"{what}: realm answered {response.status}", response.status,
+                                        where=where)
+                body = await self._transport.read_body(response, MAX_TOKEN_RESPONSE, what)
+            finally:
+                response.release()
+            return self._parse(body, what, where, started)
 
-    def _parse(self, body: bytes, what: str, started: float) -> Token:
+    def _parse(self, body: bytes, what: str, where: str, started: float) -> Token:
         try:
             data = json.loads(body)
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise UpstreamError(self._config.name, f"{what}: answer is not a JSON object")
+            raise UpstreamError(self._config.name, f"{what}: answer is not a JSON object", where=where)
         value = data.get("token") or data.get("access_token")
         if not isinstance(value, str) or not value:
-            raise UpstreamError(self._config.name, f"{what}: answer has neither token nor access_token")
+            raise UpstreamError(self._config.name, f"{what}: answer has neither token nor access_token",
+                                where=where)
         expires_in = data.get("expires_in")
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
             expires_in = DEFAULT_EXPIRES_IN
