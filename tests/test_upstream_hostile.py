@@ -46,7 +46,10 @@ from tests.support_faults import Proxy, start_proxy
 from tests.test_status_page import parse
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
+                                  "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
+                       }).encode()
 LAYER = b"layer bytes " * 1000
 DIGEST = sha256(LAYER)
 
