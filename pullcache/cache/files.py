@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
+from io import FileIO
 from pathlib import Path
 
 
@@ -32,25 +33,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(temp: Path, final: Path) -> None:
-    """fsync temp, rename it to final (creating parents) and make the rename durable."""
-    fd = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def publish(file: FileIO, temp: Path, final: Path) -> None:
+    """fsync temp (open as file, closed by the caller), rename it to final (creating parents) and make
+    the rename durable."""
+    os.fsync(file.fileno())
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, final)
     fsync_dir(final.parent)
+
+
+def write_all(file: FileIO, data: bytes) -> None:
+    """Write every byte: an unbuffered write may take fewer (the last ones before the disk filled up)."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view):]
 
 
 def write_atomic(final: Path, data: bytes, tmp_dir: Path) -> None:
     """Write small data (a tag, a link, a manifest) so readers see the old or the new, never a part."""
     temp = temp_path(tmp_dir)
     try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        publish(temp, final)
+        with open(temp, "xb", buffering=0) as file:
+            write_all(file, data)
+            publish(file, temp, final)
     except OSError as exc:
         remove_quietly(temp)
         if is_disk_full(exc):
