@@ -7,10 +7,13 @@ with asyncio.to_thread.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import uuid
 from io import FileIO
 from pathlib import Path
+
+log = logging.getLogger("pullcache.store")
 
 
 class StoreFullError(OSError):
@@ -23,6 +26,19 @@ def is_disk_full(exc: OSError) -> bool:
 
 def temp_path(tmp_dir: Path, hint: str = "") -> Path:
     return tmp_dir / f"{hint}{uuid.uuid4().hex}.tmp"
+
+
+def create_temp(path: Path) -> FileIO:
+    """Create the temp file path (in tmp/), open for writing (unbuffered: no bytes wait in a buffer that
+    closing would write). A tmp/ removed under the running process (rm -rf) is made again."""
+    try:
+        return open(path, "xb", buffering=0)
+    except FileNotFoundError:
+        if path.parent.is_dir():
+            raise
+        log.warning("%s was missing (removed while running?): made it again", path.parent)
+        path.parent.mkdir(exist_ok=True)
+        return open(path, "xb", buffering=0)
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,7 +69,7 @@ def write_atomic(final: Path, data: bytes, tmp_dir: Path) -> None:
     """Write small data (a tag, a link, a manifest) so readers see the old or the new, never a part."""
     temp = temp_path(tmp_dir)
     try:
-        with open(temp, "xb", buffering=0) as file:
+        with create_temp(temp) as file:
             write_all(file, data)
             publish(file, temp, final)
     except OSError as exc:

@@ -21,6 +21,7 @@ from typing import Self
 
 from pullcache.cache.files import (
     StoreFullError,
+    create_temp,
     is_disk_full,
     publish,
     remove_quietly,
@@ -49,6 +50,7 @@ class BlobWriter:
     def __init__(self, tmp_dir: Path, algorithm: str = "sha256", *, path: Path | None = None,
                  hasher: Hasher | None = None) -> None:
         self.path = path or temp_path(tmp_dir, "blob-")
+        self._is_temp = path is None
         self.hasher = hasher or Hasher(algorithm)
         self._file: FileIO | None = None
         self._pending: list[bytes] = []
@@ -62,7 +64,10 @@ class BlobWriter:
         return self.hasher.size + self._pending_size
 
     async def open(self, append: bool = False) -> BlobWriter:
-        self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb", buffering=0)
+        if self._is_temp:
+            self._file = await asyncio.to_thread(create_temp, self.path)
+        else:
+            self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb", buffering=0)
         return self
 
     async def __aenter__(self) -> Self:
