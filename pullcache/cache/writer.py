@@ -4,9 +4,9 @@ Bytes go to a temp file in tmp/ while they are hashed; commit() verifies the dig
 renames the file to its content address. Disk writes and large hash updates run in worker
 threads, so the event loop keeps serving while a layer arrives.
 
-The file stays open until it is renamed or removed. It is unbuffered: the writer batches bytes itself,
-and no byte may wait in a file buffer, where closing the file after a full disk refused it would try
-to write it again and fail over the original error.
+The file stays open, and so owned (files.create_temp), until it is renamed or removed. It is unbuffered:
+the writer batches bytes itself, and no byte may wait in a file buffer, where closing the file after a
+full disk refused it would try to write it again and fail over the original error.
 """
 from __future__ import annotations
 

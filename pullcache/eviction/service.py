@@ -12,7 +12,8 @@
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
 - It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
-  was missing or the last shutdown was not clean (a marker in the index says so).
+  was missing or the last shutdown was not clean (a marker in the index says so). It does remove,
+  before the server answers, every temp file no live process owns: a crash's leftovers.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.eviction.gc import collect_garbage
 from pullcache.eviction.lru import Evicted, evict_to
-from pullcache.eviction.reconcile import reconcile
+from pullcache.eviction.reconcile import reconcile, remove_orphaned_temps
 
 log = logging.getLogger("pullcache.eviction")
 
@@ -95,6 +96,7 @@ class EvictionService:
         self._on_totals(index.totals())
         unclean = self.store.index_was_missing or await index.get_meta(CLEAN_SHUTDOWN) != "1"
         await self._mark_running()
+        await self._remove_orphaned_temps()
         self._spawn(self._evict_loop)
         self._spawn(self._tick_loop)
         self._spawn(self._gc_loop)
@@ -128,6 +130,14 @@ class EvictionService:
             self._marked_running = True
         else:
             self.disk_full()
+
+    async def _remove_orphaned_temps(self) -> None:
+        """Remove what writers that died (a crash, kill -9) left in tmp/, now rather than at the next GC:
+        a fill leaves a file of the whole layer's size."""
+        removed = await remove_orphaned_temps(self.store)
+        if removed:
+            log.info("removed %d temp files (%d bytes) that no live process owns, left by one that ended "
+                     "mid-write", len(removed), sum(temp.size for temp in removed))
 
     def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         task = asyncio.create_task(loop(), name=f"pullcache-{loop.__name__.strip('_')}")
