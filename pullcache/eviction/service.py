@@ -50,26 +50,20 @@ class Trouble:
         self.what = what
         self._cause: str | None = None
 
-    def failed(self, exc: Exception) -> None:
-        cause = str(exc) or exc.__class__.__name__
-        if cause != self._cause:
-            traceback = None if isinstance(exc, StoreFullError) else exc  # a full disk is no bug
-            log.error("%s failed: %s; retrying every %gs", self.what, cause, FLUSH_INTERVAL, exc_info=traceback)
-            self._cause = cause
-
-    def cleared(self) -> None:
-        if self._cause is not None:
-            log.info("%s works again", self.what)
-            self._cause = None
-
-    async def run(self, step: Callable[[], Awaitable[None]]) -> bool:
+    async def run(self, step: Callable[[], Awaitable[object]]) -> bool:
         """Run one try of the work; False if it failed (logged as above)."""
         try:
             await step()
         except Exception as exc:
-            self.failed(exc)
+            cause = str(exc) or exc.__class__.__name__
+            if cause != self._cause:
+                traceback = None if isinstance(exc, StoreFullError) else exc  # a full disk is no bug
+                log.error("%s failed: %s; retrying every %gs", self.what, cause, FLUSH_INTERVAL, exc_info=traceback)
+                self._cause = cause
             return False
-        self.cleared()
+        if self._cause is not None:
+            log.info("%s works again", self.what)
+            self._cause = None
         return True
 
 
@@ -217,12 +211,9 @@ class EvictionService:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not await self._evicting.run(self._evict_once):
+            if not await self._evicting.run(self.evict_now):
                 await asyncio.sleep(FLUSH_INTERVAL)
                 self._wake.set()
-
-    async def _evict_once(self) -> None:
-        await self.evict_now()
 
     # ------------------------------------------------------------------ periodic work
     async def _tick_loop(self) -> None:
