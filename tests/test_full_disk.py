@@ -34,6 +34,7 @@ class FullDisk:
     pullcache: PullcacheProcess
     client: RegistryClient
     cached: list[Image]  # pulled before the disk filled up, least recently used first
+    uncached: Image  # on the upstream, never pulled
 
     @property
     def tmp(self) -> Path:
@@ -55,7 +56,10 @@ class FullDisk:
 
 @pytest.fixture
 def full_disk(pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> Iterator[FullDisk]:
-    """pullcache on an 8 MiB tmpfs holding four cached images (~4 MiB), the rest of the disk taken by a filler."""
+    """pullcache on an 8 MiB tmpfs holding four cached images (~4 MiB), the rest of the disk taken by a filler.
+
+    Every image is made before the disk is filled: the free-space check, every few seconds, may free room
+    at any moment after that."""
     pullcache = pullcache_factory(FULL_DISK_CONFIG, start=False)
     with tmpfs(pullcache.data_dir, "8m"):
         try:
@@ -63,8 +67,9 @@ def full_disk(pullcache_factory: Callable[..., PullcacheProcess], upstream: Upst
             cached = [upstream_image(upstream, MiB) for _ in range(4)]
             for image in cached:
                 pull(client, image)
+            uncached = upstream_image(upstream, 64 * 1024)
             fill_up(pullcache.data_dir)
-            yield FullDisk(pullcache, client, cached)
+            yield FullDisk(pullcache, client, cached, uncached)
         finally:
             pullcache.stop()
 
@@ -78,16 +83,15 @@ def layer(size: int) -> bytes:
 
 
 def test_a_push_to_a_full_disk_is_refused_with_507_and_leaves_no_temp_file(full_disk: FullDisk) -> None:
-    refused = full_disk.push(layer(4096))  # small enough to wait in the file's buffer, as a manifest's bytes do
+    refused = full_disk.push(layer(4096))  # a small blob, like a manifest: what a file buffer would hold until close
 
     assert store_full(refused) == STORE_FULL
     assert list(full_disk.tmp.iterdir()) == []
 
 
 def test_an_uncached_manifest_pull_on_a_full_disk_is_refused_with_507_and_leaves_no_temp_file(
-        full_disk: FullDisk, upstream: Upstream) -> None:
-    image = upstream_image(upstream, 64 * 1024)
-
+        full_disk: FullDisk) -> None:
+    image = full_disk.uncached
     refused = full_disk.client.request("GET", f"/v2/{image.repo}/manifests/{image.tag}", repo=image.repo,
                                        headers={"Accept": ", ".join(ACCEPT)})
 
@@ -96,9 +100,8 @@ def test_an_uncached_manifest_pull_on_a_full_disk_is_refused_with_507_and_leaves
 
 
 def test_an_uncached_blob_pull_on_a_full_disk_is_refused_with_507_and_leaves_no_temp_file(
-        full_disk: FullDisk, upstream: Upstream) -> None:
-    image = upstream_image(upstream, 64 * 1024)
-
+        full_disk: FullDisk) -> None:
+    image = full_disk.uncached
     refused = full_disk.client.request("GET", f"/v2/{image.repo}/blobs/{data_layer(image)}", repo=image.repo)
 
     assert store_full(refused) == STORE_FULL
