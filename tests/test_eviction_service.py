@@ -172,6 +172,30 @@ async def test_a_full_index_fails_the_recency_flush_alone_and_is_logged_once(
         assert not store.hit_pending(str(hit))  # kept in memory until the index could take them
 
 
+async def test_a_start_on_a_full_disk_makes_room_and_marks_the_store_in_use_once_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path)
+    await store.open()
+    for i in range(4):
+        await put(store, f"c{i}", 10 * KIB, CACHED)
+    set_meta = store.index.set_meta
+
+    async def index_full(key: str, value: str) -> None:
+        raise StoreFullError(errno.ENOSPC, "index index.sqlite: database or disk is full")
+    monkeypatch.setattr(store.index, "set_meta", index_full)
+    service = EvictionService(store, config_for(tmp_path, max_size=10**9))
+    try:
+        await service.start()
+        await until_totals(store, lambda totals: totals[CACHED].blobs < 4)  # the pass a full disk asks for
+        monkeypatch.setattr(store.index, "set_meta", set_meta)
+        await service.tick()
+
+        assert await store.index.get_meta(CLEAN_SHUTDOWN) == "0"
+    finally:
+        await service.stop()
+        await store.close()
+
+
 async def test_a_clean_restart_does_not_reconcile(tmp_path: Path) -> None:
     config = config_for(tmp_path)
     async with Running(config) as running:

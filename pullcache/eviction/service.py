@@ -110,8 +110,6 @@ class EvictionService:
     async def mark_clean(self) -> None:
         """Record a clean shutdown, so the next start skips the reconcile. app.py calls it last, after
         everything that writes to the store has stopped: a crash before this point reconciles."""
-        if not self._marked_running:
-            return  # the marker still says what it said at start-up, or the start-up's reconcile would be lost
         try:
             await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
         except StoreFullError as exc:
