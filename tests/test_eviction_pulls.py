@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cleanup import mounts_under
 from tests.support.images import Image, build_image, push_image
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient, RegistryError, sha256_digest
 from tests.support.seed import ADMIN_PASSWORD, ADMIN_USER, Upstream
+from tests.support.tmpfs import tmpfs
 
 MiB = 1024 * 1024
 ACCEPT = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"]
@@ -162,14 +161,11 @@ def test_a_crash_between_file_and_index_write_is_repaired_at_restart(
 def small_disk(pullcache_factory: Callable[..., PullcacheProcess]) -> Iterator[PullcacheProcess]:
     """An unstarted pullcache whose storage is an 8 MiB tmpfs, with a bound larger than the disk."""
     pullcache = pullcache_factory({"storage": {"max_size": "1GiB", "low_water": 0.75}}, start=False)
-    pullcache.data_dir.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(pullcache.data_dir)], check=True)
-    try:
-        yield pullcache
-    finally:
-        pullcache.stop()
-        for point in mounts_under(pullcache.data_dir):
-            subprocess.run(["umount", point], check=True)
+    with tmpfs(pullcache.data_dir, "8m"):
+        try:
+            yield pullcache
+        finally:
+            pullcache.stop()
 
 
 def test_a_push_that_fills_the_disk_fails_cleanly_and_eviction_makes_room(

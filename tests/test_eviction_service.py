@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ from aiohttp import web
 from pullcache import metrics
 from pullcache.api.appkeys import PULLTHROUGH, STORE
 from pullcache.app import build_app
+from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, PUSHED, Totals
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
@@ -140,6 +143,57 @@ async def test_a_failed_pass_is_retried_and_still_frees_what_was_needed(tmp_path
         running.store.report_disk_full(15 * KIB)
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
         assert calls == 2
+
+
+async def test_a_full_index_fails_the_recency_flush_alone_and_is_logged_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def index_full(accesses: dict[str, float]) -> None:
+        raise StoreFullError(errno.ENOSPC, "index index.sqlite: database or disk is full")
+    space_checks = []
+    caplog.set_level(logging.INFO, logger="pullcache.eviction")
+
+    async with Running(config_for(tmp_path)) as running:
+        store, service = running.store, running.service
+        hit = await put(store, "hit", KIB, CACHED)
+        monkeypatch.setattr(service, "_disk_space", lambda: space_checks.append(1) or (10**12, 10**12))
+        touch_many = store.index.touch_many
+        monkeypatch.setattr(store.index, "touch_many", index_full)
+        for _ in range(3):
+            store.note_access(hit)
+            await service.tick()
+        failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        monkeypatch.setattr(store.index, "touch_many", touch_many)
+        await service.tick()
+
+        assert len(space_checks) == 4  # every tick checked the free space
+        assert failures == ["recording hits in the index failed: [Errno 28] index index.sqlite: database or "
+                            "disk is full; retrying every 5s"]
+        assert "recording hits in the index works again" in caplog.messages
+        assert not store.hit_pending(str(hit))  # kept in memory until the index could take them
+
+
+async def test_a_start_on_a_full_disk_makes_room_and_marks_the_store_in_use_once_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path)
+    await store.open()
+    for i in range(4):
+        await put(store, f"c{i}", 10 * KIB, CACHED)
+    set_meta = store.index.set_meta
+
+    async def index_full(key: str, value: str) -> None:
+        raise StoreFullError(errno.ENOSPC, "index index.sqlite: database or disk is full")
+    monkeypatch.setattr(store.index, "set_meta", index_full)
+    service = EvictionService(store, config_for(tmp_path, max_size=10**9))
+    try:
+        await service.start()
+        await until_totals(store, lambda totals: totals[CACHED].blobs < 4)  # the pass a full disk asks for
+        monkeypatch.setattr(store.index, "set_meta", set_meta)
+        await service.tick()
+
+        assert await store.index.get_meta(CLEAN_SHUTDOWN) == "0"
+    finally:
+        await service.stop()
+        await store.close()
 
 
 async def test_a_clean_restart_does_not_reconcile(tmp_path: Path) -> None:

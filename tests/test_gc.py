@@ -269,6 +269,17 @@ async def test_orphaned_temp_files_are_removed_and_fresh_ones_kept(store: Store)
     assert not orphan.exists() and fresh.exists()
 
 
+async def test_an_old_temp_file_a_live_writer_owns_is_kept(store: Store) -> None:
+    async with store.new_writer() as writer:  # a fill stalled for longer than the grace, still running
+        await writer.write(b"a stalled fill")
+        await writer.flush()
+        os.utime(writer.path, (0, 0))
+
+        report = await collect_garbage(store, GC, dry_run=False)
+
+        assert report.count("temp") == 0 and writer.path.exists()
+
+
 async def test_a_slow_write_touches_its_temp_file_before_its_buffer_fills(store: Store,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer_module, "FLUSH_AGE", 0.0)  # as if each chunk came FLUSH_AGE after the last

@@ -10,10 +10,16 @@ write), so the store's size is known without a query; `refresh_if_changed()` re-
 another process (a `pullcache gc`) wrote to the database. Listeners hear about every change:
 the eviction service uses that to notice when a commit takes cached content over its bound, and
 to hear Store.report_disk_full() from whoever caught an ENOSPC.
+
+On a full disk SQLite cannot grow its WAL, so every write fails ("database or disk is full"). That
+is raised as StoreFullError, like any other write the disk refused, with the totals as they were
+before the transaction. Eviction's removals still work: they remove the files before they commit
+the rows, so the commit has the files' space.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pullcache.cache.files import StoreFullError
 
 PUSHED = "pushed"
 CACHED = "cached"
@@ -68,6 +76,11 @@ Totals = dict[str, OriginTotals]
 TotalsListener = Callable[[Totals], None]
 
 
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's SQLITE_FULL: the disk (or the file size limit) left no room to write."""
+    return exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+
+
 def _empty_totals() -> Totals:
     return {origin: OriginTotals(0, 0) for origin in ORIGINS}
 
@@ -86,7 +99,12 @@ class BlobIndex:
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise StoreFullError(errno.ENOSPC, f"index {self.path.name}: {exc}") from exc
+            raise
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a writing function on the index thread, then tell the listeners the new totals."""
@@ -112,14 +130,18 @@ class BlobIndex:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so what a transaction
-        checks stays true until it commits, even against another process."""
+        checks stays true until it commits, even against another process. If it fails, the commit
+        included (a full disk), nothing of it stays: neither in the database nor in the totals."""
+        totals = self._totals
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._totals = totals
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     async def open(self) -> bool:
         """Open the index; True if it was missing and must be rebuilt from the files."""
@@ -246,7 +268,11 @@ class BlobIndex:
         """Remove each blob whose row is still exactly as given: file first, then row, both under
         the write lock. A commit of the same digest either finished before (its row changed, so the
         blob stays) or waits for the lock and finds the file gone (so it publishes it again), and a
-        `pullcache gc` in another process is held off the same way. Returns the rows removed."""
+        `pullcache gc` in another process is held off the same way. Returns the rows removed.
+
+        Works on a full disk: the files go before the commit, so their space is free for it. If the
+        commit fails all the same (a file still open for a response frees its space only when closed),
+        this raises StoreFullError and the rows stay, unchanged, for the next pass to remove."""
         return await self._write(self._remove_unchanged, list(rows), remove_file)
 
     def _remove_missing(self, digests: list[str], still_missing: Callable[[str], bool]) -> list[BlobRow]:

@@ -29,7 +29,7 @@ class TagLink:
 
 def _digest_dirs(root: Path) -> list[Digest]:
     """Digests stored as <alg>/<hex> files under root."""
-    found = []
+    found: list[Digest] = []
     if not root.is_dir():
         return found
     for alg_dir in root.iterdir():

@@ -6,6 +6,7 @@ and keeps the rule that a blob is visible under its digest only after it was ver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterable, Iterable
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from cachetools import LRUCache
 
-from pullcache.cache.files import remove_quietly
+from pullcache.cache.files import StoreFullError, remove_quietly
 from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow
 from pullcache.cache.layout import Layout
 from pullcache.cache.repos import Repository
@@ -38,7 +39,8 @@ class Store:
         self.index_was_missing = await self.index.open()
 
     async def close(self) -> None:
-        await self.flush_accesses()
+        with contextlib.suppress(StoreFullError):  # the last hits are lost on a full disk: only recency
+            await self.flush_accesses()
         await self.index.close()
 
     # ------------------------------------------------------------------ repositories
@@ -178,9 +180,20 @@ class Store:
         """Remember a hit in memory; flush_accesses() writes a batch, so a hot blob costs no write per hit."""
         self._accesses[str(digest)] = time.time()
 
+    def hit_pending(self, digest: str) -> bool:
+        """Whether the blob was used since the last flush that reached the index (eviction spares it)."""
+        return digest in self._accesses
+
     async def flush_accesses(self) -> None:
+        """Write the pending hits to the index. On a full disk, where the index cannot grow, they stay
+        pending for the next flush (hit_pending still says so) and StoreFullError is raised."""
         accesses, self._accesses = self._accesses, {}
-        await self.index.touch_many(accesses)
+        try:
+            await self.index.touch_many(accesses)
+        except StoreFullError:
+            for digest, at in accesses.items():
+                self._accesses[digest] = max(at, self._accesses.get(digest, at))
+            raise
 
     # ------------------------------------------------------------------ pushes
     async def push_blob(self, repository: str, chunks: AsyncIterable[bytes], expected: Digest, *,
@@ -216,6 +229,9 @@ class Store:
         try:
             await writer.verify(expected)
             await self._keep(writer, expected, PUSHED)
+        except BaseException:
+            await writer.abort()
+            raise
         finally:
             await self.uploads.remove(session)  # verified and kept, or rejected: either way it is over
         await self.repository(session.repository).link_blob(expected)

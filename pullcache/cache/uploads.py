@@ -92,8 +92,12 @@ class Uploads:
 
         def make() -> None:
             path.mkdir(parents=True)
-            (path / "data").touch()
-            write_atomic(path / "info.json", info, self._tmp)
+            try:
+                (path / "data").touch()
+                write_atomic(path / "info.json", info, self._tmp)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # e.g. a full disk: no half-made session stays
+                raise
         await asyncio.to_thread(make)
         session = UploadSession(upload_id, repository, time.time(), path, hasher=Hasher("sha256"))
         self._live[upload_id] = session

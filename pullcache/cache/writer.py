@@ -3,17 +3,31 @@
 Bytes go to a temp file in tmp/ while they are hashed; commit() verifies the digest, fsyncs and
 renames the file to its content address. Disk writes and large hash updates run in worker
 threads, so the event loop keeps serving while a layer arrives.
+
+The file stays open, and so owned (files.create_temp), until it is renamed or removed. It is unbuffered:
+the writer batches bytes itself, and no byte may wait in a file buffer, where closing the file after a
+full disk refused it would try to write it again and fail over the original error.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import time
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Self
 
-from pullcache.cache.files import StoreFullError, is_disk_full, publish, remove_quietly, temp_path
+from pullcache.cache.files import (
+    StoreFullError,
+    create_temp,
+    is_disk_full,
+    publish,
+    remove_quietly,
+    temp_path,
+    write_all,
+)
 from pullcache.digests import Digest, Hasher
 
 FLUSH_SIZE = 1024 * 1024  # batch small network chunks into one thread hop ...
@@ -30,13 +44,15 @@ class DigestMismatch(ValueError):
 
 
 class BlobWriter:
-    """One temp file being filled; use as `async with` so an exception always removes it."""
+    """One temp file being filled (or, with path, an upload session's data file continued); use as
+    `async with` so an exception always removes it."""
 
     def __init__(self, tmp_dir: Path, algorithm: str = "sha256", *, path: Path | None = None,
                  hasher: Hasher | None = None) -> None:
         self.path = path or temp_path(tmp_dir, "blob-")
+        self._is_temp = path is None
         self.hasher = hasher or Hasher(algorithm)
-        self._file: BinaryIO | None = None
+        self._file: FileIO | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._flushed_at = time.monotonic()
@@ -48,7 +64,10 @@ class BlobWriter:
         return self.hasher.size + self._pending_size
 
     async def open(self, append: bool = False) -> BlobWriter:
-        self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb")
+        if self._is_temp:
+            self._file = await asyncio.to_thread(create_temp, self.path)
+        else:
+            self._file = await asyncio.to_thread(open, self.path, "ab" if append else "wb", buffering=0)
         return self
 
     async def __aenter__(self) -> Self:
@@ -81,8 +100,7 @@ class BlobWriter:
     def _write_and_hash(self, data: bytes) -> None:
         assert self._file is not None
         try:
-            self._file.write(data)
-            self._file.flush()
+            write_all(self._file, data)
         except OSError as exc:
             if is_disk_full(exc):
                 raise StoreFullError(exc.errno, "no space left on device for the blob being written") from exc
@@ -106,8 +124,9 @@ class BlobWriter:
             self._file = None
 
     async def verify(self, expected: Digest | None, size: int | None = None) -> Digest:
-        """Flush, close and compare; raises DigestMismatch or ValueError(size) and leaves the temp to abort()."""
-        await self.close_file()
+        """Flush and compare; raises DigestMismatch or ValueError(size) and leaves the temp to abort().
+        The file stays open: publish_to() or abort() closes it."""
+        await self.flush()
         actual = self.hasher.digest()
         if expected is not None and actual != expected:
             raise DigestMismatch(expected, actual)
@@ -116,14 +135,16 @@ class BlobWriter:
         return actual
 
     async def publish_to(self, final: Path) -> None:
-        """fsync and rename the verified temp into its final place."""
+        """fsync and rename the verified temp into its final place, then close it."""
+        assert self._file is not None, "publish_to() before open() or after the end"
         try:
-            await asyncio.to_thread(publish, self.path, final)
+            await asyncio.to_thread(publish, self._file, self.path, final)
         except OSError as exc:
             if is_disk_full(exc):
                 raise StoreFullError(exc.errno, "no space left on device publishing a blob") from exc
             raise
         self.committed = True
+        await self.close_file()
 
     async def rollback(self, size: int) -> None:
         """Drop everything after the first `size` bytes (a chunk that failed half-way) and close.
@@ -138,9 +159,11 @@ class BlobWriter:
         await asyncio.to_thread(os.truncate, self.path, size)
 
     async def abort(self) -> None:
-        if self._file is not None:
-            file, self._file = self._file, None
-            await asyncio.to_thread(file.close)
-        await asyncio.to_thread(remove_quietly, self.path)
+        """Drop the bytes and the file, whatever went wrong before: never raises over the caller's error."""
         self._pending.clear()
         self._pending_size = 0
+        if self._file is not None:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # the file goes anyway
+                await asyncio.to_thread(file.close)
+        await asyncio.to_thread(remove_quietly, self.path)

@@ -6,12 +6,17 @@ blob used, re-filled or pushed since it was chosen stays) and forgets the manife
 memory, so an evicted manifest is not served from there either. A response already streaming an
 evicted blob keeps its open file (Linux keeps an unlinked file alive until it is closed), and a
 cached manifest whose blobs went is still served: the blobs are fetched again on the next pull.
+
+On a full disk the pending hits cannot be written to the index first; they stay in memory and the
+blobs they name are spared all the same.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from pullcache import metrics
+from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, BlobRow
 from pullcache.cache.store import Store
 
@@ -38,12 +43,15 @@ def _enough(rows: list[BlobRow], excess: int) -> list[BlobRow]:
 async def evict_to(store: Store, target_bytes: int) -> Evicted:
     """Evict least-recently-used cached blobs until cached bytes are at most target_bytes.
 
-    Pending hits are flushed first, so a blob used a moment ago counts as used.
+    Pending hits are flushed first, so a blob used a moment ago counts as used (on a full disk,
+    where they stay pending, it is passed over).
     """
-    await store.flush_accesses()
+    with contextlib.suppress(StoreFullError):  # the hits stay pending, and spare their blobs below
+        await store.flush_accesses()
     blobs = freed = 0
     while (excess := store.index.totals()[CACHED].bytes - target_bytes) > 0:
-        candidates = _enough(await store.index.least_recent(BATCH), excess)
+        rows = [row for row in await store.index.least_recent(BATCH) if not store.hit_pending(row.digest)]
+        candidates = _enough(rows, excess)
         if not candidates:
             break
         removed = await store.remove_unchanged(candidates)

@@ -6,23 +6,30 @@ file. Rows without files are dropped; files without rows get a row whose origin 
 local repositories' links (linked anywhere local: pushed, else cached) and whose recency is the
 file's mtime. Every change is re-checked under the index's write lock, so a blob committed or
 evicted while the scan ran is left as the committer or evictor made it.
+
+A temp file is orphaned when no live process owns it (files.create_temp): GC removes those untouched
+for TEMP_GRACE, and a server's start-up removes every one at once (remove_orphaned_temps), so what a
+crash left behind, a fallocated fill of a whole layer included, does not wait for the next GC.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pullcache.cache.files import remove_quietly
+from pullcache.cache.files import is_orphaned, remove_if_orphaned
 from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.layout import digest_from_blob_path
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
 from pullcache.eviction.refs import local_refs
 
-TEMP_GRACE = 10 * 60.0  # a temp file untouched this long belongs to no live write (fills stall out in seconds)
+# GC leaves orphaned temp files younger than this: a temp file is unlocked for an instant after its
+# creation, and a pullcache of an older version locks none.
+TEMP_GRACE = 10 * 60.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def _scan_blobs(root: Path) -> dict[str, tuple[int, float]]:
 
 
 def stale_files(folder: Path, older_than: float) -> list[StaleFile]:
-    """Files directly in folder last modified before older_than (an epoch time)."""
+    """Temp files directly in folder that no live process owns, last modified before older_than (an
+    epoch time)."""
     stale = []
     if folder.is_dir():
         with os.scandir(folder) as entries:
@@ -70,9 +78,23 @@ def stale_files(folder: Path, older_than: float) -> list[StaleFile]:
                     info = entry.stat()
                 except FileNotFoundError:
                     continue
-                if entry.is_file() and info.st_mtime < older_than:
+                if entry.is_file() and info.st_mtime < older_than and is_orphaned(Path(entry.path)):
                     stale.append(StaleFile(Path(entry.path), info.st_size))
     return stale
+
+
+def _remove_orphans(temps: list[StaleFile]) -> list[StaleFile]:
+    """Remove those still orphaned (checked again under their lock); returns the ones removed."""
+    return [temp for temp in temps if remove_if_orphaned(temp.path)]
+
+
+async def remove_orphaned_temps(store: Store) -> list[StaleFile]:
+    """Remove every temp file no live process owns, whatever its age: a server's start-up, after
+    which the temp files of a process that died (kill -9 included) are gone. Upload sessions keep
+    their data elsewhere (uploads/), so a chunked upload resumes across the restart."""
+    def sweep() -> list[StaleFile]:
+        return _remove_orphans(stale_files(store.layout.tmp, math.inf))
+    return await asyncio.to_thread(sweep)
 
 
 async def plan_reconcile(store: Store, linked: set[str], now: float | None = None) -> ReconcilePlan:
@@ -98,9 +120,8 @@ async def apply_reconcile(store: Store, plan: ReconcilePlan) -> ReconcilePlan:
     dropped = await store.index.remove_missing([row.digest for row in plan.rows_without_files],
                                                lambda digest: not exists(digest))
     added = await store.index.add_many(plan.files_without_rows, exists)
-    for temp in plan.stale_temps:
-        await asyncio.to_thread(remove_quietly, temp.path)
-    return ReconcilePlan(dropped, added, plan.stale_temps)
+    removed = await asyncio.to_thread(_remove_orphans, plan.stale_temps)
+    return ReconcilePlan(dropped, added, removed)
 
 
 async def reconcile(store: Store) -> ReconcilePlan:

@@ -1,7 +1,9 @@
 """EvictionService: the background side of the store's bound, started and stopped by app.py.
 
 - Every FLUSH_INTERVAL it writes the batched hits (recency) to the index, re-reads the index
-  totals if a `pullcache gc` process changed them, and checks the disk's free space.
+  totals if a `pullcache gc` process changed them, and checks the disk's free space: each on its
+  own, so the index refusing the hits on a full disk cannot keep the free-space check from asking
+  for the pass that makes room. A failure that repeats is logged when it starts and when it ends.
 - It listens to the index: when a commit takes cached content over storage.max_size, an eviction
   pass frees it down to storage.low_water of the bound, in its own task, so no request waits.
 - A write that hit ENOSPC (store.report_disk_full, wired to disk_full()) or a disk with less
@@ -10,23 +12,26 @@
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
 - It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
-  was missing or the last shutdown was not clean (a marker in the index says so).
+  was missing or the last shutdown was not clean (a marker in the index says so). It does remove,
+  before the server answers, every temp file no live process owns: a crash's leftovers.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pullcache import metrics
+from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, ORIGINS, Totals
 from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.eviction.gc import collect_garbage
 from pullcache.eviction.lru import Evicted, evict_to
-from pullcache.eviction.reconcile import reconcile
+from pullcache.eviction.reconcile import reconcile, remove_orphaned_temps
 
 log = logging.getLogger("pullcache.eviction")
 
@@ -34,6 +39,32 @@ FLUSH_INTERVAL = 5.0  # how stale recency may get in the index: hits in between 
 CLEAN_SHUTDOWN = "clean_shutdown"  # index meta key: "1" after mark_clean(), "0" while running
 DISK_RESERVE_FRACTION = 0.05  # keep this much of the filesystem free ...
 DISK_RESERVE_MAX = 1024**3  # ... but never ask for more than 1 GiB
+
+
+class Trouble:
+    """One kind of background work that may fail again and again (a full disk fails it every tick):
+    logged once when it starts failing, with its cause, again when the cause changes, and once when
+    it works again."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._cause: str | None = None
+
+    async def run(self, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run one try of the work; False if it failed (logged as above)."""
+        try:
+            await step()
+        except Exception as exc:
+            cause = str(exc) or exc.__class__.__name__
+            if cause != self._cause:
+                traceback = None if isinstance(exc, StoreFullError) else exc  # a full disk is no bug
+                log.error("%s failed: %s; retrying every %gs", self.what, cause, FLUSH_INTERVAL, exc_info=traceback)
+                self._cause = cause
+            return False
+        if self._cause is not None:
+            log.info("%s works again", self.what)
+            self._cause = None
+        return True
 
 
 class EvictionService:
@@ -44,6 +75,12 @@ class EvictionService:
         self._free_request = 0  # bytes of cached content a full disk asked to free on the next pass
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciling: asyncio.Task[None] | None = None  # the start-up reconcile, when one runs
+        self._marked_running = False
+        self._marking = Trouble("recording that the store is in use (so a crash reconciles)")
+        self._ticks = [(Trouble("recording hits in the index"), self.store.flush_accesses),
+                       (Trouble("reading the index totals"), self.store.index.refresh_if_changed),
+                       (Trouble("checking the free disk space"), self._check_free_space)]
+        self._evicting = Trouble("eviction pass")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -52,7 +89,8 @@ class EvictionService:
         index.on_disk_full(self.disk_full)
         self._on_totals(index.totals())
         unclean = self.store.index_was_missing or await index.get_meta(CLEAN_SHUTDOWN) != "1"
-        await index.set_meta(CLEAN_SHUTDOWN, "0")
+        await self._mark_running()
+        await self._remove_orphaned_temps()
         self._spawn(self._evict_loop)
         self._spawn(self._tick_loop)
         self._spawn(self._gc_loop)
@@ -66,12 +104,32 @@ class EvictionService:
         self._tasks.clear()
         self.store.index.unsubscribe(self._on_totals)
         self.store.index.off_disk_full(self.disk_full)
-        await self.store.flush_accesses()
+        with contextlib.suppress(StoreFullError):  # on a full disk the last hits are lost: only recency
+            await self.store.flush_accesses()
 
     async def mark_clean(self) -> None:
         """Record a clean shutdown, so the next start skips the reconcile. app.py calls it last, after
         everything that writes to the store has stopped: a crash before this point reconciles."""
-        await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
+        try:
+            await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
+        except StoreFullError as exc:
+            log.warning("could not record the clean shutdown (%s): the next start reconciles", exc)
+
+    async def _mark_running(self) -> None:
+        """Mark the store in use, so a crash from now on reconciles at the next start. On a full disk
+        the index cannot take it: eviction makes room, and every tick tries again."""
+        if await self._marking.run(lambda: self.store.index.set_meta(CLEAN_SHUTDOWN, "0")):
+            self._marked_running = True
+        else:
+            self.disk_full()
+
+    async def _remove_orphaned_temps(self) -> None:
+        """Remove what writers that died (a crash, kill -9) left in tmp/, now rather than at the next GC:
+        a fill leaves a file of the whole layer's size."""
+        removed = await remove_orphaned_temps(self.store)
+        if removed:
+            log.info("removed %d temp files (%d bytes) that no live process owns, left by one that ended "
+                     "mid-write", len(removed), sum(temp.size for temp in removed))
 
     def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         task = asyncio.create_task(loop(), name=f"pullcache-{loop.__name__.strip('_')}")
@@ -151,10 +209,7 @@ class EvictionService:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                await self.evict_now()
-            except Exception:
-                log.exception("eviction pass failed; retrying in %gs", FLUSH_INTERVAL)
+            if not await self._evicting.run(self.evict_now):
                 await asyncio.sleep(FLUSH_INTERVAL)
                 self._wake.set()
 
@@ -162,12 +217,14 @@ class EvictionService:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            try:
-                await self.store.flush_accesses()
-                await self.store.index.refresh_if_changed()
-                await self._check_free_space()
-            except Exception:
-                log.exception("periodic flush failed; retrying in %gs", FLUSH_INTERVAL)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """The periodic work, each step on its own: one that fails does not keep the others from running."""
+        if not self._marked_running:
+            await self._mark_running()
+        for trouble, step in self._ticks:
+            await trouble.run(step)
 
     async def _gc_loop(self) -> None:
         if self.config.gc.interval <= 0:
