@@ -2,20 +2,20 @@
 a request for the access middleware (api/observe.py) to count and log."""
 from __future__ import annotations
 
-from typing import Any
 
 from aiohttp import web
 
 from pullcache.api.status_page import PullCounts
 from pullcache.cache.store import Store
 from pullcache.config import Config
+from pullcache.pullthrough import PullThrough
 from pullcache.pullthrough.shadowing import ShadowWarnings
 from pullcache.resolver import Resolver
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 RESOLVER = web.AppKey("resolver", Resolver)
-PULLTHROUGH = web.AppKey("pullthrough", Any)  # pullcache.pullthrough.PullThrough
+PULLTHROUGH = web.AppKey("pullthrough", PullThrough)
 SHADOW_WARNINGS = web.AppKey("shadow_warnings", ShadowWarnings)
 PULL_COUNTS = web.AppKey("pull_counts", PullCounts)  # the status page's most pulled images (ops.setup)
 

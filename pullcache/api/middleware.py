@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from pullcache.api.appkeys import STORE
 from pullcache.api.errors import RegistryError
@@ -13,7 +14,7 @@ log = logging.getLogger("pullcache.api")
 
 
 @web.middleware
-async def errors(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """RegistryError -> its JSON body; a full disk -> 507; anything unexpected -> 500, logged once."""
     try:
         return await handler(request)

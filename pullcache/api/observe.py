@@ -18,6 +18,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from pullcache import metrics
 from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, ROUTE, SERVED_FROM
@@ -125,7 +126,7 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
 
 
 @web.middleware
-async def access(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer, send it all, then count it and log one line."""
     started = time.perf_counter()
     meter = BodyMeter()

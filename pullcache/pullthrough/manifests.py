@@ -143,8 +143,10 @@ class Manifests:
         state = self._tags.get(key)
         if state is None:
             link = await self._repository(target).get_tag(tag)
-            media_type = link and await self._media_type(target, link.digest)
-            if link is None or media_type is None:
+            if link is None:
+                return None
+            media_type = await self._media_type(target, link.digest)
+            if media_type is None:
                 return None
             state = self._tags.setdefault(key, _Tag(link.digest, media_type, link.confirmed_at))
         return state
