@@ -6,8 +6,8 @@ import asyncio
 import ssl
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config

@@ -9,10 +9,10 @@ import contextlib
 import ipaddress
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
 
 import yaml
 
@@ -275,7 +275,8 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "name": _string, "url": _url, "default": _bool, "manifest_ttl": parse_duration,
     "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
     "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
-    "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration, "not_found_ttl": parse_duration, "max_connections": _positive_int,
+    "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
+    "not_found_ttl": parse_duration, "max_connections": _positive_int,
 }
 
 
@@ -331,7 +332,7 @@ def build_config(raw: Any) -> Config:
             cls, checkers = _SECTIONS[name]
             values[name] = _build(cls, checkers, value, name)
     config = Config(**values)
-    if config.tls.cert and not config.tls.key or config.tls.key and not config.tls.cert:
+    if (config.tls.cert and not config.tls.key) or (config.tls.key and not config.tls.cert):
         raise ConfigError(f"tls: cert={config.tls.cert!r} key={config.tls.key!r} (expected both set or both null)")
     return config
 

@@ -10,9 +10,9 @@ A refusal is one of this module's exceptions; api/targets.py says it in HTTP, `p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from collections.abc import Callable
 
 from pullcache.config import Config, UpstreamConfig
 from pullcache.names import matches_glob
@@ -95,7 +95,7 @@ class Resolver:
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
         """The local target a push may write to, or PushDenied saying why not."""
         first = name.split("/", 1)[0]
-        if ns is not None or self._upstreams.by_name(first) is not None and "/" in name:
+        if ns is not None or (self._upstreams.by_name(first) is not None and "/" in name):
             raise PushDenied(name, f"repository {name!r} is proxied from an upstream and is read-only; "
                                    "push to a name that does not start with an upstream's name")
         # A one-component name is what Docker Hub calls library/<name>: `alpine` would shadow library/alpine.

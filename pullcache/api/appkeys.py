@@ -2,7 +2,6 @@
 a request for the access middleware (api/observe.py) to count and log."""
 from __future__ import annotations
 
-
 from aiohttp import web
 
 from pullcache.api.status_page import PullCounts

@@ -28,7 +28,6 @@ from pullcache.digests import Digest
 from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, ParsedManifest, check_manifest
 from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
 
-
 # ---------------------------------------------------------------------- reading
 
 @dataclass(frozen=True)

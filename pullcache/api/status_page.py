@@ -356,7 +356,8 @@ def _upstreams_section(f: Figures) -> str:
         rows.append(
             f'<tr><td><b>{escape(u.name)}</b><br><span class="url">{escape(u.url)}</span></td>'
             f'<td><span class="pill {u.state.replace(" ", "-")}">{escape(u.state)}</span></td>'
-            f'<td class="num">{human_count(u.recent.requests)}</td><td class="num">{human_count(u.recent.failures)}</td>'
+            f'<td class="num">{human_count(u.recent.requests)}</td>'
+            f'<td class="num">{human_count(u.recent.failures)}</td>'
             f'<td class="num">{human_count(u.recent.throttled)}</td><td class="num">{remaining}</td></tr>')
         if u.last_error is not None:
             rows[-1] = rows[-1].replace("<tr>", '<tr class="has-error">', 1)
@@ -365,7 +366,8 @@ def _upstreams_section(f: Figures) -> str:
     return (f'<section id="upstreams"><h2>Upstreams</h2><table><thead><tr><th>upstream</th><th>health</th>'
             f'<th class="num">requests</th><th class="num">failed</th><th class="num">429</th>'
             f'<th class="num">limit left</th></tr></thead><tbody>{body}</tbody></table>'
-            f'<p class="sub">requests in the last {human_duration(max(f.health_window, 1))}; failed = network errors and 5xx; '
+            f'<p class="sub">requests in the last {human_duration(max(f.health_window, 1))}; '
+            'failed = network errors and 5xx; '
             f'limit left = the upstream\'s ratelimit-remaining</p></section>')
 
 
@@ -389,7 +391,8 @@ def render_page(f: Figures) -> str:
     stamp = datetime.fromtimestamp(f.now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     facts = (f'<div class="facts"><span>upstream fetches in flight <b>{human_count(f.inflight_fetches)}</b></span>'
              f'<span>evicted <b>{human_count(f.evictions)}</b> blobs, <b>{human_bytes(f.evicted_bytes)}</b></span>'
-             f'<span>GC runs <b>{human_count(f.gc_runs)}</b>, reclaimed <b>{human_bytes(f.gc_reclaimed_bytes)}</b></span>'
+             f'<span>GC runs <b>{human_count(f.gc_runs)}</b>, '
+             f'reclaimed <b>{human_bytes(f.gc_reclaimed_bytes)}</b></span>'
              f'<span>HTTP requests answered <b>{human_count(f.http_requests)}</b></span>'
              f'<span id="pushes">{escape(f.push_policy)}</span></div>')
     return (

@@ -147,7 +147,8 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
     if not dry_run:
         plan = await apply_reconcile(store, plan)
     report.indexed = plan.files_without_rows
-    report.removals += [Removal("row", row.digest, 0, "index row whose file is gone") for row in plan.rows_without_files]
+    report.removals += [Removal("row", row.digest, 0, "index row whose file is gone")
+                        for row in plan.rows_without_files]
     report.removals += [Removal("temp", temp.path.name, temp.size, "orphaned temp file") for temp in plan.stale_temps]
 
     rows = await store.index.rows()
@@ -192,7 +193,7 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
 async def run_gc_command(config: Config, dry_run: bool) -> int:
     """`pullcache gc [--dry-run]`: one GC run on the configured storage, printed line by line."""
     root = Path(config.storage.path)
-    if not root.is_dir():
+    if not await asyncio.to_thread(root.is_dir):
         print(f"pullcache gc: storage.path {str(root)!r} does not exist; nothing to collect")
         return 1
     store = Store(root)

@@ -222,7 +222,8 @@ class Manifests:
         assert target.upstream is not None
         check = partial(check_manifest, response.body, response.media_type)
         try:
-            media_type = (await asyncio.to_thread(check) if len(response.body) > CHECK_INLINE_BYTES else check()).media_type
+            checked = await asyncio.to_thread(check) if len(response.body) > CHECK_INLINE_BYTES else check()
+            media_type = checked.media_type
         except ManifestInvalid as exc:
             raise UpstreamError(target.upstream.name, f"served an invalid manifest: {exc.message}") from exc
         digest = await self._store.put_small(response.body, origin=CACHED, algorithm=algorithm)

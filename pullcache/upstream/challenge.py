@@ -7,8 +7,8 @@ Remote input is untrusted, so the parser never raises: what it cannot read it sk
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 # RFC 7230 tchar: the characters an auth-scheme or parameter name is made of.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
