@@ -86,8 +86,9 @@ def notes(results: Results) -> str:
     ceiling = results.extra.get("loadgen_ceiling")
     if isinstance(ceiling, dict):
         out.append("Load generator for blobs: `bench/blobget.py` (N threads in one process; a body of "
-                   "known length is received with MSG_TRUNC, never copied to user space); for manifests: wrk -t1 -c16. Blob client ceiling against a "
-                   "sendfile(2) server of a file as big as the cached layer (best of 3): " + "; ".join(
+                   "known length is received with MSG_TRUNC, never copied to user space); for manifests: "
+                   "wrk -t1 -c16. Blob client ceiling against a sendfile(2) server of a file as big as the "
+                   "cached layer (best of 3): " + "; ".join(
                        f"{client}: " + ", ".join(
                            f"{n} client{'s' if n != '1' else ''} {v['throughput']:.0f} MB/s "
                            f"using {v['client_cpu_per_s']:.2f} cores" for n, v in per_n.items())
@@ -139,7 +140,7 @@ def chart(results: Results, path: Path) -> None:
     ratio_ax.set_ylabel("pullcache ÷ Distribution (higher is better)")
     ratio_ax.set_title("ratios; dashed: target")
 
-    for ax, key in zip(axes[1:], ABSOLUTE_KEYS):
+    for ax, key in zip(axes[1:], ABSOLUTE_KEYS, strict=True):
         metric = BY_KEY[key]
         summaries = [results.summary(key, c) for c in CACHES]
         medians = [s.median if s else 0.0 for s in summaries]

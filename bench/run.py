@@ -92,7 +92,7 @@ class Runner:
                     self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
                 if self.wanted("herd"):
                     layer = seeded.herd[r]
-                    self._each(stack, "herd", lambda c: scenarios.cold_herd(c, layer, self.settings))
+                    self._each(stack, "herd", lambda c, layer=layer: scenarios.cold_herd(c, layer, self.settings))
             if self.wanted("memory"):
                 self._each(stack, "memory", lambda c: scenarios.memory(c, seeded.huge, self.settings))
         finally:

@@ -11,8 +11,8 @@ default upstream), so one scenario body drives either.
 from __future__ import annotations
 
 import shutil
-from abc import ABC, abstractmethod
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
