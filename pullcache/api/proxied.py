@@ -95,9 +95,13 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
 
 
 async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest) -> web.StreamResponse:
-    """The blob (or the Range asked for) from a fill, each chunk sent as soon as it is on disk."""
+    """The blob (or the Range asked for) from a fill, each chunk sent as soon as it is on disk.
+
+    The headers wait for the first byte (or the commit of an empty blob): a fill that fails before it,
+    an upstream that sent headers and nothing else, is still answered with an error.
+    """
     try:
-        size = await reader.started()
+        size = await reader.begun()
     except FillFailed as exc:
         raise fill_error(exc, f"blob {digest}") from exc
     byte_range = parse_range(request.headers.get("Range"), size) if size is not None else None

@@ -180,6 +180,17 @@ class FillReader:
         fill._raise_if_failed()
         return fill.size
 
+    async def begun(self) -> int | None:
+        """The blob's size (None if unknown) once its first byte landed or the fill committed (an empty blob).
+
+        Until then a consumer has promised nothing, so it can still answer a failure with an error rather
+        than a cut transfer; raises FillFailed if the fill failed first.
+        """
+        fill = self.fill
+        await fill.wait_for(lambda: fill.written > 0 or fill.done)
+        fill._raise_if_failed()
+        return fill.size
+
     async def finished(self) -> None:
         """Wait for the end of the fill; raises FillFailed if it did not commit."""
         fill = self.fill
