@@ -245,6 +245,24 @@ async def test_a_blob_of_unannounced_size_is_cut_once_it_passes_max_size(
     assert proxy.cached(digest) is None and proxy.temp_files() == []
 
 
+async def test_a_blob_of_unannounced_size_reaches_the_client_whole(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(LAYER), FIRST):
+            await response.write(LAYER[start:start + FIRST])
+        return response
+    proxy.fake.faults[blob_path(digest)] = chunked
+
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+        assert (response.status, await response.read()) == (200, LAYER)
+    assert proxy.cached(digest) == LAYER
+
+
 async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:
     missing = "sha256:" + "0" * 64
     async with proxy.client.get(blob_path(missing)) as response:
