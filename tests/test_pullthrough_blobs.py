@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from pullcache import metrics
 from pullcache.api.appkeys import PULLTHROUGH, STORE
+from pullcache.app import build_app
 from pullcache.cache.fill import FillFailed
 from pullcache.cache.store import Store
-from pullcache.config import UpstreamConfig
+from pullcache.config import UpstreamConfig, build_config
 from pullcache.digests import Digest
 from pullcache.pullthrough import Blobs
 from pullcache.resolver import Target
 from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry, Stall, answer
+from tests.test_auth_tls import self_signed
 from tests.support_faults import (
     AccessLog,
     Gate,
@@ -112,6 +116,26 @@ async def test_the_first_byte_arrives_before_the_upstream_finishes(proxy: Proxy)
         assert not gate.release.is_set()
         gate.release.set()
         assert await response.read() == LAYER[10:]
+
+
+async def test_a_fill_streams_whole_over_tls(fake: FakeRegistry, tmp_path: Path, aiohttp_client: Any) -> None:
+    """No kernel sendfile under TLS: the growing file goes out through loop.sendfile's fallback."""
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    config = build_config({"storage": {"path": str(tmp_path / "data")},
+                           "upstreams": [{"name": "tls", "url": fake.url, "default": True}]})
+    server = TestServer(build_app(config))
+    await server.start_server(ssl=server_side)
+    client = await aiohttp_client(server, connector=aiohttp.TCPConnector(
+        ssl=ssl.create_default_context(cafile=str(cert))))
+    digest = fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    fake.faults[blob_path(digest)] = gate
+    async with client.get(blob_path(digest)) as response:
+        assert await response.content.readexactly(FIRST - 1) == LAYER[:FIRST - 1]  # before the upstream is done
+        gate.release.set()
+        assert await response.read() == LAYER[FIRST - 1:]
 
 
 async def test_a_client_that_disconnects_does_not_stop_the_fill(proxy: Proxy) -> None:

@@ -129,8 +129,9 @@ async def test_a_slow_reader_that_keeps_reading_is_not_cut(
     received = b""
     started = time.monotonic()
     async with registry.get(f"/v2/team/app/blobs/{digest}") as response:
-        while chunk := await response.content.read(256 * 1024):
-            received += chunk
-            await asyncio.sleep(SHORT_TIMEOUT / 4)  # the client's pace: a quarter MiB per quarter timeout
+        while len(received) < len(SMALL):
+            await asyncio.sleep(SHORT_TIMEOUT / 2)  # the client's pace: 1 MiB per half the timeout
+            received += await response.content.readexactly(1024 * 1024)
+        assert await response.read() == b""
     assert received == SMALL
     assert time.monotonic() - started > 2 * SHORT_TIMEOUT  # slower overall than the timeout, never idle that long

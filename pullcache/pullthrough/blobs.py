@@ -100,6 +100,12 @@ def _not_ours(cause: BaseException | None, theirs: Target, ours: Target) -> bool
     return theirs.store_name != ours.store_name and isinstance(cause, (UpstreamNotFound, UpstreamUnauthorized))
 
 
+def _flight_key(target: Target, digest: Digest) -> tuple[str, Digest]:
+    """Fetches are shared per upstream: the upstream's name and the digest."""
+    assert target.upstream is not None, "Blobs serves upstream targets only"
+    return target.upstream.name, digest
+
+
 def _impossible_size(digest: Digest, size: int | None) -> bool:
     """Whether an announced size cannot be the digest's: only the empty blob has 0 bytes."""
     return size == 0 and digest != Digest.of(b"", digest.algorithm)
@@ -109,7 +115,7 @@ class Blobs:
     def __init__(self, store: Store, *, max_size: int) -> None:
         self._store = store
         self._max_size = max_size  # storage.max_size: no larger blob is fetched
-        self._fills: dict[tuple[str, Digest], _Flight] = {}  # (upstream name, digest): fetches never cross upstreams
+        self._fills: dict[tuple[str, Digest], _Flight] = {}  # by _flight_key: fetches never cross upstreams
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, target: Target, digest: Digest) -> BlobSource:
@@ -130,7 +136,7 @@ class Blobs:
                     self._store.note_access(digest)
                     stats.count(stats.BLOB, target.upstream.name, stats.HIT)
                     return BlobSource(stats.HIT, file=opened[0], size=opened[1])
-            flight = self._fills.get((target.upstream.name, digest))
+            flight = self._fills.get(_flight_key(target, digest))
             if flight is None:
                 fill = self._start(target, digest)
                 stats.count(stats.BLOB, target.upstream.name, stats.MISS)
@@ -164,7 +170,7 @@ class Blobs:
         size = self._store.blob_size(digest)
         result = stats.HIT
         if size is None:
-            flight = self._fills.get((target.upstream.name, digest))
+            flight = self._fills.get(_flight_key(target, digest))
             size = flight.fill.size if flight is not None else None
             result = stats.COALESCED
         if size is None and not ask_upstream:
@@ -176,9 +182,8 @@ class Blobs:
         return size, result
 
     def _start(self, target: Target, digest: Digest) -> Fill:
-        assert target.upstream is not None
         fill = Fill(self._store, digest, origin=CACHED)
-        self._fills[(target.upstream.name, digest)] = _Flight(fill, target)
+        self._fills[_flight_key(target, digest)] = _Flight(fill, target)
         task = asyncio.get_running_loop().create_task(self._fetch(target, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -215,8 +220,7 @@ class Blobs:
         self._ended(target, digest)  # committed: from now on requests find the blob in the store
 
     def _ended(self, target: Target, digest: Digest) -> None:
-        assert target.upstream is not None
-        self._fills.pop((target.upstream.name, digest), None)
+        self._fills.pop(_flight_key(target, digest), None)
         metrics.inflight_fetches.dec()
 
     async def close(self) -> None:
