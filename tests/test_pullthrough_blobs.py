@@ -24,7 +24,6 @@ from pullcache.pullthrough import Blobs
 from pullcache.resolver import Target
 from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry, Stall, answer
-from tests.test_auth_tls import self_signed
 from tests.support_faults import (
     AccessLog,
     Gate,
@@ -35,6 +34,7 @@ from tests.support_faults import (
     truncated,
     wrong_bytes,
 )
+from tests.test_auth_tls import self_signed
 
 LAYER = os.urandom(4 * 1024 * 1024 + 123)
 FIRST = 256 * 1024

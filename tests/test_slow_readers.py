@@ -24,14 +24,21 @@ from tests.registry_api import push_blob
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient
 from tests.support.seed import ADMIN_PASSWORD, ADMIN_USER, Upstream
-from tests.support.stalled import StalledReaders, connections_to, cpu_seconds, rss_mib, send_queues, wait_until
+from tests.support.stalled import (
+    StalledReaders,
+    connections_to,
+    cpu_seconds,
+    rss_mib,
+    send_queues,
+    wait_until,
+)
 from tests.support_faults import AccessLog
 
 pytest_plugins = ["tests.registry_api"]
 
 BIG = 64 * 1024 * 1024
 READERS = 100
-SEND_TIMEOUT = 10.0  # longer than the fill takes, so the readers are all still there when it ends
+SEND_TIMEOUT = 12.0  # longer than the fill takes, so the readers are all still there when it ends
 MEMORY_BOUND_MIB = 50  # what the stalled readers of a fill may add to the server's RSS, all together
 CPU_WINDOW = 2.0
 CPU_BOUND = 0.1  # CPU seconds the stalled readers of a cached blob may cost in CPU_WINDOW, all together

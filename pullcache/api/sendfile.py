@@ -138,7 +138,7 @@ async def _send_fallback(transport: asyncio.Transport, file_fd: int, offset: int
     """loop.sendfile (reads in a thread, writes through the transport, one buffer per transfer), a
     FALLBACK_PIECE at a time so that a piece not taken within SEND_TIMEOUT cuts the client."""
     loop = asyncio.get_running_loop()
-    with open(os.dup(file_fd), "rb", buffering=0) as file:  # its own offset: loop.sendfile seeks
+    with os.fdopen(os.dup(file_fd), "rb", buffering=0) as file:  # its own offset: loop.sendfile seeks
         end = offset + count
         while offset < end:
             piece = min(end - offset, FALLBACK_PIECE)

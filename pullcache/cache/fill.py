@@ -25,6 +25,7 @@ from pullcache.cache.store import Store
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
 
+
 class FillFailed(Exception):
     """The fill ended without a verified blob; the bytes read from it must not be trusted."""
 
