@@ -125,12 +125,11 @@ async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest)
                 await send_body(request, writer, reader.fileno(), offset, count, chunked=end is None)
                 stats.served(stats.FROM_UPSTREAM, count)
         await response.write_eof()
-    except FillFailed:
-        # Headers are gone; only cutting the connection tells the client the body is not whole.
+    except (FillFailed, ConnectionError):
+        # Headers are gone; only cutting the connection tells the client the body is not whole (one that went
+        # away, or accepted nothing for the send timeout, is cut already). The fill carries on for the others.
         if request.transport is not None:
             request.transport.abort()
-    except ConnectionError:
-        pass  # the client went away (or accepted nothing for the send timeout); the fill carries on
     return response
 
 
