@@ -74,7 +74,7 @@ async def test_a_cancelled_transfer_never_writes_to_a_reused_fd(tmp_path: Path) 
     file = open(blob, "rb")
     try:
         transport = await connected
-        transfer = asyncio.ensure_future(send_file(transport, file, 0, SPARSE_SIZE))
+        transfer = asyncio.ensure_future(send_file(transport, file.fileno(), 0, SPARSE_SIZE))
         await asyncio.to_thread(receiving.wait)
         transfer.cancel()
         await asyncio.sleep(0)

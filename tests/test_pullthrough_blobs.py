@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from pullcache import metrics
 from pullcache.api.appkeys import PULLTHROUGH, STORE
+from pullcache.app import build_app
 from pullcache.cache.fill import FillFailed
 from pullcache.cache.store import Store
-from pullcache.config import UpstreamConfig
+from pullcache.config import UpstreamConfig, build_config
 from pullcache.digests import Digest
 from pullcache.pullthrough import Blobs
 from pullcache.resolver import Target
@@ -31,6 +34,7 @@ from tests.support_faults import (
     truncated,
     wrong_bytes,
 )
+from tests.test_auth_tls import self_signed
 
 LAYER = os.urandom(4 * 1024 * 1024 + 123)
 FIRST = 256 * 1024
@@ -116,6 +120,26 @@ async def test_the_first_byte_arrives_before_the_upstream_finishes(proxy: Proxy)
         assert not gate.release.is_set()
         gate.release.set()
         assert await response.read() == LAYER[10:]
+
+
+async def test_a_fill_streams_whole_over_tls(fake: FakeRegistry, tmp_path: Path, aiohttp_client: Any) -> None:
+    """No kernel sendfile under TLS: the growing file goes out through loop.sendfile's fallback."""
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    config = build_config({"storage": {"path": str(tmp_path / "data")},
+                           "upstreams": [{"name": "tls", "url": fake.url, "default": True}]})
+    server = TestServer(build_app(config))
+    await server.start_server(ssl=server_side)
+    client = await aiohttp_client(server, connector=aiohttp.TCPConnector(
+        ssl=ssl.create_default_context(cafile=str(cert))))
+    digest = fake.add_blob(LAYER)
+    gate = Gate(LAYER, FIRST)
+    fake.faults[blob_path(digest)] = gate
+    async with client.get(blob_path(digest)) as response:
+        assert await response.content.readexactly(FIRST - 1) == LAYER[:FIRST - 1]  # before the upstream is done
+        gate.release.set()
+        assert await response.read() == LAYER[FIRST - 1:]
 
 
 async def test_a_client_that_disconnects_does_not_stop_the_fill(proxy: Proxy) -> None:
@@ -247,6 +271,24 @@ async def test_a_blob_of_unannounced_size_is_cut_once_it_passes_max_size(
 
     await assert_broken_transfer(proxy, digest)
     assert proxy.cached(digest) is None and proxy.temp_files() == []
+
+
+async def test_a_blob_of_unannounced_size_reaches_the_client_whole(proxy: Proxy) -> None:
+    digest = proxy.fake.add_blob(LAYER)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(LAYER), FIRST):
+            await response.write(LAYER[start:start + FIRST])
+        return response
+    proxy.fake.faults[blob_path(digest)] = chunked
+
+    async with proxy.client.get(blob_path(digest)) as response:
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+        assert (response.status, await response.read()) == (200, LAYER)
+    assert proxy.cached(digest) == LAYER
 
 
 async def test_an_unknown_blob_is_blob_unknown(proxy: Proxy) -> None:

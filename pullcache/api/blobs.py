@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractStreamWriter
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_digest
-from pullcache.api.sendfile import send_file
+from pullcache.api.sendfile import send_body
 from pullcache.api.targets import push_target, read_target
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
@@ -108,12 +108,8 @@ class BlobFileResponse(web.StreamResponse):
 
     async def _send(self, request: web.BaseRequest, file: BinaryIO) -> AbstractStreamWriter | None:
         writer = await super().prepare(request)
-        assert writer is not None and request.transport is not None and self.content_length is not None
-        count = self.content_length
-        await send_file(request.transport, file, self._offset, count)
-        # sendfile bypasses the payload writer: keep its byte counts (body_length) truthful.
-        writer.buffer_size += count
-        writer.output_size += count
+        assert writer is not None and self.content_length is not None
+        await send_body(request, writer, file.fileno(), self._offset, self.content_length)
         await super().write_eof()
         return writer
 

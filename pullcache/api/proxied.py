@@ -3,8 +3,9 @@ from the upstream itself.
 
 The API handlers call get_manifest / get_blob when the resolver says a name is not local. A cached
 blob goes out like any committed blob (sendfile, Range); a blob still arriving streams from its
-fill, and if the fill fails after the headers went out the connection is cut, so the client sees
-a broken transfer and never wrong bytes. Upstream failures become OCI errors a client can act on.
+fill's file by sendfile too, and if the fill fails after the headers went out the connection is cut,
+so the client sees a broken transfer and never wrong bytes. Upstream failures become OCI errors a
+client can act on.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pullcache.api.blobs import blob_file_response, digest_headers, parse_range
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
+from pullcache.api.sendfile import send_body
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.digests import Digest
@@ -95,9 +97,14 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
 
 
 async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest) -> web.StreamResponse:
-    """The blob (or the Range asked for) from a fill, each chunk sent as soon as it is on disk."""
+    """The blob (or the Range asked for) from a fill, each span sent from the file as soon as it is on disk,
+    at the client's pace (api/sendfile.py: nothing held in memory per client, a stalled one cut).
+
+    The headers wait for the first byte (or the commit of an empty blob): a fill that fails before it,
+    an upstream that sent headers and nothing else, is still answered with an error.
+    """
     try:
-        size = await reader.started()
+        size = await reader.begun()
     except FillFailed as exc:
         raise fill_error(exc, f"blob {digest}") from exc
     byte_range = parse_range(request.headers.get("Range"), size) if size is not None else None
@@ -111,18 +118,18 @@ async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest)
     else:
         response.content_length = end - start
     try:
-        await response.prepare(request)
-        async with aclosing(reader.chunks(start, end)) as chunks:
-            async for chunk in chunks:
-                await response.write(chunk)
-                stats.served(stats.FROM_UPSTREAM, len(chunk))
+        writer = await response.prepare(request)
+        assert writer is not None
+        async with aclosing(reader.spans(start, end)) as spans:
+            async for offset, count in spans:
+                await send_body(request, writer, reader.fileno(), offset, count, chunked=end is None)
+                stats.served(stats.FROM_UPSTREAM, count)
         await response.write_eof()
-    except FillFailed:
-        # Headers are gone; only cutting the connection tells the client the body is not whole.
+    except (FillFailed, ConnectionError):
+        # Headers are gone; only cutting the connection tells the client the body is not whole (one that went
+        # away, or accepted nothing for the send timeout, is cut already). The fill carries on for the others.
         if request.transport is not None:
             request.transport.abort()
-    except ConnectionError:
-        pass  # the client went away; the fill carries on for the others
     return response
 
 

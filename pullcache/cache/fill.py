@@ -3,9 +3,13 @@
 One producer writes (and hashes) the bytes as they arrive; every reader streams from the same
 file from any offset, waiting for more when it has caught up. When the producer finishes, the
 digest is verified and the file committed to the store, or the fill fails: the temp file is
-removed and every reader raises FillFailed on its next read. A reader never hands out the last
+removed and every reader raises FillFailed on its next wait. A reader never hands out the last
 byte of what it was asked for before the fill is committed, so a consumer can never complete a
 read of wrong or truncated bytes.
+
+Readers copy nothing: they say which spans of the file are on disk and hand out its descriptor, so a
+consumer sends them straight from the page cache (sendfile) at its client's pace, and a client that
+reads slowly or not at all holds no bytes of the blob in memory.
 
 Disk only: the producer may be an upstream fetch or anything else that yields bytes.
 """
@@ -14,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Self
 
 from pullcache.cache.store import Store
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
-
-READ_CHUNK = 1024 * 1024  # largest single pread; a reader that is far behind catches up in big steps
 
 
 class FillFailed(Exception):
@@ -160,12 +162,14 @@ class Fill:
 
 
 class FillReader:
-    """One consumer of a Fill. Use `async with`; close() releases the file even mid-read."""
+    """One consumer of a Fill. Use `async with`; close() releases the file.
+
+    It reads nothing itself: spans() says which bytes are ready and fileno() where to read them.
+    """
 
     def __init__(self, fill: Fill) -> None:
         self.fill = fill
         self._closed = False
-        self._reading: asyncio.Future[bytes] | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -180,14 +184,35 @@ class FillReader:
         fill._raise_if_failed()
         return fill.size
 
+    async def begun(self) -> int | None:
+        """The blob's size (None if unknown) once its first byte landed or the fill committed (an empty blob).
+
+        Until then a consumer has promised nothing, so it can still answer a failure with an error rather
+        than a cut transfer; raises FillFailed if the fill failed first.
+        """
+        fill = self.fill
+        await fill.wait_for(lambda: fill.written > 0 or fill.done)
+        fill._raise_if_failed()
+        return fill.size
+
     async def finished(self) -> None:
         """Wait for the end of the fill; raises FillFailed if it did not commit."""
         fill = self.fill
         await fill.wait_for(lambda: fill.done)
         fill._raise_if_failed()
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes [start, end) as they land (end None: to the end of the blob).
+    def fileno(self) -> int:
+        """The file's read-only descriptor, open until close() (and across the commit's rename).
+
+        A consumer whose read may outlive close() (a thread, a cancelled send) reads from a duplicate.
+        """
+        fd = self.fill._fd
+        assert fd is not None and not self._closed, "fileno() before the start or after close()"
+        return fd
+
+    async def spans(self, start: int = 0, end: int | None = None) -> AsyncGenerator[tuple[int, int], None]:
+        """(offset, count) spans of bytes [start, end) as they land on disk (end None: to the end of the
+        blob), to be read from fileno().
 
         The final byte is held back until the digest is verified; a failure raises FillFailed.
         """
@@ -205,10 +230,8 @@ class FillReader:
             if not committed and end is not None and limit == end:
                 limit = end - 1  # the last byte waits for the verdict
             if offset < limit:
-                data = await self._pread(offset, min(READ_CHUNK, limit - offset))
-                fill._raise_if_failed()
-                offset += len(data)
-                yield data
+                yield offset, limit - offset
+                offset = limit
             elif committed:
                 if end is not None:  # committed shorter than asked: a caller's range past the blob
                     raise FillFailed(fill.digest, EOFError(f"blob ends at {fill.written}, before {end}"))
@@ -216,24 +239,8 @@ class FillReader:
             else:
                 await fill.changed()
 
-    async def _pread(self, offset: int, size: int) -> bytes:
-        fd = self.fill._fd
-        assert fd is not None and not self._closed, "read from a closed reader"
-        reading = asyncio.get_running_loop().run_in_executor(None, os.pread, fd, size, offset)
-        self._reading = reading
-        data = await asyncio.shield(reading)  # if we are cancelled, the thread still owns the descriptor
-        self._reading = None
-        if not data:
-            raise FillFailed(self.fill.digest, EOFError(f"temp file shorter than {offset + size} bytes"))
-        return data
-
     def close(self) -> None:
-        """Stop reading; the producer carries on. A read still running in a thread keeps the file until it ends."""
-        if self._closed:
-            return
-        self._closed = True
-        reading = self._reading
-        if reading is not None and not reading.done():
-            reading.add_done_callback(lambda _: self.fill._release())
-        else:
+        """Stop reading; the producer carries on."""
+        if not self._closed:
+            self._closed = True
             self.fill._release()

@@ -1,16 +1,19 @@
-"""Blobs of upstream repositories: one upstream fetch per digest, streamed to every client as it lands.
+"""Blobs of upstream repositories: one fetch per upstream and digest, streamed to every client as it lands.
 
-The first request for a missing digest starts the only fetch, a task of its own that outlives any
-one request; its bytes go into a Fill, and that request and every one arriving while the fetch runs
-read the Fill as it grows. A verified fill is committed to the store as cached content; a failed
-one leaves nothing behind.
+The first request for a missing digest starts the only fetch of it from its upstream, a task of its
+own that outlives any one request; its bytes go into a Fill, and that request and every one arriving
+for the same upstream while the fetch runs read the Fill as it grows. A verified fill is committed to
+the store as cached content, served from then on to whoever asks (a digest names one content); a
+failed one leaves nothing behind.
 
-A cached blob belongs to no repository: it is served to any upstream repository that asks for its
-digest (a digest names one content), so no per-repository link is written for it, and a request joins
-a fetch of the same digest whichever repository that fetch asks. When such a fetch fails before its
-first byte because its upstream refused *its* repository (not found, denied), or it was another
-upstream's fetch, the requests of other repositories fetch for themselves instead of sharing a refusal
-that is not theirs.
+Requests for the same digest from different upstreams never share a fetch: a slow or hostile upstream
+must not stall, or answer for, the clients of another. Within one upstream a request joins a fetch for
+any repository, so no per-repository link is written for a cached blob; when such a fetch fails before
+its first byte because the upstream refused *its* repository (not found, denied), the requests of other
+repositories fetch for themselves instead of sharing a refusal that is not theirs.
+
+An upstream whose headers announce a size the digest cannot have (0 bytes for anything but the empty
+blob) is refused before a byte is read: the fill fails with an UpstreamError, answered 502.
 
 A blob larger than storage.max_size could only be cached by evicting everything and still not fit,
 so its fetch ends as soon as the upstream's headers announce its size (BlobTooLarge, answered 507),
@@ -91,22 +94,28 @@ class _Flight:
 
 
 def _not_ours(cause: BaseException | None, theirs: Target, ours: Target) -> bool:
-    """Whether a failure of a fetch for `theirs` says nothing about the same digest in `ours`.
+    """Whether a failure of a fetch for `theirs` (another repository of our upstream) says nothing about the
+    same digest in `ours`: only a refusal of that repository (not found, denied) does not. An outage of our
+    upstream, a full disk and the like are everyone's."""
+    return theirs.store_name != ours.store_name and isinstance(cause, (UpstreamNotFound, UpstreamUnauthorized))
 
-    Another upstream's failures are its own; on the same upstream, only a refusal of that repository
-    (not found, denied) is. An outage of our own upstream, a full disk and the like are everyone's.
-    """
-    assert theirs.upstream is not None and ours.upstream is not None
-    if theirs.store_name == ours.store_name or not isinstance(cause, UpstreamError):
-        return False
-    return theirs.upstream.name != ours.upstream.name or isinstance(cause, (UpstreamNotFound, UpstreamUnauthorized))
+
+def _flight_key(target: Target, digest: Digest) -> tuple[str, Digest]:
+    """Fetches are shared per upstream: the upstream's name and the digest."""
+    assert target.upstream is not None, "Blobs serves upstream targets only"
+    return target.upstream.name, digest
+
+
+def _impossible_size(digest: Digest, size: int | None) -> bool:
+    """Whether an announced size cannot be the digest's: only the empty blob has 0 bytes."""
+    return size == 0 and digest != Digest.of(b"", digest.algorithm)
 
 
 class Blobs:
     def __init__(self, store: Store, *, max_size: int) -> None:
         self._store = store
         self._max_size = max_size  # storage.max_size: no larger blob is fetched
-        self._fills: dict[Digest, _Flight] = {}
+        self._fills: dict[tuple[str, Digest], _Flight] = {}  # by _flight_key: fetches never cross upstreams
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, target: Target, digest: Digest) -> BlobSource:
@@ -115,8 +124,9 @@ class Blobs:
         A cached file is a hit only once it is open: eviction may remove it at any moment, and an open
         file stays readable, while one removed between the stat and the open is fetched again instead
         of answered 404. From the look at the running fills to the new reader nothing awaits, so no
-        fill can finish in between. A fetch for another repository is joined only once it has begun
-        (or failed for reasons that are ours too, see _not_ours); otherwise this request fetches itself.
+        fill can finish in between. Only a fetch from the same upstream is joined; one for another of its
+        repositories only once it has begun (or failed for reasons that are ours too, see _not_ours);
+        otherwise this request fetches itself.
         """
         assert target.upstream is not None, "Blobs serves upstream targets only"
         while True:
@@ -126,7 +136,7 @@ class Blobs:
                     self._store.note_access(digest)
                     stats.count(stats.BLOB, target.upstream.name, stats.HIT)
                     return BlobSource(stats.HIT, file=opened[0], size=opened[1])
-            flight = self._fills.get(digest)
+            flight = self._fills.get(_flight_key(target, digest))
             if flight is None:
                 fill = self._start(target, digest)
                 stats.count(stats.BLOB, target.upstream.name, stats.MISS)
@@ -154,13 +164,13 @@ class Blobs:
         return False
 
     async def head(self, target: Target, digest: Digest, *, ask_upstream: bool = True) -> tuple[int, str] | None:
-        """(size, result) without fetching a body: from the store, a running fill, or (if ask_upstream)
-        an upstream HEAD; None when only the store and fills were asked and neither has it."""
+        """(size, result) without fetching a body: from the store, a running fill of this upstream, or (if
+        ask_upstream) an upstream HEAD; None when only the store and fills were asked and neither has it."""
         assert target.upstream is not None, "Blobs serves upstream targets only"
         size = self._store.blob_size(digest)
         result = stats.HIT
         if size is None:
-            flight = self._fills.get(digest)
+            flight = self._fills.get(_flight_key(target, digest))
             size = flight.fill.size if flight is not None else None
             result = stats.COALESCED
         if size is None and not ask_upstream:
@@ -173,7 +183,7 @@ class Blobs:
 
     def _start(self, target: Target, digest: Digest) -> Fill:
         fill = Fill(self._store, digest, origin=CACHED)
-        self._fills[digest] = _Flight(fill, target)
+        self._fills[_flight_key(target, digest)] = _Flight(fill, target)
         task = asyncio.get_running_loop().create_task(self._fetch(target, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -188,6 +198,9 @@ class Blobs:
             async with target.upstream.open_blob(target.repository, str(digest)) as stream:
                 if stream.size is not None and stream.size > self._max_size:
                     raise BlobTooLarge(digest, self._max_size, stream.size)  # the body is left unread
+                if _impossible_size(digest, stream.size):
+                    raise UpstreamError(target.upstream.name, "an empty body (Content-Length: 0) cannot have "
+                                                              "that digest", 200)
                 await fill.begin(stream.size)
                 async for chunk in stream.chunks():
                     await fill.write(chunk)
@@ -195,7 +208,7 @@ class Blobs:
                         raise BlobTooLarge(digest, self._max_size, None)
             await fill.commit()
         except BaseException as exc:
-            self._ended(digest)  # before any await: nobody may join a fill that is failing
+            self._ended(target, digest)  # before any await: nobody may join a fill that is failing
             await fill.fail(exc)
             if isinstance(exc, StoreFullError):  # whether or not a request is still there to say so
                 await fill.closed()  # until then the failed fill still holds its space: eviction could not even write
@@ -204,10 +217,10 @@ class Blobs:
                 raise
             log.warning("blob %s of %s: fetch failed, nothing cached: %s", digest, target.store_name, exc)
             return
-        self._ended(digest)  # committed: from now on requests find the blob in the store
+        self._ended(target, digest)  # committed: from now on requests find the blob in the store
 
-    def _ended(self, digest: Digest) -> None:
-        self._fills.pop(digest, None)
+    def _ended(self, target: Target, digest: Digest) -> None:
+        self._fills.pop(_flight_key(target, digest), None)
         metrics.inflight_fetches.dec()
 
     async def close(self) -> None:
