@@ -28,8 +28,11 @@ system:
 run: venv
 	$(BIN)/pullcache serve -c proxy.yml
 
+# Type check and lint first (seconds), then every test, four at a time: most wait on real processes.
 test: system venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/mypy
+	$(BIN)/ruff check pullcache bench
+	$(BIN)/python -m pytest -q -ra -n 4
 
 bench: system venv $(VENV)/.bench-installed
 	$(BIN)/python -m bench
