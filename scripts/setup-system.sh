@@ -12,6 +12,7 @@ packages=(
   wrk                 # manifest requests/s in the benchmark
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules
+  debootstrap         # a Debian base image for building deploy/Dockerfile offline (cached, see tests/support/baseimage.py)
   chromium fonts-dejavu-core fonts-liberation  # renders the status page in a real browser, with fonts
   curl iproute2 util-linux
 )
