@@ -16,6 +16,9 @@ packages=(
   chromium fonts-dejavu-core fonts-liberation  # renders the status page in a real browser, with fonts
   curl iproute2 util-linux
 )
+# `kubectl kustomize` renders deploy/k8s*: Debian's kubectl, unless the machine already has one
+# (another kubectl package owns the same path).
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -30,7 +30,6 @@ K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SYSTEMD_UNIT = DEPLOY / "systemd" / "pullcache.service"
 CLIENTS = DEPLOY / "clients"
-CONTAINERD_CERTS_D = CLIENTS / "containerd" / "certs.d"
 
 STORAGE_PATH = "/var/lib/pullcache"
 CONFIG_PATH = "/etc/pullcache/proxy.yml"
@@ -157,30 +156,8 @@ def _alert(name: str) -> dict:
     return matches[0]
 
 
-def _k8s_docs() -> list[dict]:
-    docs = []
-    for resource in _load_yaml(K8S / "kustomization.yaml")["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((K8S / resource).read_text()) if d)
-    return docs
-
-
-def _k8s(kind: str) -> dict:
-    matches = [d for d in _k8s_docs() if d["kind"] == kind]
-    assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
-    return matches[0]
-
-
-def _pod_spec() -> dict:
-    return _k8s("Deployment")["spec"]["template"]["spec"]
-
-
-def _container() -> dict:
-    (container,) = _pod_spec()["containers"]
-    return container
-
-
 def _configmap_proxy_yml() -> str:
-    return _k8s("ConfigMap")["data"]["proxy.yml"]
+    return _load_yaml(K8S / "base" / "configmap.yaml")["data"]["proxy.yml"]
 
 
 def _dockerfile_instructions(stage: str = "all") -> list[tuple[str, str]]:
@@ -463,127 +440,9 @@ def test_dockerfile_final_stage_is_python_311_slim():
     assert re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_from) == "python:3.11-slim"
 
 
-# ------------------------------------------------------------------------------------- kubernetes
-
-def test_kustomization_lists_every_manifest_in_the_directory():
-    listed = set(_load_yaml(K8S / "kustomization.yaml")["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
-
-
-def test_k8s_manifests_have_the_expected_kinds():
-    kinds = {(d["apiVersion"], d["kind"]) for d in _k8s_docs()}
-    assert {
-        ("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"), ("apps/v1", "Deployment"),
-        ("v1", "Service"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    } <= kinds
-
-
-def test_k8s_liveness_probe_asks_healthz():
-    assert _container()["livenessProbe"]["httpGet"]["path"] == "/healthz"
-
-
-def test_k8s_readiness_probe_asks_readyz():
-    assert _container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
-
-
-def test_k8s_startup_probe_asks_healthz():
-    assert _container()["startupProbe"]["httpGet"]["path"] == "/healthz"
-
-
-def test_k8s_probes_target_the_container_port():
-    (port,) = _container()["ports"]
-    assert port["containerPort"] == PORT
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert _container()[probe]["httpGet"]["port"] in (port["name"], PORT), probe
-
-
-def test_k8s_pod_runs_as_non_root_without_privilege_escalation():
-    pod, container = _pod_spec()["securityContext"], _container()["securityContext"]
-    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
-    assert container["allowPrivilegeEscalation"] is False
-    assert container["capabilities"]["drop"] == ["ALL"]
-
-
-def test_k8s_container_has_resource_requests_and_memory_limit():
-    resources = _container()["resources"]
-    assert {"cpu", "memory"} <= set(resources["requests"])
-    assert "memory" in resources["limits"]
-
-
-def test_k8s_store_is_the_pvc_mounted_at_the_storage_path():
-    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
-    volumes = {v["name"]: v for v in _pod_spec()["volumes"]}
-    claim = volumes[mounts[STORAGE_PATH]]["persistentVolumeClaim"]["claimName"]
-    assert claim == _k8s("PersistentVolumeClaim")["metadata"]["name"]
-
-
-def test_k8s_config_is_the_configmap_mounted_where_serve_reads_it():
-    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
-    volumes = {v["name"]: v for v in _pod_spec()["volumes"]}
-    config_dir, file_name = CONFIG_PATH.rsplit("/", 1)
-    configmap = volumes[mounts[config_dir]]["configMap"]
-    assert configmap["name"] == _k8s("ConfigMap")["metadata"]["name"]
-    assert file_name in _k8s("ConfigMap")["data"]
-    assert _container()["args"][-2:] == ["-c", CONFIG_PATH]
-
-
-def test_k8s_deployment_recreates_the_single_pod_owning_the_volume():
-    spec = _k8s("Deployment")["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
-    assert _k8s("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
-
-
-def test_k8s_service_exposes_port_5000_to_the_pods():
-    service = _k8s("Service")["spec"]
-    (port,) = service["ports"]
-    assert port["port"] == PORT
-    assert port["targetPort"] in (_container()["ports"][0]["name"], PORT)
-    pod_labels = _k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["selector"].items() <= pod_labels.items()
-
-
-def test_k8s_servicemonitor_scrapes_metrics_from_the_service_port():
-    monitor = _k8s("ServiceMonitor")["spec"]
-    service = _k8s("Service")
-    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    (endpoint,) = monitor["endpoints"]
-    assert endpoint["path"] == "/metrics"
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
-
-
-def test_k8s_servicemonitor_offers_basic_auth_from_a_secret():
-    """With auth.pull: authenticated, /metrics needs credentials: the Operator reads them from a Secret."""
-    offered = _offered_block((K8S / "servicemonitor.yaml").read_text(), "basicAuth:")["basicAuth"]
-    assert set(offered) == {"username", "password"}
-    for ref in offered.values():
-        assert set(ref) == {"name", "key"}
-    assert offered["username"]["name"] == offered["password"]["name"]
-
-
-def test_k8s_servicemonitor_labels_the_job_as_the_alerts_expect():
-    monitor = _k8s("ServiceMonitor")["spec"]
-    assert _k8s("Service")["metadata"]["labels"][monitor["jobLabel"]] == "pullcache"
-    assert 'job="pullcache"' in _alert("PullcacheDown")["expr"]
-
-
-def test_k8s_prometheusrule_carries_the_same_rules_as_alerts_yml():
-    assert _k8s("PrometheusRule")["spec"] == _load_yaml(ALERTS)
-
-
-def test_k8s_configmap_stores_on_the_volume_and_configures_the_three_upstreams():
-    config = yaml.safe_load(_configmap_proxy_yml())
-    assert config["storage"]["path"] == STORAGE_PATH
-    upstreams = {u["name"]: u for u in config["upstreams"]}
-    assert set(upstreams) == UPSTREAMS
-    assert upstreams["docker.io"]["default"] is True
-    assert upstreams["docker.io"]["token_hosts"] == ["auth.docker.io"]
-    assert [u["name"] for u in config["upstreams"] if u.get("default")] == ["docker.io"]
-
-
 # ------------------------------------------------------------------------ shipped proxy.yml files
 
-@pytest.mark.parametrize("name", ["deploy/proxy.yml", "deploy/k8s/configmap.yaml"])
+@pytest.mark.parametrize("name", ["deploy/proxy.yml", "deploy/k8s/base/configmap.yaml"])
 def test_shipped_config_is_accepted_by_pullcache(name, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from pullcache.config import build_config
@@ -622,28 +481,6 @@ def test_systemd_unit_restarts_on_failure_and_is_installable():
 
 
 # ---------------------------------------------------------------------------------------- clients
-
-def test_docker_daemon_json_names_pullcache_as_registry_mirror():
-    daemon = json.loads((CLIENTS / "docker" / "daemon.json").read_text())
-    (mirror,) = daemon["registry-mirrors"]
-    assert re.fullmatch(r"https?://[^/]+/?", mirror), "Docker mirrors must be a bare host:port"
-    if mirror.startswith("http://"):
-        assert _mirror_hostport() in daemon["insecure-registries"]
-
-
-def test_containerd_has_a_hosts_toml_for_each_upstream():
-    assert {p.parent.name for p in CONTAINERD_CERTS_D.glob("*/hosts.toml")} == UPSTREAMS
-
-
-@pytest.mark.parametrize("registry", sorted(UPSTREAMS))
-def test_containerd_hosts_toml_sends_pulls_to_pullcache(registry):
-    config = tomllib.loads((CONTAINERD_CERTS_D / registry / "hosts.toml").read_text())
-    expected_server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
-    assert config["server"] == expected_server
-    (url, host) = next(iter(config["host"].items()))
-    assert url.split("://", 1)[1].rstrip("/") == _mirror_hostport()  # no path: pullcache routes by ?ns=
-    assert set(host["capabilities"]) == {"pull", "resolve"}
-
 
 def test_podman_registries_conf_mirrors_each_registry_under_its_path_prefix():
     config = tomllib.loads((CLIENTS / "podman" / "registries.conf").read_text())
