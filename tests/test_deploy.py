@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import tomllib
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.host_install import parse_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -28,7 +29,6 @@ PROVISIONING = DEPLOY / "grafana" / "provisioning"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
-SYSTEMD_UNIT = DEPLOY / "systemd" / "pullcache.service"
 CLIENTS = DEPLOY / "clients"
 
 STORAGE_PATH = "/var/lib/pullcache"
@@ -181,24 +181,8 @@ def _dockerfile(keyword: str, stage: str = "all") -> list[str]:
     return [args for k, args in _dockerfile_instructions(stage) if k == keyword]
 
 
-def _systemd_unit() -> dict[str, dict[str, list[str]]]:
-    sections: dict[str, dict[str, list[str]]] = {}
-    current = None
-    for raw in SYSTEMD_UNIT.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), {})
-            continue
-        key, sep, value = line.partition("=")
-        assert sep and current is not None, f"not a unit file line: {raw!r}"
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
-
-
 def _service(key: str) -> list[str]:
-    return _systemd_unit()["Service"].get(key, [])
+    return parse_unit()["Service"].get(key, [])
 
 
 def _mirror_hostport() -> str:
@@ -458,11 +442,6 @@ def test_shipped_config_is_accepted_by_pullcache(name, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- systemd
 
-def test_systemd_unit_serves_with_the_etc_config():
-    (exec_start,) = _service("ExecStart")
-    assert shlex.split(exec_start) == ["/opt/pullcache/.venv/bin/pullcache", "serve", "-c", CONFIG_PATH]
-
-
 def test_systemd_unit_writes_only_its_state_directory():
     assert _service("StateDirectory") == ["pullcache"]
     assert _service("ProtectSystem") == ["strict"]
@@ -477,7 +456,7 @@ def test_systemd_unit_runs_unprivileged():
 
 def test_systemd_unit_restarts_on_failure_and_is_installable():
     assert _service("Restart") == ["on-failure"]
-    assert _systemd_unit()["Install"]["WantedBy"] == ["multi-user.target"]
+    assert parse_unit()["Install"]["WantedBy"] == ["multi-user.target"]
 
 
 # ---------------------------------------------------------------------------------------- clients
