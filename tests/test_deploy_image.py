@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.compose import COMPOSE_FILE, compose, stack_on_loopback
 from tests.support.deploy_image import JUNK_SIZE, BuilderDaemon, Build, build_image, operator_checkout
 from tests.support.dockerd import Dockerd
+from tests.support.images import DOCKER_LIST
+from tests.support import kustomize
 from tests.support.procs import free_port, http_status
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
@@ -29,7 +34,7 @@ SHIPPED_MIRROR_HOST = "pullcache.internal:5000"
 TAG = "pullcache:test"
 UID = "10001"
 # What the image adds to its base: the virtualenv with pullcache and its dependencies.
-ADDED_BYTES_BUDGET = 80 * 1024 * 1024
+ADDED_BYTES_BUDGET = 40 * 1024 * 1024
 HEALTHY_TIMEOUT = 60.0
 
 
@@ -49,7 +54,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         daemon.start()
         base = daemon.import_base()
         context = operator_checkout(tmp_path_factory.mktemp("image") / "checkout")
-        build = build_image(daemon, context, TAG, buildkit=False, base=base)
+        build = build_image(daemon, context, TAG, buildkit=False, build_args={"PYTHON_IMAGE": base})
         yield Built(daemon, base, context, build)
     finally:
         daemon.stop()
@@ -138,7 +143,8 @@ def test_classic_builder_sends_only_what_the_image_needs(built: Built) -> None:
 
 
 def test_buildkit_builds_the_same_dockerfile(built: Built) -> None:
-    build_image(built.daemon, built.context, "pullcache:buildkit", buildkit=True, base=built.base)
+    build_image(built.daemon, built.context, "pullcache:buildkit", buildkit=True,
+                build_args={"PYTHON_IMAGE": built.base})
     version = built.daemon.docker("run", "--rm", "--network", "none", "pullcache:buildkit", "--help").stdout
     assert "serve" in version
 
@@ -193,3 +199,129 @@ def test_dockerd_pulls_pushes_and_pulls_again_after_a_restart(
     assert owner == UID
     mounts = {m["Destination"]: m for m in container.inspect()["Mounts"]}
     assert mounts["/var/lib/pullcache"]["Name"] == container.volume
+
+
+# ------------------------------------------------------------------------------ docker-compose
+
+PROMETHEUS_TAG = "pullcache-test-prometheus:debian"
+SCRAPE_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(built: Built) -> str:
+    """deploy/prometheus/Dockerfile (Debian's prometheus package) on the same base."""
+    build_image(built.daemon, ROOT / "deploy" / "prometheus", PROMETHEUS_TAG, buildkit=False,
+                build_args={"DEBIAN_IMAGE": built.base}, dockerfile="Dockerfile")
+    return PROMETHEUS_TAG
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _scraped_cache_requests(prometheus: str) -> list[dict]:
+    query = urllib.parse.urlencode({"query": "pullcache_cache_requests_total"})
+    try:
+        return _get_json(f"{prometheus}/api/v1/query?{query}")["data"]["result"]
+    except OSError:
+        return []  # not listening yet
+
+
+def test_compose_runs_pullcache_and_prometheus_scrapes_it(
+        built: Built, prometheus_image: str, upstream: Upstream, tmp_path: Path) -> None:
+    shipped = yaml.safe_load(COMPOSE_FILE.read_text())
+    built.daemon.docker("tag", TAG, shipped["services"]["pullcache"]["image"])
+    pullcache_port, prometheus_port = free_port(), free_port()
+    config = {"storage": {"path": "/var/lib/pullcache"}, "upstreams": [docker_hub_upstream(upstream.url)]}
+    stack = stack_on_loopback(tmp_path, proxy_yml=yaml.safe_dump(config),
+                              pullcache_port=pullcache_port, prometheus_port=prometheus_port)
+    project = f"pullcache{pullcache_port}"
+    pullcache, prometheus = f"http://127.0.0.1:{pullcache_port}", f"http://127.0.0.1:{prometheus_port}"
+    try:
+        compose(built.daemon, stack, project, "up", "-d", "--no-build", env={"PROMETHEUS_IMAGE": prometheus_image})
+        deadline = time.monotonic() + HEALTHY_TIMEOUT
+        while http_status(f"{pullcache}/v2/") != 200:
+            assert time.monotonic() < deadline, compose(built.daemon, stack, project, "logs", check=False).stdout
+            time.sleep(0.2)
+        request = urllib.request.Request(f"{pullcache}/v2/library/alpine/manifests/latest",
+                                         headers={"Accept": DOCKER_LIST})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Docker-Content-Digest"] == upstream.seed.alpine.digest
+
+        deadline = time.monotonic() + SCRAPE_TIMEOUT
+        while not (samples := [s for s in _scraped_cache_requests(prometheus)
+                               if s["metric"].get("kind") == "manifest" and float(s["value"][1]) >= 1]):
+            assert time.monotonic() < deadline, compose(built.daemon, stack, project, "logs", check=False).stdout
+            time.sleep(0.5)
+        assert {s["metric"]["job"] for s in samples} == {"pullcache"}  # what alerts.yml selects
+        rules = _get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+        loaded = {rule["name"] for group in rules for rule in group["rules"]}
+        shipped_alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+        assert loaded == {r["alert"] for group in shipped_alerts["groups"] for r in group["rules"]}
+    finally:
+        compose(built.daemon, stack, project, "down", "-v", check=False)
+
+
+# ------------------------------------------------------------- Kubernetes pod specs, in the image
+
+@pytest.mark.parametrize("name", sorted(kustomize.KUSTOMIZATIONS))
+def test_k8s_pod_spec_runs_in_the_image_and_its_probes_answer(name: str, built: Built, tmp_path: Path) -> None:
+    """pullcache's container of deploy/NAME as a kubelet would run it: the image's entrypoint with
+    the manifest's args, env, user and read-only root, the ConfigMap's proxy.yml mounted where the
+    manifest mounts it, emptyDirs for the other volumes. Only the listen port differs (host network)."""
+    spec = kustomize.container(name)
+    pod = kustomize.workload(name)["spec"]["template"]["spec"]
+    port = free_port()
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(mode=0o755)
+    (config_dir / "proxy.yml").write_text(kustomize.resource(name, "ConfigMap", "pullcache-config")["data"]["proxy.yml"])
+    (config_dir / "proxy.yml").chmod(0o644)
+    security = {**pod["securityContext"], **spec["securityContext"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    args = ["run", "-d", "--network", "host", "--user", f"{security['runAsUser']}:{security['runAsGroup']}",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", f"PULLCACHE_LISTEN=127.0.0.1:{port}"]
+    if security.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    for variable in spec["env"]:
+        args += ["-e", f"{variable['name']}={variable['value']}"]
+    for mount in spec["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            args += ["-v", f"{config_dir}:{mount['mountPath']}:ro"]
+        else:  # a PVC, hostPath or emptyDir: a fresh volume the pod's group can write
+            args += ["--tmpfs", f"{mount['mountPath']}:uid={security['runAsUser']},gid={security['runAsGroup']}"]
+    image_name = spec["image"]
+    built.daemon.docker("tag", TAG, image_name)
+    container_id = built.daemon.docker(*args, image_name, *spec["args"]).stdout.strip()
+    try:
+        deadline = time.monotonic() + HEALTHY_TIMEOUT
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            http_get = spec[probe]["httpGet"]
+            assert http_get["port"] in (spec["ports"][0]["name"], spec["ports"][0]["containerPort"])
+            while http_status(f"http://127.0.0.1:{port}{http_get['path']}") != 200:
+                logs = built.daemon.docker("logs", container_id, check=False)
+                assert time.monotonic() < deadline, f"{probe} {http_get['path']}: {logs.stdout}{logs.stderr}"
+                time.sleep(0.2)
+        uid = built.daemon.docker("exec", container_id, "id", "-u").stdout.strip()
+        assert uid == str(security["runAsUser"]) == UID
+    finally:
+        built.daemon.docker("rm", "-f", container_id, check=False)
+
+
+def test_k8s_node_init_container_hands_the_host_cache_dir_to_the_pullcache_user(built: Built, tmp_path: Path) -> None:
+    """deploy/k8s-nodes' init container, run as rendered on a root-owned dir like a new hostPath."""
+    pod = kustomize.workload("k8s-nodes")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    security = init["securityContext"]
+    (mount,) = init["volumeMounts"]
+    host_dir = tmp_path / "hostpath"
+    host_dir.mkdir(mode=0o755)
+    args = ["run", "--rm", "--network", "none", "--user", str(security["runAsUser"]),
+            "--cap-drop", "ALL", *[w for cap in security["capabilities"]["add"] for w in ("--cap-add", cap)],
+            "--security-opt", "no-new-privileges", "-v", f"{host_dir}:{mount['mountPath']}",
+            "--entrypoint", init["command"][0]]
+    built.daemon.docker("tag", TAG, init["image"])
+    built.daemon.docker(*args, init["image"], *init["command"][1:])
+    assert (host_dir.stat().st_uid, host_dir.stat().st_gid) == (int(UID), int(UID))
+    assert host_dir.stat().st_mode & 0o777 == 0o750

@@ -103,13 +103,14 @@ class Build:
         return int(float(match.group(1)) * scale)
 
 
-def build_image(daemon: BuilderDaemon, context: Path, tag: str, *, buildkit: bool, base: str,
+def build_image(daemon: BuilderDaemon, context: Path, tag: str, *, buildkit: bool, build_args: dict[str, str],
                 dockerfile: str = "deploy/Dockerfile") -> Build:
-    """`docker build -f deploy/Dockerfile --build-arg PYTHON_IMAGE=base --network host CONTEXT`."""
+    """`docker build -f CONTEXT/DOCKERFILE --build-arg K=V... --network host -t TAG CONTEXT`."""
     env = {"DOCKER_BUILDKIT": "1" if buildkit else "0"}
     if buildkit:
         env["BUILDKIT_PROGRESS"] = "plain"
+    args = [word for key, value in build_args.items() for word in ("--build-arg", f"{key}={value}")]
     started = time.monotonic()
-    result = daemon.docker_with(env, "build", "--network", "host", "-f", str(context / dockerfile),
-                                "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag, str(context))
+    result = daemon.docker_with(env, "build", "--network", "host", "-f", str(context / dockerfile), *args,
+                                "-t", tag, str(context))
     return Build(tag, result.stdout + result.stderr, time.monotonic() - started)
