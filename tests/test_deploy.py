@@ -362,6 +362,25 @@ def test_dashboard_instance_variable_queries_a_contract_metric():
     assert metric_names(selector) <= ALLOWED_METRICS
 
 
+# Grafana's built-in panel plugins (a dashboard naming another type needs that plugin installed).
+GRAFANA_PANEL_TYPES = {"row", "stat", "timeseries", "gauge", "bargauge", "table", "text", "heatmap",
+                       "piechart", "state-timeline", "status-history", "barchart", "histogram", "logs"}
+
+
+def test_dashboard_panels_have_the_fields_grafanas_schema_requires():
+    """Grafana's dashboard schema (v39): an integer id, a known type, a title, and a gridPos of
+    integers on the 24-column grid; each query of a panel has its own refId."""
+    for panel in _panels():
+        assert isinstance(panel["id"], int) and panel["type"] in GRAFANA_PANEL_TYPES, panel.get("title")
+        assert isinstance(panel["title"], str) and panel["title"]
+        grid = panel["gridPos"]
+        assert all(isinstance(grid[k], int) and grid[k] >= 0 for k in ("h", "w", "x", "y")), panel["title"]
+        assert 0 < grid["w"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        ref_ids = [t["refId"] for t in panel.get("targets", [])]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        assert panel["type"] == "row" or ref_ids or panel["type"] == "text", panel["title"]
+
+
 def test_dashboard_panel_ids_are_unique():
     ids = [p["id"] for p in _panels()]
     assert len(ids) == len(set(ids))
