@@ -296,11 +296,6 @@ def test_prometheus_basic_auth_the_config_offers_passes_promtool(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_prometheus_config_loads_the_alert_rules_beside_it():
-    rule_files = _load_yaml(PROMETHEUS_CONFIG)["rule_files"]
-    assert [(PROMETHEUS_DIR / f).resolve() for f in rule_files] == [ALERTS.resolve()]
-
-
 def test_prometheus_scrapes_pullcache_metrics_on_the_compose_service():
     (job,) = [j for j in _load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if j["job_name"] == "pullcache"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
