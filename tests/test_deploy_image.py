@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from tests.support.compose import COMPOSE_FILE, compose, stack_on_loopback
-from tests.support.deploy_image import JUNK_SIZE, BuilderDaemon, Build, build_image, operator_checkout
+from tests.support.deploy_image import (JUNK_SIZE, BuilderDaemon, Build, build_image, host_pip_index_args,
+                                        operator_checkout)
 from tests.support.dockerd import Dockerd
 from tests.support.images import DOCKER_LIST
 from tests.support import kustomize
@@ -54,7 +55,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         daemon.start()
         base = daemon.import_base()
         context = operator_checkout(tmp_path_factory.mktemp("image") / "checkout")
-        build = build_image(daemon, context, TAG, buildkit=False, build_args={"PYTHON_IMAGE": base})
+        build_args = {"PYTHON_IMAGE": base, **host_pip_index_args()}
+        build = build_image(daemon, context, TAG, buildkit=False, build_args=build_args)
         yield Built(daemon, base, context, build)
     finally:
         daemon.stop()
@@ -144,7 +146,7 @@ def test_classic_builder_sends_only_what_the_image_needs(built: Built) -> None:
 
 def test_buildkit_builds_the_same_dockerfile(built: Built) -> None:
     build_image(built.daemon, built.context, "pullcache:buildkit", buildkit=True,
-                build_args={"PYTHON_IMAGE": built.base})
+                build_args={"PYTHON_IMAGE": built.base, **host_pip_index_args()})
     version = built.daemon.docker("run", "--rm", "--network", "none", "pullcache:buildkit", "--help").stdout
     assert "serve" in version
 

@@ -6,7 +6,9 @@ the debootstrapped bookworm of baseimage.py, passed as the Dockerfile's PYTHON_I
 argument. The build context is a copy of the repository with what an operator's checkout
 holds besides the source (a .venv, ./data with a cache, .git) and the host's CA bundle in
 deploy/certs/, which is how the image trusts the TLS-intercepting path this machine's pip
-takes to PyPI. Build steps use the host network (`--network host`), as the host's pip does.
+takes to PyPI. Build steps use the host network (`--network host`), as the host's pip does,
+and the host pip's http(s) index settings, if any, as build arguments (its file:// indexes
+and find-links directories are this machine's alone; pullcache's dependencies come from PyPI).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,21 @@ def host_ca_bundle() -> Path:
         if value and Path(value).is_file():
             return Path(value)
     return Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def host_pip_index_args() -> dict[str, str]:
+    """The host pip's index settings that a container can use too (http(s) URLs, not file:// ones),
+    as the Dockerfile's PIP_INDEX_URL / PIP_EXTRA_INDEX_URL build arguments."""
+    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=60).stdout
+    found: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if name in ("index-url", "extra-index-url"):
+            urls = [u for u in value.strip("'").split() if u.startswith(("http://", "https://"))]
+            found.setdefault(name, []).extend(urls)
+    return {f"PIP_{name.upper().replace('-', '_')}": " ".join(urls) for name, urls in found.items() if urls}
 
 
 def operator_checkout(directory: Path) -> Path:
