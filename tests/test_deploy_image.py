@@ -50,9 +50,8 @@ class Built:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     """deploy/Dockerfile built once with the classic builder on a private dockerd."""
-    daemon = BuilderDaemon()
+    daemon = BuilderDaemon.started()
     try:
-        daemon.start()
         base = daemon.import_base()
         context = operator_checkout(tmp_path_factory.mktemp("image") / "checkout")
         build_args = {"PYTHON_IMAGE": base, **host_pip_index_args()}

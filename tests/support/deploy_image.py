@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .baseimage import RELEASE, rootfs_tarball
 from .dockerd import DOCKER_BIN, Dockerd
-from .procs import clean_env
+from .procs import StartError, clean_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_TAG = f"pullcache-test-base:{RELEASE}"
@@ -75,12 +75,22 @@ def operator_checkout(directory: Path) -> Path:
 
 
 class BuilderDaemon(Dockerd):
-    """A private dockerd on overlay2 whose client can run the classic builder or BuildKit."""
+    """A private dockerd whose client can run the classic builder or BuildKit."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage_driver: str = "overlay2") -> None:
         super().__init__()
         argv = self.process.argv
-        argv[argv.index("--storage-driver=vfs")] = "--storage-driver=overlay2"
+        argv[argv.index("--storage-driver=vfs")] = f"--storage-driver={storage_driver}"
+
+    @classmethod
+    def started(cls) -> BuilderDaemon:
+        """On overlay2, or on vfs where overlay2 cannot run (a /tmp that is itself an overlay)."""
+        daemon = cls()
+        try:
+            return daemon.start()
+        except StartError:
+            daemon.stop()
+        return cls("vfs").start()
 
     def docker_with(self, env: dict[str, str], *args: str, timeout: float = BUILD_TIMEOUT
                     ) -> subprocess.CompletedProcess[str]:
