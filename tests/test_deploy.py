@@ -435,6 +435,18 @@ def test_dockerfile_final_stage_is_python_311_slim():
     assert re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_from) == "python:3.11-slim"
 
 
+# ------------------------------------------------------------------------------------- kubernetes
+# (rendered, schema-validated and run: tests/test_deploy_k8s.py and tests/test_deploy_image.py)
+
+def test_k8s_servicemonitor_offers_basic_auth_from_a_secret():
+    """With auth.pull: authenticated, /metrics needs credentials: the Operator reads them from a Secret."""
+    offered = _offered_block((K8S / "base" / "servicemonitor.yaml").read_text(), "basicAuth:")["basicAuth"]
+    assert set(offered) == {"username", "password"}
+    for ref in offered.values():
+        assert set(ref) == {"name", "key"}
+    assert offered["username"]["name"] == offered["password"]["name"]
+
+
 # ------------------------------------------------------------------------ shipped proxy.yml files
 
 @pytest.mark.parametrize("name", ["deploy/proxy.yml", "deploy/k8s/base/configmap.yaml"])

@@ -109,6 +109,13 @@ def test_service_and_servicemonitor_reach_the_pods_metrics(name: str) -> None:
     assert (endpoint["port"], endpoint["path"]) == (port["name"], "/metrics")
 
 
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_pullcache_container_has_resource_requests_and_a_memory_limit(name: str) -> None:
+    resources = container(name)["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]
+
+
 def test_prometheusrule_carries_the_rules_of_alerts_yml() -> None:
     alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     for name in KUSTOMIZATIONS:
