@@ -12,9 +12,15 @@ packages=(
   wrk                 # manifest requests/s in the benchmark
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules
+  debootstrap         # a Debian base image for building deploy/Dockerfile offline (cached, see tests/support/baseimage.py)
+  docker-compose      # runs deploy/docker-compose.yml (1.29, the Python one)
+  systemd             # systemd-analyze verify of deploy/systemd/pullcache.service (no systemd as PID 1 needed)
   chromium fonts-dejavu-core fonts-liberation  # renders the status page in a real browser, with fonts
   curl iproute2 util-linux
 )
+# `kubectl kustomize` renders deploy/k8s*: Debian's kubectl, unless the machine already has one
+# (another kubectl package owns the same path).
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
