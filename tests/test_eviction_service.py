@@ -22,7 +22,7 @@ from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction import service as service_module
 from pullcache.eviction.lru import Evicted
-from pullcache.eviction.service import CLEAN_SHUTDOWN, EvictionService
+from pullcache.eviction.service import EvictionService
 from tests.test_gc import forget_row
 
 KIB = 1024
@@ -155,7 +155,10 @@ async def test_a_full_index_fails_the_recency_flush_alone_and_is_logged_once(
     async with Running(config_for(tmp_path)) as running:
         store, service = running.store, running.service
         hit = await put(store, "hit", KIB, CACHED)
-        monkeypatch.setattr(service, "_disk_space", lambda: space_checks.append(1) or (10**12, 10**12))
+        async def free_space() -> tuple[int, int]:
+            space_checks.append(1)
+            return 10**12, 10**12
+        monkeypatch.setattr(store, "free_space", free_space)
         touch_many = store.index.touch_many
         monkeypatch.setattr(store.index, "touch_many", index_full)
         for _ in range(3):
@@ -190,7 +193,7 @@ async def test_a_start_on_a_full_disk_makes_room_and_marks_the_store_in_use_once
         monkeypatch.setattr(store.index, "set_meta", set_meta)
         await service.tick()
 
-        assert await store.index.get_meta(CLEAN_SHUTDOWN) == "0"
+        assert not await store.was_shut_down_cleanly()  # marked in use
     finally:
         await service.stop()
         await store.close()
@@ -290,7 +293,7 @@ async def test_shutdown_is_marked_clean_only_after_pull_through_closed(tmp_path:
     real_close = pullthrough.close
 
     async def close() -> None:  # cancels running fills: a crash in here is not a clean shutdown
-        marker_while_closing.append(await app[STORE].index.get_meta(CLEAN_SHUTDOWN))
+        marker_while_closing.append(await app[STORE].was_shut_down_cleanly())
         await real_close()
     monkeypatch.setattr(pullthrough, "close", close)
     runner = web.AppRunner(app)
@@ -300,6 +303,6 @@ async def test_shutdown_is_marked_clean_only_after_pull_through_closed(tmp_path:
     reopened = Store(tmp_path)
     await reopened.open()
     try:
-        assert marker_while_closing == ["0"] and await reopened.index.get_meta(CLEAN_SHUTDOWN) == "1"
+        assert marker_while_closing == [False] and await reopened.was_shut_down_cleanly()
     finally:
         await reopened.close()

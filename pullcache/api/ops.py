@@ -46,7 +46,7 @@ async def _storage_writable(store: Store) -> None:
 
 async def _index_open(store: Store) -> None:
     """One trivial SELECT on the index's thread: the connection is open and the database answers."""
-    await store.index.get("readyz-probe")
+    await store.check_index()
 
 
 async def _probe(check: Callable[[Store], Awaitable[None]], store: Store, what: str) -> str | None:

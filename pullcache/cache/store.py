@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 
 from cachetools import LRUCache
 
 from pullcache.cache.files import StoreFullError, remove_quietly
-from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow
+from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Totals, TotalsListener
 from pullcache.cache.layout import Layout
 from pullcache.cache.repos import Repository
+from pullcache.cache.scan import StaleFile, blob_files, orphaned_files, remove_orphans
 from pullcache.cache.uploads import Uploads, UploadSession
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
 
+CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once a server stopped cleanly, "0" while one runs
 MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep their bytes in memory
 
 
@@ -194,6 +197,84 @@ class Store:
             for digest, at in accesses.items():
                 self._accesses[digest] = max(at, self._accesses.get(digest, at))
             raise
+
+    # ------------------------------------------------------------------ the index, for eviction and GC
+    def totals(self) -> Totals:
+        """Bytes and blobs per origin, kept in memory: no query."""
+        return self.index.totals()
+
+    async def blob_rows(self, origin: str | None = None) -> list[BlobRow]:
+        return await self.index.rows(origin)
+
+    async def least_recent(self, limit: int) -> list[BlobRow]:
+        """The least recently used cached blobs, oldest first (eviction's candidates)."""
+        return await self.index.least_recent(limit)
+
+    async def promote(self, digests: Iterable[str]) -> list[str]:
+        """Make cached blobs pushed (a local repository holds them: never evicted); returns those changed."""
+        return await self.index.promote(digests)
+
+    async def refresh_totals(self) -> None:
+        """Re-read the totals if another process (a `pullcache gc`) changed the index."""
+        await self.index.refresh_if_changed()
+
+    def watch(self, on_totals: TotalsListener, on_disk_full: Callable[[int], None]) -> None:
+        """Hear every change of the totals, and every write refused for a full disk (report_disk_full)."""
+        self.index.subscribe(on_totals)
+        self.index.on_disk_full(on_disk_full)
+
+    def unwatch(self, on_totals: TotalsListener, on_disk_full: Callable[[int], None]) -> None:
+        self.index.unsubscribe(on_totals)
+        self.index.off_disk_full(on_disk_full)
+
+    async def was_shut_down_cleanly(self) -> bool:
+        """Whether the last server using the store stopped cleanly; if not, reconcile the index with the blobs."""
+        return not self.index_was_missing and await self.index.get_meta(CLEAN_SHUTDOWN) == "1"
+
+    async def mark_in_use(self, in_use: bool) -> None:
+        """Record that a server uses the store (True) or stopped cleanly (False). May raise StoreFullError."""
+        await self.index.set_meta(CLEAN_SHUTDOWN, "0" if in_use else "1")
+
+    async def check_index(self) -> None:
+        """One trivial query: the index is open and answers (readiness)."""
+        await self.index.get("readyz-probe")
+
+    async def free_space(self) -> tuple[int, int]:
+        """(free, total) bytes where the store writes."""
+        stats = await asyncio.to_thread(os.statvfs, self.layout.root)
+        return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+
+    # ------------------------------------------------------------------ reconcile: the index against the blobs
+    async def stored_blobs(self) -> dict[str, tuple[int, float]]:
+        """Every blob really stored: digest text -> (size, last modified)."""
+        return await asyncio.to_thread(blob_files, self.layout.blobs)
+
+    async def drop_rows_without_blobs(self, digests: Iterable[str]) -> list[BlobRow]:
+        """Remove the rows of blobs that are not stored, each re-checked under the index's write lock."""
+        return await self.index.remove_missing(digests, self._absent)
+
+    async def index_found_blobs(self, rows: Iterable[BlobRow]) -> list[BlobRow]:
+        """Add rows for stored blobs the index lacks (each re-checked: still stored); returns those added."""
+        return await self.index.add_many(rows, lambda digest: not self._absent(digest))
+
+    def _absent(self, digest: str) -> bool:
+        return self.blob_size(Digest.parse(digest)) is None
+
+    async def orphaned_temps(self, older_than: float = math.inf) -> list[StaleFile]:
+        """Temp files no live process owns, untouched since older_than (every one by default)."""
+        return await asyncio.to_thread(orphaned_files, self.layout.tmp, older_than)
+
+    async def remove_orphaned_temps(self, temps: list[StaleFile]) -> list[StaleFile]:
+        """Remove those still orphaned; returns the ones removed."""
+        return await asyncio.to_thread(remove_orphans, temps)
+
+    def read_blob_blocking(self, digest: str) -> bytes | None:
+        """A blob's bytes read directly, bypassing the manifest cache (GC reads every local manifest once,
+        in a worker thread, and must not push the hot ones out); None if absent or not a digest."""
+        try:
+            return self.layout.blob(Digest.parse(digest)).read_bytes()
+        except (ValueError, FileNotFoundError, NotADirectoryError):
+            return None
 
     # ------------------------------------------------------------------ pushes
     async def push_blob(self, repository: str, chunks: AsyncIterable[bytes], expected: Digest, *,

@@ -77,6 +77,15 @@ def _rehash(path: Path, algorithm: str) -> Hasher:
     return hasher
 
 
+@dataclass(frozen=True)
+class UploadFolder:
+    """What GC needs to know of a session's storage: its id, bytes received and last write."""
+
+    upload_id: str
+    size: int
+    last_active: float
+
+
 class Uploads:
     """Create, find, append to and end upload sessions."""
 
@@ -195,3 +204,22 @@ class Uploads:
             found = [self._load(entry.name) for entry in self.root.iterdir()]
             return [s for s in found if s is not None]
         return [self._live.setdefault(session.id, session) for session in await asyncio.to_thread(scan)]
+
+    async def folders(self) -> list[UploadFolder]:
+        """Every upload folder with its data's size and last write (the folder's own time while it has no
+        data yet), sessions and half-created folders alike."""
+        def scan() -> list[UploadFolder]:
+            found = []
+            if self.root.is_dir():
+                for entry in os.scandir(self.root):
+                    try:
+                        data = os.stat(Path(entry.path) / "data")  # made with the session, appended per chunk
+                        found.append(UploadFolder(entry.name, data.st_size, data.st_mtime))
+                    except FileNotFoundError:
+                        found.append(UploadFolder(entry.name, 0, entry.stat().st_mtime))
+            return found
+        return await asyncio.to_thread(scan)
+
+    async def remove_folder(self, upload_id: str) -> None:
+        """Remove a folder that holds no session (half-created, its info never written)."""
+        await asyncio.to_thread(shutil.rmtree, self.root / upload_id, True)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.store import Store
+from pullcache.cache.uploads import UploadFolder
 from pullcache.config import Config, GCConfig
 from pullcache.digests import Digest
 from pullcache.eviction.prune import LINK, REVISION, prune, stale_names
@@ -82,13 +81,12 @@ class GCReport:
 @dataclass(frozen=True)
 class UploadScan:
     expired: list[Removal]
-    paths: dict[str, Path]  # upload id -> folder to remove
     oldest_live_start: float | None
 
 
 async def mark(store: Store, refs: LocalRefs) -> set[str]:
     """Digests that must stay: what local manifests reference, and every cached blob in the LRU."""
-    return refs.referenced | {row.digest for row in await store.index.rows(CACHED)}
+    return refs.referenced | {row.digest for row in await store.blob_rows(CACHED)}
 
 
 def sweep_candidates(pushed: list[BlobRow], live: set[str], cutoff: float) -> list[BlobRow]:
@@ -113,28 +111,21 @@ async def sweep(store: Store, candidates: list[BlobRow]) -> list[BlobRow]:
     return removed
 
 
-def _scan_uploads(root: Path, ttl: float, now: float, started: dict[str, float]) -> UploadScan:
+def _scan_uploads(folders: list[UploadFolder], ttl: float, now: float, started: dict[str, float]) -> UploadScan:
     """Sessions idle for ttl (their data's last write) and half-created folders, with their sizes."""
-    expired, paths, live_starts = [], {}, []
-    if root.is_dir():
-        for entry in os.scandir(root):
-            try:
-                data = os.stat(Path(entry.path) / "data")  # created with the session, appended by each chunk
-                last_active, size = data.st_mtime, data.st_size
-            except FileNotFoundError:
-                last_active, size = entry.stat().st_mtime, 0
-            if entry.name not in started and last_active < now - TEMP_GRACE:
-                reason = "upload folder without session info"
-            elif entry.name in started and last_active < now - ttl:
-                idle_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_active))
-                reason = f"upload session idle since {idle_since}"
-            else:
-                if entry.name in started:
-                    live_starts.append(started[entry.name])
-                continue
-            expired.append(Removal("upload", entry.name, size, reason))
-            paths[entry.name] = Path(entry.path)
-    return UploadScan(expired, paths, min(live_starts, default=None))
+    expired, live_starts = [], []
+    for folder in folders:
+        if folder.upload_id not in started and folder.last_active < now - TEMP_GRACE:
+            reason = "upload folder without session info"
+        elif folder.upload_id in started and folder.last_active < now - ttl:
+            idle_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(folder.last_active))
+            reason = f"upload session idle since {idle_since}"
+        else:
+            if folder.upload_id in started:
+                live_starts.append(started[folder.upload_id])
+            continue
+        expired.append(Removal("upload", folder.upload_id, folder.size, reason))
+    return UploadScan(expired, min(live_starts, default=None))
 
 
 async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now: float | None = None) -> GCReport:
@@ -149,19 +140,19 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
     report.indexed = plan.files_without_rows
     report.removals += [Removal("row", row.digest, 0, "index row whose file is gone")
                         for row in plan.rows_without_files]
-    report.removals += [Removal("temp", temp.path.name, temp.size, "orphaned temp file") for temp in plan.stale_temps]
+    report.removals += [Removal("temp", temp.name, temp.size, "orphaned temp file") for temp in plan.stale_temps]
 
-    rows = await store.index.rows()
+    rows = await store.blob_rows()
     if dry_run:  # what reconcile would have added counts as indexed
         rows += plan.files_without_rows
     holds = refs.linked
     report.promoted = sorted(row.digest for row in rows if row.origin == CACHED and row.digest in holds)
     if not dry_run:
-        report.promoted = await store.index.promote(report.promoted)
+        report.promoted = await store.promote(report.promoted)
 
     sessions = {session.id: session for session in await store.uploads.sessions()}
     started = {upload_id: session.started for upload_id, session in sessions.items()}
-    uploads = await asyncio.to_thread(_scan_uploads, store.layout.uploads, config.upload_ttl, now, started)
+    uploads = _scan_uploads(await store.uploads.folders(), config.upload_ttl, now, started)
     cutoff = min(now - min(BLOB_GRACE, config.upload_ttl), uploads.oldest_live_start or now)
     live = await mark(store, refs) | set(report.promoted)
     candidates = sweep_candidates([row for row in rows if row.origin == PUSHED], live, cutoff)
@@ -172,11 +163,11 @@ async def collect_garbage(store: Store, config: GCConfig, *, dry_run: bool, now:
     expired = uploads.expired
     if not dry_run:
         kept = set()
-        for upload_id, path in uploads.paths.items():
-            if upload_id not in sessions:
-                await asyncio.to_thread(shutil.rmtree, path, True)
-            elif not await store.uploads.remove_if_idle(sessions[upload_id], now - config.upload_ttl):
-                kept.add(upload_id)  # a chunk is arriving, or arrived since the scan
+        for removal in uploads.expired:
+            if removal.name not in sessions:
+                await store.uploads.remove_folder(removal.name)
+            elif not await store.uploads.remove_if_idle(sessions[removal.name], now - config.upload_ttl):
+                kept.add(removal.name)  # a chunk is arriving, or arrived since the scan
         expired = [removal for removal in expired if removal.name not in kept]
     report.removals += expired
 

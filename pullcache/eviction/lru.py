@@ -49,8 +49,8 @@ async def evict_to(store: Store, target_bytes: int) -> Evicted:
     with contextlib.suppress(StoreFullError):  # the hits stay pending, and spare their blobs below
         await store.flush_accesses()
     blobs = freed = 0
-    while (excess := store.index.totals()[CACHED].bytes - target_bytes) > 0:
-        rows = [row for row in await store.index.least_recent(BATCH) if not store.hit_pending(row.digest)]
+    while (excess := store.totals()[CACHED].bytes - target_bytes) > 0:
+        rows = [row for row in await store.least_recent(BATCH) if not store.hit_pending(row.digest)]
         candidates = _enough(rows, excess)
         if not candidates:
             break

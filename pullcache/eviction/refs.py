@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullcache.cache.layout import Layout
 from pullcache.cache.store import Store
-from pullcache.digests import Digest
 
 
 @dataclass
@@ -53,14 +52,7 @@ def manifest_references(data: bytes) -> tuple[list[str], list[str]]:
     return blobs, _digests(manifest.get("manifests")) + _digests(manifest.get("subject"))
 
 
-def _read(layout: Layout, digest: str) -> bytes | None:
-    try:
-        return layout.blob(Digest.parse(digest)).read_bytes()
-    except (ValueError, FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _mark_manifests(layout: Layout, manifests: list[str]) -> set[str]:
+def _mark_manifests(read: Callable[[str], bytes | None], manifests: list[str]) -> set[str]:
     """The manifests and everything they reference (children of an index too); blocking."""
     referenced: set[str] = set()
     pending = list(manifests)
@@ -69,7 +61,7 @@ def _mark_manifests(layout: Layout, manifests: list[str]) -> set[str]:
         if current in referenced:
             continue
         referenced.add(current)
-        data = _read(layout, current)
+        data = read(current)
         if data is None:
             continue
         blobs, children = manifest_references(data)
@@ -87,5 +79,5 @@ async def local_refs(store: Store) -> LocalRefs:
         manifests += [str(manifest) for manifest in await repository.manifests()]
         for blob in await repository.blob_links():
             refs.links.setdefault(str(blob), []).append(name)
-    refs.referenced = await asyncio.to_thread(_mark_manifests, store.layout, manifests)
+    refs.referenced = await asyncio.to_thread(_mark_manifests, store.read_blob_blocking, manifests)
     return refs

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -36,7 +35,6 @@ from pullcache.eviction.reconcile import reconcile, remove_orphaned_temps
 log = logging.getLogger("pullcache.eviction")
 
 FLUSH_INTERVAL = 5.0  # how stale recency may get in the index: hits in between cost no write
-CLEAN_SHUTDOWN = "clean_shutdown"  # index meta key: "1" after mark_clean(), "0" while running
 DISK_RESERVE_FRACTION = 0.05  # keep this much of the filesystem free ...
 DISK_RESERVE_MAX = 1024**3  # ... but never ask for more than 1 GiB
 
@@ -78,17 +76,15 @@ class EvictionService:
         self._marked_running = False
         self._marking = Trouble("recording that the store is in use (so a crash reconciles)")
         self._ticks = [(Trouble("recording hits in the index"), self.store.flush_accesses),
-                       (Trouble("reading the index totals"), self.store.index.refresh_if_changed),
+                       (Trouble("reading the index totals"), self.store.refresh_totals),
                        (Trouble("checking the free disk space"), self._check_free_space)]
         self._evicting = Trouble("eviction pass")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        index = self.store.index
-        index.subscribe(self._on_totals)
-        index.on_disk_full(self.disk_full)
-        self._on_totals(index.totals())
-        unclean = self.store.index_was_missing or await index.get_meta(CLEAN_SHUTDOWN) != "1"
+        self.store.watch(self._on_totals, self.disk_full)
+        self._on_totals(self.store.totals())
+        unclean = not await self.store.was_shut_down_cleanly()
         await self._mark_running()
         await self._remove_orphaned_temps()
         self._spawn(self._evict_loop)
@@ -102,8 +98,7 @@ class EvictionService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        self.store.index.unsubscribe(self._on_totals)
-        self.store.index.off_disk_full(self.disk_full)
+        self.store.unwatch(self._on_totals, self.disk_full)
         with contextlib.suppress(StoreFullError):  # on a full disk the last hits are lost: only recency
             await self.store.flush_accesses()
 
@@ -111,14 +106,14 @@ class EvictionService:
         """Record a clean shutdown, so the next start skips the reconcile. app.py calls it last, after
         everything that writes to the store has stopped: a crash before this point reconciles."""
         try:
-            await self.store.index.set_meta(CLEAN_SHUTDOWN, "1")
+            await self.store.mark_in_use(False)
         except StoreFullError as exc:
             log.warning("could not record the clean shutdown (%s): the next start reconciles", exc)
 
     async def _mark_running(self) -> None:
         """Mark the store in use, so a crash from now on reconciles at the next start. On a full disk
         the index cannot take it: eviction makes room, and every tick tries again."""
-        if await self._marking.run(lambda: self.store.index.set_meta(CLEAN_SHUTDOWN, "0")):
+        if await self._marking.run(lambda: self.store.mark_in_use(True)):
             self._marked_running = True
         else:
             self.disk_full()
@@ -151,13 +146,8 @@ class EvictionService:
         self._free_request = max(self._free_request, needed, 1)
         self._wake.set()
 
-    def _disk_space(self) -> tuple[int, int]:
-        """(free, total) bytes of the store's filesystem; blocking, so callers run it in a thread."""
-        stats = os.statvfs(self.store.layout.root)
-        return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
-
     async def _check_free_space(self) -> None:
-        free, total = await asyncio.to_thread(self._disk_space)
+        free, total = await self.store.free_space()
         reserve = min(DISK_RESERVE_MAX, int(total * DISK_RESERVE_FRACTION))
         if free < reserve:
             self.disk_full(2 * reserve - free)
@@ -166,7 +156,7 @@ class EvictionService:
     def _target(self, free_request: int) -> int:
         """Cached bytes to evict down to: low water when over the bound, less still when the disk is full."""
         storage = self.config.storage
-        cached = self.store.index.totals()[CACHED].bytes
+        cached = self.store.totals()[CACHED].bytes
         target = cached
         if cached > storage.max_size:
             target = int(storage.max_size * storage.low_water)
@@ -179,10 +169,10 @@ class EvictionService:
         """The part of a disk-full request eviction can serve: at most all cached content, and nothing
         if even all of it and the free space together are less than was asked for (a blob larger than
         the disk, or a bogus Content-Length, must not empty the cache for nothing)."""
-        cached = self.store.index.totals()[CACHED].bytes
+        cached = self.store.totals()[CACHED].bytes
         if request <= cached:
             return request
-        free, _ = await asyncio.to_thread(self._disk_space)
+        free, _ = await self.store.free_space()
         if request > cached + free:
             log.warning("a write needed %d bytes, more than all cached content (%d bytes) and the free space "
                         "(%d bytes) together; not evicting for it", request, cached, free)
