@@ -422,15 +422,15 @@ async def test_a_failing_upstream_is_asked_again_after_a_pause(
 
 
 async def test_tag_state_survives_a_restart(store: Store, target: Target, fake: FakeRegistry) -> None:
-    first = Manifests(store)
+    clock = Clock()
+    first = Manifests(store, clock=clock)
     await first.get(target, "latest")
     await first.close()
-    restarted = Manifests(store)
+    restarted = Manifests(store, clock=clock)
     assert (await restarted.get(target, "latest")).result == stats.HIT
-    tag_file = store.layout.repository(target.store_name, cached=True) / "_manifests" / "tags" / "latest"
-    old = time.time() - 301
-    os.utime(tag_file, (old, old))  # last confirmed longer ago than manifest_ttl
-    assert (await Manifests(store).get(target, "latest")).result == stats.REVALIDATED
+    await restarted.close()
+    clock.now += 301  # the tag was last confirmed longer ago than manifest_ttl, by the time it recorded
+    assert (await Manifests(store, clock=clock).get(target, "latest")).result == stats.REVALIDATED
     assert [seen.method for seen in fake.seen] == ["GET", "HEAD"]
 
 

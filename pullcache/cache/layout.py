@@ -7,7 +7,7 @@ an upload session's files by cache/uploads.py.
     repositories/<name>/...                      local (pushed) repositories
     proxied/<upstream>/<name>/...                repositories cached from an upstream (tags and manifests;
                                                  a cached blob serves every repository, so it has no link)
-        _manifests/tags/<tag>                    file holding the tag's digest; mtime = last confirmed
+        _manifests/tags/<tag>                    {"digest", "confirmed_at"} (older: the bare digest; mtime)
         _manifests/revisions/<alg>/<hex>         file holding the manifest's media type
         _layers/<alg>/<hex>                      empty link: the (local) repository may serve this blob
         _referrers/<alg>/<hex>/<alg>-<hex>       descriptor JSON of a manifest whose subject is <alg>:<hex>

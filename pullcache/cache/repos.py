@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,18 @@ from pullcache.digests import Digest
 class TagLink:
     digest: Digest
     confirmed_at: float  # when the tag was written or last confirmed by its upstream
+
+
+def _parse_tag(data: bytes, mtime: Callable[[], float]) -> TagLink | None:
+    """A tag file: {"digest", "confirmed_at"}; or, as older versions wrote it, the bare digest, last
+    confirmed at the file's mtime. None for anything else."""
+    try:
+        if data.lstrip().startswith(b"{"):
+            record = json.loads(data)
+            return TagLink(Digest.parse(record["digest"]), float(record["confirmed_at"]))
+        return TagLink(Digest.parse(data.decode().strip()), mtime())
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _digest_dirs(root: Path) -> list[Digest]:
@@ -71,24 +84,18 @@ class Repository:
     def _get_tag(self, tag: str) -> TagLink | None:
         path = self._tag(tag)
         try:
-            text = path.read_text().strip()
-            mtime = path.stat().st_mtime
+            return _parse_tag(path.read_bytes(), lambda: path.stat().st_mtime)
         except (FileNotFoundError, NotADirectoryError):
-            return None
-        try:
-            return TagLink(Digest.parse(text), mtime)
-        except ValueError:
             return None
 
     async def get_tag(self, tag: str) -> TagLink | None:
         return await asyncio.to_thread(self._get_tag, tag)
 
-    async def set_tag(self, tag: str, digest: Digest) -> None:
-        await asyncio.to_thread(write_atomic, self._tag(tag), str(digest).encode(), self._tmp)
-
-    async def confirm_tag(self, tag: str) -> None:
-        """Upstream confirmed the tag still names the same digest: restart its ttl."""
-        await asyncio.to_thread(os.utime, self._tag(tag))
+    async def set_tag(self, tag: str, digest: Digest, *, confirmed_at: float | None = None) -> None:
+        """Point the tag at digest, recording when that was last true (now, unless the caller learned it
+        earlier): an upstream tag's ttl counts from there, on any backend and across restarts."""
+        record = {"digest": str(digest), "confirmed_at": time.time() if confirmed_at is None else confirmed_at}
+        await asyncio.to_thread(write_atomic, self._tag(tag), json.dumps(record).encode(), self._tmp)
 
     async def delete_tag(self, tag: str) -> bool:
         return await asyncio.to_thread(unlink_if_present, self._tag(tag))

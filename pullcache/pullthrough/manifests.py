@@ -192,7 +192,7 @@ class Manifests:
                     held = await self._cached(target, remote_digest)
                     if held is not None:
                         unchanged = cached is not None and cached.digest == held.digest
-                        await self._set_tag(target, tag, held, confirm=unchanged)
+                        await self._set_tag(target, tag, held)
                         # revalidated: the upstream confirmed the digest we had; a tag that moved is a miss
                         return replace(held, result=stats.REVALIDATED if unchanged else stats.MISS)
                     if head:
@@ -238,18 +238,12 @@ class Manifests:
                 await self._set_tag(target, tag, answer, confirmed_at=learned_at)
         return answer
 
-    async def _set_tag(self, target: Target, tag: str, answer: ManifestAnswer, *, confirm: bool = False,
+    async def _set_tag(self, target: Target, tag: str, answer: ManifestAnswer, *,
                        confirmed_at: float | None = None) -> None:
-        """Point the tag at answer's manifest (confirm: it already did; only restart its ttl)."""
-        repository = self._repository(target)
-        if confirm:
-            try:
-                await repository.confirm_tag(tag)
-            except FileNotFoundError:  # removed on disk meanwhile (GC): write it again
-                confirm = False
-        if not confirm:
-            await repository.set_tag(tag, answer.digest)
+        """Point the tag at answer's manifest, confirmed now (or when the caller learned it): a tag the
+        upstream confirmed unchanged is written again with its new time, which restarts its ttl."""
         when = self._clock() if confirmed_at is None else confirmed_at
+        await self._repository(target).set_tag(tag, answer.digest, confirmed_at=when)
         self._tags[(target.store_name, tag)] = _Tag(answer.digest, answer.media_type, when)
 
     async def _forget_tag(self, target: Target, tag: str) -> None:
