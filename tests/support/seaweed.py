@@ -56,6 +56,7 @@ class SeaweedFS(OnLoopback):
         argv = [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-s3", f"-s3.port={self.port}", f"-s3.config={creds}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false", "-iam=false", "-volume.max=64", "-master.volumeSizeLimitMB=256",
+                "-master.electionTimeout=1s", "-master.peers=none",
                 *(f"{flag}={port}" for flag, port in self._ports.items())]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "GOMEMLIMIT": MEMORY_LIMIT}
         return ManagedProcess(argv, log_path=self.workdir / "weed.log", env=env, name="weed")
