@@ -35,3 +35,9 @@ evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the L
 gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
 gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
                              registry=REGISTRY)
+storage_requests = Counter(
+    "pullcache_storage_requests_total", "Requests to the storage backend by operation and outcome",
+    ["backend", "op", "code"], registry=REGISTRY)
+storage_request_duration = Histogram(
+    "pullcache_storage_request_duration_seconds", "Time a storage backend request took", ["backend", "op"],
+    registry=REGISTRY)
