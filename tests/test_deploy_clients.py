@@ -121,3 +121,9 @@ def test_podman_resolves_a_short_name_through_the_mirror_of_the_search_registry(
     assert digest == upstream["team/app:v1"].digest
     assert f"GET /v2/{search}/team/app/manifests/v1 200" in server.log_text()
 
+
+def test_readme_podman_row_names_the_short_name_search_registries() -> None:
+    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines()
+              if line.startswith("| podman / skopeo / CRI-O |")]
+    searched = ", ".join(f'"{name}"' for name in PODMAN_CONF["unqualified-search-registries"])
+    assert f"`unqualified-search-registries = [{searched}]`" in row
