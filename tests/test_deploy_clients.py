@@ -5,11 +5,12 @@ address in place of pullcache.internal:5000, and `ctr images pull --hosts-dir` p
 that registry through it. pullcache has the three upstreams the files name, all served by the
 tests' Distribution. deploy/clients/podman/registries.conf, with the same substitution, is the
 CONTAINERS_REGISTRIES_CONF of Debian's podman 4.3 (private storage, see tests/support/podman.py),
-which pulls each registry's image and a short name through it. (The Docker daemon.json is used
-by tests/test_deploy_image.py's dockerd.)
+which pulls each registry's image and a short name through it, leaving the machine's podman
+state alone. (The Docker daemon.json is used by tests/test_deploy_image.py's dockerd.)
 """
 from __future__ import annotations
 
+import os
 import tomllib
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +31,10 @@ REGISTRIES_CONF = ROOT / "deploy" / "clients" / "podman" / "registries.conf"
 PODMAN_CONF = tomllib.loads(REGISTRIES_CONF.read_text())
 PODMAN_REGISTRIES = [registry["prefix"] for registry in PODMAN_CONF["registry"]]
 SHIPPED_MIRROR_HOST = "pullcache.internal:5000"
+# Where a rootful podman keeps state unless told otherwise (storage, run root, libpod tmp dir,
+# shm lock, networks); /etc/containers is watched file by file.
+MACHINE_PODMAN_DIRS = ("/var/lib/containers/storage", "/run/containers", "/run/libpod", "/dev/shm/libpod_lock",
+                       "/etc/cni", "/var/lib/cni")
 
 
 def installed_certs_d(directory: Path, mirror_host: str) -> Path:
@@ -121,6 +126,32 @@ def test_podman_resolves_a_short_name_through_the_mirror_of_the_search_registry(
     assert digest == upstream["team/app:v1"].digest
     assert f"GET /v2/{search}/team/app/manifests/v1 200" in server.log_text()
 
+
+
+def _machine_podman_state() -> dict[str, tuple[int, int] | None]:
+    """(mtime, size) of every file under /etc/containers and of the dirs rootful podman writes by default."""
+    paths = [str(p) for p in Path("/etc/containers").rglob("*")] + list(MACHINE_PODMAN_DIRS)
+    state: dict[str, tuple[int, int] | None] = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            state[path] = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            state[path] = None
+    return state
+
+
+def test_podman_leaves_the_machines_podman_state_alone(
+        pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> None:
+    server = pullcache_factory()
+    conf = installed_registries_conf(tmp_path / "registries.conf", server.host)
+    before = _machine_podman_state()
+    with Podman(tmp_path / "podman", conf) as podman:
+        _pulled(podman, "docker.io/library/alpine:latest")
+        # The one write with no setting to move it went to the private /var/lib overlay.
+        assert (podman.var_lib_upper / "containers" / "cache" / "blob-info-cache-v1.boltdb").is_file()
+    assert _machine_podman_state() == before
+    assert not (tmp_path / "podman").exists()
 
 def test_readme_podman_row_names_the_short_name_search_registries() -> None:
     (row,) = [line for line in (ROOT / "README.md").read_text().splitlines()
