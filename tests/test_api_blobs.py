@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from pullcache.api.blobs import ByteRange, blob_file_response, parse_range
+from pullcache.api.blob_response import ByteRange, blob_file_response, parse_range
 from pullcache.config import Config
 from pullcache.digests import Digest
 from tests.registry_api import error_code, push_blob, sha256, store_snapshot

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, SHADOW_WARNINGS, STORE
-from pullcache.api.blobs import digest_headers
+from pullcache.api.blob_response import digest_headers
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept

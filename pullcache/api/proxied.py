@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from pullcache.api.appkeys import CACHE_RESULT, PULLTHROUGH
-from pullcache.api.blobs import blob_file_response, digest_headers, parse_range
+from pullcache.api.blob_response import blob_file_response, digest_headers, parse_range
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
