@@ -18,6 +18,7 @@ import pytest
 pytest.register_assert_rewrite("tests.registry_api")
 
 from pullcache.cache.store import Store
+from tests.fault_upstream import FakeRegistry
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
@@ -174,6 +175,13 @@ def containerd_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...,
     yield factory
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Any) -> FakeRegistry:
+    """An empty fault-injecting registry on loopback (tests/fault_upstream.py); a module that needs it
+    seeded defines its own `fake`."""
+    return await FakeRegistry().start(aiohttp_server)
 
 
 @pytest.fixture

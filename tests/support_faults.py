@@ -177,3 +177,8 @@ class Held:
         await self.release.wait()
         self.fake.faults.pop(self.path, None)
         return await (self.then or self.fake.handle)(request)
+
+
+def blob_path(digest: str, repository: str = "team/app") -> str:
+    """The API path of a blob in `repository`."""
+    return f"/v2/{repository}/blobs/{digest}"

@@ -29,6 +29,7 @@ from tests.support_faults import (
     Gate,
     Held,
     Proxy,
+    blob_path,
     bytes_served,
     start_proxy,
     truncated,
@@ -41,17 +42,8 @@ FIRST = 256 * 1024
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeRegistry:
-    return await FakeRegistry().start(aiohttp_server)
-
-
-@pytest.fixture
 async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
     return await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="500ms")
-
-
-def blob_path(digest: str) -> str:
-    return f"/v2/team/app/blobs/{digest}"
 
 
 async def pull(proxy: Proxy, digest: str, **headers: str) -> tuple[int, bytes]:
@@ -85,7 +77,7 @@ async def test_many_clients_on_one_cold_layer_cause_one_upstream_get(
     gate.release.set()
     bodies = await asyncio.gather(*(response.read() for response in responses))
     assert [response.status for response in responses] == [200] * 16
-    assert all(first + body == LAYER for first, body in zip(firsts, bodies))
+    assert all(first + body == LAYER for first, body in zip(firsts, bodies, strict=True))
     assert proxy.upstream_requests("GET", digest) == 1
     assert (proxy.count("blob", "miss"), proxy.count("blob", "coalesced")) == (1, 15)
     assert proxy.cached(digest) == LAYER

@@ -11,24 +11,15 @@ import pytest
 
 from tests.fault_upstream import FakeRegistry, Stall
 from tests.support.hostile import Proxies, empty_ok, start_proxies
-from tests.support_faults import Proxy, start_proxy, truncated
+from tests.support_faults import Proxy, blob_path, start_proxy, truncated
 
 LAYER = os.urandom(2 * 1024 * 1024 + 5)
 EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeRegistry:
-    return await FakeRegistry().start(aiohttp_server)
-
-
-@pytest.fixture
 async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
     return await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="500ms")
-
-
-def blob_path(digest: str) -> str:
-    return f"/v2/team/app/blobs/{digest}"
 
 
 async def test_an_empty_200_for_a_non_empty_digest_is_a_502_naming_the_upstream(proxy: Proxy) -> None:

@@ -34,11 +34,6 @@ def tag_schema(digest: str) -> str:
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeRegistry:
-    return await FakeRegistry().start(aiohttp_server)
-
-
-@pytest.fixture
 async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
     return await start_proxy(aiohttp_client, fake, tmp_path / "data")
 

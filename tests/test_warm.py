@@ -36,11 +36,6 @@ def add_image(fake: FakeRegistry, image: Image) -> None:
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Any) -> FakeRegistry:
-    return await FakeRegistry().start(aiohttp_server)
-
-
-@pytest.fixture
 def config(fake: FakeRegistry, tmp_path: Path) -> Config:
     return build_config({"storage": {"path": str(tmp_path / "data")},
                          "upstreams": [{"name": "docker.io", "url": fake.url, "default": True}]})
