@@ -76,11 +76,30 @@ class GCConfig:
     upload_ttl: float = 86400.0
 
 
+ACCESS_ACTIONS = ("pull", "push", "delete")
+SPECIAL_PRINCIPALS = ("anonymous", "authenticated")  # in rules: everyone, and every known user
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One `auth.access` entry: the repository globs it covers and who may do each action there."""
+
+    repos: tuple[str, ...]
+    pull: tuple[str, ...] = ()
+    push: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+
+    def principals(self, action: str) -> tuple[str, ...]:
+        return tuple(getattr(self, action))
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     htpasswd: str | None = None
     pull: str = "anonymous"  # or "authenticated"
     realm: str = "pullcache"
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its users
+    access: tuple[AccessRule, ...] = ()  # ordered; empty: push needs a user, pull follows `pull`
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,64 @@ def _positive_int(value: Any, key: str) -> int:
     raise ConfigError(f"{key}: {value!r} is not a positive integer")
 
 
+# A repository glob: name characters, `/` between components, `*` and `**` (pullcache.names.matches_glob).
+_REPO_GLOB = re.compile(r"^[a-z0-9._*-]+(?:/[a-z0-9._*-]+)*$")
+_PRINCIPAL = re.compile(r"^[^\s:]+$")
+
+
+def _principal_list(value: Any, key: str) -> tuple[str, ...]:
+    names = _string_list(value, key)
+    for name in names:
+        if not _PRINCIPAL.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a user or group name")
+    return names
+
+
+def _groups(value: Any, key: str) -> dict[str, tuple[str, ...]]:
+    """{team-a: [alice, ci-team-a]}; a group may not take a name rules give a meaning of their own."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: {value!r} is not a mapping of group names to lists of users")
+    groups = {}
+    for name, members in value.items():
+        if not isinstance(name, str) or not _PRINCIPAL.match(name) or name in SPECIAL_PRINCIPALS:
+            raise ConfigError(f"{key}.{name}: {name!r} cannot name a group "
+                              f"({', '.join(SPECIAL_PRINCIPALS)} have a meaning of their own)")
+        groups[name] = _principal_list(members, f"{key}.{name}")
+    return groups
+
+
+def _repo_globs(value: Any, key: str) -> tuple[str, ...]:
+    globs = _string_list(value, key)
+    if not globs:
+        raise ConfigError(f"{key}: [] matches nothing (expected globs such as team-a/** or docker.io/**)")
+    for glob in globs:
+        if not _REPO_GLOB.match(glob):
+            raise ConfigError(f"{key}: {glob!r} is not a repository glob (expected lowercase name components "
+                              "joined by '/', with * for one component and ** for any number)")
+    return globs
+
+
+_RULE_KEYS: dict[str, Checker] = {"repos": _repo_globs, **{action: _principal_list for action in ACCESS_ACTIONS}}
+
+
+def _access_rules(value: Any, key: str) -> tuple[AccessRule, ...]:
+    """An ordered list of {repos, pull, push, delete}; who the names are is checked at start-up
+    (pullcache.access), against the users that exist then."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of rules (expected [{{repos: [...], pull: [...]}}])")
+    rules = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "repos" not in item:
+            raise ConfigError(f"{key}[{i}]: {item!r} is not a rule (expected a mapping with repos and some of "
+                              f"{', '.join(ACCESS_ACTIONS)})")
+        rules.append(_build(AccessRule, _RULE_KEYS, item, f"{key}[{i}]"))
+    return tuple(rules)
+
+
 _LISTEN = re.compile(r"^(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]]*)):(?P<port>\d{1,5})$")
 
 
@@ -265,7 +342,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
     "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
     "auth": (AuthConfig, {"htpasswd": _optional_string, "pull": _choice("anonymous", "authenticated"),
-                          "realm": _string}),
+                          "realm": _string, "groups": _groups, "access": _access_rules}),
     "local": (LocalConfig, {"deny_push": _string_list, "allow_push": _string_list, "anonymous_push": _bool}),
     "metrics": (MetricsConfig, {"enabled": _bool}),
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),

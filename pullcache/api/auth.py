@@ -15,8 +15,15 @@ challenge alone: its client runs every challenge it knows, and Basic without cre
 request ("no basic auth credentials"), so a Basic challenge would stop every anonymous Docker pull,
 `registry-mirrors` clients included, once pushes are protected. With Bearer, Docker fetches a token
 from /auth/token, anonymously or with the user's Basic credentials (checked against the same htpasswd
-file, so a wrong password still fails `docker login`). Tokens are HMAC-signed with a per-process key
-and carry only the user name and an expiry.
+file, so a wrong password still fails `docker login`). Tokens are JWTs (api/bearer.py) carrying the user
+and, per requested scope, the actions granted.
+
+With `auth.access` rules (pullcache.access), a request about a repository is decided by the rules
+instead: anyone passes where the rules let anonymous clients; otherwise an anonymous client gets a 401
+whose Bearer challenge names the scope (so Docker logs in and retries), an authenticated one a 403
+DENIED naming the rule, and a Bearer token must carry the action for the name the request uses. The
+catalog lists only what the caller may pull. Requests about no repository (/v2/, the status page,
+/metrics) keep the rules above.
 
 bcrypt is slow by design, so checks run one at a time on a thread of their own (the default executor
 serves the store's disk I/O, which must not wait behind logins), a successful check is remembered for
@@ -36,26 +43,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
-import hmac
-import json
 import re
-import secrets
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 from aiohttp import web
 from cachetools import TTLCache
 
-from pullcache.api.appkeys import ROUTE, USER
+from pullcache.access import Policy
+from pullcache.api.appkeys import RESOLVER, ROUTE, USER
+from pullcache.api.bearer import TOKEN_SECONDS, BearerTokens, Claims, Scope
 from pullcache.api.errors import RegistryError
-from pullcache.config import AuthConfig, ConfigError
+from pullcache.config import ACCESS_ACTIONS, AuthConfig, ConfigError
+from pullcache.names import InvalidName, parse_name
+from pullcache.resolver import UnknownNamespace
 
 BCRYPT_ENTRY = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")  # $2y$<cost>$<22 salt + 31 hash>
 BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads; htpasswd -B truncates longer passwords to these
@@ -65,7 +73,6 @@ CHECK_CACHE_SECONDS = 300.0
 # remembered briefly, apart from the accepted ones, which they therefore cannot push out.
 REFUSED_CACHE_SECONDS = 30.0
 CHECK_CACHE_SIZE = 4096
-TOKEN_SECONDS = 300  # the token spec asks for at least 60
 TOKEN_PATH = "/auth/token"
 SERVICE = "pullcache"
 DOCKER_ENGINE_AGENT = "docker/"  # dockerd's User-Agent: "docker/20.10.24 go/go1.19 ... UpstreamClient(...)"
@@ -79,6 +86,7 @@ _BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullcache
 class Access(Enum):
     PULL = "pull"
     PUSH = "push"
+    DELETE = "delete"
     LOGIN = "login"  # GET /v2/: where docker login checks credentials
 
 
@@ -111,41 +119,6 @@ def dummy_hash(users: dict[str, bytes]) -> bytes:
     return bcrypt.gensalt(cost) + b"." * 31  # a random salt, then an all-zero hash no password realistically gives
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class Tokens:
-    """Bearer tokens this process issues: `<claims>.<hmac>`, valid for TOKEN_SECONDS."""
-
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
-
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
-
-    def issue(self, user: str) -> str:
-        payload = _b64(json.dumps({"sub": user, "exp": int(time.time()) + TOKEN_SECONDS}).encode())
-        return f"{payload}.{self._sign(payload)}"
-
-    def subject(self, token: str) -> str | None:
-        """The user a token was issued to (ANONYMOUS for none); None if forged, damaged or expired."""
-        if not token.isascii():  # ours are base64url; hmac.compare_digest refuses other text
-            return None
-        payload, _, signature = token.partition(".")
-        if not hmac.compare_digest(self._sign(payload), signature):
-            return None
-        try:
-            claims = json.loads(_unb64(payload))
-        except (ValueError, binascii.Error):
-            return None
-        return claims["sub"] if claims.get("exp", 0) > time.time() else None
-
-
 def _credentials(header: str | None) -> tuple[str, str] | str | None:
     """(user, password) for Basic, the token for Bearer, None for anything else (malformed ones included)."""
     scheme, _, value = (header or "").strip().partition(" ")
@@ -160,24 +133,40 @@ def _credentials(header: str | None) -> tuple[str, str] | str | None:
     return (user, password) if sep else None
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a request proved to be: a user (ANONYMOUS for an anonymous token) and, for a Bearer
+    token, the access it carries."""
+
+    user: str
+    token: Claims | None = None
+
+
 class Authenticator:
-    """Decides, per request, whether credentials are needed and whether the ones given are right."""
+    """Decides, per request, whether credentials are needed and whether the ones given are right.
+
+    Without `auth.access` the rules are the ones above. With it, every repository request is decided
+    by pullcache.access on the repository's canonical name, and a Bearer token also has to carry the
+    action for the name the request uses (see docs/access.md).
+    """
 
     def __init__(self, config: AuthConfig, *, anonymous_push: bool = False) -> None:
         if config.pull == "authenticated" and not config.htpasswd:
             raise ConfigError("auth.pull: 'authenticated' needs auth.htpasswd to be set (expected a bcrypt "
                               "htpasswd file)")
         self._users = load_htpasswd(config.htpasswd) if config.htpasswd else None
+        policy = Policy(config.access, config.groups, set(self._users or ()))
+        self._policy = policy if config.access else None
         self._dummy_hash = dummy_hash(self._users or {})
         self._pull_needs_login = config.pull == "authenticated"
         self._anonymous_push = anonymous_push
         self._realm = config.realm
-        self._tokens = Tokens()
+        self._tokens = BearerTokens()
         self._accepted: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
         self._refused: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, REFUSED_CACHE_SECONDS)
 
     def _required(self, access: Access) -> bool:
-        if access is Access.PUSH:
+        if access in (Access.PUSH, Access.DELETE):
             return not self._anonymous_push
         if access is Access.PULL:
             return self._pull_needs_login
@@ -201,44 +190,116 @@ class Authenticator:
         self._refused[key] = True
         return False
 
-    async def _user(self, request: web.Request) -> str | None:
-        """The user the request proves to be (by password or by token); ANONYMOUS or None otherwise."""
+    async def _caller(self, request: web.Request) -> Caller | None:
+        """Who the request proves to be (by password or by token); None without or with wrong credentials."""
         credentials = _credentials(request.headers.get("Authorization"))
         if isinstance(credentials, str):
-            return self._tokens.subject(credentials)
+            claims = self._tokens.verify(credentials)
+            return Caller(claims.subject, claims) if claims is not None else None
         if credentials is not None and await self._password_ok(*credentials):
-            return credentials[0]
+            return Caller(credentials[0])
         return None
 
-    def _challenges(self, request: web.Request) -> list[tuple[str, str]]:
+    def _challenges(self, request: web.Request, scope: str | None = None,
+                    error: str | None = None) -> list[tuple[str, str]]:
         scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
-        bearer = ("WWW-Authenticate", f'Bearer realm="{scheme}://{request.host}{TOKEN_PATH}",service="{SERVICE}"')
+        params = f'realm="{scheme}://{request.host}{TOKEN_PATH}",service="{SERVICE}"'
+        if scope is not None:
+            params += f',scope="{scope}"'
+        if error is not None:
+            params += f',error="{error}"'
+        bearer = ("WWW-Authenticate", f"Bearer {params}")
         if request.headers.get("User-Agent", "").startswith(DOCKER_ENGINE_AGENT):
             return [bearer]
         return [("WWW-Authenticate", f'Basic realm="{self._realm}"'), bearer]
 
-    def _unauthorized(self, request: web.Request, reason: str, access: Access) -> RegistryError:
+    def _unauthorized(self, request: web.Request, reason: str, access: Access, *, scope: str | None = None,
+                      error: str | None = None) -> RegistryError:
         return RegistryError("UNAUTHORIZED", reason, detail={"access": access.value},
-                             headers=self._challenges(request))
+                             headers=self._challenges(request, scope, error))
 
-    async def authorize(self, request: web.Request, access: Access) -> None:
-        """Return if the request may proceed (setting request[USER] for a known user); else 401."""
+    def _wrong_credentials(self, request: web.Request, access: Access) -> RegistryError:
+        return self._unauthorized(request, "invalid username, password or token", access)
+
+    async def authorize(self, request: web.Request, access: Access, name: str | None = None) -> None:
+        """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when
+        an authenticated user is refused by a rule. `name` is the repository the request is about."""
+        if self._policy is not None and name is not None and access is not Access.LOGIN:
+            return await self._authorize_by_rules(request, access, name, self._policy)
         if not self._required(access):
             return  # a pull anyone may make: credentials are not worth a bcrypt check
-        user = await self._user(request)
-        if user:
-            request[USER] = user
+        caller = await self._caller(request)
+        if caller is not None and caller.user:
+            request[USER] = caller.user
             return
         if self._users is None:  # only pushes get here: no user could ever be right
             raise self._unauthorized(request, PUSH_NEEDS_USERS, access)
-        present = request.headers.get("Authorization")
-        raise self._unauthorized(request, "invalid username, password or token" if present
-                                 else "authentication required", access)
+        if request.headers.get("Authorization"):
+            raise self._wrong_credentials(request, access)
+        raise self._unauthorized(request, "authentication required", access)
+
+    @staticmethod
+    def _repository(request: web.Request, name: str, action: str, ns: str | None) -> str:
+        """The canonical name rules match: a write's local name; a read's name as it resolves, proxied ones
+        under their upstream (`alpine` -> `docker.io/library/alpine`)."""
+        if action != Access.PULL.value:
+            return name
+        try:
+            return request.app[RESOLVER].resolve(name, ns).store_name
+        except UnknownNamespace:
+            return name  # answered 404 by the handler; the rules still decide who learns that
+
+    async def _authorize_by_rules(self, request: web.Request, access: Access, name: str, policy: Policy) -> None:
+        action = access.value
+        repository = self._repository(request, name, action, request.query.get("ns"))
+        if policy.decide(None, repository, action).allowed:
+            return  # anyone may: credentials are not worth a bcrypt check
+        caller = await self._caller(request)
+        scope = f"repository:{name}:{action}"
+        if caller is None and request.headers.get("Authorization"):
+            raise self._wrong_credentials(request, access)
+        if caller is None or not caller.user:
+            reason = policy.decide(None, repository, action).reason
+            raise self._unauthorized(request, f"authentication required: {reason}", access, scope=scope)
+        decision = policy.decide(caller.user, repository, action)
+        if not decision.allowed:
+            raise RegistryError("DENIED", decision.reason, detail={"name": name, "action": action})
+        if caller.token is not None and not caller.token.allows(name, action):
+            raise self._unauthorized(request, f"the token does not grant {action} on {name!r}; ask /auth/token "
+                                     f"for scope {scope}", access, scope=scope, error="insufficient_scope")
+        request[USER] = caller.user
+
+    async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
+        """The canonical repository names the caller may pull (every one without `auth.access`)."""
+        if self._policy is None:
+            return repositories
+        caller = await self._caller(request)
+        if caller is None and request.headers.get("Authorization"):
+            raise self._wrong_credentials(request, Access.PULL)
+        user = caller.user if caller is not None and caller.user else None
+        return [name for name in repositories if self._policy.decide(user, name, Access.PULL.value).allowed]
+
+    def _granted(self, request: web.Request, user: str, scope: Scope) -> Scope:
+        """The scope's actions the user holds: by the rules, or without them as today's defaults say."""
+        wanted = [a for a in dict.fromkeys(scope.actions) if a in ACCESS_ACTIONS]
+        try:
+            parse_name(scope.name)
+        except InvalidName:
+            wanted = []
+        if scope.type != "repository":
+            wanted = []
+        elif self._policy is not None:
+            policy = self._policy
+            wanted = [a for a in wanted if policy.decide(user or None, self._repository(request, scope.name, a, None),
+                                                         a).allowed]
+        else:
+            wanted = [a for a in wanted if user or not self._required(Access(a))]
+        return Scope(scope.type, scope.name, tuple(wanted))
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
         one, when anonymous pulls are allowed, to a request without any. Wrong or malformed credentials
-        are 401, so docker login fails."""
+        are 401, so docker login fails. The token carries, per requested scope, the actions granted."""
         request[ROUTE] = "base"  # part of the /v2/ login handshake, for metrics and logs
         header = request.headers.get("Authorization")
         credentials = _credentials(header)
@@ -249,9 +310,11 @@ class Authenticator:
         else:
             raise self._unauthorized(request, "invalid username or password" if header is not None
                                      else "authentication required", Access.LOGIN)
-        token = self._tokens.issue(user)
+        access = [self._granted(request, user, scope) for scope in Scope.parse_all(request.query.getall("scope", []))]
+        issued = time.time()
+        token = self._tokens.issue(user, access)
         return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
-                                  "issued_at": datetime.now(UTC).isoformat()})
+                                  "issued_at": datetime.fromtimestamp(issued, UTC).isoformat()})
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)  # set by v2.setup; ops routes authorize with it too

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -18,7 +19,11 @@ from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
-Authorize = Callable[[web.Request, Access], Awaitable[None]]
+
+
+class Authorize(Protocol):
+    async def __call__(self, request: web.Request, access: Access, name: str | None = None) -> None: ...
+
 
 # (pattern over the raw path after /v2/, endpoint); first match wins, so uploads precede blobs.
 _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
@@ -31,9 +36,12 @@ _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
 
 
 def access_of(method: str, endpoint: str | None) -> Access:
-    """Reads are pulls; anything else, and anything about an upload session (even its status), is a push."""
+    """Reads are pulls; deleting a manifest or blob is a delete; anything else, and anything about an upload
+    session (even its status or its cancelling), is a push."""
     if method in ("GET", "HEAD") and endpoint != "upload":
         return Access.PULL
+    if method == "DELETE" and endpoint in ("manifest", "blob"):
+        return Access.DELETE
     return Access.PUSH
 
 
@@ -66,7 +74,7 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
             raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
         endpoint, name, argument = found
         request[ROUTE] = endpoint
-        await authorize(request, access_of(request.method, endpoint))
+        await authorize(request, access_of(request.method, endpoint), name)
         method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
         handler = handlers.get((endpoint, method))
         if handler is None:

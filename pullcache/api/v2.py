@@ -32,9 +32,10 @@ async def base(request: web.Request) -> web.StreamResponse:
 
 async def catalog(request: web.Request) -> web.StreamResponse:
     """GET /v2/_catalog[?n=&last=]: local repositories and cached ones (as `<upstream>/<repository>`,
-    the path-prefix name they are pulled by)."""
+    the path-prefix name they are pulled by), only those the caller may pull."""
     store = request.app[STORE]
     names = sorted(await store.repository_names() + await store.repository_names(cached=True))
+    names = await request.app[AUTHENTICATOR].pullable(request, names)
     page, headers = tags.paginate(request, names)
     return web.json_response({"repositories": page}, headers=headers)
 
