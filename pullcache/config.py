@@ -151,6 +151,8 @@ class MetricsConfig:
 class LogConfig:
     level: str = "info"
     format: str = "text"
+    audit: str | None = None  # null: no audit log; "stdout"; or a file path (reopened on SIGHUP)
+    audit_pulls: bool = False  # manifest pulls are audited too
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
                           "realm": _string, "groups": _groups, "access": _access_rules}),
     "local": (LocalConfig, {"deny_push": _string_list, "allow_push": _string_list, "anonymous_push": _bool}),
     "metrics": (MetricsConfig, {"enabled": _bool}),
-    "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),
+    "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json"),
+                        "audit": _optional_string, "audit_pulls": _bool}),
 }
 
 _UPSTREAM_KEYS: dict[str, Checker] = {

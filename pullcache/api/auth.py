@@ -59,6 +59,7 @@ from cachetools import TTLCache
 
 from pullcache.access import Policy
 from pullcache.api.appkeys import RESOLVER, ROUTE, USER
+from pullcache.api.audited import audit
 from pullcache.api.bearer import TOKEN_SECONDS, BearerTokens, Claims, Scope
 from pullcache.api.errors import RegistryError
 from pullcache.config import ACCESS_ACTIONS, AuthConfig, ConfigError
@@ -218,8 +219,18 @@ class Authenticator:
         return RegistryError("UNAUTHORIZED", reason, detail={"access": access.value},
                              headers=self._challenges(request, scope, error))
 
-    def _wrong_credentials(self, request: web.Request, access: Access) -> RegistryError:
+    def _wrong_credentials(self, request: web.Request, access: Access, name: str | None = None) -> RegistryError:
+        """The 401 for credentials that prove nothing, audited as a failed login under the name tried."""
+        credentials = _credentials(request.headers.get("Authorization"))
+        audit(request, "login", "failure", principal=credentials[0] if isinstance(credentials, tuple) else "",
+              repository=name)
         return self._unauthorized(request, "invalid username, password or token", access)
+
+    def _denied(self, request: web.Request, access: Access, name: str | None, error: RegistryError) -> RegistryError:
+        """A refusal of a repository request, audited (GET /v2/ asking for a login is no refusal)."""
+        if name is not None:
+            audit(request, access.value, "denied", repository=name, reason=error.message)
+        return error
 
     async def authorize(self, request: web.Request, access: Access, name: str | None = None) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when
@@ -233,10 +244,10 @@ class Authenticator:
             request[USER] = caller.user
             return
         if self._users is None:  # only pushes get here: no user could ever be right
-            raise self._unauthorized(request, PUSH_NEEDS_USERS, access)
+            raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
         if request.headers.get("Authorization"):
-            raise self._wrong_credentials(request, access)
-        raise self._unauthorized(request, "authentication required", access)
+            raise self._wrong_credentials(request, access, name)
+        raise self._denied(request, access, name, self._unauthorized(request, "authentication required", access))
 
     @staticmethod
     def _repository(request: web.Request, name: str, action: str, ns: str | None) -> str:
@@ -257,17 +268,19 @@ class Authenticator:
         caller = await self._caller(request)
         scope = f"repository:{name}:{action}"
         if caller is None and request.headers.get("Authorization"):
-            raise self._wrong_credentials(request, access)
+            raise self._wrong_credentials(request, access, name)
         if caller is None or not caller.user:
             reason = policy.decide(None, repository, action).reason
-            raise self._unauthorized(request, f"authentication required: {reason}", access, scope=scope)
+            raise self._denied(request, access, name, self._unauthorized(
+                request, f"authentication required: {reason}", access, scope=scope))
+        request[USER] = caller.user
         decision = policy.decide(caller.user, repository, action)
         if not decision.allowed:
-            raise RegistryError("DENIED", decision.reason, detail={"name": name, "action": action})
+            raise self._denied(request, access, name, RegistryError("DENIED", decision.reason,
+                                                                    detail={"name": name, "action": action}))
         if caller.token is not None and not caller.token.allows(name, action):
             raise self._unauthorized(request, f"the token does not grant {action} on {name!r}; ask /auth/token "
                                      f"for scope {scope}", access, scope=scope, error="insufficient_scope")
-        request[USER] = caller.user
 
     async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
         """The canonical repository names the caller may pull (every one without `auth.access`)."""
@@ -307,9 +320,10 @@ class Authenticator:
             user = credentials[0]
         elif header is None and not self._pull_needs_login:
             user = ANONYMOUS
+        elif header is not None:
+            raise self._wrong_credentials(request, Access.LOGIN)
         else:
-            raise self._unauthorized(request, "invalid username or password" if header is not None
-                                     else "authentication required", Access.LOGIN)
+            raise self._unauthorized(request, "authentication required", Access.LOGIN)
         access = [self._granted(request, user, scope) for scope in Scope.parse_all(request.query.getall("scope", []))]
         issued = time.time()
         token = self._tokens.issue(user, access)

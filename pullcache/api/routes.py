@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from pullcache.api.appkeys import ROUTE
+from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
@@ -58,6 +59,17 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
     return None
 
 
+def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
+                  response: web.StreamResponse) -> None:
+    """Audit what manifests.py does not see: blob deletes and (with log.audit_pulls) manifest pulls."""
+    digest = response.headers.get("Docker-Content-Digest")
+    if endpoint == "blob" and request.method == "DELETE" and response.status == 202:
+        audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
+    elif (endpoint == "manifest" and request.method == "GET" and response.status == 200
+          and request.app[AUDIT].pulls):
+        audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
+
+
 def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
           base: Callable[[web.Request], Awaitable[web.StreamResponse]],
           catalog: Callable[[web.Request], Awaitable[web.StreamResponse]], authorize: Authorize) -> None:
@@ -80,7 +92,15 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
         if handler is None:
             raise RegistryError("UNSUPPORTED", f"{request.method} is not supported on {endpoint} endpoints",
                                 status=405)
-        return await handler(request, name, argument)
+        try:
+            response = await handler(request, name, argument)
+        except RegistryError as exc:
+            if exc.code == "DENIED":  # a write to an upstream name, or refused by local.deny_push / allow_push
+                audit(request, access_of(request.method, endpoint).value, "denied", repository=name,
+                      reason=exc.message)
+            raise
+        _audit_answer(request, endpoint, name, argument, response)
+        return response
 
     async def base_route(request: web.Request) -> web.StreamResponse:
         request[ROUTE] = "base"

@@ -1,11 +1,15 @@
 """The /v2/ API: the handler table, the version check at /v2/ and the _catalog."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
 from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
+from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -46,9 +50,22 @@ async def _announce_api_version(request: web.Request, response: web.StreamRespon
         response.headers[API_VERSION[0]] = API_VERSION[1]
 
 
+async def _audit_log(app: web.Application) -> AsyncIterator[None]:
+    """The audit file follows SIGHUP while serving; every queued line is written before it closes."""
+    watch_sighup(app[AUDIT])
+    try:
+        yield
+    finally:
+        unwatch_sighup(app[AUDIT])
+        await app[AUDIT].close()
+
+
 def setup(app: web.Application) -> None:
-    """Register the API; a bad htpasswd file raises ConfigError here, before anything is served."""
+    """Register the API; a bad htpasswd file, rule or audit path raises ConfigError here, before anything
+    is served."""
     config = app[CONFIG]
+    app[AUDIT] = AuditLog(config.log)
+    app.cleanup_ctx.append(_audit_log)
     authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push)
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
