@@ -29,6 +29,26 @@ STDOUT = "stdout"
 log = logging.getLogger("pullcache.audit")
 
 
+def event_line(action: str, result: str, *, principal: str, remote: str | None, repository: str | None = None,
+               reference: str | None = None, digest: str | None = None, **extra: Any) -> str:
+    event = {"time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+             "action": action, "result": result, "principal": principal, "remote": remote,
+             "repository": repository, "reference": reference, "digest": digest, **extra}
+    return json.dumps(event, ensure_ascii=False) + "\n"
+
+
+def append_event(config: LogConfig, action: str, result: str, **fields: Any) -> None:
+    """Write one line now, from a command beside the server (`pullcache token`): to an audit file only,
+    since a command's stdout is not the server's."""
+    if config.audit in (None, STDOUT):
+        return
+    try:
+        with open(config.audit, "a", encoding="utf-8") as file:
+            file.write(event_line(action, result, remote=None, **fields))
+    except OSError as exc:
+        raise ConfigError(f"log.audit: {config.audit!r} cannot be opened for appending ({exc.strerror})") from exc
+
+
 class AuditLog:
     def __init__(self, config: LogConfig) -> None:
         self.target = config.audit
@@ -45,7 +65,7 @@ class AuditLog:
     def _open(self) -> IO[str]:
         assert self.target is not None
         try:
-            return open(self.target, "a", encoding="utf-8")  # noqa: SIM115 - kept open until reopen/close
+            return open(self.target, "a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"log.audit: {self.target!r} cannot be opened for appending ({exc.strerror})") from exc
 
@@ -57,15 +77,10 @@ class AuditLog:
         except OSError as exc:  # a full disk must not take requests down; the loss is said once per line
             log.error("audit log %s: cannot write an event (%s): %s", self.target, exc.strerror, line.strip())
 
-    def record(self, action: str, result: str, *, principal: str, remote: str | None, repository: str | None = None,
-               reference: str | None = None, digest: str | None = None, **extra: Any) -> None:
-        """Queue one line; returns at once."""
-        if not self.enabled:
-            return
-        event = {"time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                 "action": action, "result": result, "principal": principal, "remote": remote,
-                 "repository": repository, "reference": reference, "digest": digest, **extra}
-        self._thread.submit(self._write, json.dumps(event, ensure_ascii=False) + "\n")
+    def record(self, action: str, result: str, *, principal: str, remote: str | None, **fields: Any) -> None:
+        """Queue one line (fields: repository, reference, digest, extras); returns at once."""
+        if self.enabled:
+            self._thread.submit(self._write, event_line(action, result, principal=principal, remote=remote, **fields))
 
     def _reopen(self) -> None:
         if self._file is None:

@@ -269,15 +269,19 @@ def _groups(value: Any, key: str) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def repo_glob(glob: str, key: str) -> str:
+    """A repository glob as rules and robot tokens use it (pullcache.names.matches_glob), or ConfigError."""
+    if not _REPO_GLOB.match(glob):
+        raise ConfigError(f"{key}: {glob!r} is not a repository glob (expected lowercase name components "
+                          "joined by '/', with * for one component and ** for any number)")
+    return glob
+
+
 def _repo_globs(value: Any, key: str) -> tuple[str, ...]:
     globs = _string_list(value, key)
     if not globs:
         raise ConfigError(f"{key}: [] matches nothing (expected globs such as team-a/** or docker.io/**)")
-    for glob in globs:
-        if not _REPO_GLOB.match(glob):
-            raise ConfigError(f"{key}: {glob!r} is not a repository glob (expected lowercase name components "
-                              "joined by '/', with * for one component and ** for any number)")
-    return globs
+    return tuple(repo_glob(glob, key) for glob in globs)
 
 
 _RULE_KEYS: dict[str, Checker] = {"repos": _repo_globs, **{action: _principal_list for action in ACCESS_ACTIONS}}

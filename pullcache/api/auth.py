@@ -48,9 +48,9 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -65,6 +65,7 @@ from pullcache.api.errors import RegistryError
 from pullcache.config import ACCESS_ACTIONS, AuthConfig, ConfigError
 from pullcache.names import InvalidName, parse_name
 from pullcache.resolver import UnknownNamespace
+from pullcache.tokens import Robot, RobotTokens
 
 BCRYPT_ENTRY = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")  # $2y$<cost>$<22 salt + 31 hash>
 BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads; htpasswd -B truncates longer passwords to these
@@ -136,11 +137,19 @@ def _credentials(header: str | None) -> tuple[str, str] | str | None:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request proved to be: a user (ANONYMOUS for an anonymous token) and, for a Bearer
-    token, the access it carries."""
+    """Who a request proved to be: a user (ANONYMOUS for an anonymous token), for a Bearer token the access
+    it carries, and for a robot token the robot, whose own grants bound what it may do."""
 
     user: str
     token: Claims | None = None
+    robot: Robot | None = None
+
+    def robot_refuses(self, repository: str, action: str) -> str | None:
+        """Why the robot's own grants refuse this, or None."""
+        if self.robot is None or self.robot.allows(repository, action):
+            return None
+        grants = ", ".join(str(g) for g in self.robot.grants)
+        return f"robot token {self.user!r} grants no {action} on {repository!r} (it grants {grants})"
 
 
 class Authenticator:
@@ -148,15 +157,17 @@ class Authenticator:
 
     Without `auth.access` the rules are the ones above. With it, every repository request is decided
     by pullcache.access on the repository's canonical name, and a Bearer token also has to carry the
-    action for the name the request uses (see docs/access.md).
+    action for the name the request uses (see docs/access.md). A robot token (pullcache.tokens) is a
+    user whose secret is its password, and never does more than its own grants allow.
     """
 
-    def __init__(self, config: AuthConfig, *, anonymous_push: bool = False) -> None:
+    def __init__(self, config: AuthConfig, *, anonymous_push: bool = False, robots: RobotTokens | None = None) -> None:
         if config.pull == "authenticated" and not config.htpasswd:
             raise ConfigError("auth.pull: 'authenticated' needs auth.htpasswd to be set (expected a bcrypt "
                               "htpasswd file)")
         self._users = load_htpasswd(config.htpasswd) if config.htpasswd else None
-        policy = Policy(config.access, config.groups, set(self._users or ()))
+        self._robots = robots
+        policy = Policy(config.access, config.groups, set(self._users or ()) | self._robot_names())
         self._policy = policy if config.access else None
         self._dummy_hash = dummy_hash(self._users or {})
         self._pull_needs_login = config.pull == "authenticated"
@@ -166,12 +177,19 @@ class Authenticator:
         self._accepted: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
         self._refused: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, REFUSED_CACHE_SECONDS)
 
+    def _robot_names(self) -> set[str]:
+        return self._robots.names() if self._robots is not None else set()
+
+    def _has_users(self) -> bool:
+        """Whether any credentials could be right: htpasswd users, or robot tokens (as read at start-up)."""
+        return self._users is not None or bool(self._robot_names())
+
     def _required(self, access: Access) -> bool:
         if access in (Access.PUSH, Access.DELETE):
             return not self._anonymous_push
         if access is Access.PULL:
             return self._pull_needs_login
-        return self._users is not None
+        return self._has_users()
 
     async def _password_ok(self, user: str, password: str) -> bool:
         """Whether the password is the user's; the same work, cache included, for a user not in the file."""
@@ -191,14 +209,36 @@ class Authenticator:
         self._refused[key] = True
         return False
 
+    async def _robot(self, user: str) -> tuple[bool, Robot | None]:
+        """(whether the name is a robot's rather than an htpasswd user's, the robot if it is active now)."""
+        if self._robots is None or (self._users is not None and user in self._users):
+            return False, None
+        robot = await self._robots.current(user)
+        if robot is None:
+            return False, None
+        return True, robot if robot.active else None
+
+    async def _authenticate(self, user: str, password: str) -> Caller | None:
+        """The caller these Basic credentials prove, a user of the file or a robot; None if wrong."""
+        is_robot, robot = await self._robot(user)
+        if is_robot:
+            return Caller(user, robot=robot) if robot is not None and robot.secret_matches(password) else None
+        return Caller(user) if await self._password_ok(user, password) else None
+
     async def _caller(self, request: web.Request) -> Caller | None:
-        """Who the request proves to be (by password or by token); None without or with wrong credentials."""
+        """Who the request proves to be (by password or by token); None without or with wrong credentials.
+        A robot's token counts only while the robot is active: a revocation stops its tokens too."""
         credentials = _credentials(request.headers.get("Authorization"))
         if isinstance(credentials, str):
             claims = self._tokens.verify(credentials)
-            return Caller(claims.subject, claims) if claims is not None else None
-        if credentials is not None and await self._password_ok(*credentials):
-            return Caller(credentials[0])
+            if claims is None:
+                return None
+            is_robot, robot = await self._robot(claims.subject) if claims.subject else (False, None)
+            if is_robot and robot is None:
+                return None
+            return Caller(claims.subject, claims, robot)
+        if credentials is not None:
+            return await self._authenticate(*credentials)
         return None
 
     def _challenges(self, request: web.Request, scope: str | None = None,
@@ -232,6 +272,10 @@ class Authenticator:
             audit(request, access.value, "denied", repository=name, reason=error.message)
         return error
 
+    def _forbidden(self, request: web.Request, access: Access, name: str, reason: str) -> RegistryError:
+        return self._denied(request, access, name, RegistryError("DENIED", reason,
+                                                                 detail={"name": name, "action": access.value}))
+
     async def authorize(self, request: web.Request, access: Access, name: str | None = None) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when
         an authenticated user is refused by a rule. `name` is the repository the request is about."""
@@ -239,12 +283,17 @@ class Authenticator:
             return await self._authorize_by_rules(request, access, name, self._policy)
         if not self._required(access):
             return  # a pull anyone may make: credentials are not worth a bcrypt check
+        if not self._has_users():  # only pushes get here: no user could ever be right
+            raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
         caller = await self._caller(request)
         if caller is not None and caller.user:
             request[USER] = caller.user
+            refusal = name is not None and caller.robot_refuses(self._repository(request, name, access.value,
+                                                                                 request.query.get("ns")),
+                                                                access.value)
+            if refusal:
+                raise self._forbidden(request, access, name or "", refusal)
             return
-        if self._users is None:  # only pushes get here: no user could ever be right
-            raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
         if request.headers.get("Authorization"):
             raise self._wrong_credentials(request, access, name)
         raise self._denied(request, access, name, self._unauthorized(request, "authentication required", access))
@@ -275,12 +324,21 @@ class Authenticator:
                 request, f"authentication required: {reason}", access, scope=scope))
         request[USER] = caller.user
         decision = policy.decide(caller.user, repository, action)
-        if not decision.allowed:
-            raise self._denied(request, access, name, RegistryError("DENIED", decision.reason,
-                                                                    detail={"name": name, "action": action}))
+        refusal = caller.robot_refuses(repository, action) if decision.allowed else decision.reason
+        if refusal:
+            raise self._forbidden(request, access, name, refusal)
         if caller.token is not None and not caller.token.allows(name, action):
             raise self._unauthorized(request, f"the token does not grant {action} on {name!r}; ask /auth/token "
                                      f"for scope {scope}", access, scope=scope, error="insufficient_scope")
+
+    def _may(self, caller: Caller | None, repository: str, action: str) -> bool:
+        """What rules (or, without them, the defaults) and a robot's grants let the caller do."""
+        user = caller.user if caller is not None and caller.user else None
+        if caller is not None and caller.robot_refuses(repository, action):
+            return False
+        if self._policy is not None:
+            return self._policy.decide(user, repository, action).allowed
+        return user is not None or not self._required(Access(action))
 
     async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
         """The canonical repository names the caller may pull (every one without `auth.access`)."""
@@ -289,11 +347,10 @@ class Authenticator:
         caller = await self._caller(request)
         if caller is None and request.headers.get("Authorization"):
             raise self._wrong_credentials(request, Access.PULL)
-        user = caller.user if caller is not None and caller.user else None
-        return [name for name in repositories if self._policy.decide(user, name, Access.PULL.value).allowed]
+        return [name for name in repositories if self._may(caller, name, Access.PULL.value)]
 
-    def _granted(self, request: web.Request, user: str, scope: Scope) -> Scope:
-        """The scope's actions the user holds: by the rules, or without them as today's defaults say."""
+    def _granted(self, request: web.Request, caller: Caller, scope: Scope) -> Scope:
+        """The scope's actions the caller holds."""
         wanted = [a for a in dict.fromkeys(scope.actions) if a in ACCESS_ACTIONS]
         try:
             parse_name(scope.name)
@@ -301,13 +358,8 @@ class Authenticator:
             wanted = []
         if scope.type != "repository":
             wanted = []
-        elif self._policy is not None:
-            policy = self._policy
-            wanted = [a for a in wanted if policy.decide(user or None, self._repository(request, scope.name, a, None),
-                                                         a).allowed]
-        else:
-            wanted = [a for a in wanted if user or not self._required(Access(a))]
-        return Scope(scope.type, scope.name, tuple(wanted))
+        granted = [a for a in wanted if self._may(caller, self._repository(request, scope.name, a, None), a)]
+        return Scope(scope.type, scope.name, tuple(granted))
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """GET /auth/token (the Bearer realm): a token for the Basic credentials given, or an anonymous
@@ -316,17 +368,15 @@ class Authenticator:
         request[ROUTE] = "base"  # part of the /v2/ login handshake, for metrics and logs
         header = request.headers.get("Authorization")
         credentials = _credentials(header)
-        if isinstance(credentials, tuple) and await self._password_ok(*credentials):
-            user = credentials[0]
-        elif header is None and not self._pull_needs_login:
-            user = ANONYMOUS
-        elif header is not None:
+        caller = await self._authenticate(*credentials) if isinstance(credentials, tuple) else None
+        if caller is None and header is not None:
             raise self._wrong_credentials(request, Access.LOGIN)
-        else:
+        if caller is None and self._pull_needs_login:
             raise self._unauthorized(request, "authentication required", Access.LOGIN)
-        access = [self._granted(request, user, scope) for scope in Scope.parse_all(request.query.getall("scope", []))]
+        caller = caller or Caller(ANONYMOUS)
+        access = [self._granted(request, caller, scope) for scope in Scope.parse_all(request.query.getall("scope", []))]
         issued = time.time()
-        token = self._tokens.issue(user, access)
+        token = self._tokens.issue(caller.user, access)
         return web.json_response({"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
                                   "issued_at": datetime.fromtimestamp(issued, UTC).isoformat()})
 

@@ -10,6 +10,7 @@ from pullcache.api.appkeys import CONFIG, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
 from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
+from pullcache.tokens import RobotTokens
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -66,7 +67,8 @@ def setup(app: web.Application) -> None:
     config = app[CONFIG]
     app[AUDIT] = AuditLog(config.log)
     app.cleanup_ctx.append(_audit_log)
-    authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push)
+    authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push,
+                                  robots=RobotTokens(config.storage.path))
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
