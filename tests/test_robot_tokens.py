@@ -135,6 +135,15 @@ async def test_the_secret_is_a_basic_password_within_its_access(robot_registry: 
     assert (await client.get("/v2/", headers=basic("ci-team-a", secret[:-1] + "x"))).status == 401
 
 
+async def test_the_catalog_shows_a_robot_only_what_its_grants_cover(robot_registry: tuple[TestClient, str]) -> None:
+    client, secret = robot_registry
+    await push_image(As(client, basic("alice", PASSWORDS["alice"])), "team-b/app")  # type: ignore[arg-type]
+    await push_image(As(client, basic("ci-team-a", secret)), "team-a/app")  # type: ignore[arg-type]
+    listed = await client.get("/v2/_catalog", headers=basic("ci-team-a", secret))
+    assert (await listed.json())["repositories"] == ["team-a/app"]
+    assert (await (await client.get("/v2/_catalog")).json())["repositories"] == ["team-a/app", "team-b/app"]
+
+
 async def test_a_revoked_token_fails_on_the_next_request(robot_registry: tuple[TestClient, str],
                                                          config_path: Path) -> None:
     client, secret = robot_registry

@@ -341,10 +341,13 @@ class Authenticator:
         return user is not None or not self._required(Access(action))
 
     async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
-        """The canonical repository names the caller may pull (every one without `auth.access`)."""
-        if self._policy is None:
+        """The canonical repository names the caller may pull: without `auth.access` every one, except that a
+        robot sees only what its grants cover."""
+        if self._policy is None and not request.headers.get("Authorization"):
             return repositories
         caller = await self._caller(request)
+        if self._policy is None:
+            return [name for name in repositories if caller is None or not caller.robot_refuses(name, "pull")]
         if caller is None and request.headers.get("Authorization"):
             raise self._wrong_credentials(request, Access.PULL)
         return [name for name in repositories if self._may(caller, name, Access.PULL.value)]
