@@ -155,6 +155,28 @@ class LogConfig:
     audit_pulls: bool = False  # manifest pulls are audited too
 
 
+EVENT_ACTIONS = ("push", "delete", "pull")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One receiver of Distribution-format events (`notifications.endpoints[]`)."""
+
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Authorization for the receiver
+    timeout: float = 5.0  # one delivery attempt
+    events: tuple[str, ...] = ("push", "delete")
+    backoff: float = 1.0  # first retry delay after a failure; doubles up to max_backoff
+    max_backoff: float = 60.0
+    queue: int = 1000  # events waiting for this endpoint; beyond, new ones are dropped (and counted)
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    endpoints: tuple[EndpointConfig, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = "0.0.0.0:5000"
@@ -166,6 +188,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
 
     @property
     def host(self) -> str:
@@ -343,6 +366,44 @@ def _url(value: Any, key: str) -> str:
     return text.rstrip("/")
 
 
+def _headers(value: Any, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return dict(value)
+    raise ConfigError(f"{key}: {value!r} is not a mapping of header names to strings")
+
+
+def _event_actions(value: Any, key: str) -> tuple[str, ...]:
+    actions = _string_list(value, key)
+    unknown = [a for a in actions if a not in EVENT_ACTIONS]
+    if unknown:
+        raise ConfigError(f"{key}: {unknown[0]!r} is not an event (expected some of {', '.join(EVENT_ACTIONS)})")
+    return actions
+
+
+_ENDPOINT_KEYS: dict[str, Checker] = {
+    "name": _string, "url": _url, "headers": _headers, "timeout": parse_duration, "events": _event_actions,
+    "backoff": parse_duration, "max_backoff": parse_duration, "queue": _positive_int,
+}
+
+
+def _endpoints(value: Any, key: str) -> tuple[EndpointConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of endpoints (expected [{{name, url}}])")
+    endpoints = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "name" not in item or "url" not in item:
+            raise ConfigError(f"{key}[{i}]: {item!r} is not an endpoint (expected a mapping with name and url)")
+        endpoints.append(_build(EndpointConfig, _ENDPOINT_KEYS, item, f"{key}[{i}]"))
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: an endpoint name is used twice in {names!r} (expected unique names)")
+    return tuple(endpoints)
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -353,6 +414,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "metrics": (MetricsConfig, {"enabled": _bool}),
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json"),
                         "audit": _optional_string, "audit_pulls": _bool}),
+    "notifications": (NotificationsConfig, {"endpoints": _endpoints}),
 }
 
 _UPSTREAM_KEYS: dict[str, Checker] = {

@@ -35,3 +35,8 @@ evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the L
 gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
 gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
                              registry=REGISTRY)
+notifications = Counter(
+    "pullcache_notifications_total", "Event envelopes' events by endpoint: sent, failed (one failed attempt each), "
+    "dropped (queue full, or still queued at shutdown)", ["endpoint", "result"], registry=REGISTRY)
+notifications_pending = Gauge(
+    "pullcache_notifications_pending", "Events waiting for an endpoint", ["endpoint"], registry=REGISTRY)

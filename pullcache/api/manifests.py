@@ -21,6 +21,7 @@ from pullcache.api.blobs import digest_headers
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
+from pullcache.api.notify import notify
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
@@ -195,6 +196,8 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
         previous = await repo.get_tag(ref)
         await repo.set_tag(ref, digest)
     audit(request, "push", "success", repository=name, reference=reference, digest=str(digest))
+    notify(request, "push", name, str(digest), tag=None if isinstance(ref, Digest) else ref,
+           media_type=parsed.media_type, size=len(data))
     if previous is not None and previous.digest != digest:
         audit(request, "tag_overwrite", "success", repository=name, reference=reference, digest=str(digest),
               previous=str(previous.digest))
@@ -218,4 +221,5 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     if digest is None:
         raise _unknown(name, reference)
     audit(request, "delete", "success", repository=name, reference=reference, digest=str(digest))
+    notify(request, "delete", name, str(digest), tag=None if isinstance(ref, Digest) else ref)
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

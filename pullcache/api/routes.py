@@ -18,6 +18,7 @@ from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
+from pullcache.api.notify import notify
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -61,13 +62,19 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
 
 def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
                   response: web.StreamResponse) -> None:
-    """Audit what manifests.py does not see: blob deletes and (with log.audit_pulls) manifest pulls."""
+    """Audit and notify what manifests.py does not see: blob deletes and manifest pulls (local or proxied;
+    audited with log.audit_pulls, sent to endpoints that ask for pull events)."""
     digest = response.headers.get("Docker-Content-Digest")
+    if digest is None:
+        return
     if endpoint == "blob" and request.method == "DELETE" and response.status == 202:
         audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
-    elif (endpoint == "manifest" and request.method == "GET" and response.status == 200
-          and request.app[AUDIT].pulls):
-        audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
+        notify(request, "delete", name, digest)
+    elif endpoint == "manifest" and request.method == "GET" and response.status == 200:
+        if request.app[AUDIT].pulls:
+            audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
+        notify(request, "pull", name, digest, tag=None if argument == digest else argument,
+               media_type=response.content_type, size=response.content_length)
 
 
 def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],

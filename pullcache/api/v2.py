@@ -9,7 +9,9 @@ from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
 from pullcache.api.appkeys import CONFIG, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
+from pullcache.api.notify import NOTIFIER
 from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
+from pullcache.notifications import Notifier
 from pullcache.tokens import RobotTokens
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -61,12 +63,22 @@ async def _audit_log(app: web.Application) -> AsyncIterator[None]:
         await app[AUDIT].close()
 
 
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    await app[NOTIFIER].start()
+    try:
+        yield
+    finally:
+        await app[NOTIFIER].close()
+
+
 def setup(app: web.Application) -> None:
     """Register the API; a bad htpasswd file, rule or audit path raises ConfigError here, before anything
     is served."""
     config = app[CONFIG]
     app[AUDIT] = AuditLog(config.log)
     app.cleanup_ctx.append(_audit_log)
+    app[NOTIFIER] = Notifier(config.notifications)
+    app.cleanup_ctx.append(_notifier)
     authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push,
                                   robots=RobotTokens(config.storage.path))
     app[AUTHENTICATOR] = authenticator
