@@ -213,6 +213,23 @@ async def test_a_proxied_name_is_matched_by_its_upstream_qualified_name(
         assert (await client.get(path, headers=basic("bob"))).status == 403, path
 
 
+async def test_a_pusher_may_read_a_bare_name_before_its_first_push(
+        aiohttp_client: Any, tmp_path: Path, upstream: Upstream) -> None:
+    """Until pushed, team-a/new is the default upstream's; clients check blobs and manifests there before
+    they push, and no rule grants docker.io/** here."""
+    rules = [{"repos": ["team-a/**"], "pull": ["team-a"], "push": ["team-a"]}]
+    client = await aiohttp_client(build_app(access_config(tmp_path, rules=rules,
+                                                          upstreams=[docker_hub_upstream(upstream.url)])))
+    blob = f"/v2/team-a/new/blobs/sha256:{'0' * 64}"
+    assert (await client.head(blob, headers=basic("carol"))).status == 404
+    assert (await client.head("/v2/team-a/new/manifests/v1", headers=basic("carol"))).status == 404
+    assert (await client.head(blob, headers=basic("bob"))).status == 403
+    assert (await client.head(blob)).status == 401
+    decoded = claims(await token(client, "repository:team-a/new:pull,push", basic("carol")))
+    assert decoded["access"][0]["actions"] == ["pull", "push"]
+    await push_image(As(client, basic("carol")), "team-a/new")  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ bad rules stop start-up
 
 @pytest.mark.parametrize("auth, key", [

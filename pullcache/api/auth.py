@@ -152,6 +152,15 @@ class Caller:
         return f"robot token {self.user!r} grants no {action} on {repository!r} (it grants {grants})"
 
 
+@dataclass(frozen=True)
+class Repo:
+    """The repository a request is about, as rules and grants see it."""
+
+    name: str  # as the request writes it
+    canonical: str  # what rules and robot grants match
+    unpushed: bool = False  # a bare name still the default upstream's only because nothing was pushed to it
+
+
 class Authenticator:
     """Decides, per request, whether credentials are needed and whether the ones given are right.
 
@@ -280,7 +289,7 @@ class Authenticator:
         """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when
         an authenticated user is refused by a rule. `name` is the repository the request is about."""
         if self._policy is not None and name is not None and access is not Access.LOGIN:
-            return await self._authorize_by_rules(request, access, name, self._policy)
+            return await self._authorize_by_rules(request, access, name)
         if not self._required(access):
             return  # a pull anyone may make: credentials are not worth a bcrypt check
         if not self._has_users():  # only pushes get here: no user could ever be right
@@ -288,9 +297,7 @@ class Authenticator:
         caller = await self._caller(request)
         if caller is not None and caller.user:
             request[USER] = caller.user
-            refusal = name is not None and caller.robot_refuses(self._repository(request, name, access.value,
-                                                                                 request.query.get("ns")),
-                                                                access.value)
+            refusal = name is not None and self._refusal(caller, self._repo(request, name, access.value), access.value)
             if refusal:
                 raise self._forbidden(request, access, name or "", refusal)
             return
@@ -299,46 +306,65 @@ class Authenticator:
         raise self._denied(request, access, name, self._unauthorized(request, "authentication required", access))
 
     @staticmethod
-    def _repository(request: web.Request, name: str, action: str, ns: str | None) -> str:
-        """The canonical name rules match: a write's local name; a read's name as it resolves, proxied ones
-        under their upstream (`alpine` -> `docker.io/library/alpine`)."""
+    def _repo(request: web.Request, name: str, action: str, *, ns_aware: bool = True) -> Repo:
+        """The repository as rules see it: a write's local name; a read's name as it resolves, proxied ones
+        under their upstream (`alpine` -> `docker.io/library/alpine`). A token request cannot see `?ns=`."""
         if action != Access.PULL.value:
-            return name
+            return Repo(name, name)
         try:
-            return request.app[RESOLVER].resolve(name, ns).store_name
+            target = request.app[RESOLVER].resolve(name, request.query.get("ns") if ns_aware else None)
         except UnknownNamespace:
-            return name  # answered 404 by the handler; the rules still decide who learns that
+            return Repo(name, name)  # answered 404 by the handler; the rules still decide who learns that
+        return Repo(name, target.store_name, unpushed=target.via_default)
 
-    async def _authorize_by_rules(self, request: web.Request, access: Access, name: str, policy: Policy) -> None:
+    def _refusal(self, caller: Caller | None, repo: Repo, action: str) -> str | None:
+        """Why the rules (or, without them, the defaults) or a robot's grants refuse the caller this; None if
+        they do not. A bare name not pushed yet may be read by whoever may push it: clients check its blobs
+        and manifests before they push."""
+        user = caller.user if caller is not None and caller.user else None
+
+        def refuses(repository: str, wanted: str) -> str | None:
+            if self._policy is not None:
+                decision = self._policy.decide(user, repository, wanted)
+                if not decision.allowed:
+                    return decision.reason
+            elif user is None and self._required(Access(wanted)):
+                return "authentication required"
+            return caller.robot_refuses(repository, wanted) if caller is not None else None
+
+        reason = refuses(repo.canonical, action)
+        if reason and action == Access.PULL.value and repo.unpushed and refuses(repo.name, Access.PUSH.value) is None:
+            return None
+        return reason
+
+    async def _note_user(self, request: web.Request) -> None:
+        """Who pushes where anyone may: not needed to decide, but the audit log and events name them."""
+        caller = await self._caller(request) if request.headers.get("Authorization") else None
+        if caller is not None and caller.user:
+            request[USER] = caller.user
+
+    async def _authorize_by_rules(self, request: web.Request, access: Access, name: str) -> None:
         action = access.value
-        repository = self._repository(request, name, action, request.query.get("ns"))
-        if policy.decide(None, repository, action).allowed:
-            return  # anyone may: credentials are not worth a bcrypt check
+        repo = self._repo(request, name, action)
+        anonymous_refusal = self._refusal(None, repo, action)
+        if anonymous_refusal is None:  # anyone may: credentials are not worth a bcrypt check on a pull
+            if access is not Access.PULL:
+                await self._note_user(request)
+            return
         caller = await self._caller(request)
         scope = f"repository:{name}:{action}"
         if caller is None and request.headers.get("Authorization"):
             raise self._wrong_credentials(request, access, name)
         if caller is None or not caller.user:
-            reason = policy.decide(None, repository, action).reason
             raise self._denied(request, access, name, self._unauthorized(
-                request, f"authentication required: {reason}", access, scope=scope))
+                request, f"authentication required: {anonymous_refusal}", access, scope=scope))
         request[USER] = caller.user
-        decision = policy.decide(caller.user, repository, action)
-        refusal = caller.robot_refuses(repository, action) if decision.allowed else decision.reason
+        refusal = self._refusal(caller, repo, action)
         if refusal:
             raise self._forbidden(request, access, name, refusal)
         if caller.token is not None and not caller.token.allows(name, action):
             raise self._unauthorized(request, f"the token does not grant {action} on {name!r}; ask /auth/token "
                                      f"for scope {scope}", access, scope=scope, error="insufficient_scope")
-
-    def _may(self, caller: Caller | None, repository: str, action: str) -> bool:
-        """What rules (or, without them, the defaults) and a robot's grants let the caller do."""
-        user = caller.user if caller is not None and caller.user else None
-        if caller is not None and caller.robot_refuses(repository, action):
-            return False
-        if self._policy is not None:
-            return self._policy.decide(user, repository, action).allowed
-        return user is not None or not self._required(Access(action))
 
     async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
         """The canonical repository names the caller may pull: without `auth.access` every one, except that a
@@ -346,11 +372,9 @@ class Authenticator:
         if self._policy is None and not request.headers.get("Authorization"):
             return repositories
         caller = await self._caller(request)
-        if self._policy is None:
-            return [name for name in repositories if caller is None or not caller.robot_refuses(name, "pull")]
-        if caller is None and request.headers.get("Authorization"):
+        if caller is None and self._policy is not None and request.headers.get("Authorization"):
             raise self._wrong_credentials(request, Access.PULL)
-        return [name for name in repositories if self._may(caller, name, Access.PULL.value)]
+        return [name for name in repositories if self._refusal(caller, Repo(name, name), Access.PULL.value) is None]
 
     def _granted(self, request: web.Request, caller: Caller, scope: Scope) -> Scope:
         """The scope's actions the caller holds."""
@@ -361,7 +385,8 @@ class Authenticator:
             wanted = []
         if scope.type != "repository":
             wanted = []
-        granted = [a for a in wanted if self._may(caller, self._repository(request, scope.name, a, None), a)]
+        granted = [a for a in wanted
+                   if self._refusal(caller, self._repo(request, scope.name, a, ns_aware=False), a) is None]
         return Scope(scope.type, scope.name, tuple(granted))
 
     async def token(self, request: web.Request) -> web.StreamResponse:
