@@ -96,6 +96,19 @@ async def test_pulls_are_audited_when_asked(aiohttp_client: Any, tmp_path: Path)
         "reference": "v1", "digest": image.digest}
 
 
+async def test_a_push_anyone_may_make_still_names_the_user_who_logged_in(aiohttp_client: Any,
+                                                                         tmp_path: Path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "log": {"audit": str(tmp_path / "a.log")},
+                           "auth": {"htpasswd": str(htpasswd),
+                                    "access": [{"repos": ["**"], "pull": ["anonymous"], "push": ["anonymous"]}]}})
+    client = await aiohttp_client(build_app(config))
+    await push_image(As(client, basic("alice")), "team/app")  # type: ignore[arg-type]
+    await push_image(client, "team/other")
+    events = await lines(client, tmp_path / "a.log")
+    assert [(e["principal"], e["repository"]) for e in events] == [("alice", "team/app"), ("anonymous", "team/other")]
+
+
 async def test_the_password_of_a_failed_login_is_never_written(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(build_app(audit_config(tmp_path)))
     assert (await client.get("/auth/token", headers=basic("alice", "hunter2-secret"))).status == 401
