@@ -49,6 +49,12 @@ def append_event(config: LogConfig, action: str, result: str, **fields: Any) -> 
         raise ConfigError(f"log.audit: {config.audit!r} cannot be opened for appending ({exc.strerror})") from exc
 
 
+def check_target(config: LogConfig) -> None:
+    """ConfigError unless log.audit can be appended to (check-config; the server opens it at start-up)."""
+    if config.audit not in (None, STDOUT):
+        AuditLog(config).close_now()
+
+
 class AuditLog:
     def __init__(self, config: LogConfig) -> None:
         self.target = config.audit
@@ -101,6 +107,12 @@ class AuditLog:
     async def drain(self) -> None:
         """Wait until every line queued so far is written."""
         await asyncio.wrap_future(self._thread.submit(lambda: None))
+
+    def close_now(self) -> None:
+        """Close at once, for a log that never recorded anything."""
+        self._thread.shutdown()
+        if self._file is not None:
+            self._file.close()
 
     async def close(self) -> None:
         await self.drain()

@@ -98,11 +98,13 @@ def _serve(config: Config) -> int:
 def _check_config(config: Config, path: str) -> int:
     """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
+    from pullcache.audit import check_target
     from pullcache.tokens import RobotTokens
 
     _check_storage(config)
     # The htpasswd file must exist and hold only bcrypt entries; rules and groups must name known users.
     Authenticator(config.auth, robots=RobotTokens(config.storage.path))
+    check_target(config.log)
     _ssl_context(config)
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
@@ -111,6 +113,10 @@ def _check_config(config: Config, path: str) -> int:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")
     print(f"  {push_policy(config)}")
+    if config.log.audit:
+        print(f"  audit log {config.log.audit}{' (pulls too)' if config.log.audit_pulls else ''}")
+    for endpoint in config.notifications.endpoints:
+        print(f"  events to {endpoint.name} ({', '.join(endpoint.events)}) -> {endpoint.url}")
     return 0
 
 

@@ -68,7 +68,10 @@ def bind(host: str, port: int) -> list[socket.socket]:
 
 def push_policy(config: Config) -> str:
     """Who may push and delete, as the start-up line says it."""
-    if config.local.anonymous_push:
+    if config.auth.access:
+        groups = f", {len(config.auth.groups)} groups" if config.auth.groups else ""
+        allowed = f"pushes, pulls and deletes decided by auth.access ({len(config.auth.access)} rules{groups})"
+    elif config.local.anonymous_push:
         allowed = "pushes allowed for anyone (local.anonymous_push: true)"
     elif config.auth.htpasswd:
         allowed = "pushes allowed for the users in auth.htpasswd"

@@ -271,3 +271,28 @@ def test_check_config_names_the_bad_rule(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "auth.access[0].push" in result.stderr and "mallory" in result.stderr
+
+
+def check_config(tmp_path: Path, **sections: Any) -> subprocess.CompletedProcess[str]:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    path = tmp_path / "proxy.yml"
+    path.write_text(yaml.safe_dump({"storage": {"path": str(tmp_path / "data")},
+                                    "auth": {"htpasswd": str(htpasswd), "groups": GROUPS, "access": RULES},
+                                    **sections}))
+    return subprocess.run([sys.executable, "-m", "pullcache", "check-config", "-c", str(path)],
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_says_the_rules_audit_log_and_event_endpoints(tmp_path: Path) -> None:
+    result = check_config(tmp_path, log={"audit": str(tmp_path / "audit.log")},
+                          notifications={"endpoints": [{"name": "ci", "url": "http://127.0.0.1:9/events"}]})
+    assert result.returncode == 0, result.stderr
+    assert "pushes, pulls and deletes decided by auth.access (4 rules, 2 groups)" in result.stdout
+    assert f"audit log {tmp_path / 'audit.log'}" in result.stdout
+    assert "events to ci (push, delete) -> http://127.0.0.1:9/events" in result.stdout
+
+
+def test_check_config_names_an_audit_file_it_cannot_open(tmp_path: Path) -> None:
+    result = check_config(tmp_path, log={"audit": str(tmp_path / "missing" / "audit.log")})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "log.audit" in result.stderr
