@@ -190,7 +190,7 @@ class Authenticator:
         return self._robots.names() if self._robots is not None else set()
 
     def _has_users(self) -> bool:
-        """Whether any credentials could be right: htpasswd users, or robot tokens (as read at start-up)."""
+        """Whether any credentials could be right: htpasswd users, or robot tokens (as the file was last read)."""
         return self._users is not None or bool(self._robot_names())
 
     def _required(self, access: Access) -> bool:
