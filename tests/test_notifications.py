@@ -186,3 +186,61 @@ def test_bad_endpoints_are_config_errors(endpoint: dict[str, Any], key: str) -> 
     with pytest.raises(ConfigError) as raised:
         build_config({"notifications": {"endpoints": [endpoint]}})
     assert str(raised.value).startswith(f"{key}: ")
+
+
+class ThreadedReceiver:
+    """A receiver in a thread of its own, for a pullcache running as a process."""
+
+    def __init__(self) -> None:
+        import http.server
+        import queue
+        import threading
+
+        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # (Content-Type, event)
+        received = self.events
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                for event in json.loads(body)["events"]:
+                    received.put((self.headers["Content-Type"], event))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_docker_push_reaches_the_receiver(pullcache_factory: Any, upstream: Any, dockerd_factory: Any,
+                                            tmp_path: Path) -> None:
+    receiver = ThreadedReceiver()
+    try:
+        htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+        server = pullcache_factory({"auth": {"htpasswd": str(htpasswd)}, "local": {"anonymous_push": False},
+                                    "notifications": {"endpoints": [{"name": "ci", "url": receiver.url}]}})
+        daemon = dockerd_factory()
+        source = f"{upstream.host}/library/single:v1"
+        daemon.docker("pull", source)
+        daemon.docker("login", "-u", "alice", "--password-stdin", server.host, input="alice pass\n")
+        daemon.docker("tag", source, f"{server.host}/team/app:v1")
+        push = daemon.docker("push", f"{server.host}/team/app:v1")
+        digest = next(word for word in push.stdout.split() if word.startswith("sha256:"))
+        content_type, event = receiver.events.get(timeout=10)
+        assert content_type == ENVELOPE
+        assert event["action"] == "push"
+        assert (event["target"]["repository"], event["target"]["tag"], event["target"]["digest"]) == (
+            "team/app", "v1", digest)
+        assert event["actor"] == {"name": "alice"}
+        assert event["request"]["useragent"].startswith("docker/")
+    finally:
+        receiver.stop()
