@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import json
+import queue
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,15 +195,11 @@ class ThreadedReceiver:
     """A receiver in a thread of its own, for a pullcache running as a process."""
 
     def __init__(self) -> None:
-        import http.server
-        import queue
-        import threading
-
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # (Content-Type, event)
         received = self.events
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 for event in json.loads(body)["events"]:
                     received.put((self.headers["Content-Type"], event))
