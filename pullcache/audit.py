@@ -115,10 +115,9 @@ class AuditLog:
             self._file.close()
 
     async def close(self) -> None:
-        await self.drain()
-        self._thread.shutdown()
-        if self._file is not None:
-            self._file.close()
+        if self.enabled:
+            await self.drain()
+        self.close_now()
 
 
 def watch_sighup(audit: AuditLog) -> None:
