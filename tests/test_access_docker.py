@@ -69,3 +69,13 @@ def test_anonymous_mirror_pulls_of_proxied_images_still_work(
     daemon = dockerd_factory(mirrors=[server.url])
     daemon.docker("pull", "alpine")  # bare name: only the mirror can answer; docker.io/library/alpine by the rules
     assert daemon.docker("image", "inspect", "alpine").returncode == 0
+
+
+def test_with_rules_anonymous_push_is_announced_as_ignored(pullcache_factory: Callable[..., PullcacheProcess],
+                                                          tmp_path: Path) -> None:
+    config = access_section(write_htpasswd(tmp_path / "htpasswd", PASSWORDS))
+    server = pullcache_factory({**config, "local": {"anonymous_push": True}})
+    warnings = [line for line in server.log_text().splitlines() if " WARNING " in line]
+    assert len(warnings) == 1
+    assert "local.anonymous_push has no effect: auth.access decides who may push" in warnings[0]
+    assert "pushes, pulls and deletes decided by auth.access (3 rules, 2 groups)" in server.log_text()
