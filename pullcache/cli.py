@@ -1,4 +1,4 @@
-"""Command line: serve, gc, warm, check-config. Every command reads proxy.yml plus PULLCACHE_* overrides."""
+"""Command line: serve, gc, warm, check-config, token. Every command reads proxy.yml plus PULLCACHE_* overrides."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,13 @@ import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pullcache import __version__
-from pullcache.config import Config, ConfigError, load_config
+from pullcache.config import Config, ConfigError, load_config, parse_duration
 from pullcache.startup import ListenError, announce, bind, push_policy
+from pullcache.tokens import TokenError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. alpine:3.20 or ghcr.io/org/app:v1")
     warm.add_argument("--platform", help="os/arch[/variant]; default: every platform of an index")
     command("check-config", "validate the config and print the effective settings")
+    token = command("token", "robot tokens for CI: create, list, revoke")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="make a token and print its secret (once)")
+    create.add_argument("--name", required=True, help="the user name clients log in with, e.g. ci-team-a")
+    create.add_argument("--access", required=True, action="append", metavar="GLOB:ACTIONS",
+                        help="e.g. 'team-a/**:push,pull' (repeatable); actions: pull, push, delete")
+    create.add_argument("--expires", help="lifetime, e.g. 90d (default: never)")
+    revoke = token_commands.add_parser("revoke", help="stop a token from working (within a request)")
+    revoke.add_argument("name")
+    list_tokens = token_commands.add_parser("list", help="every token, its access, expiry and state")
+    for sub in (create, revoke, list_tokens):  # -c before or after the token command
+        sub.add_argument("-c", "--config", dest="token_config", help="path to proxy.yml (default: proxy.yml)")
     return parser
 
 
@@ -84,9 +98,13 @@ def _serve(config: Config) -> int:
 def _check_config(config: Config, path: str) -> int:
     """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
+    from pullcache.audit import check_target
+    from pullcache.tokens import RobotTokens
 
-    Authenticator(config.auth)  # the htpasswd file must exist and hold only bcrypt entries
     _check_storage(config)
+    # The htpasswd file must exist and hold only bcrypt entries; rules and groups must name known users.
+    Authenticator(config.auth, robots=RobotTokens(config.storage.path))
+    check_target(config.log)
     _ssl_context(config)
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
@@ -95,11 +113,55 @@ def _check_config(config: Config, path: str) -> int:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")
     print(f"  {push_policy(config)}")
+    if config.log.audit:
+        print(f"  audit log {config.log.audit}{' (pulls too)' if config.log.audit_pulls else ''}")
+    for endpoint in config.notifications.endpoints:
+        print(f"  events to {endpoint.name} ({', '.join(endpoint.events)}) -> {endpoint.url}")
+    return 0
+
+
+def _when(timestamp: float | None) -> str:
+    return "never" if timestamp is None else datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _token_command(config: Config, args: argparse.Namespace) -> int:
+    """create prints only the secret on stdout (so `$(pullcache token create ...)` captures it); the rest
+    of what it says goes to stderr."""
+    import getpass
+
+    from pullcache.api.auth import load_htpasswd
+    from pullcache.audit import append_event
+    from pullcache.tokens import Grant, TokenFile
+
+    tokens = TokenFile(config.storage.path)
+    operator = getpass.getuser()
+    if args.token_command == "create":
+        grants = [Grant.parse(text) for text in args.access]
+        expires = parse_duration(args.expires, "--expires") if args.expires is not None else None
+        if config.auth.htpasswd and args.name in load_htpasswd(config.auth.htpasswd):
+            raise TokenError(f"--name: {args.name!r} is a user of auth.htpasswd (expected a name of its own)")
+        secret = tokens.create(args.name, grants, expires)
+        append_event(config.log, "token_create", "success", principal=operator, reference=args.name,
+                     access=[str(g) for g in grants])
+        print(secret)
+        print(f"token {args.name!r} created; the secret above is shown only now: "
+              f"docker login -u {args.name} --password-stdin", file=sys.stderr)
+    elif args.token_command == "revoke":
+        tokens.revoke(args.name)
+        append_event(config.log, "token_revoke", "success", principal=operator, reference=args.name)
+        print(f"token {args.name!r} revoked", file=sys.stderr)
+    else:
+        print(f"{'NAME':24} {'ACCESS':40} {'CREATED':20} {'EXPIRES':20} STATE")
+        for robot in sorted(tokens.robots().values(), key=lambda r: r.name):
+            access = " ".join(str(g) for g in robot.grants)
+            print(f"{robot.name:24} {access:40} {_when(robot.created):20} {_when(robot.expires):20} {robot.status()}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(getattr(args, "token_config", None) or args.config)
+    if args.command == "token":
+        return _token_command(config, args)
     if args.command == "serve":
         return _serve(config)
     if args.command == "check-config":
@@ -133,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:  # whichever command and step finds it: one line naming the key, no traceback
         print(f"pullcache: config error: {exc}", file=sys.stderr)
         code = 2
-    except UsageError as exc:  # e.g. warm --platform linux
+    except (UsageError, TokenError) as exc:  # e.g. warm --platform linux, token create --access 'x:fly'
         print(f"pullcache: {exc}", file=sys.stderr)
         code = 2
     except ListenError as exc:  # the port is taken, or the host is not an address of this machine

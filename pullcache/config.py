@@ -76,11 +76,30 @@ class GCConfig:
     upload_ttl: float = 86400.0
 
 
+ACCESS_ACTIONS = ("pull", "push", "delete")
+SPECIAL_PRINCIPALS = ("anonymous", "authenticated")  # in rules: everyone, and every known user
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One `auth.access` entry: the repository globs it covers and who may do each action there."""
+
+    repos: tuple[str, ...]
+    pull: tuple[str, ...] = ()
+    push: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+
+    def principals(self, action: str) -> tuple[str, ...]:
+        return tuple(getattr(self, action))
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     htpasswd: str | None = None
     pull: str = "anonymous"  # or "authenticated"
     realm: str = "pullcache"
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its users
+    access: tuple[AccessRule, ...] = ()  # ordered; empty: push needs a user, pull follows `pull`
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,30 @@ class MetricsConfig:
 class LogConfig:
     level: str = "info"
     format: str = "text"
+    audit: str | None = None  # null: no audit log; "stdout"; or a file path (reopened on SIGHUP)
+    audit_pulls: bool = False  # manifest pulls are audited too
+
+
+EVENT_ACTIONS = ("push", "delete", "pull")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One receiver of Distribution-format events (`notifications.endpoints[]`)."""
+
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Authorization for the receiver
+    timeout: float = 5.0  # one delivery attempt
+    events: tuple[str, ...] = ("push", "delete")
+    backoff: float = 1.0  # first retry delay after a failure; doubles up to max_backoff
+    max_backoff: float = 60.0
+    queue: int = 1000  # events waiting for this endpoint; beyond, new ones are dropped (and counted)
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    endpoints: tuple[EndpointConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +188,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
 
     @property
     def host(self) -> str:
@@ -220,6 +264,68 @@ def _positive_int(value: Any, key: str) -> int:
     raise ConfigError(f"{key}: {value!r} is not a positive integer")
 
 
+# A repository glob: name characters, `/` between components, `*` and `**` (pullcache.names.matches_glob).
+_REPO_GLOB = re.compile(r"^[a-z0-9._*-]+(?:/[a-z0-9._*-]+)*$")
+_PRINCIPAL = re.compile(r"^[^\s:]+$")
+
+
+def _principal_list(value: Any, key: str) -> tuple[str, ...]:
+    names = _string_list(value, key)
+    for name in names:
+        if not _PRINCIPAL.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a user or group name")
+    return names
+
+
+def _groups(value: Any, key: str) -> dict[str, tuple[str, ...]]:
+    """{team-a: [alice, ci-team-a]}; a group may not take a name rules give a meaning of their own."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: {value!r} is not a mapping of group names to lists of users")
+    groups = {}
+    for name, members in value.items():
+        if not isinstance(name, str) or not _PRINCIPAL.match(name) or name in SPECIAL_PRINCIPALS:
+            raise ConfigError(f"{key}.{name}: {name!r} cannot name a group "
+                              f"({', '.join(SPECIAL_PRINCIPALS)} have a meaning of their own)")
+        groups[name] = _principal_list(members, f"{key}.{name}")
+    return groups
+
+
+def repo_glob(glob: str, key: str) -> str:
+    """A repository glob as rules and robot tokens use it (pullcache.names.matches_glob), or ConfigError."""
+    if not _REPO_GLOB.match(glob):
+        raise ConfigError(f"{key}: {glob!r} is not a repository glob (expected lowercase name components "
+                          "joined by '/', with * for one component and ** for any number)")
+    return glob
+
+
+def _repo_globs(value: Any, key: str) -> tuple[str, ...]:
+    globs = _string_list(value, key)
+    if not globs:
+        raise ConfigError(f"{key}: [] matches nothing (expected globs such as team-a/** or docker.io/**)")
+    return tuple(repo_glob(glob, key) for glob in globs)
+
+
+_RULE_KEYS: dict[str, Checker] = {"repos": _repo_globs, **{action: _principal_list for action in ACCESS_ACTIONS}}
+
+
+def _access_rules(value: Any, key: str) -> tuple[AccessRule, ...]:
+    """An ordered list of {repos, pull, push, delete}; who the names are is checked at start-up
+    (pullcache.access), against the users that exist then."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of rules (expected [{{repos: [...], pull: [...]}}])")
+    rules = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "repos" not in item:
+            raise ConfigError(f"{key}[{i}]: {item!r} is not a rule (expected a mapping with repos and some of "
+                              f"{', '.join(ACCESS_ACTIONS)})")
+        rules.append(_build(AccessRule, _RULE_KEYS, item, f"{key}[{i}]"))
+    return tuple(rules)
+
+
 _LISTEN = re.compile(r"^(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]]*)):(?P<port>\d{1,5})$")
 
 
@@ -260,15 +366,55 @@ def _url(value: Any, key: str) -> str:
     return text.rstrip("/")
 
 
+def _headers(value: Any, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return dict(value)
+    raise ConfigError(f"{key}: {value!r} is not a mapping of header names to strings")
+
+
+def _event_actions(value: Any, key: str) -> tuple[str, ...]:
+    actions = _string_list(value, key)
+    unknown = [a for a in actions if a not in EVENT_ACTIONS]
+    if unknown:
+        raise ConfigError(f"{key}: {unknown[0]!r} is not an event (expected some of {', '.join(EVENT_ACTIONS)})")
+    return actions
+
+
+_ENDPOINT_KEYS: dict[str, Checker] = {
+    "name": _string, "url": _url, "headers": _headers, "timeout": parse_duration, "events": _event_actions,
+    "backoff": parse_duration, "max_backoff": parse_duration, "queue": _positive_int,
+}
+
+
+def _endpoints(value: Any, key: str) -> tuple[EndpointConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of endpoints (expected [{{name, url}}])")
+    endpoints = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "name" not in item or "url" not in item:
+            raise ConfigError(f"{key}[{i}]: {item!r} is not an endpoint (expected a mapping with name and url)")
+        endpoints.append(_build(EndpointConfig, _ENDPOINT_KEYS, item, f"{key}[{i}]"))
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: an endpoint name is used twice in {names!r} (expected unique names)")
+    return tuple(endpoints)
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
     "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
     "auth": (AuthConfig, {"htpasswd": _optional_string, "pull": _choice("anonymous", "authenticated"),
-                          "realm": _string}),
+                          "realm": _string, "groups": _groups, "access": _access_rules}),
     "local": (LocalConfig, {"deny_push": _string_list, "allow_push": _string_list, "anonymous_push": _bool}),
     "metrics": (MetricsConfig, {"enabled": _bool}),
-    "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json")}),
+    "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json"),
+                        "audit": _optional_string, "audit_pulls": _bool}),
+    "notifications": (NotificationsConfig, {"endpoints": _endpoints}),
 }
 
 _UPSTREAM_KEYS: dict[str, Checker] = {

@@ -41,3 +41,8 @@ storage_requests = Counter(
 storage_request_duration = Histogram(
     "pullcache_storage_request_duration_seconds", "Time a storage backend request took", ["backend", "op"],
     registry=REGISTRY)
+notifications = Counter(
+    "pullcache_notifications_total", "Event envelopes' events by endpoint: sent, failed (one failed attempt each), "
+    "dropped (queue full, or still queued at shutdown)", ["endpoint", "result"], registry=REGISTRY)
+notifications_pending = Gauge(
+    "pullcache_notifications_pending", "Events waiting for an endpoint", ["endpoint"], registry=REGISTRY)

@@ -68,7 +68,10 @@ def bind(host: str, port: int) -> list[socket.socket]:
 
 def push_policy(config: Config) -> str:
     """Who may push and delete, as the start-up line says it."""
-    if config.local.anonymous_push:
+    if config.auth.access:
+        groups = f", {len(config.auth.groups)} groups" if config.auth.groups else ""
+        allowed = f"pushes, pulls and deletes decided by auth.access ({len(config.auth.access)} rules{groups})"
+    elif config.local.anonymous_push:
         allowed = "pushes allowed for anyone (local.anonymous_push: true)"
     elif config.auth.htpasswd:
         allowed = "pushes allowed for the users in auth.htpasswd"
@@ -99,7 +102,10 @@ def announce(app: web.Application, config: Config, sockets: list[socket.socket])
 
     async def on_startup(_app: web.Application) -> None:
         log.info("%s", line)
-        if config.local.anonymous_push:
+        if config.local.anonymous_push and config.auth.access:
+            log.warning("local.anonymous_push has no effect: auth.access decides who may push (grant push to "
+                        "anonymous in a rule to allow anonymous pushes)")
+        elif config.local.anonymous_push:
             log.warning("local.anonymous_push is true: anyone who can reach %s may push and delete images, and a "
                         "pushed bare name (such as team/app) hides the default upstream's image of that name",
                         reachable)

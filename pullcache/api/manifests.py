@@ -16,10 +16,12 @@ from aiohttp import web
 
 from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, SHADOW_WARNINGS, STORE
+from pullcache.api.audited import audit
 from pullcache.api.blob_response import digest_headers
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
+from pullcache.api.notify import notify
 from pullcache.api.targets import push_target, read_target
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
@@ -187,10 +189,18 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     # Order matters for crash safety: bytes, then the revision link, then the tag and referrer entry.
     await store.put_small(data, origin=PUSHED, algorithm=algorithm)
     await repo.link_manifest(digest, parsed.media_type)
+    previous = None
     if not isinstance(ref, Digest):
         if not await repo.tags():
             request.app[SHADOW_WARNINGS].first_tag_pushed(target.name, ref)
+        previous = await repo.get_tag(ref)
         await repo.set_tag(ref, digest)
+    audit(request, "push", "success", repository=name, reference=reference, digest=str(digest))
+    notify(request, "push", name, str(digest), tag=None if isinstance(ref, Digest) else ref,
+           media_type=parsed.media_type, size=len(data))
+    if previous is not None and previous.digest != digest:
+        audit(request, "tag_overwrite", "success", repository=name, reference=reference, digest=str(digest),
+              previous=str(previous.digest))
     headers = {"Location": f"/v2/{target.name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
     if parsed.subject is not None:
         await repo.add_referrer(parsed.subject, referrer_descriptor(parsed, digest, len(data)))
@@ -210,4 +220,6 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
         digest = tag.digest if tag is not None and await repo.delete_tag(ref) else None
     if digest is None:
         raise _unknown(name, reference)
+    audit(request, "delete", "success", repository=name, reference=reference, digest=str(digest))
+    notify(request, "delete", name, str(digest), tag=None if isinstance(ref, Digest) else ref)
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

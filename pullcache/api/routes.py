@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from pullcache.api.appkeys import ROUTE
+from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import RegistryError
 from pullcache.api.names import check_name
+from pullcache.api.notify import notify
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
-Authorize = Callable[[web.Request, Access], Awaitable[None]]
+
+
+class Authorize(Protocol):
+    async def __call__(self, request: web.Request, access: Access, name: str | None = None) -> None: ...
+
 
 # (pattern over the raw path after /v2/, endpoint); first match wins, so uploads precede blobs.
 _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
@@ -31,9 +38,12 @@ _ENDPOINTS: list[tuple[re.Pattern[str], str]] = [
 
 
 def access_of(method: str, endpoint: str | None) -> Access:
-    """Reads are pulls; anything else, and anything about an upload session (even its status), is a push."""
+    """Reads are pulls; deleting a manifest or blob is a delete; anything else, and anything about an upload
+    session (even its status or its cancelling), is a push."""
     if method in ("GET", "HEAD") and endpoint != "upload":
         return Access.PULL
+    if method == "DELETE" and endpoint in ("manifest", "blob"):
+        return Access.DELETE
     return Access.PUSH
 
 
@@ -48,6 +58,23 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
                                     "percent-encoded characters", detail={"name": raw_name})
             return endpoint, check_name(raw_name), unquote(match["arg"])
     return None
+
+
+def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
+                  response: web.StreamResponse) -> None:
+    """Audit and notify what manifests.py does not see: blob deletes and manifest pulls (local or proxied;
+    audited with log.audit_pulls, sent to endpoints that ask for pull events)."""
+    digest = response.headers.get("Docker-Content-Digest")
+    if digest is None:
+        return
+    if endpoint == "blob" and request.method == "DELETE" and response.status == 202:
+        audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
+        notify(request, "delete", name, digest)
+    elif endpoint == "manifest" and request.method == "GET" and response.status == 200:
+        if request.app[AUDIT].pulls:
+            audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
+        notify(request, "pull", name, digest, tag=None if argument == digest else argument,
+               media_type=response.content_type, size=response.content_length)
 
 
 def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
@@ -66,13 +93,21 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
             raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
         endpoint, name, argument = found
         request[ROUTE] = endpoint
-        await authorize(request, access_of(request.method, endpoint))
+        await authorize(request, access_of(request.method, endpoint), name)
         method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
         handler = handlers.get((endpoint, method))
         if handler is None:
             raise RegistryError("UNSUPPORTED", f"{request.method} is not supported on {endpoint} endpoints",
                                 status=405)
-        return await handler(request, name, argument)
+        try:
+            response = await handler(request, name, argument)
+        except RegistryError as exc:
+            if exc.code == "DENIED":  # a write to an upstream name, or refused by local.deny_push / allow_push
+                audit(request, access_of(request.method, endpoint).value, "denied", repository=name,
+                      reason=exc.message)
+            raise
+        _audit_answer(request, endpoint, name, argument, response)
+        return response
 
     async def base_route(request: web.Request) -> web.StreamResponse:
         request[ROUTE] = "base"

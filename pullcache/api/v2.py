@@ -1,11 +1,18 @@
 """The /v2/ API: the handler table, the version check at /v2/ and the _catalog."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
 from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
+from pullcache.api.notify import NOTIFIER
+from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
+from pullcache.notifications import Notifier
+from pullcache.tokens import RobotTokens
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -32,9 +39,10 @@ async def base(request: web.Request) -> web.StreamResponse:
 
 async def catalog(request: web.Request) -> web.StreamResponse:
     """GET /v2/_catalog[?n=&last=]: local repositories and cached ones (as `<upstream>/<repository>`,
-    the path-prefix name they are pulled by)."""
+    the path-prefix name they are pulled by), only those the caller may pull."""
     store = request.app[STORE]
     names = sorted(await store.repository_names() + await store.repository_names(cached=True))
+    names = await request.app[AUTHENTICATOR].pullable(request, names)
     page, headers = tags.paginate(request, names)
     return web.json_response({"repositories": page}, headers=headers)
 
@@ -45,10 +53,34 @@ async def _announce_api_version(request: web.Request, response: web.StreamRespon
         response.headers[API_VERSION[0]] = API_VERSION[1]
 
 
+async def _audit_log(app: web.Application) -> AsyncIterator[None]:
+    """The audit file follows SIGHUP while serving; every queued line is written before it closes."""
+    watch_sighup(app[AUDIT])
+    try:
+        yield
+    finally:
+        unwatch_sighup(app[AUDIT])
+        await app[AUDIT].close()
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    await app[NOTIFIER].start()
+    try:
+        yield
+    finally:
+        await app[NOTIFIER].close()
+
+
 def setup(app: web.Application) -> None:
-    """Register the API; a bad htpasswd file raises ConfigError here, before anything is served."""
+    """Register the API; a bad htpasswd file, rule or audit path raises ConfigError here, before anything
+    is served."""
     config = app[CONFIG]
-    authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push)
+    app[AUDIT] = AuditLog(config.log)
+    app.cleanup_ctx.append(_audit_log)
+    app[NOTIFIER] = Notifier(config.notifications)
+    app.cleanup_ctx.append(_notifier)
+    authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push,
+                                  robots=RobotTokens(config.storage.path))
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
