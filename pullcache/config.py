@@ -6,6 +6,7 @@ expected, so that a wrong config stops start-up with something an operator can a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -93,7 +94,7 @@ class LocalConfig:
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str
-    url: str
+    url: str = ""  # the primary URL; proxy.yml's `urls` sets it to its first entry
     default: bool = False
     manifest_ttl: float = 300.0
     username: str | None = None
@@ -107,6 +108,16 @@ class UpstreamConfig:
     request_timeout: float = 20.0  # total deadline of one exchange: token, manifest, HEAD, a blob's headers
     not_found_ttl: float = 30.0  # how long an upstream 404 is remembered
     max_connections: int = 64
+    urls: tuple[str, ...] = ()  # the primary (== url) then its fallbacks, in order; () means just url
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """Every URL of this upstream in failover order: the primary first."""
+        return self.urls or (self.url,)
+
+    def for_url(self, url: str) -> UpstreamConfig:
+        """This upstream as if `url` were its only URL: a mirror is trusted, and checked, like the primary."""
+        return dataclasses.replace(self, url=url, urls=())
 
     @property
     def is_docker_hub(self) -> bool:
@@ -260,6 +271,15 @@ def _url(value: Any, key: str) -> str:
     return text.rstrip("/")
 
 
+def _url_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: {value!r} is not a list of URLs (expected e.g. [https://a, https://b])")
+    urls = tuple(_url(item, f"{key}[{i}]") for i, item in enumerate(value))
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{key}: {value!r} lists a URL twice")
+    return urls
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -276,7 +296,7 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
     "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
-    "not_found_ttl": parse_duration, "max_connections": _positive_int,
+    "not_found_ttl": parse_duration, "max_connections": _positive_int, "urls": _url_list,
 }
 
 
@@ -301,9 +321,11 @@ def _build_upstreams(raw: Any) -> tuple[UpstreamConfig, ...]:
     upstreams = []
     for i, item in enumerate(raw):
         key = f"upstreams[{i}]"
-        if not isinstance(item, dict) or "name" not in item or "url" not in item:
-            raise ConfigError(f"{key}: {item!r} is not an upstream (expected a mapping with name and url)")
-        upstreams.append(_build(UpstreamConfig, _UPSTREAM_KEYS, item, key))
+        if not isinstance(item, dict) or "name" not in item or ("url" in item) == ("urls" in item):
+            raise ConfigError(f"{key}: {item!r} is not an upstream (expected a mapping with name and url, "
+                              f"or name and urls)")
+        upstream = _build(UpstreamConfig, _UPSTREAM_KEYS, item, key)
+        upstreams.append(dataclasses.replace(upstream, url=upstream.all_urls[0]))
     names = [u.name for u in upstreams] + [a for u in upstreams for a in u.aliases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -35,3 +35,6 @@ evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the L
 gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
 gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
                              registry=REGISTRY)
+upstream_url_up = Gauge(
+    "pullcache_upstream_url_up", "1 while requests may go to this URL of the upstream, 0 while it is skipped "
+    "after failing (circuit breaker)", ["upstream", "url"], registry=REGISTRY)
