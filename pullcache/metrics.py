@@ -38,3 +38,6 @@ gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes remove
 upstream_url_up = Gauge(
     "pullcache_upstream_url_up", "1 while requests may go to this URL of the upstream, 0 while it is skipped "
     "after failing (circuit breaker)", ["upstream", "url"], registry=REGISTRY)
+upstream_retries = Counter(
+    "pullcache_upstream_retries_total", "Upstream requests sent again after a transient failure",
+    ["upstream", "reason"], registry=REGISTRY)

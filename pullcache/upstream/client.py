@@ -9,6 +9,7 @@ Error messages name the upstream by its configured name; its URL goes only to th
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ from .errors import (
     one_line,
 )
 from .failover import Breaker, in_order
+from .retry import with_retries
 from .transport import Transport, for_log
 
 MAX_ERROR_BODY = 64 * 1024
@@ -108,11 +110,11 @@ class Mirror:
     the token realm check it is the upstream's URL, so a fallback is trusted and checked like the primary."""
 
     def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, has_fallback: bool) -> None:
         self.config = config
         self.transport = Transport(config, resolver)
         self.auth = Authorizer(self.transport, clock=clock)
-        self.breaker = Breaker(config.name, config.url)
+        self.breaker = Breaker(config.name, config.url, has_fallback=has_fallback)
 
     def url(self, path: str) -> URL:
         return URL(self.config.url + path)
@@ -128,7 +130,8 @@ class UpstreamClient:
         self.name = config.name
         self.config = config
         self._clock = clock
-        self._mirrors = [Mirror(config.for_url(url), resolver, clock) for url in config.all_urls]
+        self._mirrors = [Mirror(config.for_url(url), resolver, clock, has_fallback=len(config.all_urls) > 1)
+                         for url in config.all_urls]
         # Deadlines and body reads: every mirror shares the upstream's timeouts, so the primary's will do.
         self._transport = self._mirrors[0].transport
 
@@ -265,6 +268,14 @@ class UpstreamClient:
 
     async def _exchange(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
                         ) -> aiohttp.ClientResponse:
+        """A 2xx response to method on path; every request pullcache sends is idempotent, so transient
+        failures are retried (retry.py) within request_timeout."""
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout
+        return await with_retries(self.name, what, deadline,
+                                  lambda: self._exchange_once(method, repo, path, headers, what))
+
+    async def _exchange_once(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
+                             ) -> aiohttp.ClientResponse:
         """A 2xx response to method on path from the first of the upstream's URLs that answers one; a URL
         that fails as an outage does (UpstreamUnavailable, UpstreamRateLimited) hands over to the next."""
         mirrors = in_order(self._mirrors, self._clock())

@@ -25,9 +25,10 @@ log = logging.getLogger("pullcache.upstream")
 class Breaker:
     """The health of one URL of one upstream, mirrored in pullcache_upstream_url_up{upstream,url}."""
 
-    def __init__(self, upstream: str, url: str) -> None:
+    def __init__(self, upstream: str, url: str, *, has_fallback: bool = True) -> None:
         self.upstream = upstream
         self.url = url
+        self._has_fallback = has_fallback  # whether skipping it means anything worth logging
         self.open_until = 0.0
         self._failures = 0
         self._gauge = metrics.upstream_url_up.labels(upstream, url)
@@ -43,10 +44,11 @@ class Breaker:
         backoff = min(BACKOFF_START * 2 ** min(self._failures - 1, 16), BACKOFF_MAX)
         self.open_until = now + backoff
         self._gauge.set(0)
-        log.warning("upstream %s: URL %s failed (%s); skipping it for %gs", self.upstream, self.url, cause, backoff)
+        if self._has_fallback:
+            log.warning("upstream %s: URL %s failed (%s); skipping it for %gs", self.upstream, self.url, cause, backoff)
 
     def succeeded(self) -> None:
-        if self._failures:
+        if self._failures and self._has_fallback:
             log.info("upstream %s: URL %s answers again", self.upstream, self.url)
         self._failures = 0
         self.open_until = 0.0
