@@ -109,6 +109,8 @@ class UpstreamConfig:
     not_found_ttl: float = 30.0  # how long an upstream 404 is remembered
     max_connections: int = 64
     urls: tuple[str, ...] = ()  # the primary (== url) then its fallbacks, in order; () means just url
+    proxy: str | None = None  # outbound HTTP proxy for every request of this upstream; None: the environment's
+    proxy_password_env: str | None = None  # the proxy's password, read from this variable
 
     @property
     def all_urls(self) -> tuple[str, ...]:
@@ -280,6 +282,17 @@ def _url_list(value: Any, key: str) -> tuple[str, ...]:
     return urls
 
 
+@_text
+def _proxy_url(value: Any, key: str) -> str | None:
+    """An http(s) proxy URL, credentials allowed (they go only to the proxy and are never shown)."""
+    if value is None:
+        return None
+    text = _string(value, key)
+    if not re.match(r"^https?://([^@/\s]+@)?[^@/\s]+/?$", text):
+        raise ConfigError(f"{key}: not an http(s) proxy URL (expected e.g. http://proxy.internal:3128)")
+    return text
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -297,6 +310,7 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
     "not_found_ttl": parse_duration, "max_connections": _positive_int, "urls": _url_list,
+    "proxy": _proxy_url, "proxy_password_env": _optional_string,
 }
 
 

@@ -9,6 +9,7 @@ packages=(
   docker.io           # dockerd + docker client: registry-mirrors pulls, docker login/push
   containerd          # containerd + ctr: hosts.toml mirror pulls (?ns=)
   skopeo              # multi-platform copies by path prefix and with credentials
+  tinyproxy           # the outbound HTTP(S) proxy the upstream-proxy tests send through
   wrk                 # manifest requests/s in the benchmark
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules

@@ -15,7 +15,12 @@ from aiohttp import web
 
 from pullcache import metrics
 from pullcache.config import UpstreamConfig
-from pullcache.upstream import UpstreamClient, UpstreamNotFound, UpstreamRateLimited, UpstreamUnavailable
+from pullcache.upstream import (
+    UpstreamClient,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from pullcache.upstream.retry import ATTEMPTS, retry_after_seconds
 from tests.fault_upstream import FakeRegistry, answer
 from tests.support.flaky_front import FlakyFront

@@ -12,6 +12,12 @@ the very addresses connected to: a name cannot resolve to a public address for t
 private one for the connection (DNS rebinding). Each new connection resolves again (no DNS cache in
 the pool; the system resolver caches), and an address literal in a URL, which never reaches a
 resolver, is checked before the request is sent.
+
+Through an outbound proxy (proxies.py) the proxy resolves the target and pullcache connects only to the
+proxy, which the operator named and is trusted. An untrusted target name is then resolved here first and
+refused if any address is not public, as without a proxy; a name pullcache cannot resolve (networks that
+reach the outside only through the proxy often cannot) is left to the proxy and its own access rules.
+That check cannot be bound to the connection as the resolver's is: the proxy's DNS answer may differ.
 """
 from __future__ import annotations
 
@@ -84,9 +90,14 @@ def check_literal(config: UpstreamConfig, host: str) -> None:
 class GuardedResolver(AbstractResolver):
     """Resolves with `inner` and passes on the answer only if the host is trusted or every address is public."""
 
-    def __init__(self, config: UpstreamConfig, inner: AbstractResolver) -> None:
-        self._trusted = trusted_hosts(config)
+    def __init__(self, config: UpstreamConfig, inner: AbstractResolver, also_trusted: frozenset[str] = frozenset()
+                 ) -> None:
+        self._trusted = trusted_hosts(config) | also_trusted  # also_trusted: the outbound proxies' hosts
         self._inner = inner
+
+    def trusts(self, host: str) -> bool:
+        """Whether host needs no address check: named by the operator, or an address literal (check_literal)."""
+        return host.lower().rstrip(".") in self._trusted or _is_literal(host)
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:

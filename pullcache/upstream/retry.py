@@ -20,7 +20,12 @@ from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from .. import metrics
-from .errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from .errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 ATTEMPTS = 4
 BACKOFF_START = 0.1

@@ -9,6 +9,8 @@ travels in the error's `where`, for the log.
 Two clocks bound an exchange: read_timeout, the longest silence (a stall), and request_timeout, the
 whole exchange up to a usable answer (watch()), so an upstream dripping one byte a second cannot hold
 a request forever. Failures escaping watch() are also kept as the upstream's last error (health.py).
+
+Requests go through the outbound proxy proxies.py chooses for their URL, if any.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from .errors import (
     UpstreamUnavailable,
     one_line,
 )
+from .proxies import Proxies
 
 USER_AGENT = f"pullcache/{__version__}"
 
@@ -67,15 +70,17 @@ class Transport:
         self.name = config.name
         self.config = config
         self._resolver = resolver
+        self._proxies = Proxies(config)
+        self._guard: GuardedResolver | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is not None:
             return
-        resolver = GuardedResolver(self.config, self._resolver or aiohttp.DefaultResolver())
+        self._guard = GuardedResolver(self.config, self._resolver or aiohttp.DefaultResolver(), self._proxies.hosts)
         self._session = aiohttp.ClientSession(
             # No DNS cache: each new connection is checked against the addresses it really goes to.
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, resolver=resolver,
+            connector=aiohttp.TCPConnector(limit=self.config.max_connections, resolver=self._guard,
                                            use_dns_cache=False),
             # No total timeout: a multi-GiB layer may take long; only silence counts as failure.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout,
@@ -93,13 +98,18 @@ class Transport:
                    ) -> aiohttp.ClientResponse:
         """One request, redirects not followed (callers decide where credentials may go); `what` names it
         for clients. AddressRefused if url's host is one this upstream may not make pullcache contact."""
-        if self._session is None:
+        if self._session is None or self._guard is None:
             raise RuntimeError(f"upstream {self.name}: client used before start() or after close()")
         check_literal(self.config, url.host or "")
+        proxy = self._proxies.for_url(url)
+        if proxy is not None and not self._guard.trusts(url.host or ""):
+            await self._check_name(self._guard, url)
         started = time.monotonic()
         try:
             with self.failures(what, url):
-                response = await self._session.request(method, url, headers=headers, allow_redirects=False)
+                response = await self._session.request(
+                    method, url, headers=headers, allow_redirects=False,
+                    proxy=proxy.url if proxy else None, proxy_auth=proxy.auth if proxy else None)
         except UpstreamUnavailable:
             metrics.upstream_requests.labels(self.name, method, "error").inc()
             raise
@@ -107,6 +117,17 @@ class Transport:
         metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
         self._record_ratelimit(response.headers)
         return response
+
+    @staticmethod
+    async def _check_name(guard: GuardedResolver, url: URL) -> None:
+        """Before a request goes to a proxy, which resolves its host: refuse a name pullcache can resolve to a
+        non-public address (unless trusted), as the resolver would without a proxy (addresses.py)."""
+        try:
+            await guard.resolve(url.host or "", url.port or 0, socket.AF_UNSPEC)
+        except AddressRefused:
+            raise
+        except OSError:
+            pass  # pullcache cannot resolve it: the proxy will, under its own rules
 
     async def read_body(self, response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
         """The whole body of a small response (manifest, token, error), refusing more than limit bytes."""
