@@ -3,14 +3,19 @@ read the way curl reads them. End to end through a real tinyproxy (tests/support
 shows which requests, token fetches included, went through it."""
 from __future__ import annotations
 
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from pullcache.config import UpstreamConfig, build_config
+from pullcache.upstream import UpstreamClient, UpstreamError, UpstreamRedirectRefused
 from pullcache.upstream.proxies import Proxies
+from tests.fault_upstream import FakeRegistry, redirect
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.registry_client import RegistryClient, RegistryError, sha256_digest
 from tests.support.seed import Upstream
@@ -114,6 +119,58 @@ def test_the_environments_proxy_is_used_except_for_no_proxy_hosts(
     relayed = [url for _, url in tinyproxy.requests()]
     assert any(url.startswith(f"{upstream.token_server.realm}?") for url in relayed), relayed
     assert not any("/v2/" in url for url in relayed), relayed
+
+
+class TableResolver(AbstractResolver):
+    """Names from a table; any other name does not resolve (as on a network that resolves only via its proxy)."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [ResolveResult(hostname=host, host=self.table[host], port=port, family=socket.AF_INET, proto=0,
+                              flags=0)]
+
+    async def close(self) -> None:
+        pass
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+async def redirected_through(tinyproxy: Tinyproxy, aiohttp_server: Any, location: str) -> UpstreamClient:
+    fake = await FakeRegistry().start(aiohttp_server)
+    fake.faults[f"/v2/library/alpine/blobs/{DIGEST}"] = redirect(location)
+    config = UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=fake.url, proxy=tinyproxy.url)
+    client = UpstreamClient(config, resolver=TableResolver({"cdn.test": "10.0.0.5"}))
+    await client.start()
+    return client
+
+
+async def test_through_a_proxy_a_redirect_to_a_name_with_a_private_address_is_refused_before_sending(
+        tinyproxy: Tinyproxy, aiohttp_server: Any) -> None:
+    client = await redirected_through(tinyproxy, aiohttp_server, "http://cdn.test/blob")
+    try:
+        with pytest.raises(UpstreamRedirectRefused, match="non-public address 10.0.0.5"):
+            await client.head_blob("library/alpine", DIGEST)
+    finally:
+        await client.close()
+    relayed = [url for _, url in tinyproxy.requests()]
+    assert any("/v2/library/alpine/blobs/" in url for url in relayed) and not any("cdn.test" in u for u in relayed)
+
+
+async def test_through_a_proxy_a_name_pullcache_cannot_resolve_is_left_to_the_proxy(
+        tinyproxy: Tinyproxy, aiohttp_server: Any) -> None:
+    client = await redirected_through(tinyproxy, aiohttp_server, "http://nowhere.invalid/blob")
+    try:
+        with pytest.raises(UpstreamError):  # the proxy cannot resolve it either
+            await client.head_blob("library/alpine", DIGEST)
+    finally:
+        await client.close()
+    assert ("HEAD", "http://nowhere.invalid/blob") in tinyproxy.requests()
 
 
 def test_proxy_credentials_come_from_proxy_password_env(
