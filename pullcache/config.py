@@ -92,6 +92,29 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class PullRule:
+    """One entry of an upstream's `rules` (pullcache.policy reads them)."""
+    action: str  # allow or deny
+    repository: str  # glob: `*` one path component, `**` any number
+    tag_glob: str | None = None  # from `repo-glob:tag-glob`
+    tags: str | None = None  # a regex the tag must contain a match of
+
+    @property
+    def tags_regex(self) -> re.Pattern[str]:
+        return re.compile(self.tags or "")
+
+    def __str__(self) -> str:
+        pattern = self.repository + (f":{self.tag_glob}" if self.tag_glob is not None else "")
+        return f'{self.action}: "{pattern}"' + (f', tags: "{self.tags}"' if self.tags is not None else "")
+
+
+@dataclass(frozen=True)
+class PullRules:
+    rules: tuple[PullRule, ...] = ()
+    default_deny: bool = False  # `- default: deny` as the last entry
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str = ""  # the primary URL; proxy.yml's `urls` sets it to its first entry
@@ -111,6 +134,7 @@ class UpstreamConfig:
     urls: tuple[str, ...] = ()  # the primary (== url) then its fallbacks, in order; () means just url
     proxy: str | None = None  # outbound HTTP proxy for every request of this upstream; None: the environment's
     proxy_password_env: str | None = None  # the proxy's password, read from this variable
+    rules: PullRules = field(default_factory=PullRules)  # pull policy: first matching rule wins
 
     @property
     def all_urls(self) -> tuple[str, ...]:
@@ -293,6 +317,45 @@ def _proxy_url(value: Any, key: str) -> str | None:
     return text
 
 
+_REPOSITORY_GLOB = re.compile(r"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$")
+_TAG_GLOB = re.compile(r"^[A-Za-z0-9_.*-]+$")
+
+
+def _pull_rule(item: Any, key: str) -> PullRule:
+    actions = [a for a in ("allow", "deny") if isinstance(item, dict) and a in item]
+    if not isinstance(item, dict) or len(actions) != 1 or set(item) - {actions[0], "tags"}:
+        raise ConfigError(f"{key}: {item!r} is not a rule (expected allow: GLOB or deny: GLOB, "
+                          "optionally with tags: REGEX)")
+    action = actions[0]
+    pattern = item[action]
+    repository, colon, tag_glob = pattern.partition(":") if isinstance(pattern, str) else ("", "", "")
+    if not _REPOSITORY_GLOB.match(repository) or "***" in repository or (colon and not _TAG_GLOB.match(tag_glob)):
+        raise ConfigError(f"{key}.{action}: {pattern!r} is not a repository glob (expected e.g. library/*, "
+                          "myorg/** or */*:latest)")
+    tags = item.get("tags")
+    if tags is not None:
+        if not isinstance(tags, str):
+            raise ConfigError(f"{key}.tags: {tags!r} is not a regular expression")
+        try:
+            re.compile(tags)
+        except re.error as exc:
+            raise ConfigError(f"{key}.tags: {tags!r} is not a regular expression ({exc})") from None
+    return PullRule(action, repository, tag_glob if colon else None, tags)
+
+
+def _pull_rules(value: Any, key: str) -> PullRules:
+    """`rules:` - a list of allow/deny rules, optionally ending with `default: deny` (or allow)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of rules (expected e.g. [{{allow: library/*}}])")
+    default_deny = False
+    if value and isinstance(value[-1], dict) and set(value[-1]) == {"default"}:
+        default = value[-1]["default"]
+        if default not in ("allow", "deny"):
+            raise ConfigError(f"{key}[{len(value) - 1}].default: {default!r} is not one of allow, deny")
+        default_deny, value = default == "deny", value[:-1]
+    return PullRules(tuple(_pull_rule(item, f"{key}[{i}]") for i, item in enumerate(value)), default_deny)
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -310,7 +373,7 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
     "not_found_ttl": parse_duration, "max_connections": _positive_int, "urls": _url_list,
-    "proxy": _proxy_url, "proxy_password_env": _optional_string,
+    "proxy": _proxy_url, "proxy_password_env": _optional_string, "rules": _pull_rules,
 }
 
 

@@ -41,3 +41,6 @@ upstream_url_up = Gauge(
 upstream_retries = Counter(
     "pullcache_upstream_retries_total", "Upstream requests sent again after a transient failure",
     ["upstream", "reason"], registry=REGISTRY)
+policy_denied = Counter(
+    "pullcache_policy_denied_total", "Pulls refused by an upstream's pull policy (rules)", ["upstream"],
+    registry=REGISTRY)

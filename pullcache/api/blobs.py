@@ -147,7 +147,9 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     digest = check_digest(reference)
     target = read_target(request, name)
     if not target.is_local:
-        from pullcache.api import proxied  # here, not at the top: proxied imports this module
+        from pullcache.api import (
+            proxied,  # here, not at the top: proxied imports this module
+        )
         return await proxied.get_blob(request, target, digest)
     store = request.app[STORE]
     size = store.blob_size(digest)
