@@ -14,9 +14,9 @@ import pytest
 
 from pullcache import metrics
 from pullcache.config import UpstreamConfig, build_config
-from pullcache.upstream import UpstreamClient
+from pullcache.upstream import UpstreamClient, UpstreamRealmRefused
 from pullcache.upstream.failover import Breaker
-from tests.fault_upstream import FakeRegistry
+from tests.fault_upstream import FakeRegistry, TokenServer, answer
 from tests.support.procs import free_port
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.registry_client import RegistryClient, sha256_digest
@@ -24,6 +24,7 @@ from tests.support.seed import Upstream
 
 ACCEPT = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
           "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"]
+TAG_PATH = "/v2/library/alpine/manifests/latest"
 MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
 
 
@@ -119,6 +120,44 @@ async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_serv
     up = {url: metrics.REGISTRY.get_sample_value("pullcache_upstream_url_up", {"upstream": name, "url": url})
           for url in (primary, fallback.url)}
     assert up == {primary: 0.0, fallback.url: 1.0}
+
+
+async def test_a_fallbacks_token_realm_is_checked_against_its_own_origin(aiohttp_server: Any) -> None:
+    tokens = await TokenServer().start(aiohttp_server)  # the fallback's host, another port: not its origin
+    fallback = await FakeRegistry(tokens=tokens).start(aiohttp_server)
+    fallback.add_manifest("library/alpine", "latest", MANIFEST)
+    # Judged by the primary's origin (localhost), the realm would be refused for its loopback address instead.
+    primary = closed_port_url().replace("127.0.0.1", "localhost")
+    client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary,
+                                           urls=(primary, fallback.url)))
+    await client.start()
+    try:
+        with pytest.raises(UpstreamRealmRefused, match="origin"):
+            await client.get_manifest("library/alpine", "latest", ())
+    finally:
+        await client.close()
+    assert tokens.seen == []
+
+
+async def test_each_url_has_its_own_tokens(aiohttp_server: Any) -> None:
+    registries = []
+    for _ in range(2):
+        tokens = await TokenServer().start(aiohttp_server)
+        registry = await FakeRegistry(tokens=tokens).start(aiohttp_server)
+        registry.add_manifest("library/alpine", "latest", MANIFEST)
+        registries.append(registry)
+    primary, fallback = registries
+    client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary.url,
+                                           urls=(primary.url, fallback.url), token_hosts=("127.0.0.1",)))
+    await client.start()
+    try:
+        await client.get_manifest("library/alpine", "latest", ())  # the primary's token is now known
+        primary.faults[TAG_PATH] = answer(503, {"errors": [{"code": "UNAVAILABLE"}]})
+        assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
+    finally:
+        await client.close()
+    assert [seen.headers.get("Authorization") for seen in fallback.seen][0] is None  # not the primary's token
+    assert fallback.tokens is not None and len(fallback.tokens.seen) == 1
 
 
 # ---------------------------------------------------------------- end to end, real Distribution
