@@ -135,6 +135,7 @@ class UpstreamConfig:
     proxy: str | None = None  # outbound HTTP proxy for every request of this upstream; None: the environment's
     proxy_password_env: str | None = None  # the proxy's password, read from this variable
     rules: PullRules = field(default_factory=PullRules)  # pull policy: first matching rule wins
+    ratelimit_reserve: float = 0.1  # below this many pulls left (a share of the limit if <= 1): no revalidation
 
     @property
     def all_urls(self) -> tuple[str, ...]:
@@ -317,6 +318,17 @@ def _proxy_url(value: Any, key: str) -> str | None:
     return text
 
 
+def _reserve(value: Any, key: str) -> float:
+    """`10%` or 0.1 (a share of the rate limit), or a number of pulls above 1 (e.g. 20)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+        return float(value)
+    try:
+        return _fraction(value, key)
+    except ConfigError:
+        raise ConfigError(f"{key}: {value!r} is not a reserve (expected a share of the limit such as 10% or "
+                          "0.1, or a number of pulls such as 20)") from None
+
+
 _REPOSITORY_GLOB = re.compile(r"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$")
 _TAG_GLOB = re.compile(r"^[A-Za-z0-9_.*-]+$")
 
@@ -374,6 +386,7 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
     "not_found_ttl": parse_duration, "max_connections": _positive_int, "urls": _url_list,
     "proxy": _proxy_url, "proxy_password_env": _optional_string, "rules": _pull_rules,
+    "ratelimit_reserve": _reserve,
 }
 
 

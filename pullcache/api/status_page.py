@@ -21,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pullcache import __version__, metrics
 from pullcache.config import Config, UpstreamConfig
 from pullcache.startup import push_policy
+from pullcache.upstream import budget
 from pullcache.upstream.health import LastError, last_error
 
 STARTED = time.time()
@@ -143,6 +144,7 @@ class UpstreamFigures:
     ratelimit_remaining: float | None
     last_error: LastError | None = None
     primary: str | None = None  # set when the URL in use is a fallback: the primary being skipped
+    saving: bool = False  # down to its rate-limit reserve: cached tags are not revalidated
 
 
 def _url_in_use(upstream: UpstreamConfig, up: Mapping[tuple[str, str], float]) -> str:
@@ -191,7 +193,7 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
         upstreams.append(UpstreamFigures(
             u.name, in_use, upstream_state(recent.get(u.name, Tally()), remaining.get(u.name)),
             recent.get(u.name, Tally()), remaining.get(u.name), last_error(u.name),
-            primary=u.url if in_use != u.url else None))
+            primary=u.url if in_use != u.url else None, saving=budget.saving(u.name)))
     return Figures(
         now=now,
         cache_results=_sum_by(_samples(metrics.cache_requests, "_total"), "result"),
@@ -360,10 +362,14 @@ def _store_section(f: Figures) -> str:
             f'<b>{human_count(f.store_blobs.get("pushed", 0.0))}</b> blobs</li></ul></section>')
 
 
-def _fallback_note(u: UpstreamFigures) -> str:
-    if u.primary is None:
-        return ""
-    return f'<br><span class="url">fallback in use: primary {escape(u.primary)} is skipped after failing</span>'
+def _notes(u: UpstreamFigures) -> str:
+    """Under the URL: a fallback in use, a rate limit down to its reserve."""
+    notes = []
+    if u.primary is not None:
+        notes.append(f"fallback in use: primary {escape(u.primary)} is skipped after failing")
+    if u.saving:
+        notes.append("saving its rate limit: cached tags are served without revalidation (ratelimit_reserve)")
+    return "".join(f'<br><span class="url">{note}</span>' for note in notes)
 
 
 def _upstreams_section(f: Figures) -> str:
@@ -371,7 +377,7 @@ def _upstreams_section(f: Figures) -> str:
     for u in f.upstreams:
         remaining = "–" if u.ratelimit_remaining is None else human_count(u.ratelimit_remaining)
         rows.append(
-            f'<tr><td><b>{escape(u.name)}</b><br><span class="url">{escape(u.url)}</span>{_fallback_note(u)}</td>'
+            f'<tr><td><b>{escape(u.name)}</b><br><span class="url">{escape(u.url)}</span>{_notes(u)}</td>'
             f'<td><span class="pill {u.state.replace(" ", "-")}">{escape(u.state)}</span></td>'
             f'<td class="num">{human_count(u.recent.requests)}</td>'
             f'<td class="num">{human_count(u.recent.failures)}</td>'

@@ -26,6 +26,7 @@ from ..digests import Digest, DigestError
 from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
 from .addresses import AddressRefused, own_host, redirect_hosts, token_hosts
 from .auth import Authorizer, pull_scope
+from .budget import Budget
 from .challenge import parse_challenges
 from .errors import (
     UpstreamError,
@@ -110,9 +111,9 @@ class Mirror:
     the token realm check it is the upstream's URL, so a fallback is trusted and checked like the primary."""
 
     def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None,
-                 clock: Callable[[], float], *, has_fallback: bool) -> None:
+                 clock: Callable[[], float], budget: Budget, *, has_fallback: bool) -> None:
         self.config = config
-        self.transport = Transport(config, resolver)
+        self.transport = Transport(config, resolver, budget)
         self.auth = Authorizer(self.transport, clock=clock)
         self.breaker = Breaker(config.name, config.url, has_fallback=has_fallback)
 
@@ -130,8 +131,9 @@ class UpstreamClient:
         self.name = config.name
         self.config = config
         self._clock = clock
-        self._mirrors = [Mirror(config.for_url(url), resolver, clock, has_fallback=len(config.all_urls) > 1)
-                         for url in config.all_urls]
+        self.budget = Budget(config)
+        self._mirrors = [Mirror(config.for_url(url), resolver, clock, self.budget,
+                                has_fallback=len(config.all_urls) > 1) for url in config.all_urls]
         # Deadlines and body reads: every mirror shares the upstream's timeouts, so the primary's will do.
         self._transport = self._mirrors[0].transport
 

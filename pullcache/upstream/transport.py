@@ -31,6 +31,7 @@ from .. import __version__, metrics
 from ..config import UpstreamConfig
 from . import health
 from .addresses import AddressRefused, GuardedResolver, check_literal
+from .budget import Budget, parse_count
 from .errors import (
     UpstreamError,
     UpstreamNotFound,
@@ -54,21 +55,17 @@ def basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
-def parse_ratelimit(value: str) -> int | None:
-    """Docker Hub's `ratelimit-remaining: 76;w=21600` -> 76; anything else -> None."""
-    head = value.split(";", 1)[0].strip()
-    return int(head) if head.isdigit() else None
-
-
 class Transport:
     """The aiohttp session of one upstream, created in start() and closed in close().
 
     `resolver` resolves names before the address check (addresses.GuardedResolver); tests pass their own.
     """
 
-    def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None = None,
+                 budget: Budget | None = None) -> None:
         self.name = config.name
         self.config = config
+        self._budget = budget or Budget(config)  # shared by the upstream's URLs: one quota
         self._resolver = resolver
         self._proxies = Proxies(config)
         self._guard: GuardedResolver | None = None
@@ -200,10 +197,10 @@ class Transport:
                                       where=where) from exc
 
     def _record_ratelimit(self, headers: CIMultiDictProxy[str]) -> None:
-        value = headers.get("ratelimit-remaining")
-        remaining = parse_ratelimit(value) if value is not None else None
+        remaining = parse_count(headers.get("ratelimit-remaining"))
         if remaining is not None:
             metrics.upstream_ratelimit_remaining.labels(self.name).set(remaining)
+        self._budget.observe(remaining, parse_count(headers.get("ratelimit-limit")))
 
 
 def _cause(exc: aiohttp.ClientError, url: URL) -> str:
