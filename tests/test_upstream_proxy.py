@@ -173,6 +173,22 @@ async def test_through_a_proxy_a_name_pullcache_cannot_resolve_is_left_to_the_pr
     assert ("HEAD", "http://nowhere.invalid/blob") in tinyproxy.requests()
 
 
+async def test_the_proxys_host_is_trusted_only_as_the_proxy_not_as_a_redirect_target(
+        tinyproxy: Tinyproxy, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_PROXY", "proxy.test")  # so the redirect below goes to it directly
+    fake = await FakeRegistry().start(aiohttp_server)
+    fake.faults[f"/v2/library/alpine/blobs/{DIGEST}"] = redirect("http://proxy.test:8080/admin")
+    config = UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=fake.url, proxy=f"http://proxy.test:{tinyproxy.port}")
+    client = UpstreamClient(config, resolver=TableResolver({"proxy.test": "127.0.0.1"}))
+    await client.start()
+    try:
+        with pytest.raises(UpstreamRedirectRefused, match="non-public address 127.0.0.1"):
+            await client.head_blob("library/alpine", DIGEST)
+    finally:
+        await client.close()
+    assert any("/v2/library/alpine/blobs/" in url for _, url in tinyproxy.requests())  # reached as the proxy
+
+
 def test_proxy_credentials_come_from_proxy_password_env(
         pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
     proxy = Tinyproxy(basic_auth=("bot", "pr0xy-pass")).start()

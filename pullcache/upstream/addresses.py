@@ -90,23 +90,37 @@ def check_literal(config: UpstreamConfig, host: str) -> None:
 class GuardedResolver(AbstractResolver):
     """Resolves with `inner` and passes on the answer only if the host is trusted or every address is public."""
 
-    def __init__(self, config: UpstreamConfig, inner: AbstractResolver, also_trusted: frozenset[str] = frozenset()
+    def __init__(self, config: UpstreamConfig, inner: AbstractResolver, proxies: frozenset[str] = frozenset()
                  ) -> None:
-        self._trusted = trusted_hosts(config) | also_trusted  # also_trusted: the outbound proxies' hosts
+        self._config_trusted = trusted_hosts(config)
+        # The outbound proxies' hosts pass too: the pool resolves them to connect to the proxy. A request sent
+        # straight to such a host is no request to the proxy, and the transport checks it first (check()).
+        self._trusted = self._config_trusted | proxies
         self._inner = inner
 
     def trusts(self, host: str) -> bool:
-        """Whether host needs no address check: named by the operator, or an address literal (check_literal)."""
-        return host.lower().rstrip(".") in self._trusted or _is_literal(host)
+        """Whether a request to host needs no address check: the operator named it (as more than a proxy), or
+        it is an address literal (check_literal sees to those)."""
+        host = host.lower().rstrip(".")
+        return host in self._config_trusted or _is_literal(host)
+
+    async def check(self, host: str, port: int = 0) -> None:
+        """Resolve host and refuse it if any address is not public, whoever trusts it (AddressRefused); a name
+        that does not resolve raises the resolver's OSError."""
+        self._refuse_private(host, await self._inner.resolve(host, port, socket.AF_UNSPEC))
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
         if host.lower().rstrip(".") not in self._trusted:
-            for answer in answers:
-                if not is_public(answer["host"]):
-                    raise AddressRefused(host, answer["host"])
+            self._refuse_private(host, answers)
         return answers
+
+    @staticmethod
+    def _refuse_private(host: str, answers: list[ResolveResult]) -> None:
+        for answer in answers:
+            if not is_public(answer["host"]):
+                raise AddressRefused(host, answer["host"])
 
     async def close(self) -> None:
         await self._inner.close()

@@ -99,8 +99,11 @@ class Transport:
             raise RuntimeError(f"upstream {self.name}: client used before start() or after close()")
         check_literal(self.config, url.host or "")
         proxy = self._proxies.for_url(url)
-        if proxy is not None and not self._guard.trusts(url.host or ""):
-            await self._check_name(self._guard, url)
+        # The pool's resolver checks the hosts it connects to, except a proxy's (trusted for connecting to the
+        # proxy): so a host the proxy resolves, or a proxy's host asked directly, is checked here.
+        host = (url.host or "").lower()
+        if (proxy is not None or host in self._proxies.hosts) and not self._guard.trusts(host):
+            await self._check_name(self._guard, url, proxy is not None)
         started = time.monotonic()
         try:
             with self.failures(what, url):
@@ -116,15 +119,18 @@ class Transport:
         return response
 
     @staticmethod
-    async def _check_name(guard: GuardedResolver, url: URL) -> None:
-        """Before a request goes to a proxy, which resolves its host: refuse a name pullcache can resolve to a
-        non-public address (unless trusted), as the resolver would without a proxy (addresses.py)."""
+    async def _check_name(guard: GuardedResolver, url: URL, proxied: bool) -> None:
+        """Refuse a name the pool will not check itself: one a proxy resolves (proxied), or a proxy's host asked
+        directly, which the pool trusts. A proxied name pullcache cannot resolve is left to the proxy
+        (addresses.py); a direct one fails as it would have anyway."""
         try:
-            await guard.resolve(url.host or "", url.port or 0, socket.AF_UNSPEC)
+            await guard.check(url.host or "", url.port or 0)
         except AddressRefused:
             raise
         except OSError:
-            pass  # pullcache cannot resolve it: the proxy will, under its own rules
+            if not proxied:
+                raise
+            # pullcache cannot resolve it: the proxy will, under its own rules
 
     async def read_body(self, response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
         """The whole body of a small response (manifest, token, error), refusing more than limit bytes."""
