@@ -3,6 +3,7 @@ read the way curl reads them. End to end through a real tinyproxy (tests/support
 shows which requests, token fetches included, went through it."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from yarl import URL
 from pullcache.config import UpstreamConfig, build_config
 from pullcache.upstream import UpstreamClient, UpstreamError, UpstreamRedirectRefused
 from pullcache.upstream.proxies import Proxies
+from pullcache.upstream.transport import Transport
 from tests.fault_upstream import FakeRegistry, redirect
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.registry_client import RegistryClient, RegistryError, sha256_digest
@@ -68,7 +70,7 @@ def test_an_upstreams_own_proxy_wins_over_the_environment_and_keeps_credentials_
                                      proxy_password_env="PROXY_PASS"), environ)
     choice = proxies.for_url(URL("https://registry.example/v2/"))
     assert choice is not None and str(choice.url) == "http://own:3128"
-    assert choice.auth is not None and (choice.auth.login, choice.auth.password) == ("bot", "s3cret")
+    assert choice.headers == {"Proxy-Authorization": "Basic Ym90OnMzY3JldA=="}  # bot:s3cret
     assert proxies.hosts == frozenset({"own"})
 
 
@@ -187,6 +189,35 @@ async def test_the_proxys_host_is_trusted_only_as_the_proxy_not_as_a_redirect_ta
     finally:
         await client.close()
     assert any("/v2/library/alpine/blobs/" in url for _, url in tinyproxy.requests())  # reached as the proxy
+
+
+async def test_an_https_request_shows_the_proxy_only_a_connect_with_the_proxys_credentials() -> None:
+    seen: list[bytes] = []
+
+    async def refuse_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url="https://registry.example",
+                            proxy=f"http://bot:pr0xy@127.0.0.1:{port}")
+    transport = Transport(config)
+    await transport.start()
+    try:
+        with pytest.raises(UpstreamError):
+            await transport.send("GET", URL("https://registry.example/v2/"), "GET /v2/",
+                                 headers={"Authorization": "Bearer upstream-secret"})
+    finally:
+        await transport.close()
+        server.close()
+        await server.wait_closed()
+    head = seen[0].decode()
+    assert head.startswith("CONNECT registry.example:443 HTTP/1.1\r\n")
+    assert "Proxy-Authorization: Basic Ym90OnByMHh5\r\n" in head  # bot:pr0xy
+    assert "upstream-secret" not in head and "\nAuthorization" not in head
 
 
 def test_proxy_credentials_come_from_proxy_password_env(

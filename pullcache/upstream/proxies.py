@@ -32,7 +32,7 @@ from ..config import UpstreamConfig
 @dataclass(frozen=True)
 class ProxyChoice:
     url: URL  # without credentials
-    auth: aiohttp.BasicAuth | None
+    headers: Mapping[str, str]  # Proxy-Authorization, when the proxy has credentials
 
 
 def _env(environ: Mapping[str, str], name: str) -> str:
@@ -46,8 +46,8 @@ def _choice(text: str, password_env: str | None, environ: Mapping[str, str]) -> 
         return None
     url = URL(text if "://" in text else f"http://{text}")  # curl takes a bare host:port as http
     password = environ.get(password_env, "") if password_env else (url.password or "")
-    auth = aiohttp.BasicAuth(url.user, password) if url.user else None
-    return ProxyChoice(url.with_user(None).with_password(None).with_path("").with_query(None), auth)
+    headers = {"Proxy-Authorization": aiohttp.encode_basic_auth(url.user, password)} if url.user else {}
+    return ProxyChoice(url.with_user(None).with_password(None).with_path("").with_query(None), headers)
 
 
 @dataclass(frozen=True)

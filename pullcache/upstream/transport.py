@@ -104,12 +104,17 @@ class Transport:
         host = (url.host or "").lower()
         if (proxy is not None or host in self._proxies.hosts) and not self._guard.trusts(host):
             await self._check_name(self._guard, url, proxy is not None)
+        proxy_headers = None
+        if proxy is not None and url.scheme == "https":
+            proxy_headers = proxy.headers  # on the CONNECT, which alone the proxy reads
+        elif proxy is not None:
+            headers = {**(headers or {}), **proxy.headers}  # the proxy reads the request itself (and drops these)
         started = time.monotonic()
         try:
             with self.failures(what, url):
                 response = await self._session.request(
                     method, url, headers=headers, allow_redirects=False,
-                    proxy=proxy.url if proxy else None, proxy_auth=proxy.auth if proxy else None)
+                    proxy=proxy.url if proxy else None, proxy_headers=proxy_headers)
         except UpstreamUnavailable:
             metrics.upstream_requests.labels(self.name, method, "error").inc()
             raise
