@@ -6,6 +6,7 @@ expected, so that a wrong config stops start-up with something an operator can a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -110,9 +111,32 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class PullRule:
+    """One entry of an upstream's `rules` (pullcache.policy reads them)."""
+    action: str  # allow or deny
+    repository: str  # glob: `*` one path component, `**` any number
+    tag_glob: str | None = None  # from `repo-glob:tag-glob`
+    tags: str | None = None  # a regex the tag must contain a match of
+
+    @property
+    def tags_regex(self) -> re.Pattern[str]:
+        return re.compile(self.tags or "")
+
+    def __str__(self) -> str:
+        pattern = self.repository + (f":{self.tag_glob}" if self.tag_glob is not None else "")
+        return f'{self.action}: "{pattern}"' + (f', tags: "{self.tags}"' if self.tags is not None else "")
+
+
+@dataclass(frozen=True)
+class PullRules:
+    rules: tuple[PullRule, ...] = ()
+    default_deny: bool = False  # `- default: deny` as the last entry
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
-    url: str
+    url: str = ""  # the primary URL; proxy.yml's `urls` sets it to its first entry
     default: bool = False
     manifest_ttl: float = 300.0
     username: str | None = None
@@ -126,6 +150,20 @@ class UpstreamConfig:
     request_timeout: float = 20.0  # total deadline of one exchange: token, manifest, HEAD, a blob's headers
     not_found_ttl: float = 30.0  # how long an upstream 404 is remembered
     max_connections: int = 64
+    urls: tuple[str, ...] = ()  # the primary (== url) then its fallbacks, in order; () means just url
+    proxy: str | None = None  # outbound HTTP proxy for every request of this upstream; None: the environment's
+    proxy_password_env: str | None = None  # the proxy's password, read from this variable
+    rules: PullRules = field(default_factory=PullRules)  # pull policy: first matching rule wins
+    ratelimit_reserve: float = 0.1  # below this many pulls left (a share of the limit if <= 1): no revalidation
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """Every URL of this upstream in failover order: the primary first."""
+        return self.urls or (self.url,)
+
+    def for_url(self, url: str) -> UpstreamConfig:
+        """This upstream as if `url` were its only URL: a mirror is trusted, and checked, like the primary."""
+        return dataclasses.replace(self, url=url, urls=())
 
     @property
     def is_docker_hub(self) -> bool:
@@ -404,6 +442,76 @@ def _endpoints(value: Any, key: str) -> tuple[EndpointConfig, ...]:
     return tuple(endpoints)
 
 
+def _url_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: {value!r} is not a list of URLs (expected e.g. [https://a, https://b])")
+    urls = tuple(_url(item, f"{key}[{i}]") for i, item in enumerate(value))
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{key}: {value!r} lists a URL twice")
+    return urls
+
+
+@_text
+def _proxy_url(value: Any, key: str) -> str | None:
+    """An http(s) proxy URL, credentials allowed (they go only to the proxy and are never shown)."""
+    if value is None:
+        return None
+    text = _string(value, key)
+    if not re.match(r"^https?://([^@/\s]+@)?[^@/\s]+/?$", text):
+        raise ConfigError(f"{key}: not an http(s) proxy URL (expected e.g. http://proxy.internal:3128)")
+    return text
+
+
+def _reserve(value: Any, key: str) -> float:
+    """`10%` or 0.1 (a share of the rate limit), or a number of pulls above 1 (e.g. 20)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+        return float(value)
+    try:
+        return _fraction(value, key)
+    except ConfigError:
+        raise ConfigError(f"{key}: {value!r} is not a reserve (expected a share of the limit such as 10% or "
+                          "0.1, or a number of pulls such as 20)") from None
+
+
+_REPOSITORY_GLOB = re.compile(r"^[a-z0-9._*-]+(/[a-z0-9._*-]+)*$")
+_TAG_GLOB = re.compile(r"^[A-Za-z0-9_.*-]+$")
+
+
+def _pull_rule(item: Any, key: str) -> PullRule:
+    actions = [a for a in ("allow", "deny") if isinstance(item, dict) and a in item]
+    if not isinstance(item, dict) or len(actions) != 1 or set(item) - {actions[0], "tags"}:
+        raise ConfigError(f"{key}: {item!r} is not a rule (expected allow: GLOB or deny: GLOB, "
+                          "optionally with tags: REGEX)")
+    action = actions[0]
+    pattern = item[action]
+    repository, colon, tag_glob = pattern.partition(":") if isinstance(pattern, str) else ("", "", "")
+    if not _REPOSITORY_GLOB.match(repository) or "***" in repository or (colon and not _TAG_GLOB.match(tag_glob)):
+        raise ConfigError(f"{key}.{action}: {pattern!r} is not a repository glob (expected e.g. library/*, "
+                          "myorg/** or */*:latest)")
+    tags = item.get("tags")
+    if tags is not None:
+        if not isinstance(tags, str):
+            raise ConfigError(f"{key}.tags: {tags!r} is not a regular expression")
+        try:
+            re.compile(tags)
+        except re.error as exc:
+            raise ConfigError(f"{key}.tags: {tags!r} is not a regular expression ({exc})") from None
+    return PullRule(action, repository, tag_glob if colon else None, tags)
+
+
+def _pull_rules(value: Any, key: str) -> PullRules:
+    """`rules:` - a list of allow/deny rules, optionally ending with `default: deny` (or allow)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: {value!r} is not a list of rules (expected e.g. [{{allow: library/*}}])")
+    default_deny = False
+    if value and isinstance(value[-1], dict) and set(value[-1]) == {"default"}:
+        default = value[-1]["default"]
+        if default not in ("allow", "deny"):
+            raise ConfigError(f"{key}[{len(value) - 1}].default: {default!r} is not one of allow, deny")
+        default_deny, value = default == "deny", value[:-1]
+    return PullRules(tuple(_pull_rule(item, f"{key}[{i}]") for i, item in enumerate(value)), default_deny)
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -422,7 +530,9 @@ _UPSTREAM_KEYS: dict[str, Checker] = {
     "username": _optional_string, "password": _optional_string, "password_env": _optional_string,
     "aliases": _string_list, "token_hosts": _string_list, "redirect_hosts": _string_list,
     "connect_timeout": parse_duration, "read_timeout": parse_duration, "request_timeout": parse_duration,
-    "not_found_ttl": parse_duration, "max_connections": _positive_int,
+    "not_found_ttl": parse_duration, "max_connections": _positive_int, "urls": _url_list,
+    "proxy": _proxy_url, "proxy_password_env": _optional_string, "rules": _pull_rules,
+    "ratelimit_reserve": _reserve,
 }
 
 
@@ -447,9 +557,11 @@ def _build_upstreams(raw: Any) -> tuple[UpstreamConfig, ...]:
     upstreams = []
     for i, item in enumerate(raw):
         key = f"upstreams[{i}]"
-        if not isinstance(item, dict) or "name" not in item or "url" not in item:
-            raise ConfigError(f"{key}: {item!r} is not an upstream (expected a mapping with name and url)")
-        upstreams.append(_build(UpstreamConfig, _UPSTREAM_KEYS, item, key))
+        if not isinstance(item, dict) or "name" not in item or ("url" in item) == ("urls" in item):
+            raise ConfigError(f"{key}: {item!r} is not an upstream (expected a mapping with name and url, "
+                              f"or name and urls)")
+        upstream = _build(UpstreamConfig, _UPSTREAM_KEYS, item, key)
+        upstreams.append(dataclasses.replace(upstream, url=upstream.all_urls[0]))
     names = [u.name for u in upstreams] + [a for u in upstreams for a in u.aliases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

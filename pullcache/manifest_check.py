@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pullcache.digests import Digest, DigestError
-from pullcache.mediatypes import IMAGE_TYPES, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST, OCTET_STREAM, is_media_type
+from pullcache.mediatypes import (
+    IMAGE_TYPES,
+    INDEX_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    OCTET_STREAM,
+    is_media_type,
+)
 
 MAX_DEPTH = 100
 CHECK_INLINE_BYTES = 64 * 1024  # callers check bigger manifests (up to 4 MiB of JSON) off the event loop

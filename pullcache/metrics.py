@@ -46,3 +46,12 @@ notifications = Counter(
     "dropped (queue full, or still queued at shutdown)", ["endpoint", "result"], registry=REGISTRY)
 notifications_pending = Gauge(
     "pullcache_notifications_pending", "Events waiting for an endpoint", ["endpoint"], registry=REGISTRY)
+upstream_url_up = Gauge(
+    "pullcache_upstream_url_up", "1 while requests may go to this URL of the upstream, 0 while it is skipped "
+    "after failing (circuit breaker)", ["upstream", "url"], registry=REGISTRY)
+upstream_retries = Counter(
+    "pullcache_upstream_retries_total", "Upstream requests sent again after a transient failure",
+    ["upstream", "reason"], registry=REGISTRY)
+policy_denied = Counter(
+    "pullcache_policy_denied_total", "Pulls refused by an upstream's pull policy (rules)", ["upstream"],
+    registry=REGISTRY)

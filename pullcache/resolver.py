@@ -6,7 +6,10 @@ Docker Hub's one-component names get `library/`. Pushes go only to local names t
 with an upstream's name, do not match `local.deny_push` and, when `local.allow_push` is set, match it.
 A pushed bare name shadows the default upstream's image of that name for every mirror client.
 
-A refusal is one of this module's exceptions; api/targets.py says it in HTTP, `pullcache warm` in words.
+Pulls from an upstream are checked against its `rules` (policy.py) before anything is fetched.
+
+A refusal is one of this module's exceptions (or policy.PullDenied); api/targets.py says it in HTTP,
+`pullcache warm` in words.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pullcache.config import Config, UpstreamConfig
 from pullcache.names import matches_glob
+from pullcache.policy import PullPolicy
 
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
@@ -72,6 +76,12 @@ class Resolver:
         self._config = config
         self._upstreams = upstreams
         self._local_exists = local_exists
+        self.policy = PullPolicy()
+
+    def check_pull(self, target: Target, reference: str) -> None:
+        """PullDenied when the target's upstream rules refuse this manifest or blob (policy.py)."""
+        if target.upstream is not None:
+            self.policy.check(target.upstream.name, target.upstream.config.rules, target.repository, reference)
 
     def _upstream_target(self, name: str, client: UpstreamClient, remote: str) -> Target:
         return Target(name, client, upstream_repository(client.config, remote))

@@ -10,6 +10,7 @@ packages=(
   containerd          # containerd + ctr: hosts.toml mirror pulls (?ns=)
   skopeo              # multi-platform copies by path prefix and with credentials
   podman              # pulls through deploy/clients/podman/registries.conf (vfs, private root; 4.3)
+  tinyproxy           # the outbound HTTP(S) proxy the upstream-proxy tests send through
   wrk                 # manifest requests/s in the benchmark
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules

@@ -23,6 +23,7 @@ from pullcache.upstream import (UpstreamClient, UpstreamError, UpstreamNotFound,
                                 UpstreamRealmRefused, UpstreamTimeout, UpstreamUnauthorized, UpstreamUnavailable,
                                 Upstreams)
 from pullcache.upstream.challenge import Challenge, parse_challenges
+from pullcache.upstream.retry import ATTEMPTS
 from tests.fault_upstream import (BlobHost, FakeRegistry, Stall, TokenServer, answer, basic, redirect,
                                   sha256)
 
@@ -443,7 +444,8 @@ async def test_connection_refused_is_unavailable(make_client: MakeClient, unused
     with pytest.raises(UpstreamUnavailable, match="cannot connect") as caught:
         await client.get_manifest("library/alpine", "latest", [])
     assert caught.value.status is None
-    assert sample("pullcache_upstream_requests_total", upstream=client.name, method="GET", code="error") == 1
+    # Sent again after each refusal (pullcache.upstream.retry) until the attempts ran out.
+    assert sample("pullcache_upstream_requests_total", upstream=client.name, method="GET", code="error") == ATTEMPTS
 
 
 async def test_stall_mid_body_is_a_timeout_after_read_timeout(

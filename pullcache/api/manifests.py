@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from pullcache.api import proxied
-from pullcache.api.appkeys import SERVED_FROM, SHADOW_WARNINGS, STORE
+from pullcache.api.appkeys import RESOLVER, SERVED_FROM, SHADOW_WARNINGS, STORE
 from pullcache.api.audited import audit
 from pullcache.api.blob_response import digest_headers
 from pullcache.api.errors import RegistryError
@@ -27,7 +27,12 @@ from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
-from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, ParsedManifest, check_manifest
+from pullcache.manifest_check import (
+    CHECK_INLINE_BYTES,
+    ManifestInvalid,
+    ParsedManifest,
+    check_manifest,
+)
 from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
 
 # ---------------------------------------------------------------------- reading
@@ -70,7 +75,12 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     ref = _existing_reference(name, reference)
     target = read_target(request, name)
     if not target.is_local:
-        return await proxied.get_manifest(request, target, reference)
+        response = await proxied.get_manifest(request, target, reference)
+        assert target.upstream is not None
+        body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
+        request.app[RESOLVER].policy.vouch(target.upstream.name, target.repository,
+                                           response.headers.get("Docker-Content-Digest"), body)
+        return response
     store = request.app[STORE]
     repo = store.repository(target.store_name)
     unknown = _unknown(name, reference)

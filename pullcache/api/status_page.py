@@ -19,8 +19,9 @@ from html import escape
 from prometheus_client.metrics import MetricWrapperBase
 
 from pullcache import __version__, metrics
-from pullcache.config import Config
+from pullcache.config import Config, UpstreamConfig
 from pullcache.startup import push_policy
+from pullcache.upstream import budget
 from pullcache.upstream.health import LastError, last_error
 
 STARTED = time.time()
@@ -137,11 +138,18 @@ def upstream_state(recent: Tally, ratelimit_remaining: float | None) -> str:
 @dataclass(frozen=True)
 class UpstreamFigures:
     name: str
-    url: str
+    url: str  # the URL in use: the first one not skipped after failing (pullcache_upstream_url_up)
     state: str
     recent: Tally
     ratelimit_remaining: float | None
     last_error: LastError | None = None
+    primary: str | None = None  # set when the URL in use is a fallback: the primary being skipped
+    saving: bool = False  # down to its rate-limit reserve: cached tags are not revalidated
+
+
+def _url_in_use(upstream: UpstreamConfig, up: Mapping[tuple[str, str], float]) -> str:
+    """The upstream's first URL not skipped after failing (no sample yet: not known to fail)."""
+    return next((url for url in upstream.all_urls if up.get((upstream.name, url), 1.0)), upstream.url)
 
 
 @dataclass(frozen=True)
@@ -178,9 +186,14 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
     now = time.time() if now is None else now
     remaining = {labels["upstream"]: value for labels, value in _samples(metrics.upstream_ratelimit_remaining)}
     recent, window = _health.recent(now, _upstream_tallies())
-    upstreams = [UpstreamFigures(u.name, u.url, upstream_state(recent.get(u.name, Tally()), remaining.get(u.name)),
-                                 recent.get(u.name, Tally()), remaining.get(u.name), last_error(u.name))
-                 for u in config.upstreams]
+    up = {(labels["upstream"], labels["url"]): value for labels, value in _samples(metrics.upstream_url_up)}
+    upstreams = []
+    for u in config.upstreams:
+        in_use = _url_in_use(u, up)
+        upstreams.append(UpstreamFigures(
+            u.name, in_use, upstream_state(recent.get(u.name, Tally()), remaining.get(u.name)),
+            recent.get(u.name, Tally()), remaining.get(u.name), last_error(u.name),
+            primary=u.url if in_use != u.url else None, saving=budget.saving(u.name)))
     return Figures(
         now=now,
         cache_results=_sum_by(_samples(metrics.cache_requests, "_total"), "result"),
@@ -349,12 +362,22 @@ def _store_section(f: Figures) -> str:
             f'<b>{human_count(f.store_blobs.get("pushed", 0.0))}</b> blobs</li></ul></section>')
 
 
+def _notes(u: UpstreamFigures) -> str:
+    """Under the URL: a fallback in use, a rate limit down to its reserve."""
+    notes = []
+    if u.primary is not None:
+        notes.append(f"fallback in use: primary {escape(u.primary)} is skipped after failing")
+    if u.saving:
+        notes.append("saving its rate limit: cached tags are served without revalidation (ratelimit_reserve)")
+    return "".join(f'<br><span class="url">{note}</span>' for note in notes)
+
+
 def _upstreams_section(f: Figures) -> str:
     rows = []
     for u in f.upstreams:
         remaining = "–" if u.ratelimit_remaining is None else human_count(u.ratelimit_remaining)
         rows.append(
-            f'<tr><td><b>{escape(u.name)}</b><br><span class="url">{escape(u.url)}</span></td>'
+            f'<tr><td><b>{escape(u.name)}</b><br><span class="url">{escape(u.url)}</span>{_notes(u)}</td>'
             f'<td><span class="pill {u.state.replace(" ", "-")}">{escape(u.state)}</span></td>'
             f'<td class="num">{human_count(u.recent.requests)}</td>'
             f'<td class="num">{human_count(u.recent.failures)}</td>'

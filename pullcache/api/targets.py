@@ -10,7 +10,9 @@ from aiohttp import web
 
 from pullcache.api.appkeys import RESOLVER, STORE
 from pullcache.api.errors import RegistryError
+from pullcache.api.routes import match_endpoint
 from pullcache.cache.repos import Repository
+from pullcache.policy import PullDenied
 from pullcache.resolver import PushDenied, Target, UnknownNamespace
 
 TARGET = web.RequestKey("target", Target)  # set by read_target / push_target
@@ -19,12 +21,20 @@ TARGET = web.RequestKey("target", Target)  # set by read_target / push_target
 
 def read_target(request: web.Request, name: str) -> Target:
     """Where to read `name` from: a local repository or an upstream (then the caller delegates to proxied);
-    404 NAME_UNKNOWN for an `?ns=` that names no configured upstream."""
+    404 NAME_UNKNOWN for an `?ns=` that names no configured upstream, 403 DENIED for a manifest or blob the
+    upstream's pull policy refuses (before anything is fetched)."""
+    resolver = request.app[RESOLVER]
     try:
-        target = request.app[RESOLVER].resolve(name, request.query.get("ns"))
+        target = resolver.resolve(name, request.query.get("ns"))
     except UnknownNamespace as exc:
         raise RegistryError("NAME_UNKNOWN", str(exc), detail={"ns": exc.ns}) from exc
     request[TARGET] = target
+    found = match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
+    if target.upstream is not None and found is not None and found[0] in ("manifest", "blob"):
+        try:
+            resolver.check_pull(target, found[2])
+        except PullDenied as exc:
+            raise RegistryError("DENIED", exc.message, detail={"upstream": exc.upstream}) from exc
     return target
 
 

@@ -12,6 +12,12 @@ the very addresses connected to: a name cannot resolve to a public address for t
 private one for the connection (DNS rebinding). Each new connection resolves again (no DNS cache in
 the pool; the system resolver caches), and an address literal in a URL, which never reaches a
 resolver, is checked before the request is sent.
+
+Through an outbound proxy (proxies.py) the proxy resolves the target and pullcache connects only to the
+proxy, which the operator named and is trusted. An untrusted target name is then resolved here first and
+refused if any address is not public, as without a proxy; a name pullcache cannot resolve (networks that
+reach the outside only through the proxy often cannot) is left to the proxy and its own access rules.
+That check cannot be bound to the connection as the resolver's is: the proxy's DNS answer may differ.
 """
 from __future__ import annotations
 
@@ -84,18 +90,37 @@ def check_literal(config: UpstreamConfig, host: str) -> None:
 class GuardedResolver(AbstractResolver):
     """Resolves with `inner` and passes on the answer only if the host is trusted or every address is public."""
 
-    def __init__(self, config: UpstreamConfig, inner: AbstractResolver) -> None:
-        self._trusted = trusted_hosts(config)
+    def __init__(self, config: UpstreamConfig, inner: AbstractResolver, proxies: frozenset[str] = frozenset()
+                 ) -> None:
+        self._config_trusted = trusted_hosts(config)
+        # The outbound proxies' hosts pass too: the pool resolves them to connect to the proxy. A request sent
+        # straight to such a host is no request to the proxy, and the transport checks it first (check()).
+        self._trusted = self._config_trusted | proxies
         self._inner = inner
+
+    def trusts(self, host: str) -> bool:
+        """Whether a request to host needs no address check: the operator named it (as more than a proxy), or
+        it is an address literal (check_literal sees to those)."""
+        host = host.lower().rstrip(".")
+        return host in self._config_trusted or _is_literal(host)
+
+    async def check(self, host: str, port: int = 0) -> None:
+        """Resolve host and refuse it if any address is not public, whoever trusts it (AddressRefused); a name
+        that does not resolve raises the resolver's OSError."""
+        self._refuse_private(host, await self._inner.resolve(host, port, socket.AF_UNSPEC))
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
         if host.lower().rstrip(".") not in self._trusted:
-            for answer in answers:
-                if not is_public(answer["host"]):
-                    raise AddressRefused(host, answer["host"])
+            self._refuse_private(host, answers)
         return answers
+
+    @staticmethod
+    def _refuse_private(host: str, answers: list[ResolveResult]) -> None:
+        for answer in answers:
+            if not is_public(answer["host"]):
+                raise AddressRefused(host, answer["host"])
 
     async def close(self) -> None:
         await self._inner.close()

@@ -9,6 +9,7 @@ Error messages name the upstream by its configured name; its URL goes only to th
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from ..digests import Digest, DigestError
 from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
 from .addresses import AddressRefused, own_host, redirect_hosts, token_hosts
 from .auth import Authorizer, pull_scope
+from .budget import Budget
 from .challenge import parse_challenges
 from .errors import (
     UpstreamError,
@@ -36,6 +38,8 @@ from .errors import (
     UpstreamUnavailable,
     one_line,
 )
+from .failover import Breaker, in_order
+from .retry import with_retries
 from .transport import Transport, for_log
 
 MAX_ERROR_BODY = 64 * 1024
@@ -102,29 +106,57 @@ class BlobStream:
                     yield chunk
 
 
+class Mirror:
+    """One URL of an upstream with its own connection pool, tokens and breaker: to the address guard and
+    the token realm check it is the upstream's URL, so a fallback is trusted and checked like the primary."""
+
+    def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None,
+                 clock: Callable[[], float], budget: Budget, *, has_fallback: bool) -> None:
+        self.config = config
+        self.transport = Transport(config, resolver, budget)
+        self.auth = Authorizer(self.transport, clock=clock)
+        self.breaker = Breaker(config.name, config.url, has_fallback=has_fallback)
+
+    def url(self, path: str) -> URL:
+        return URL(self.config.url + path)
+
+
 class UpstreamClient:
-    """One configured upstream. start() before use, close() at shutdown."""
+    """One configured upstream. start() before use, close() at shutdown.
+
+    Every request goes to the upstream's URLs in failover order (failover.py) until one answers."""
 
     def __init__(self, config: UpstreamConfig, *, clock: Callable[[], float] = time.monotonic,
                  resolver: AbstractResolver | None = None) -> None:
         self.name = config.name
         self.config = config
-        self._transport = Transport(config, resolver)
-        self._auth = Authorizer(self._transport, clock=clock)
+        self._clock = clock
+        self.budget = Budget(config)
+        self._mirrors = [Mirror(config.for_url(url), resolver, clock, self.budget,
+                                has_fallback=len(config.all_urls) > 1) for url in config.all_urls]
+        # Deadlines and body reads: every mirror shares the upstream's timeouts, so the primary's will do.
+        self._transport = self._mirrors[0].transport
 
     async def start(self) -> None:
-        await self._transport.start()
+        for mirror in self._mirrors:
+            await mirror.transport.start()
 
     async def close(self) -> None:
-        await self._transport.close()
+        for mirror in self._mirrors:
+            await mirror.transport.close()
+
+    @property
+    def url_in_use(self) -> str:
+        """The URL the next request goes to first."""
+        return in_order(self._mirrors, self._clock())[0].config.url
 
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str]) -> ManifestResponse:
         """The manifest's exact bytes; UpstreamError if they do not hash to the digest claimed or asked for."""
         requested = _requested_digest(reference)
-        url = self._url(repo, "manifests", reference)
+        path, url = self._path(repo, "manifests", reference)
         what = "GET manifest"
         async with self._transport.watch(what, url):
-            response = await self._exchange("GET", repo, url, {"Accept": accept_header(accept)}, what)
+            response = await self._exchange("GET", repo, path, {"Accept": accept_header(accept)}, what)
             try:
                 body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
             finally:
@@ -147,10 +179,10 @@ class UpstreamClient:
         Falls back to GET when the upstream's HEAD lacks a sha256 Docker-Content-Digest, Content-Type or
         Content-Length, so callers always get a sha256 digest to compare with what they hold."""
         requested = _requested_digest(reference)
-        url = self._url(repo, "manifests", reference)
+        path, url = self._path(repo, "manifests", reference)
         what = "HEAD manifest"
         async with self._transport.watch(what, url):
-            response = await self._exchange("HEAD", repo, url, {"Accept": accept_header(accept)}, what)
+            response = await self._exchange("HEAD", repo, path, {"Accept": accept_header(accept)}, what)
             response.release()
             claimed = self._claimed_digest(response, url, what)
             media_type = _media_type(response.headers.get("Content-Type"))
@@ -166,10 +198,10 @@ class UpstreamClient:
     async def head_blob(self, repo: str, digest: str) -> int:
         """The blob's size in bytes."""
         Digest.parse(digest)
-        url = self._url(repo, "blobs", digest)
+        path, url = self._path(repo, "blobs", digest)
         what = "HEAD blob"
         async with self._transport.watch(what, url):
-            response = await self._exchange("HEAD", repo, url, {}, what)
+            response = await self._exchange("HEAD", repo, path, {}, what)
             response.release()
             claimed = self._claimed_digest(response, url, what)
             if claimed is not None and str(claimed) != digest:
@@ -185,10 +217,10 @@ class UpstreamClient:
 
         request_timeout bounds the wait for the response's headers; the body has its own rules (BlobStream)."""
         Digest.parse(digest)
-        url = self._url(repo, "blobs", digest)
+        path, url = self._path(repo, "blobs", digest)
         what = "GET blob"
         async with self._transport.watch(what, url):
-            response = await self._exchange("GET", repo, url, {}, what)
+            response = await self._exchange("GET", repo, path, {}, what)
         try:
             yield BlobStream(response, self._transport, what)
         except BaseException:
@@ -204,11 +236,11 @@ class UpstreamClient:
         referrers tag schema `<alg>-<hex>`, and no such tag, or one that is not an image index, means none.
         """
         subject = Digest.parse(digest)
-        url = self._url(repo, "referrers", digest)
+        path, url = self._path(repo, "referrers", digest)
         what = "GET referrers"
         try:
             async with self._transport.watch(what, url):
-                response = await self._exchange("GET", repo, url, {"Accept": OCI_INDEX}, what)
+                response = await self._exchange("GET", repo, path, {"Accept": OCI_INDEX}, what)
                 try:
                     body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
                 finally:
@@ -231,35 +263,66 @@ class UpstreamClient:
 
     # ------------------------------------------------------------------ HTTP exchange
 
-    def _url(self, repo: str, kind: str, reference: str) -> URL:
-        return URL(f"{self.config.url}/v2/{repo}/{kind}/{reference}")
+    def _path(self, repo: str, kind: str, reference: str) -> tuple[str, URL]:
+        """The request's path, and its URL at the URL in use (for messages about the whole exchange)."""
+        path = f"/v2/{repo}/{kind}/{reference}"
+        return path, URL(self.url_in_use + path)
 
-    async def _exchange(self, method: str, repo: str, url: URL, headers: Mapping[str, str], what: str
+    async def _exchange(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
                         ) -> aiohttp.ClientResponse:
-        """A 2xx response to method on url, authenticated (one retry after a 401), redirects followed."""
+        """A 2xx response to method on path; every request pullcache sends is idempotent, so transient
+        failures are retried (retry.py) within request_timeout."""
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout
+        return await with_retries(self.name, what, deadline,
+                                  lambda: self._exchange_once(method, repo, path, headers, what))
+
+    async def _exchange_once(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
+                             ) -> aiohttp.ClientResponse:
+        """A 2xx response to method on path from the first of the upstream's URLs that answers one; a URL
+        that fails as an outage does (UpstreamUnavailable, UpstreamRateLimited) hands over to the next."""
+        mirrors = in_order(self._mirrors, self._clock())
+        for mirror in mirrors:
+            try:
+                response = await self._exchange_at(mirror, method, repo, path, headers, what)
+            except (UpstreamUnavailable, UpstreamRateLimited) as exc:
+                mirror.breaker.failed(self._clock(), exc.message)
+                if mirror is mirrors[-1]:
+                    raise
+                continue
+            except UpstreamError:
+                mirror.breaker.succeeded()  # a definite answer (404, 401, ...): the URL is up
+                raise
+            mirror.breaker.succeeded()
+            return response
+        raise AssertionError("an upstream has at least one URL")
+
+    async def _exchange_at(self, mirror: Mirror, method: str, repo: str, path: str, headers: Mapping[str, str],
+                           what: str) -> aiohttp.ClientResponse:
+        """A 2xx response from one URL, authenticated (one retry after a 401), redirects followed."""
         scope = pull_scope(repo)
-        authorization = await self._auth.header(scope)
-        response = await self._follow(method, url, headers, authorization, what)
+        url = mirror.url(path)
+        authorization = await mirror.auth.header(scope)
+        response = await self._follow(mirror, method, url, headers, authorization, what)
         if response.status == 401:
             challenges = parse_challenges(response.headers.getall("WWW-Authenticate", []))
             await self._drain(response)
-            authorization = await self._auth.answer(challenges, scope, authorization)
-            response = await self._follow(method, url, headers, authorization, what)
+            authorization = await mirror.auth.answer(challenges, scope, authorization)
+            response = await self._follow(mirror, method, url, headers, authorization, what)
         if not 200 <= response.status < 300:
             await self._raise_for(what, response)
         return response
 
-    async def _follow(self, method: str, url: URL, headers: Mapping[str, str], authorization: str | None,
-                      what: str) -> aiohttp.ClientResponse:
+    async def _follow(self, mirror: Mirror, method: str, url: URL, headers: Mapping[str, str],
+                      authorization: str | None, what: str) -> aiohttp.ClientResponse:
         """Send, following up to MAX_REDIRECTS http(s) redirects to allowed hosts (_check_redirect);
-        Authorization goes only to the upstream's origin."""
-        own_origin = _origin(URL(self.config.url))
+        Authorization goes only to the mirror's origin."""
+        own_origin = _origin(URL(mirror.config.url))
         for _ in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
             if authorization is not None and _origin(url) == own_origin:
                 sent["Authorization"] = authorization
             try:
-                response = await self._transport.send(method, url, what, headers=sent)
+                response = await mirror.transport.send(method, url, what, headers=sent)
             except AddressRefused as exc:  # only a redirect target can be refused: the upstream's host is trusted
                 raise UpstreamRedirectRefused(
                     self.name, f"{what}: redirected to host {exc.host!r}, which has a non-public address; pullcache "
@@ -276,17 +339,17 @@ class UpstreamClient:
             if not location or target.scheme not in ("http", "https") or not target.host:
                 raise UpstreamError(self.name, f"{what}: redirect to a location that is not an http(s) URL",
                                     response.status, where=f"{for_log(url)} -> {location!r}")
-            self._check_redirect(target, what)
+            self._check_redirect(mirror.config, target, what)
             url = target
         raise UpstreamError(self.name, f"{what}: more than {MAX_REDIRECTS} redirects in a row", where=for_log(url))
 
-    def _check_redirect(self, target: URL, what: str) -> None:
+    def _check_redirect(self, config: UpstreamConfig, target: URL, what: str) -> None:
         """Refuse a redirect to a host the operator trusts for token realms only: the resolver lets any address
         of a trusted host pass. Other hosts are left to the resolver's address check (addresses.py)."""
         host = (target.host or "").lower()
-        if host == own_host(self.config) or host in redirect_hosts(self.config):
+        if host == own_host(config) or host in redirect_hosts(config):
             return
-        if host in token_hosts(self.config):
+        if host in token_hosts(config):
             raise UpstreamRedirectRefused(
                 self.name, f"{what}: redirected to token host {host!r}, which is not listed in "
                            f"upstreams[].redirect_hosts", where=for_log(target))

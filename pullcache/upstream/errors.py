@@ -29,6 +29,7 @@ class UpstreamError(Exception):
         self.status = status
         self.message = one_line(message)
         self.where = one_line(where, 300) if where else None
+        self.retried = False  # set once retries have been spent on it (retry.py): not to be retried again
         super().__init__(f"upstream {upstream}: {self.message}" + (f" [{self.where}]" if self.where else ""))
 
     @property

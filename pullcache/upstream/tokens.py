@@ -8,7 +8,8 @@ The realm comes from a remote header, so it is checked before it is contacted: t
 (scheme, host and port), a host the operator listed in token_hosts or redirect_hosts, or a host whose
 every address is public (addresses.py checks that as it connects), and never a downgrade from https to
 http. Credentials go as Basic auth only to a realm the operator named: the upstream's own origin or a
-host in token_hosts (a realm on any other host is asked anonymously).
+host in token_hosts (a realm on any other host is asked anonymously). A fetch that fails transiently
+is sent again within its deadline (retry.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .errors import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
+from .retry import with_retries
 from .transport import Transport, basic_auth, for_log
 
 DEFAULT_EXPIRES_IN = 60.0  # token spec: an absent expires_in means 60 seconds
@@ -138,32 +140,38 @@ class TokenCache:
         credentials = self._config.credentials() if sends_credentials(self._config, url) else None
         headers = {"Authorization": basic_auth(*credentials)} if credentials else {}
         what = f"token request for {scope}"
-        where = for_log(url)
-        started = self._clock()
         # Its own deadline: the fetch is shared, and outlives a waiter whose own deadline passes first.
         async with self._transport.watch(what, url):
-            try:
-                response = await self._transport.send("GET", url, what, headers=headers)
-            except AddressRefused as exc:
-                raise _refused_address(self._config, exc, url) from exc
-            try:
-                if response.status in (401, 403):
-                    who = f"credentials of {credentials[0]!r}" if credentials else "anonymous access"
-                    raise UpstreamUnauthorized(name, f"{what}: realm answered {response.status}, refusing {who}",
-                                               response.status, where=where)
-                if response.status == 429:
-                    raise UpstreamRateLimited(name, f"{what}: realm answered 429", 429,
-                                              response.headers.get("Retry-After"), where=where)
-                if response.status >= 500:
-                    raise UpstreamUnavailable(name, f"{what}: realm answered {response.status}", response.status,
-                                              where=where)
-                if response.status != 200:
-                    raise UpstreamError(name, f"{what}: realm answered {response.status}", response.status,
-                                        where=where)
-                body = await self._transport.read_body(response, MAX_TOKEN_RESPONSE, what)
-            finally:
-                response.release()
-            return self._parse(body, what, where, started)
+            deadline = asyncio.get_running_loop().time() + self._config.request_timeout
+            return await with_retries(name, what, deadline, lambda: self._fetch_once(url, headers, what, credentials))
+
+    async def _fetch_once(self, url: URL, headers: dict[str, str], what: str,
+                          credentials: tuple[str, str] | None) -> Token:
+        name = self._config.name
+        where = for_log(url)
+        started = self._clock()
+        try:
+            response = await self._transport.send("GET", url, what, headers=headers)
+        except AddressRefused as exc:
+            raise _refused_address(self._config, exc, url) from exc
+        try:
+            if response.status in (401, 403):
+                who = f"credentials of {credentials[0]!r}" if credentials else "anonymous access"
+                raise UpstreamUnauthorized(name, f"{what}: realm answered {response.status}, refusing {who}",
+                                           response.status, where=where)
+            if response.status == 429:
+                raise UpstreamRateLimited(name, f"{what}: realm answered 429", 429,
+                                          response.headers.get("Retry-After"), where=where)
+            if response.status >= 500:
+                raise UpstreamUnavailable(name, f"{what}: realm answered {response.status}", response.status,
+                                          where=where)
+            if response.status != 200:
+                raise UpstreamError(name, f"{what}: realm answered {response.status}", response.status,
+                                    where=where)
+            body = await self._transport.read_body(response, MAX_TOKEN_RESPONSE, what)
+        finally:
+            response.release()
+        return self._parse(body, what, where, started)
 
     def _parse(self, body: bytes, what: str, where: str, started: float) -> Token:
         try:

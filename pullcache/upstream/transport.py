@@ -9,6 +9,8 @@ travels in the error's `where`, for the log.
 Two clocks bound an exchange: read_timeout, the longest silence (a stall), and request_timeout, the
 whole exchange up to a usable answer (watch()), so an upstream dripping one byte a second cannot hold
 a request forever. Failures escaping watch() are also kept as the upstream's last error (health.py).
+
+Requests go through the outbound proxy proxies.py chooses for their URL, if any.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .. import __version__, metrics
 from ..config import UpstreamConfig
 from . import health
 from .addresses import AddressRefused, GuardedResolver, check_literal
+from .budget import Budget, parse_count
 from .errors import (
     UpstreamError,
     UpstreamNotFound,
@@ -37,6 +40,7 @@ from .errors import (
     UpstreamUnavailable,
     one_line,
 )
+from .proxies import Proxies
 
 USER_AGENT = f"pullcache/{__version__}"
 
@@ -51,31 +55,29 @@ def basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
-def parse_ratelimit(value: str) -> int | None:
-    """Docker Hub's `ratelimit-remaining: 76;w=21600` -> 76; anything else -> None."""
-    head = value.split(";", 1)[0].strip()
-    return int(head) if head.isdigit() else None
-
-
 class Transport:
     """The aiohttp session of one upstream, created in start() and closed in close().
 
     `resolver` resolves names before the address check (addresses.GuardedResolver); tests pass their own.
     """
 
-    def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, resolver: AbstractResolver | None = None,
+                 budget: Budget | None = None) -> None:
         self.name = config.name
         self.config = config
+        self._budget = budget or Budget(config)  # shared by the upstream's URLs: one quota
         self._resolver = resolver
+        self._proxies = Proxies(config)
+        self._guard: GuardedResolver | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is not None:
             return
-        resolver = GuardedResolver(self.config, self._resolver or aiohttp.DefaultResolver())
+        self._guard = GuardedResolver(self.config, self._resolver or aiohttp.DefaultResolver(), self._proxies.hosts)
         self._session = aiohttp.ClientSession(
             # No DNS cache: each new connection is checked against the addresses it really goes to.
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections, resolver=resolver,
+            connector=aiohttp.TCPConnector(limit=self.config.max_connections, resolver=self._guard,
                                            use_dns_cache=False),
             # No total timeout: a multi-GiB layer may take long; only silence counts as failure.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout,
@@ -93,13 +95,26 @@ class Transport:
                    ) -> aiohttp.ClientResponse:
         """One request, redirects not followed (callers decide where credentials may go); `what` names it
         for clients. AddressRefused if url's host is one this upstream may not make pullcache contact."""
-        if self._session is None:
+        if self._session is None or self._guard is None:
             raise RuntimeError(f"upstream {self.name}: client used before start() or after close()")
         check_literal(self.config, url.host or "")
+        proxy = self._proxies.for_url(url)
+        # The pool's resolver checks the hosts it connects to, except a proxy's (trusted for connecting to the
+        # proxy): so a host the proxy resolves, or a proxy's host asked directly, is checked here.
+        host = (url.host or "").lower()
+        if (proxy is not None or host in self._proxies.hosts) and not self._guard.trusts(host):
+            await self._check_name(self._guard, url, proxy is not None)
+        proxy_headers = None
+        if proxy is not None and url.scheme == "https":
+            proxy_headers = proxy.headers  # on the CONNECT, which alone the proxy reads
+        elif proxy is not None:
+            headers = {**(headers or {}), **proxy.headers}  # the proxy reads the request itself (and drops these)
         started = time.monotonic()
         try:
             with self.failures(what, url):
-                response = await self._session.request(method, url, headers=headers, allow_redirects=False)
+                response = await self._session.request(
+                    method, url, headers=headers, allow_redirects=False,
+                    proxy=proxy.url if proxy else None, proxy_headers=proxy_headers)
         except UpstreamUnavailable:
             metrics.upstream_requests.labels(self.name, method, "error").inc()
             raise
@@ -107,6 +122,20 @@ class Transport:
         metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
         self._record_ratelimit(response.headers)
         return response
+
+    @staticmethod
+    async def _check_name(guard: GuardedResolver, url: URL, proxied: bool) -> None:
+        """Refuse a name the pool will not check itself: one a proxy resolves (proxied), or a proxy's host asked
+        directly, which the pool trusts. A proxied name pullcache cannot resolve is left to the proxy
+        (addresses.py); a direct one fails as it would have anyway."""
+        try:
+            await guard.check(url.host or "", url.port or 0)
+        except AddressRefused:
+            raise
+        except OSError:
+            if not proxied:
+                raise
+            # pullcache cannot resolve it: the proxy will, under its own rules
 
     async def read_body(self, response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
         """The whole body of a small response (manifest, token, error), refusing more than limit bytes."""
@@ -179,10 +208,10 @@ class Transport:
                                       where=where) from exc
 
     def _record_ratelimit(self, headers: CIMultiDictProxy[str]) -> None:
-        value = headers.get("ratelimit-remaining")
-        remaining = parse_ratelimit(value) if value is not None else None
+        remaining = parse_count(headers.get("ratelimit-remaining"))
         if remaining is not None:
             metrics.upstream_ratelimit_remaining.labels(self.name).set(remaining)
+        self._budget.observe(remaining, parse_count(headers.get("ratelimit-limit")))
 
 
 def _cause(exc: aiohttp.ClientError, url: URL) -> str:

@@ -1,0 +1,70 @@
+"""In which order an upstream's URLs are asked: a circuit breaker per URL.
+
+A URL that fails (cannot connect, times out, answers 5xx or 429) is skipped for a backoff that doubles
+with each failed probe, from BACKOFF_START up to BACKOFF_MAX; once it has passed the URL is probed again
+by the next request, and one success closes it. Requests go to the URLs in their configured order,
+skipping open ones, so the primary gets its traffic back with the first probe that succeeds. When every
+URL is open they are all tried anyway, the one reopening soonest first: an upstream is never given up on
+without being asked. Failures reported while a URL is already open (requests that set out before it
+opened) are the same outage and do not grow its backoff.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from .. import metrics
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 300.0
+
+log = logging.getLogger("pullcache.upstream")
+
+
+class Breaker:
+    """The health of one URL of one upstream, mirrored in pullcache_upstream_url_up{upstream,url}."""
+
+    def __init__(self, upstream: str, url: str, *, has_fallback: bool = True) -> None:
+        self.upstream = upstream
+        self.url = url
+        self._has_fallback = has_fallback  # whether skipping it means anything worth logging
+        self.open_until = 0.0
+        self._failures = 0
+        self._gauge = metrics.upstream_url_up.labels(upstream, url)
+        self._gauge.set(1)
+
+    def is_open(self, now: float) -> bool:
+        return now < self.open_until
+
+    def failed(self, now: float, cause: str) -> None:
+        if self.is_open(now):
+            return
+        self._failures += 1
+        backoff = min(BACKOFF_START * 2 ** min(self._failures - 1, 16), BACKOFF_MAX)
+        self.open_until = now + backoff
+        self._gauge.set(0)
+        if self._has_fallback:
+            log.warning("upstream %s: URL %s failed (%s); skipping it for %gs", self.upstream, self.url, cause, backoff)
+
+    def succeeded(self) -> None:
+        if self._failures and self._has_fallback:
+            log.info("upstream %s: URL %s answers again", self.upstream, self.url)
+        self._failures = 0
+        self.open_until = 0.0
+        self._gauge.set(1)
+
+
+class HasBreaker(Protocol):
+    @property
+    def breaker(self) -> Breaker: ...
+
+
+M = TypeVar("M", bound=HasBreaker)
+
+
+def in_order(mirrors: Sequence[M], now: float) -> list[M]:
+    """The mirrors to try, in order: the closed ones as configured, then the open ones by reopening time."""
+    closed = [m for m in mirrors if not m.breaker.is_open(now)]
+    opened = sorted((m for m in mirrors if m.breaker.is_open(now)), key=lambda m: m.breaker.open_until)
+    return closed + opened
