@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pullcache.config import ACCESS_ACTIONS, ConfigError, repo_glob
+from pullcache.config import ACCESS_ACTIONS, SPECIAL_PRINCIPALS, ConfigError, repo_glob
 from pullcache.names import matches_glob
 
 FILE_NAME = "tokens.json"
@@ -146,6 +146,8 @@ class TokenFile:
         if not NAME_PATTERN.match(name):
             raise TokenError(f"--name: {name!r} is not a token name (expected lowercase letters and digits, "
                              "joined by '.', '_' or '-')")
+        if name in SPECIAL_PRINCIPALS:  # rules would read it as everyone / every user, never as the robot
+            raise TokenError(f"--name: {name!r} is reserved in auth.access rules (expected a name of its own)")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         with self._locked() as robots:
             if name in robots and robots[name].revoked is None:

@@ -83,6 +83,8 @@ def test_revoke_marks_the_token_and_an_unknown_name_is_an_error(config_path: Pat
     (["--name", "ci", "--access", "Team A:pull"], "--access"),
     (["--name", "Bad Name", "--access", "team-a/**:pull"], "--name"),
     (["--name", "alice", "--access", "team-a/**:pull"], "alice"),  # a user of auth.htpasswd already
+    (["--name", "anonymous", "--access", "team-a/**:pull"], "anonymous"),  # what rules call everyone
+    (["--name", "authenticated", "--access", "team-a/**:pull"], "authenticated"),
     (["--name", "ci", "--access", "team-a/**:pull", "--expires", "soon"], "--expires"),
 ])
 def test_create_refuses_bad_arguments_in_one_line(config_path: Path, args: list[str], says: str) -> None:
