@@ -35,9 +35,9 @@ Bad input is a 401, never a 500, and never tells users apart:
   writes them, and so does the check here (bcrypt 5 would refuse them);
 - credentials that are not Basic base64 of UTF-8 `user:password`, or a token that is not ours, count
   as wrong credentials; at /auth/token they are refused, not answered with an anonymous token;
-- a user not in the file is checked against a dummy hash of the cost most entries use and remembered
-  as refused like a wrong password, so neither the first nor a repeated attempt is faster for an
-  unknown user than for a known one.
+- a user not in the file, and a robot token's name with a wrong secret, is checked against a dummy hash
+  of the cost most entries use and remembered as refused like a wrong password, so neither the first
+  nor a repeated attempt is faster for an unknown name or a robot's than for an htpasswd user.
 """
 from __future__ import annotations
 
@@ -201,10 +201,12 @@ class Authenticator:
         return self._has_users()
 
     async def _password_ok(self, user: str, password: str) -> bool:
-        """Whether the password is the user's; the same work, cache included, for a user not in the file."""
-        if self._users is None:
-            return False  # no users configured: no password can be right, and there is no one to enumerate
-        hashed = self._users.get(user, self._dummy_hash)
+        """Whether the password is an htpasswd user's; the same work, cache included, for any other name (a
+        robot's too, once its secret did not match)."""
+        if not self._has_users():
+            return False  # no credentials can be right, and there is no name to enumerate
+        users = self._users or {}
+        hashed = users.get(user, self._dummy_hash)
         secret = password.encode()[:BCRYPT_MAX_PASSWORD]
         key = (user, hashlib.sha256(hashed + b"\0" + secret).digest())
         if key in self._accepted:
@@ -212,7 +214,7 @@ class Authenticator:
         if key in self._refused:
             return False
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, secret, hashed) and user in self._users:
+        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, secret, hashed) and user in users:
             self._accepted[key] = True
             return True
         self._refused[key] = True
@@ -230,8 +232,10 @@ class Authenticator:
     async def _authenticate(self, user: str, password: str) -> Caller | None:
         """The caller these Basic credentials prove, a user of the file or a robot; None if wrong."""
         is_robot, robot = await self._robot(user)
-        if is_robot:
-            return Caller(user, robot=robot) if robot is not None and robot.secret_matches(password) else None
+        if is_robot and robot is not None and robot.secret_matches(password):
+            return Caller(user, robot=robot)  # a fast hash: a secret is 256 random bits
+        # Any other name, a robot's with a wrong secret included, pays the bcrypt check (or its cached
+        # refusal): how long a refusal takes must not tell robot names from others.
         return Caller(user) if await self._password_ok(user, password) else None
 
     async def _caller(self, request: web.Request) -> Caller | None:
