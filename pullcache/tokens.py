@@ -3,8 +3,8 @@
 Stored in `<storage.path>/tokens.json` beside the store's other metadata (one node; a shared store
 when replicas land). Only a SHA-256 of each secret is stored: a secret is 256 random bits, so a fast
 hash is as safe as bcrypt for it and costs a request nothing (a wrong secret still pays the dummy bcrypt
-check api/auth.py makes for unknown names, so refusals do not tell robot names apart). A token is never deleted, only marked
-revoked, so its name stays known to rules that mention it and to the audit log.
+check api/auth.py makes for unknown names, so refusals do not tell robot names apart). A token is never
+deleted, only marked revoked, so its name stays known to rules that mention it and to the audit log.
 
 The file is rewritten whole, atomically (temp file, fsync, rename) under an flock, by the CLI. A
 running server checks the file's identity (inode, size, mtime) before it trusts a robot, and reads
