@@ -306,7 +306,7 @@ class Authenticator:
             if header and self._recorded(request, access):
                 await self._note_user(request)
             return
-        if anonymous_refusal is not None and self._policy is None and not self._has_users():
+        if self._policy is None and not self._has_users():  # no user could ever be right
             raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
         caller = await self._caller(request)
         if caller is None and header:
