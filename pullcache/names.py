@@ -6,6 +6,7 @@ turns the errors into the spec's error codes; `pullcache warm` reports them as t
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from pullcache.digests import Digest
@@ -13,6 +14,7 @@ from pullcache.digests import Digest
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 MAX_NAME_LENGTH = 255
+GLOB_CACHE_SIZE = 1024  # globs come from config and robot grants; bounded all the same
 
 
 class InvalidName(ValueError):
@@ -50,8 +52,10 @@ def parse_reference(reference: str) -> str | Digest:
     return reference
 
 
+@functools.lru_cache(maxsize=GLOB_CACHE_SIZE)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` matches within one path component, `**` across any number of them (`team/**` is team/a, team/a/b)."""
+    """`*` matches within one path component, `**` across any number of them (`team/**` is team/a, team/a/b).
+    Cached: rules and grants use a handful of globs, matched against every name of a _catalog."""
     parts = []
     for piece in re.split(r"(\*\*/?|\*)", pattern):
         if piece in ("**", "**/"):

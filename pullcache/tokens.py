@@ -2,8 +2,9 @@
 
 Stored in `<storage.path>/tokens.json` beside the store's other metadata (one node; a shared store
 when replicas land). Only a SHA-256 of each secret is stored: a secret is 256 random bits, so a fast
-hash is as safe as bcrypt for it and costs a request nothing. A token is never deleted, only marked
-revoked, so its name stays known to rules that mention it and to the audit log.
+hash is as safe as bcrypt for it and costs a request nothing (a wrong secret still pays the dummy bcrypt
+check api/auth.py makes for unknown names, so refusals do not tell robot names apart). A token is never
+deleted, only marked revoked, so its name stays known to rules that mention it and to the audit log.
 
 The file is rewritten whole, atomically (temp file, fsync, rename) under an flock, by the CLI. A
 running server checks the file's identity (inode, size, mtime) before it trusts a robot, and reads
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pullcache.config import ACCESS_ACTIONS, ConfigError, repo_glob
+from pullcache.config import ACCESS_ACTIONS, SPECIAL_PRINCIPALS, ConfigError, repo_glob
 from pullcache.names import matches_glob
 
 FILE_NAME = "tokens.json"
@@ -146,6 +147,8 @@ class TokenFile:
         if not NAME_PATTERN.match(name):
             raise TokenError(f"--name: {name!r} is not a token name (expected lowercase letters and digits, "
                              "joined by '.', '_' or '-')")
+        if name in SPECIAL_PRINCIPALS:  # rules would read it as everyone / every user, never as the robot
+            raise TokenError(f"--name: {name!r} is reserved in auth.access rules (expected a name of its own)")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         with self._locked() as robots:
             if name in robots and robots[name].revoked is None:

@@ -296,3 +296,76 @@ def test_check_config_names_an_audit_file_it_cannot_open(tmp_path: Path) -> None
     result = check_config(tmp_path, log={"audit": str(tmp_path / "missing" / "audit.log")})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "log.audit" in result.stderr
+
+
+# ------------------------------------------------------------------ without rules, a token is bounded by its scope
+
+@pytest.fixture
+def ruleless_config(tmp_path: Path) -> Config:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    return build_config({"storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd)}})
+
+
+@pytest.fixture
+async def ruleless(aiohttp_client: Any, ruleless_config: Config) -> TestClient:
+    return await aiohttp_client(build_app(ruleless_config))
+
+
+def bearer_challenge(response: Any) -> str:
+    return next(c for c in response.headers.getall("WWW-Authenticate") if c.startswith("Bearer "))
+
+
+async def test_without_rules_a_token_for_one_repository_cannot_push_another(ruleless: TestClient) -> None:
+    bearer = {"Authorization": f"Bearer {await token(ruleless, 'repository:team-a/app:pull', basic('alice'))}"}
+    refused = await ruleless.post("/v2/other/thing/blobs/uploads/", headers=bearer)
+    assert refused.status == 401
+    challenge = bearer_challenge(refused)
+    assert 'error="insufficient_scope"' in challenge and 'scope="repository:other/thing:push"' in challenge
+
+
+async def test_without_rules_a_token_without_scope_cannot_delete(ruleless: TestClient) -> None:
+    alice = basic("alice")
+    image = await push_image(As(ruleless, alice), "team-a/app")  # type: ignore[arg-type]
+    unscoped = (await (await ruleless.get("/auth/token", headers=alice)).json())["token"]
+    refused = await ruleless.delete(f"/v2/team-a/app/manifests/{image.digest}",
+                                    headers={"Authorization": f"Bearer {unscoped}"})
+    assert refused.status == 401
+    assert 'scope="repository:team-a/app:delete"' in bearer_challenge(refused)
+    assert (await ruleless.get("/v2/team-a/app/manifests/v1")).status == 200  # still there
+
+
+async def test_without_rules_a_token_with_the_scope_pushes(ruleless: TestClient) -> None:
+    scoped = await token(ruleless, "repository:team-a/app:pull,push", basic("alice"))
+    assert claims(scoped)["access"] == [{"type": "repository", "name": "team-a/app", "actions": ["pull", "push"]}]
+    bearer = {"Authorization": f"Bearer {scoped}"}
+    assert (await ruleless.post("/v2/team-a/app/blobs/uploads/", headers=bearer)).status == 202
+
+
+async def test_where_pulls_need_a_login_a_token_pulls_only_what_its_scope_names(
+        aiohttp_client: Any, tmp_path: Path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    client = await aiohttp_client(build_app(build_config({
+        "storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd), "pull": "authenticated"}})))
+    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    bearer = {"Authorization": f"Bearer {await token(client, 'repository:team-a/other:pull', basic('alice'))}"}
+    refused = await client.get("/v2/team-a/app/manifests/v1", headers=bearer)
+    assert refused.status == 401
+    challenge = bearer_challenge(refused)
+    assert 'error="insufficient_scope"' in challenge and 'scope="repository:team-a/app:pull"' in challenge
+
+
+async def test_where_anyone_may_pull_a_token_is_not_needed(ruleless: TestClient) -> None:
+    """A token adds to what anyone may do; where anyone may, what it covers does not matter."""
+    await push_image(As(ruleless, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    bearer = {"Authorization": f"Bearer {await token(ruleless, 'repository:team-a/other:push', basic('alice'))}"}
+    assert (await ruleless.get("/v2/team-a/app/manifests/v1", headers=bearer)).status == 200
+
+
+# ------------------------------------------------------------------ globs
+
+def test_a_glob_is_compiled_once() -> None:
+    from pullcache import names
+    names._glob_regex.cache_clear()
+    for _ in range(3):
+        assert names.matches_glob("team-a/app/x", "team-a/**")
+    assert names._glob_regex.cache_info().misses == 1

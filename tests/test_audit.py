@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -94,6 +95,53 @@ async def test_pulls_are_audited_when_asked(aiohttp_client: Any, tmp_path: Path)
     assert (await lines(client, tmp_path / "audit.log"))[-1] == {
         "action": "pull", "result": "success", "principal": "anonymous", "repository": "team-a/app",
         "reference": "v1", "digest": image.digest}
+
+
+async def test_an_audited_pull_names_the_user_who_logged_in(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(build_app(audit_config(tmp_path, audit_pulls=True)))
+    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    assert (await client.get("/v2/team-a/app/manifests/v1", headers=basic("bob"))).status == 200
+    pull = (await lines(client, tmp_path / "audit.log"))[-1]
+    assert (pull["action"], pull["principal"]) == ("pull", "bob")
+
+
+async def test_an_audited_pull_without_rules_names_the_user_who_logged_in(aiohttp_client: Any,
+                                                                          tmp_path: Path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd)},
+                           "log": {"audit": str(tmp_path / "a.log"), "audit_pulls": True}})
+    client = await aiohttp_client(build_app(config))
+    await push_image(As(client, basic("alice")), "team/app")  # type: ignore[arg-type]
+    scope = {"scope": "repository:team/app:pull"}
+    token = (await (await client.get("/auth/token", params=scope, headers=basic("bob"))).json())["token"]
+    assert (await client.get("/v2/team/app/manifests/v1", headers={"Authorization": f"Bearer {token}"})).status == 200
+    assert (await client.get("/v2/team/app/manifests/v1", headers=basic("alice"))).status == 200
+    assert (await client.get("/v2/team/app/manifests/v1")).status == 200
+    pulls = [e["principal"] for e in await lines(client, tmp_path / "a.log") if e["action"] == "pull"]
+    assert pulls == ["bob", "alice", "anonymous"]
+
+
+async def test_credentials_on_a_pull_nobody_records_are_not_checked(aiohttp_client: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    client = await aiohttp_client(build_app(audit_config(tmp_path)))
+    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password) or real(password, hashed))
+    assert (await client.get("/v2/team-a/app/manifests/v1", headers=basic("bob"))).status == 200
+    assert checks == []
+
+
+async def test_a_scope_refusal_is_audited(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(build_app(audit_config(tmp_path)))
+    scope = {"scope": "repository:team-a/app:pull"}
+    token = (await (await client.get("/auth/token", params=scope, headers=basic("alice"))).json())["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.post("/v2/team-a/app/blobs/uploads/", headers=bearer)).status == 401
+    [event] = await lines(client, tmp_path / "audit.log")
+    assert (event["action"], event["result"], event["principal"], event["repository"]) == (
+        "push", "denied", "alice", "team-a/app")
+    assert "repository:team-a/app:push" in event["reason"]
 
 
 async def test_a_push_anyone_may_make_still_names_the_user_who_logged_in(aiohttp_client: Any,

@@ -144,6 +144,16 @@ async def test_pulls_are_sent_when_asked(aiohttp_client: Any, tmp_path: Path, re
     assert event["target"]["tag"] == "v1" and event["actor"] == {}
 
 
+async def test_a_pull_event_names_the_user_who_logged_in(aiohttp_client: Any, tmp_path: Path,
+                                                        receiver: Receiver) -> None:
+    await receiver.start()
+    client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, events=["pull"])))
+    await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    assert (await client.get("/v2/team/app/manifests/v1", headers=ALICE)).status == 200
+    [event] = await receiver.events(1)
+    assert event["action"] == "pull" and event["actor"] == {"name": "alice"}
+
+
 async def test_a_hanging_receiver_never_slows_a_push(aiohttp_client: Any, tmp_path: Path,
                                                      receiver: Receiver) -> None:
     receiver.hang = True

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
@@ -83,6 +84,8 @@ def test_revoke_marks_the_token_and_an_unknown_name_is_an_error(config_path: Pat
     (["--name", "ci", "--access", "Team A:pull"], "--access"),
     (["--name", "Bad Name", "--access", "team-a/**:pull"], "--name"),
     (["--name", "alice", "--access", "team-a/**:pull"], "alice"),  # a user of auth.htpasswd already
+    (["--name", "anonymous", "--access", "team-a/**:pull"], "anonymous"),  # what rules call everyone
+    (["--name", "authenticated", "--access", "team-a/**:pull"], "authenticated"),
     (["--name", "ci", "--access", "team-a/**:pull", "--expires", "soon"], "--expires"),
 ])
 def test_create_refuses_bad_arguments_in_one_line(config_path: Path, args: list[str], says: str) -> None:
@@ -133,6 +136,39 @@ async def test_the_secret_is_a_basic_password_within_its_access(robot_registry: 
     assert refused.status == 403
     assert "ci-team-a" in (await refused.json())["errors"][0]["message"]
     assert (await client.get("/v2/", headers=basic("ci-team-a", secret[:-1] + "x"))).status == 401
+
+
+async def test_a_wrong_robot_secret_costs_a_bcrypt_check_like_any_wrong_password(
+        robot_registry: tuple[TestClient, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Robot names cannot be told from unknown ones by how long a wrong password takes."""
+    client, secret = robot_registry
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password) or real(password, hashed))
+    for user in ("ci-team-a", "nobody", "alice"):
+        checks.clear()
+        assert (await client.get("/v2/", headers=basic(user, "wrong"))).status == 401
+        assert checks == [b"wrong"], user
+        assert (await client.get("/v2/", headers=basic(user, "wrong"))).status == 401  # remembered as refused
+        assert checks == [b"wrong"], user
+    assert (await client.get("/v2/", headers=basic("ci-team-a", secret))).status == 200
+
+
+async def test_without_htpasswd_a_wrong_robot_secret_costs_what_an_unknown_name_does(
+        aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"storage": {"path": str(tmp_path / "data")}}
+    path = tmp_path / "robots.yml"
+    path.write_text(yaml.safe_dump(config))
+    secret = create(path, "ci", "team-a/**:push,pull")
+    client = await aiohttp_client(build_app(build_config(config)))
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password) or real(password, hashed))
+    for user in ("ci", "nobody"):
+        checks.clear()
+        assert (await client.get("/v2/", headers=basic(user, "wrong"))).status == 401
+        assert checks == [b"wrong"], user
+    assert (await client.get("/v2/", headers=basic("ci", secret))).status == 200
 
 
 async def test_the_catalog_shows_a_robot_only_what_its_grants_cover(robot_registry: tuple[TestClient, str]) -> None:

@@ -4,8 +4,9 @@ Rules:
 - pushes and deletes (every method but GET/HEAD, and every upload request) need a known user, unless the
   operator opted into `local.anonymous_push`. With no users configured they are refused with a 401 that
   says how to allow them: open by default, anyone on the network could replace what mirror clients pull;
-- pulls need a user only with `auth.pull: authenticated`; otherwise credentials on pulls are not even
-  checked (skopeo answers a Basic challenge with empty credentials when it has none);
+- pulls need a user only with `auth.pull: authenticated`; otherwise Basic credentials on pulls are not
+  even checked (skopeo answers a Basic challenge with empty credentials when it has none), unless the
+  audit log (`log.audit_pulls`) or an event endpoint will name who pulled;
 - once htpasswd is set, `/v2/` always asks, so that `docker login` really checks the password;
 - the status page and /metrics count as pulls (they show what is pulled); the probes never ask.
 
@@ -16,14 +17,16 @@ request ("no basic auth credentials"), so a Basic challenge would stop every ano
 `registry-mirrors` clients included, once pushes are protected. With Bearer, Docker fetches a token
 from /auth/token, anonymously or with the user's Basic credentials (checked against the same htpasswd
 file, so a wrong password still fails `docker login`). Tokens are JWTs (api/bearer.py) carrying the user
-and, per requested scope, the actions granted.
+and, per requested scope, the actions granted. As the Docker token spec requires, a Bearer request about
+a repository needs both the policy's consent and the action in the token's scope for the name it uses;
+without the scope it is a 401 with `error="insufficient_scope"` naming the scope, and Docker fetches one.
+Where anyone may do what is asked, credentials of any kind decide nothing and are not checked.
 
 With `auth.access` rules (pullcache.access), a request about a repository is decided by the rules
 instead: anyone passes where the rules let anonymous clients; otherwise an anonymous client gets a 401
 whose Bearer challenge names the scope (so Docker logs in and retries), an authenticated one a 403
-DENIED naming the rule, and a Bearer token must carry the action for the name the request uses. The
-catalog lists only what the caller may pull. Requests about no repository (/v2/, the status page,
-/metrics) keep the rules above.
+DENIED naming the rule. The catalog lists only what the caller may pull. Requests about no repository
+(/v2/, the status page, /metrics) keep the rules above.
 
 bcrypt is slow by design, so checks run one at a time on a thread of their own (the default executor
 serves the store's disk I/O, which must not wait behind logins), a successful check is remembered for
@@ -35,9 +38,9 @@ Bad input is a 401, never a 500, and never tells users apart:
   writes them, and so does the check here (bcrypt 5 would refuse them);
 - credentials that are not Basic base64 of UTF-8 `user:password`, or a token that is not ours, count
   as wrong credentials; at /auth/token they are refused, not answered with an anonymous token;
-- a user not in the file is checked against a dummy hash of the cost most entries use and remembered
-  as refused like a wrong password, so neither the first nor a repeated attempt is faster for an
-  unknown user than for a known one.
+- a user not in the file, and a robot token's name with a wrong secret, is checked against a dummy hash
+  of the cost most entries use and remembered as refused like a wrong password, so neither the first
+  nor a repeated attempt is faster for an unknown name or a robot's than for an htpasswd user.
 """
 from __future__ import annotations
 
@@ -59,9 +62,10 @@ from cachetools import TTLCache
 
 from pullcache.access import Policy
 from pullcache.api.appkeys import RESOLVER, ROUTE, USER
-from pullcache.api.audited import audit
+from pullcache.api.audited import AUDIT, audit
 from pullcache.api.bearer import TOKEN_SECONDS, BearerTokens, Claims, Scope
 from pullcache.api.errors import RegistryError
+from pullcache.api.notify import NOTIFIER
 from pullcache.config import ACCESS_ACTIONS, AuthConfig, ConfigError
 from pullcache.names import InvalidName, parse_name
 from pullcache.resolver import UnknownNamespace
@@ -165,8 +169,8 @@ class Authenticator:
     """Decides, per request, whether credentials are needed and whether the ones given are right.
 
     Without `auth.access` the rules are the ones above. With it, every repository request is decided
-    by pullcache.access on the repository's canonical name, and a Bearer token also has to carry the
-    action for the name the request uses (see docs/access.md). A robot token (pullcache.tokens) is a
+    by pullcache.access on the repository's canonical name. Either way a Bearer token also has to carry
+    the action for the name the request uses (see docs/access.md). A robot token (pullcache.tokens) is a
     user whose secret is its password, and never does more than its own grants allow.
     """
 
@@ -201,10 +205,12 @@ class Authenticator:
         return self._has_users()
 
     async def _password_ok(self, user: str, password: str) -> bool:
-        """Whether the password is the user's; the same work, cache included, for a user not in the file."""
-        if self._users is None:
-            return False  # no users configured: no password can be right, and there is no one to enumerate
-        hashed = self._users.get(user, self._dummy_hash)
+        """Whether the password is an htpasswd user's; the same work, cache included, for any other name (a
+        robot's too, once its secret did not match)."""
+        if not self._has_users():
+            return False  # no credentials can be right, and there is no name to enumerate
+        users = self._users or {}
+        hashed = users.get(user, self._dummy_hash)
         secret = password.encode()[:BCRYPT_MAX_PASSWORD]
         key = (user, hashlib.sha256(hashed + b"\0" + secret).digest())
         if key in self._accepted:
@@ -212,7 +218,7 @@ class Authenticator:
         if key in self._refused:
             return False
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, secret, hashed) and user in self._users:
+        if await loop.run_in_executor(_BCRYPT_THREAD, bcrypt.checkpw, secret, hashed) and user in users:
             self._accepted[key] = True
             return True
         self._refused[key] = True
@@ -230,8 +236,10 @@ class Authenticator:
     async def _authenticate(self, user: str, password: str) -> Caller | None:
         """The caller these Basic credentials prove, a user of the file or a robot; None if wrong."""
         is_robot, robot = await self._robot(user)
-        if is_robot:
-            return Caller(user, robot=robot) if robot is not None and robot.secret_matches(password) else None
+        if is_robot and robot is not None and robot.secret_matches(password):
+            return Caller(user, robot=robot)  # a fast hash: a secret is 256 random bits
+        # Any other name, a robot's with a wrong secret included, pays the bcrypt check (or its cached
+        # refusal): how long a refusal takes must not tell robot names from others.
         return Caller(user) if await self._password_ok(user, password) else None
 
     async def _caller(self, request: web.Request) -> Caller | None:
@@ -275,10 +283,10 @@ class Authenticator:
               repository=name)
         return self._unauthorized(request, "invalid username, password or token", access)
 
-    def _denied(self, request: web.Request, access: Access, name: str | None, error: RegistryError) -> RegistryError:
+    @staticmethod
+    def _denied(request: web.Request, access: Access, name: str, error: RegistryError) -> RegistryError:
         """A refusal of a repository request, audited (GET /v2/ asking for a login is no refusal)."""
-        if name is not None:
-            audit(request, access.value, "denied", repository=name, reason=error.message)
+        audit(request, access.value, "denied", repository=name, reason=error.message)
         return error
 
     def _forbidden(self, request: web.Request, access: Access, name: str, reason: str) -> RegistryError:
@@ -288,22 +296,57 @@ class Authenticator:
     async def authorize(self, request: web.Request, access: Access, name: str | None = None) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when
         an authenticated user is refused by a rule. `name` is the repository the request is about."""
-        if self._policy is not None and name is not None and access is not Access.LOGIN:
-            return await self._authorize_by_rules(request, access, name)
+        if name is None or access is Access.LOGIN:
+            return await self._authorize_service(request, access)
+        action = access.value
+        repo = self._repo(request, name, action)
+        anonymous_refusal = self._refusal(None, repo, action)
+        header = request.headers.get("Authorization")
+        if anonymous_refusal is None:  # anyone may: credentials decide nothing, only the record needs a name
+            if header and self._recorded(request, access):
+                await self._note_user(request)
+            return
+        if self._policy is None and not self._has_users():  # no user could ever be right
+            raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
+        caller = await self._caller(request)
+        if caller is None and header:
+            raise self._wrong_credentials(request, access, name)
+        scope = f"repository:{name}:{action}"
+        if caller is not None and caller.user:
+            request[USER] = caller.user
+            refusal = self._refusal(caller, repo, action)
+            if refusal:
+                raise self._forbidden(request, access, name, refusal)
+        elif self._policy is None:
+            raise self._denied(request, access, name, self._unauthorized(request, anonymous_refusal, access))
+        else:
+            raise self._denied(request, access, name, self._unauthorized(
+                request, f"authentication required: {anonymous_refusal}", access, scope=scope))
+        if caller.token is not None and not caller.token.allows(name, action):
+            raise self._denied(request, access, name, self._unauthorized(
+                request, f"the token does not grant {action} on {name!r}; ask /auth/token for scope {scope}",
+                access, scope=scope, error="insufficient_scope"))
+
+    async def _authorize_service(self, request: web.Request, access: Access) -> None:
+        """A request about no repository (/v2/, the status page, /metrics, an unknown endpoint)."""
         if not self._required(access):
             return  # a pull anyone may make: credentials are not worth a bcrypt check
         if not self._has_users():  # only pushes get here: no user could ever be right
-            raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
+            raise self._unauthorized(request, PUSH_NEEDS_USERS, access)
         caller = await self._caller(request)
         if caller is not None and caller.user:
             request[USER] = caller.user
-            refusal = name is not None and self._refusal(caller, self._repo(request, name, access.value), access.value)
-            if refusal:
-                raise self._forbidden(request, access, name or "", refusal)
             return
         if request.headers.get("Authorization"):
-            raise self._wrong_credentials(request, access, name)
-        raise self._denied(request, access, name, self._unauthorized(request, "authentication required", access))
+            raise self._wrong_credentials(request, access)
+        raise self._unauthorized(request, "authentication required", access)
+
+    @staticmethod
+    def _recorded(request: web.Request, access: Access) -> bool:
+        """Whether the audit log or an event endpoint will name who made this request."""
+        log, notifier = request.app.get(AUDIT), request.app.get(NOTIFIER)
+        audited = log is not None and log.enabled and (access is not Access.PULL or log.pulls)
+        return audited or (notifier is not None and notifier.wants(access.value))
 
     @staticmethod
     def _repo(request: web.Request, name: str, action: str, *, ns_aware: bool = True) -> Repo:
@@ -338,33 +381,11 @@ class Authenticator:
         return reason
 
     async def _note_user(self, request: web.Request) -> None:
-        """Who pushes where anyone may: not needed to decide, but the audit log and events name them."""
+        """Who acts where anyone may: not needed to decide, but the audit log and events name them. Wrong
+        credentials are no reason to refuse what anyone may do."""
         caller = await self._caller(request) if request.headers.get("Authorization") else None
         if caller is not None and caller.user:
             request[USER] = caller.user
-
-    async def _authorize_by_rules(self, request: web.Request, access: Access, name: str) -> None:
-        action = access.value
-        repo = self._repo(request, name, action)
-        anonymous_refusal = self._refusal(None, repo, action)
-        if anonymous_refusal is None:  # anyone may: credentials are not worth a bcrypt check on a pull
-            if access is not Access.PULL:
-                await self._note_user(request)
-            return
-        caller = await self._caller(request)
-        scope = f"repository:{name}:{action}"
-        if caller is None and request.headers.get("Authorization"):
-            raise self._wrong_credentials(request, access, name)
-        if caller is None or not caller.user:
-            raise self._denied(request, access, name, self._unauthorized(
-                request, f"authentication required: {anonymous_refusal}", access, scope=scope))
-        request[USER] = caller.user
-        refusal = self._refusal(caller, repo, action)
-        if refusal:
-            raise self._forbidden(request, access, name, refusal)
-        if caller.token is not None and not caller.token.allows(name, action):
-            raise self._unauthorized(request, f"the token does not grant {action} on {name!r}; ask /auth/token "
-                                     f"for scope {scope}", access, scope=scope, error="insufficient_scope")
 
     async def pullable(self, request: web.Request, repositories: list[str]) -> list[str]:
         """The canonical repository names the caller may pull: without `auth.access` every one, except that a
