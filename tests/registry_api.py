@@ -130,3 +130,15 @@ def registry_config(tmp_path: Path) -> Config:
 @pytest.fixture
 async def registry(aiohttp_client: Any, registry_config: Config) -> TestClient:
     return await aiohttp_client(build_app(registry_config))
+
+
+class SignedIn:
+    """A TestClient that sends one user's credentials on every request (what docker does after a login);
+    `push_image(SignedIn(client, headers), ...)` pushes as that user."""
+
+    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
+        self._client, self._headers = client, headers
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._client, method)
+        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import Config, ConfigError, build_config
-from tests.registry_api import error_code, push_image
+from tests.registry_api import SignedIn, error_code, push_image
 from tests.support.htpasswd import write_htpasswd
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
@@ -50,21 +50,11 @@ def registry_config(tmp_path: Path) -> Config:
     return access_config(tmp_path)
 
 
-class As:
-    """A TestClient sending one user's credentials on every request."""
-
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self._client, self._headers = client, headers
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)
-
 
 # ------------------------------------------------------------------ rules decide pushes, pulls and deletes
 
 async def test_a_group_member_pushes_where_the_rule_grants_it(registry: TestClient) -> None:
-    await push_image(As(registry, basic("carol")), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(registry, basic("carol")), "team-a/app")  # type: ignore[arg-type]
     assert (await registry.get("/v2/team-a/app/tags/list")).status == 200
 
 
@@ -86,7 +76,7 @@ async def test_an_anonymous_refusal_is_401_with_a_challenge(registry: TestClient
 
 
 async def test_the_first_matching_rule_decides(registry: TestClient) -> None:
-    image = await push_image(As(registry, basic("alice")), "team-a/secret/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(registry, basic("alice")), "team-a/secret/app")  # type: ignore[arg-type]
     path = f"/v2/team-a/secret/app/manifests/{image.digest}"
     assert (await registry.get(path)).status == 401  # team-a/** would let anyone pull; rule 0 came first
     assert (await registry.get(path, headers=basic("carol"))).status == 403
@@ -100,14 +90,14 @@ async def test_anything_not_granted_is_refused(registry: TestClient) -> None:
 
 
 async def test_delete_needs_the_delete_action(registry: TestClient) -> None:
-    image = await push_image(As(registry, basic("carol")), "team-a/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(registry, basic("carol")), "team-a/app")  # type: ignore[arg-type]
     path = f"/v2/team-a/app/manifests/{image.digest}"
     assert (await registry.delete(path, headers=basic("carol"))).status == 403  # carol may push, not delete
     assert (await registry.delete(path, headers=basic("alice"))).status == 202
 
 
 async def test_authenticated_grants_every_user_and_anonymous_is_asked_to_log_in(registry: TestClient) -> None:
-    image = await push_image(As(registry, basic("bob")), "team-b/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(registry, basic("bob")), "team-b/app")  # type: ignore[arg-type]
     path = f"/v2/team-b/app/manifests/{image.digest}"
     assert (await registry.get(path)).status == 401
     assert (await registry.get(path, headers=basic("carol"))).status == 200
@@ -121,7 +111,7 @@ async def test_wrong_credentials_are_401_even_where_anonymous_may_not(registry: 
 
 async def test_catalog_lists_only_what_the_caller_may_pull(registry: TestClient) -> None:
     for user, name in (("carol", "team-a/app"), ("alice", "team-a/secret/app"), ("bob", "team-b/app")):
-        await push_image(As(registry, basic(user)), name)  # type: ignore[arg-type]
+        await push_image(SignedIn(registry, basic(user)), name)  # type: ignore[arg-type]
     async def catalog(headers: dict[str, str]) -> list[str]:
         response = await registry.get("/v2/_catalog", headers=headers)
         assert response.status == 200
@@ -227,7 +217,7 @@ async def test_a_pusher_may_read_a_bare_name_before_its_first_push(
     assert (await client.head(blob)).status == 401
     decoded = claims(await token(client, "repository:team-a/new:pull,push", basic("carol")))
     assert decoded["access"][0]["actions"] == ["pull", "push"]
-    await push_image(As(client, basic("carol")), "team-a/new")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("carol")), "team-a/new")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ bad rules stop start-up
@@ -325,7 +315,7 @@ async def test_without_rules_a_token_for_one_repository_cannot_push_another(rule
 
 async def test_without_rules_a_token_without_scope_cannot_delete(ruleless: TestClient) -> None:
     alice = basic("alice")
-    image = await push_image(As(ruleless, alice), "team-a/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(ruleless, alice), "team-a/app")  # type: ignore[arg-type]
     unscoped = (await (await ruleless.get("/auth/token", headers=alice)).json())["token"]
     refused = await ruleless.delete(f"/v2/team-a/app/manifests/{image.digest}",
                                     headers={"Authorization": f"Bearer {unscoped}"})
@@ -346,7 +336,7 @@ async def test_where_pulls_need_a_login_a_token_pulls_only_what_its_scope_names(
     htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
     client = await aiohttp_client(build_app(build_config({
         "storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd), "pull": "authenticated"}})))
-    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
     bearer = {"Authorization": f"Bearer {await token(client, 'repository:team-a/other:pull', basic('alice'))}"}
     refused = await client.get("/v2/team-a/app/manifests/v1", headers=bearer)
     assert refused.status == 401
@@ -356,7 +346,7 @@ async def test_where_pulls_need_a_login_a_token_pulls_only_what_its_scope_names(
 
 async def test_where_anyone_may_pull_a_token_is_not_needed(ruleless: TestClient) -> None:
     """A token adds to what anyone may do; where anyone may, what it covers does not matter."""
-    await push_image(As(ruleless, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(ruleless, basic("alice")), "team-a/app")  # type: ignore[arg-type]
     bearer = {"Authorization": f"Bearer {await token(ruleless, 'repository:team-a/other:push', basic('alice'))}"}
     assert (await ruleless.get("/v2/team-a/app/manifests/v1", headers=bearer)).status == 200
 

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from pullcache.api.audited import AUDIT
 from pullcache.app import build_app
 from pullcache.config import Config, ConfigError, build_config
-from tests.registry_api import push_image
+from tests.registry_api import SignedIn, push_image
 from tests.support.htpasswd import write_htpasswd
 from tests.support.pullcache_proc import PullcacheProcess
 
@@ -43,14 +43,6 @@ def audit_config(tmp_path: Path, **log: Any) -> Config:
         "log": {"audit": str(tmp_path / "audit.log"), **log}})
 
 
-class As:
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self._client, self._headers = client, headers
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)
-
 
 async def lines(client: TestClient, path: Path) -> list[dict[str, Any]]:
     await client.server.app[AUDIT].drain()
@@ -64,7 +56,7 @@ async def lines(client: TestClient, path: Path) -> list[dict[str, Any]]:
 
 async def test_a_scripted_session_writes_exactly_the_expected_lines(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(build_app(audit_config(tmp_path)))
-    alice = As(client, basic("alice"))
+    alice = SignedIn(client, basic("alice"))
     first = await push_image(alice, "team-a/app", "v1", seed="one")  # type: ignore[arg-type]
     await client.get("/v2/team-a/app/manifests/v1")  # a pull: not audited by default
     second = await push_image(alice, "team-a/app", "v1", seed="two")  # type: ignore[arg-type]
@@ -90,7 +82,7 @@ async def test_a_scripted_session_writes_exactly_the_expected_lines(aiohttp_clie
 
 async def test_pulls_are_audited_when_asked(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(build_app(audit_config(tmp_path, audit_pulls=True)))
-    image = await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
     assert (await client.get("/v2/team-a/app/manifests/v1")).status == 200
     assert (await lines(client, tmp_path / "audit.log"))[-1] == {
         "action": "pull", "result": "success", "principal": "anonymous", "repository": "team-a/app",
@@ -99,7 +91,7 @@ async def test_pulls_are_audited_when_asked(aiohttp_client: Any, tmp_path: Path)
 
 async def test_an_audited_pull_names_the_user_who_logged_in(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(build_app(audit_config(tmp_path, audit_pulls=True)))
-    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
     assert (await client.get("/v2/team-a/app/manifests/v1", headers=basic("bob"))).status == 200
     pull = (await lines(client, tmp_path / "audit.log"))[-1]
     assert (pull["action"], pull["principal"]) == ("pull", "bob")
@@ -111,7 +103,7 @@ async def test_an_audited_pull_without_rules_names_the_user_who_logged_in(aiohtt
     config = build_config({"storage": {"path": str(tmp_path / "data")}, "auth": {"htpasswd": str(htpasswd)},
                            "log": {"audit": str(tmp_path / "a.log"), "audit_pulls": True}})
     client = await aiohttp_client(build_app(config))
-    await push_image(As(client, basic("alice")), "team/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice")), "team/app")  # type: ignore[arg-type]
     scope = {"scope": "repository:team/app:pull"}
     token = (await (await client.get("/auth/token", params=scope, headers=basic("bob"))).json())["token"]
     assert (await client.get("/v2/team/app/manifests/v1", headers={"Authorization": f"Bearer {token}"})).status == 200
@@ -124,7 +116,7 @@ async def test_an_audited_pull_without_rules_names_the_user_who_logged_in(aiohtt
 async def test_credentials_on_a_pull_nobody_records_are_not_checked(aiohttp_client: Any, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     client = await aiohttp_client(build_app(audit_config(tmp_path)))
-    await push_image(As(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice")), "team-a/app")  # type: ignore[arg-type]
     checks: list[bytes] = []
     real = bcrypt.checkpw
     monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checks.append(password) or real(password, hashed))
@@ -151,7 +143,7 @@ async def test_a_push_anyone_may_make_still_names_the_user_who_logged_in(aiohttp
                            "auth": {"htpasswd": str(htpasswd),
                                     "access": [{"repos": ["**"], "pull": ["anonymous"], "push": ["anonymous"]}]}})
     client = await aiohttp_client(build_app(config))
-    await push_image(As(client, basic("alice")), "team/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice")), "team/app")  # type: ignore[arg-type]
     await push_image(client, "team/other")
     events = await lines(client, tmp_path / "a.log")
     assert [(e["principal"], e["repository"]) for e in events] == [("alice", "team/app"), ("anonymous", "team/other")]

@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from pullcache.api import auth
 from pullcache.app import build_app
 from pullcache.config import Config, ConfigError, build_config
-from tests.registry_api import error_code, push_image, sha256
+from tests.registry_api import SignedIn, error_code, push_image, sha256
 from tests.support.htpasswd import write_htpasswd
 from tests.support.procs import ManagedProcess, free_port
 
@@ -65,19 +65,9 @@ async def client_for(aiohttp_client: Any, config: Config) -> TestClient:
 
 
 async def push_image_as(registry: TestClient, headers: dict[str, str]) -> str:
-    image = await push_image(_Authed(registry, headers), "team/app")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(registry, headers), "team/app")  # type: ignore[arg-type]
     return image.digest
 
-
-class _Authed:
-    """A TestClient that adds credentials to every request (what docker does after a login)."""
-
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self._client, self._headers = client, headers
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)
 
 
 # ------------------------------------------------------------------ push needs credentials

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from pullcache import metrics
 from pullcache.app import build_app
 from pullcache.config import ConfigError, build_config
-from tests.registry_api import push_image
+from tests.registry_api import SignedIn, push_image
 from tests.support.htpasswd import write_htpasswd
 from tests.support.procs import free_port
 
@@ -90,14 +89,6 @@ def notifying_config(tmp_path: Path, receiver: Receiver, **endpoint: Any) -> Any
                                                           "timeout": "1s", "backoff": "50ms", **endpoint}]}})
 
 
-class As:
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self._client, self._headers = client, headers
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)
-
 
 def sent(result: str) -> float:
     return metrics.REGISTRY.get_sample_value("pullcache_notifications_total",
@@ -107,7 +98,7 @@ def sent(result: str) -> float:
 async def test_a_push_sends_distributions_envelope(aiohttp_client: Any, tmp_path: Path, receiver: Receiver) -> None:
     await receiver.start()
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver)))
-    image = await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     [event] = await receiver.events(1)
     request = receiver.requests[0]
     assert request.headers["Content-Type"] == ENVELOPE
@@ -127,7 +118,7 @@ async def test_a_push_sends_distributions_envelope(aiohttp_client: Any, tmp_path
 async def test_a_delete_sends_an_event(aiohttp_client: Any, tmp_path: Path, receiver: Receiver) -> None:
     await receiver.start()
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, events=["delete"])))
-    image = await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     assert (await client.delete(f"/v2/team/app/manifests/{image.digest}", headers=ALICE)).status == 202
     [event] = await receiver.events(1)  # the push was not asked for
     assert event["action"] == "delete"
@@ -137,7 +128,7 @@ async def test_a_delete_sends_an_event(aiohttp_client: Any, tmp_path: Path, rece
 async def test_pulls_are_sent_when_asked(aiohttp_client: Any, tmp_path: Path, receiver: Receiver) -> None:
     await receiver.start()
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, events=["pull"])))
-    image = await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     assert (await client.get("/v2/team/app/manifests/v1")).status == 200
     [event] = await receiver.events(1)
     assert event["action"] == "pull" and event["target"]["digest"] == image.digest
@@ -148,7 +139,7 @@ async def test_a_pull_event_names_the_user_who_logged_in(aiohttp_client: Any, tm
                                                         receiver: Receiver) -> None:
     await receiver.start()
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, events=["pull"])))
-    await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     assert (await client.get("/v2/team/app/manifests/v1", headers=ALICE)).status == 200
     [event] = await receiver.events(1)
     assert event["action"] == "pull" and event["actor"] == {"name": "alice"}
@@ -160,7 +151,7 @@ async def test_a_hanging_receiver_never_slows_a_push(aiohttp_client: Any, tmp_pa
     await receiver.start()
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, timeout="5s")))
     started = time.monotonic()
-    await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     assert time.monotonic() - started < 2.0  # well under the endpoint's 5 s timeout
 
 
@@ -168,7 +159,7 @@ async def test_a_dead_receiver_gets_the_event_when_it_comes_back(aiohttp_client:
                                                                  receiver: Receiver) -> None:
     failed_before = sent("failed")
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver)))
-    image = await push_image(As(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
+    image = await push_image(SignedIn(client, ALICE), "team/app", "v1")  # type: ignore[arg-type]
     async def failed_twice() -> None:
         while sent("failed") < failed_before + 2:
             await asyncio.sleep(0.02)
@@ -184,7 +175,7 @@ async def test_a_full_queue_drops_and_counts(aiohttp_client: Any, tmp_path: Path
     dropped_before = sent("dropped")
     client = await aiohttp_client(build_app(notifying_config(tmp_path, receiver, queue=1)))
     for seed in "abcd":
-        await push_image(As(client, ALICE), "team/app", seed, seed=seed)  # type: ignore[arg-type]
+        await push_image(SignedIn(client, ALICE), "team/app", seed, seed=seed)  # type: ignore[arg-type]
     assert sent("dropped") >= dropped_before + 2  # one in flight, one queued, the rest dropped
 
 

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import ConfigError, build_config
-from tests.registry_api import push_image
+from tests.registry_api import SignedIn, push_image
 from tests.support.dockerd import Dockerd
 from tests.support.htpasswd import write_htpasswd
 from tests.support.pullcache_proc import PullcacheProcess
@@ -118,20 +118,12 @@ async def robot_registry(aiohttp_client: Any, config_path: Path, tmp_path: Path)
     return client, secret
 
 
-class As:
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self._client, self._headers = client, headers
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        return lambda path, **kwargs: call(path, headers={**self._headers, **kwargs.pop("headers", {})}, **kwargs)
-
 
 async def test_the_secret_is_a_basic_password_within_its_access(robot_registry: tuple[TestClient, str]) -> None:
     client, secret = robot_registry
     robot = basic("ci-team-a", secret)
     assert (await client.get("/v2/", headers=robot)).status == 200
-    await push_image(As(client, robot), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, robot), "team-a/app")  # type: ignore[arg-type]
     refused = await client.post("/v2/team-b/app/blobs/uploads/", headers=robot)
     assert refused.status == 403
     assert "ci-team-a" in (await refused.json())["errors"][0]["message"]
@@ -173,8 +165,8 @@ async def test_without_htpasswd_a_wrong_robot_secret_costs_what_an_unknown_name_
 
 async def test_the_catalog_shows_a_robot_only_what_its_grants_cover(robot_registry: tuple[TestClient, str]) -> None:
     client, secret = robot_registry
-    await push_image(As(client, basic("alice", PASSWORDS["alice"])), "team-b/app")  # type: ignore[arg-type]
-    await push_image(As(client, basic("ci-team-a", secret)), "team-a/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("alice", PASSWORDS["alice"])), "team-b/app")  # type: ignore[arg-type]
+    await push_image(SignedIn(client, basic("ci-team-a", secret)), "team-a/app")  # type: ignore[arg-type]
     listed = await client.get("/v2/_catalog", headers=basic("ci-team-a", secret))
     assert (await listed.json())["repositories"] == ["team-a/app"]
     assert (await (await client.get("/v2/_catalog")).json())["repositories"] == ["team-a/app", "team-b/app"]
