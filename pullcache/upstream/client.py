@@ -132,7 +132,7 @@ class UpstreamClient:
         self.name = config.name
         self.config = config
         self._clock = clock
-        self.budget = Budget(config)
+        self.budget = Budget(config, clock)
         self._mirrors = [Mirror(config.for_url(url), resolver, clock, self.budget,
                                 has_fallback=len(config.all_urls) > 1) for url in config.all_urls]
         # Deadlines and body reads: every mirror shares the upstream's timeouts, so the primary's will do.
