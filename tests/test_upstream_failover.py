@@ -15,7 +15,7 @@ import pytest
 from pullcache import metrics
 from pullcache.config import UpstreamConfig, build_config
 from pullcache.upstream import UpstreamClient, UpstreamRealmRefused
-from pullcache.upstream.failover import Breaker
+from pullcache.upstream.failover import Breaker, attempt_limit
 from tests.fault_upstream import FakeRegistry, TokenServer, answer
 from tests.support.procs import free_port
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
@@ -104,6 +104,14 @@ def test_a_failing_url_is_skipped_for_a_backoff_that_grows_with_each_failed_prob
     assert not breaker.is_open(103.0)
     breaker.failed(200.0, "refused")  # a success starts the backoff over
     assert not breaker.is_open(201.0)
+
+
+def test_an_attempt_gets_read_timeout_or_an_equal_share_of_the_time_left_among_the_urls_still_to_ask() -> None:
+    assert str(attempt_limit(20.0, 30.0, 2)) == \
+        "10s (this URL's share of request_timeout, the rest left for the next URL)"
+    assert str(attempt_limit(10.0, 30.0, 1)) == "10s (request_timeout)"
+    assert str(attempt_limit(20.0, 5.0, 2)) == "5s (read_timeout)"
+    assert attempt_limit(-1.0, 30.0, 2).seconds == 0.0
 
 
 async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_server: Any) -> None:
