@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pullcache import __version__
 from pullcache.config import Config, ConfigError, load_config, parse_duration
-from pullcache.startup import ListenError, announce, bind, push_policy
+from pullcache.startup import ListenError, announce, bind, fallbacks, push_policy
 from pullcache.tokens import TokenError
 
 
@@ -111,7 +111,8 @@ def _check_config(config: Config, path: str) -> int:
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
-        print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")
+        print(f"  upstream {upstream.name}{marker} -> {upstream.url}{fallbacks(upstream)}, "
+              f"manifest_ttl {upstream.manifest_ttl:g}s")
     print(f"  {push_policy(config)}")
     if config.log.audit:
         print(f"  audit log {config.log.audit}{' (pulls too)' if config.log.audit_pulls else ''}")

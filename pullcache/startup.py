@@ -13,7 +13,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from pullcache import __version__
-from pullcache.config import Config
+from pullcache.config import Config, UpstreamConfig
 
 if TYPE_CHECKING:  # the CLI imports this module for every command; aiohttp only for serve
     from aiohttp import web
@@ -82,6 +82,12 @@ def push_policy(config: Config) -> str:
     return allowed
 
 
+def fallbacks(upstream: UpstreamConfig) -> str:
+    """`, fallback https://b then https://c`: the URLs asked after the primary, in order; "" for none."""
+    rest = upstream.all_urls[1:]
+    return f", fallback {' then '.join(rest)}" if rest else ""
+
+
 def summary(config: Config, sockets: list[socket.socket]) -> str:
     """The one start-up line: version, addresses, storage, upstreams, pushes."""
     scheme = "https" if config.tls.enabled else "http"
@@ -89,7 +95,8 @@ def summary(config: Config, sockets: list[socket.socket]) -> str:
     if any(sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
            for sock in sockets):
         listening += " (IPv6 and IPv4)"
-    upstreams = ", ".join(f"{u.name} -> {u.url}{' (default)' if u.default else ''}" for u in config.upstreams)
+    upstreams = ", ".join(f"{u.name} -> {u.url}{' (default)' if u.default else ''}{fallbacks(u)}"
+                          for u in config.upstreams)
     return (f"pullcache {__version__} listening on {listening}; storage {config.storage.path} "
             f"(cached content up to {config.storage.max_size / GiB:.1f} GiB); upstreams {upstreams or 'none'}; "
             f"{push_policy(config)}")

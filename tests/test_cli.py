@@ -127,3 +127,17 @@ def test_check_config_says_who_may_push(tmp_path: Path) -> None:
     result = run_cli("check-config", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert "  pushes allowed for anyone (local.anonymous_push: true)\n" in result.stdout
+
+
+def test_check_config_lists_every_url_of_an_upstream_in_the_order_they_are_asked(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n"
+                                    "upstreams:\n"
+                                    "  - {name: docker.io, default: true, manifest_ttl: 5m,\n"
+                                    "     urls: [https://a.example, https://b.example, https://c.example]}\n"
+                                    "  - {name: ghcr.io, url: https://ghcr.example}\n")
+    result = run_cli("check-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  upstream docker.io (default) -> https://a.example, fallback https://b.example then "\
+           "https://c.example, manifest_ttl 300s" in lines
+    assert any(line.startswith("  upstream ghcr.io -> https://ghcr.example, manifest_ttl ") for line in lines)

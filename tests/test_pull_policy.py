@@ -36,6 +36,8 @@ def rules_of(rules: list[dict[str, Any]]) -> Any:
     ("library/alpine", "3.19", True, 'rules[1] (allow: "library/*")'),
     ("library/alpine", None, True, 'rules[1] (allow: "library/*")'),  # by digest: the tag rule passes it over
     ("myorg/team/app", "v1.2", True, r'rules[2] (allow: "myorg/**", tags: "^v?[0-9]+\.[0-9]+")'),
+    # `tags` is searched in the tag, not matched against all of it: without `$` a suffix passes
+    ("myorg/team/app", "v1.2-rc1", True, r'rules[2] (allow: "myorg/**", tags: "^v?[0-9]+\.[0-9]+")'),
     ("myorg/team/app", "nightly", True, "default: allow"),
     ("library/a/b", "3", True, "default: allow"),  # `*` is one path component
 ])

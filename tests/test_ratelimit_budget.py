@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from pullcache.config import build_config
+from pullcache.config import UpstreamConfig, build_config
+from pullcache.upstream import UpstreamClient, pool
 from tests.fault_upstream import FakeRegistry, TokenServer
 from tests.support_faults import Proxy, start_proxy
 
@@ -70,6 +71,29 @@ async def test_below_the_reserve_expired_tags_are_served_stale_and_misses_still_
     leaving = [r for r in caplog.records if "above the reserve again" in r.getMessage()]
     assert (len(entering), len(leaving)) == (1, 1)
     assert "saving its rate limit" not in await status_page(proxy)
+
+
+async def test_in_saving_mode_one_revalidation_a_minute_lets_a_fresh_quota_end_it(
+        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # the upstream client's clock, which paces revalidations in saving mode
+
+    def client(config: UpstreamConfig) -> UpstreamClient:
+        return UpstreamClient(config, clock=lambda: now[0])
+
+    monkeypatch.setattr(pool, "UpstreamClient", client)
+    proxy = await start_proxy(aiohttp_client, fake, tmp_path / "data", manifest_ttl="0s")
+    fake.extra_headers = quota(9)
+    assert await pull(proxy, "a") == 200  # a miss, whose answer puts pullcache in saving mode
+    fake.extra_headers = quota(60)  # the quota is back, but only cached tags are pulled from now on
+    asked = manifest_requests(proxy, "a")
+    assert await pull(proxy, "a") == 200
+    assert manifest_requests(proxy, "a") == asked  # saving: served stale
+    now[0] += 61
+    assert await pull(proxy, "a") == 200
+    assert manifest_requests(proxy, "a") == asked + 1  # one revalidation a minute, whose answer ends the mode
+    assert "saving its rate limit" not in await status_page(proxy)
+    assert await pull(proxy, "a") == 200
+    assert manifest_requests(proxy, "a") == asked + 2  # revalidated every time again
 
 
 async def test_a_token_answer_reporting_the_quota_counts_too_and_a_number_of_pulls_is_a_reserve(

@@ -92,6 +92,14 @@ def test_startup_says_where_it_listens_what_it_uses_and_that_pushes_are_refused(
     assert " WARNING " not in server.log_text()
 
 
+def test_startup_names_every_url_of_an_upstream(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
+    fallback = f"http://127.0.0.1:{free_port()}"
+    entry = {key: value for key, value in docker_hub_upstream(upstream.url).items() if key != "url"}
+    server = pullcache_factory({"upstreams": [{**entry, "urls": [upstream.url, fallback]}]})
+    assert f"; upstreams docker.io -> {upstream.url} (default), fallback {fallback}; " in startup_line(server)
+
+
 def test_startup_says_pushes_are_allowed_for_htpasswd_users(
         pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> None:
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "secret"})

@@ -15,12 +15,13 @@ import pytest
 from pullcache import metrics
 from pullcache.config import UpstreamConfig, build_config
 from pullcache.upstream import UpstreamClient, UpstreamRealmRefused
-from pullcache.upstream.failover import Breaker
+from pullcache.upstream.failover import Breaker, attempt_limit
 from tests.fault_upstream import FakeRegistry, TokenServer, answer
 from tests.support.procs import free_port
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.registry_client import RegistryClient, sha256_digest
 from tests.support.seed import Upstream
+from tests.support.silent import silent_listener
 
 ACCEPT = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
           "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"]
@@ -105,6 +106,14 @@ def test_a_failing_url_is_skipped_for_a_backoff_that_grows_with_each_failed_prob
     assert not breaker.is_open(201.0)
 
 
+def test_an_attempt_gets_read_timeout_or_an_equal_share_of_the_time_left_among_the_urls_still_to_ask() -> None:
+    assert str(attempt_limit(20.0, 30.0, 2)) == \
+        "10s (this URL's share of request_timeout, the rest left for the next URL)"
+    assert str(attempt_limit(10.0, 30.0, 1)) == "10s (request_timeout)"
+    assert str(attempt_limit(20.0, 5.0, 2)) == "5s (read_timeout)"
+    assert attempt_limit(-1.0, 30.0, 2).seconds == 0.0
+
+
 async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_server: Any) -> None:
     fallback = await FakeRegistry().start(aiohttp_server)
     fallback.add_manifest("library/alpine", "latest", MANIFEST)
@@ -120,6 +129,44 @@ async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_serv
     up = {url: metrics.REGISTRY.get_sample_value("pullcache_upstream_url_up", {"upstream": name, "url": url})
           for url in (primary, fallback.url)}
     assert up == {primary: 0.0, fallback.url: 1.0}
+
+
+async def test_a_hung_primary_hands_over_to_the_fallback_within_request_timeout(aiohttp_server: Any) -> None:
+    fallback = await FakeRegistry().start(aiohttp_server)
+    fallback.add_manifest("library/alpine", "latest", MANIFEST)
+    with silent_listener() as primary:
+        client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary,
+                                               urls=(primary, fallback.url), request_timeout=2.0, read_timeout=3.0))
+        await client.start()
+        try:
+            started = time.monotonic()
+            assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
+            assert time.monotonic() - started < 2.0
+            assert client.url_in_use == fallback.url
+        finally:
+            await client.close()
+
+
+async def test_a_hung_token_realm_hands_over_to_the_fallback_within_request_timeout(aiohttp_server: Any) -> None:
+    tokens = await TokenServer().start(aiohttp_server)
+    primary = await FakeRegistry(tokens=tokens).start(aiohttp_server)
+    primary.add_manifest("library/alpine", "latest", MANIFEST)
+    fallback = await FakeRegistry().start(aiohttp_server)
+    fallback.add_manifest("library/alpine", "latest", MANIFEST)
+    with silent_listener() as realm:
+        primary.realm = f"{realm}/token"
+        client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary.url,
+                                               urls=(primary.url, fallback.url), token_hosts=("127.0.0.1",),
+                                               request_timeout=2.0, read_timeout=3.0))
+        await client.start()
+        try:
+            started = time.monotonic()
+            assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
+            assert time.monotonic() - started < 2.0
+            assert client.url_in_use == fallback.url
+        finally:
+            await client.close()
+    assert tokens.seen == []
 
 
 async def test_a_fallbacks_token_realm_is_checked_against_its_own_origin(aiohttp_server: Any) -> None:
@@ -218,3 +265,45 @@ async def test_sixteen_cold_clients_with_the_primary_dead_make_one_fetch_from_th
     slowest = max(first_byte for first_byte, _ in results)
     print(f"16 cold clients, primary dead: {len(fetches)} fallback fetch, slowest first byte {slowest:.3f}s")
     assert slowest < 2.0
+
+
+def test_a_hung_primary_hands_over_to_the_fallback_and_is_then_skipped(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream_factory: Callable[[], Upstream]) -> None:
+    fallback = upstream_factory()
+    with silent_listener() as primary:
+        config = with_urls(primary, fallback.url)
+        config["upstreams"][0]["request_timeout"] = "4s"  # the primary's share: 2 s
+        pullcache = pullcache_factory(config)
+        started = time.monotonic()
+        assert sha256_digest(pull_manifest(pullcache, "library/alpine", "latest")) == \
+            fallback["library/alpine:latest"].digest
+        assert time.monotonic() - started < 4.0
+        assert url_up(pullcache, primary) == 0.0
+        started = time.monotonic()  # within the breaker's first backoff (1 s): straight to the fallback
+        assert sha256_digest(pull_manifest(pullcache, "library/busybox", "1.36")) == \
+            fallback["library/busybox:1.36"].digest
+        assert time.monotonic() - started < 2.0
+
+
+async def test_sixteen_cold_clients_with_the_primary_hung_make_one_fetch_from_the_fallback(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream_factory: Callable[[], Upstream]) -> None:
+    fallback = upstream_factory()
+    layer = max(fallback["library/alpine:latest"].blobs(), key=lambda blob: blob.size)
+    path = f"/v2/library/alpine/blobs/{layer.digest}"
+    with silent_listener() as primary:
+        config = with_urls(primary, fallback.url)
+        config["upstreams"][0]["request_timeout"] = "4s"
+        pullcache = pullcache_factory(config)
+
+        async def one(session: aiohttp.ClientSession) -> bytes:
+            async with session.get(pullcache.url + path) as response:
+                assert response.status == 200
+                return await response.read()
+
+        async with aiohttp.ClientSession() as session:
+            bodies = await asyncio.gather(*(one(session) for _ in range(16)))
+
+    assert [body == layer.data for body in bodies] == [True] * 16
+    fetches = [r for r in fallback.distribution.requests() if r.method == "GET" and r.uri.startswith(path)
+               and r.status == 200]
+    assert len(fetches) == 1

@@ -167,3 +167,16 @@ def test_a_cold_pull_succeeds_through_an_upstream_failing_every_request_twice(
     for key, seen in outcomes.items():
         # Two failures, then answered: 200, or a token challenge (401) answered by the next attempt.
         assert seen[:2] == ["503", "drop"] and seen[2:] in (["200"], ["401", "200"]), (key, seen)
+
+
+def test_a_manifest_body_cut_short_is_sent_again(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
+    front = FlakyFront(upstream.url, upstream.token_server.realm, faults=("cut",)).start()
+    try:
+        pullcache = pullcache_factory({"upstreams": [docker_hub_upstream(front.url)]})
+        image = upstream["library/alpine:latest"]
+        body = RegistryClient(pullcache.url).get_manifest("library/alpine", "latest", ACCEPT).body
+        assert sha256_digest(body) == image.digest
+        assert front.outcomes()["GET /v2/library/alpine/manifests/latest"][-2:] == ["cut", "200"]
+    finally:
+        front.stop()

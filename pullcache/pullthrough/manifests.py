@@ -154,14 +154,15 @@ class Manifests:
     async def _cached_tag(self, target: Target, tag: str) -> ManifestAnswer | None:
         """The tag's manifest if the cache answers alone: confirmed within the upstream's manifest_ttl (a hit),
         or expired while the upstream failed to revalidate it moments ago or is down to its rate-limit reserve
-        (stale, without asking: upstream/budget.py)."""
+        (stale, without asking, but for one revalidation a minute: upstream/budget.py)."""
         assert target.upstream is not None
         state = await self._tag(target, tag)
         if state is None:
             return None
         if self._clock() - state.confirmed_at < target.upstream.config.manifest_ttl:
             result = stats.HIT
-        elif self._failing.get((target.upstream.name, target.repository, tag)) or target.upstream.budget.saving:
+        elif self._failing.get((target.upstream.name, target.repository, tag)) \
+                or not target.upstream.budget.may_revalidate():
             result = stats.STALE
         else:
             return None

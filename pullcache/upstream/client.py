@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -38,7 +38,7 @@ from .errors import (
     UpstreamUnavailable,
     one_line,
 )
-from .failover import Breaker, in_order
+from .failover import Breaker, attempt_limit, in_order
 from .retry import with_retries
 from .transport import Transport, for_log
 
@@ -51,6 +51,7 @@ BLOB_CHUNK = 1024 * 1024
 MIN_BLOB_RATE = 16 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class UpstreamClient:
         self.name = config.name
         self.config = config
         self._clock = clock
-        self.budget = Budget(config)
+        self.budget = Budget(config, clock)
         self._mirrors = [Mirror(config.for_url(url), resolver, clock, self.budget,
                                 has_fallback=len(config.all_urls) > 1) for url in config.all_urls]
         # Deadlines and body reads: every mirror shares the upstream's timeouts, so the primary's will do.
@@ -150,17 +151,17 @@ class UpstreamClient:
         """The URL the next request goes to first."""
         return in_order(self._mirrors, self._clock())[0].config.url
 
-    async def get_manifest(self, repo: str, reference: str, accept: Sequence[str]) -> ManifestResponse:
-        """The manifest's exact bytes; UpstreamError if they do not hash to the digest claimed or asked for."""
+    async def get_manifest(self, repo: str, reference: str, accept: Sequence[str],
+                           *, deadline: float | None = None) -> ManifestResponse:
+        """The manifest's exact bytes; UpstreamError if they do not hash to the digest claimed or asked for.
+
+        `deadline` (event loop clock): that of the request this one is part of, if any."""
         requested = _requested_digest(reference)
         path, url = self._path(repo, "manifests", reference)
         what = "GET manifest"
-        async with self._transport.watch(what, url):
-            response = await self._exchange("GET", repo, path, {"Accept": accept_header(accept)}, what)
-            try:
-                body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
-            finally:
-                response.release()
+        async with self._transport.watch(what, url, deadline=False):
+            response, body = await self._exchange("GET", repo, path, {"Accept": accept_header(accept)}, what,
+                                                  self._small_body, deadline)
             claimed = self._claimed_digest(response, url, what)
             for label, expected in (("Docker-Content-Digest", claimed), ("the requested digest", requested)):
                 actual = Digest.of(body, expected.algorithm) if expected is not None else None
@@ -181,14 +182,15 @@ class UpstreamClient:
         requested = _requested_digest(reference)
         path, url = self._path(repo, "manifests", reference)
         what = "HEAD manifest"
-        async with self._transport.watch(what, url):
-            response = await self._exchange("HEAD", repo, path, {"Accept": accept_header(accept)}, what)
-            response.release()
+        deadline = self._deadline()
+        async with self._transport.watch(what, url, deadline=False):
+            response = await self._exchange("HEAD", repo, path, {"Accept": accept_header(accept)}, what,
+                                            _headers_only, deadline)
             claimed = self._claimed_digest(response, url, what)
             media_type = _media_type(response.headers.get("Content-Type"))
             size = response.content_length
             if claimed is None or claimed.algorithm != "sha256" or not media_type or size is None:
-                full = await self.get_manifest(repo, reference, accept)
+                full = await self.get_manifest(repo, reference, accept, deadline=deadline)
                 return ManifestHead(full.digest, full.media_type, len(full.body))
             if requested is not None and requested.algorithm == "sha256" and claimed != requested:
                 raise UpstreamError(self.name, f"{what}: upstream claims {claimed} for {requested}",
@@ -200,9 +202,8 @@ class UpstreamClient:
         Digest.parse(digest)
         path, url = self._path(repo, "blobs", digest)
         what = "HEAD blob"
-        async with self._transport.watch(what, url):
-            response = await self._exchange("HEAD", repo, path, {}, what)
-            response.release()
+        async with self._transport.watch(what, url, deadline=False):
+            response = await self._exchange("HEAD", repo, path, {}, what, _headers_only)
             claimed = self._claimed_digest(response, url, what)
             if claimed is not None and str(claimed) != digest:
                 raise UpstreamError(self.name, f"{what}: upstream claims {claimed}", where=for_log(response.url))
@@ -219,8 +220,8 @@ class UpstreamClient:
         Digest.parse(digest)
         path, url = self._path(repo, "blobs", digest)
         what = "GET blob"
-        async with self._transport.watch(what, url):
-            response = await self._exchange("GET", repo, path, {}, what)
+        async with self._transport.watch(what, url, deadline=False):
+            response = await self._exchange("GET", repo, path, {}, what, _open)
         try:
             yield BlobStream(response, self._transport, what)
         except BaseException:
@@ -239,12 +240,8 @@ class UpstreamClient:
         path, url = self._path(repo, "referrers", digest)
         what = "GET referrers"
         try:
-            async with self._transport.watch(what, url):
-                response = await self._exchange("GET", repo, path, {"Accept": OCI_INDEX}, what)
-                try:
-                    body = await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
-                finally:
-                    response.release()
+            async with self._transport.watch(what, url, deadline=False):
+                response, body = await self._exchange("GET", repo, path, {"Accept": OCI_INDEX}, what, self._small_body)
         except UpstreamNotFound:
             return await self._referrers_by_tag(repo, subject)
         descriptors = _index_descriptors(body)
@@ -268,22 +265,44 @@ class UpstreamClient:
         path = f"/v2/{repo}/{kind}/{reference}"
         return path, URL(self.url_in_use + path)
 
-    async def _exchange(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
-                        ) -> aiohttp.ClientResponse:
-        """A 2xx response to method on path; every request pullcache sends is idempotent, so transient
-        failures are retried (retry.py) within request_timeout."""
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout
-        return await with_retries(self.name, what, deadline,
-                                  lambda: self._exchange_once(method, repo, path, headers, what))
+    def _deadline(self) -> float:
+        """The end of a request starting now, on the event loop's clock."""
+        return asyncio.get_running_loop().time() + self.config.request_timeout
 
-    async def _exchange_once(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str
-                             ) -> aiohttp.ClientResponse:
-        """A 2xx response to method on path from the first of the upstream's URLs that answers one; a URL
-        that fails as an outage does (UpstreamUnavailable, UpstreamRateLimited) hands over to the next."""
+    async def _small_body(self, response: aiohttp.ClientResponse, what: str) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The response and its whole (manifest-sized) body, read inside the attempt: a body cut short is
+        the URL's failure, retried and counted against its breaker like a failed request."""
+        try:
+            return response, await self._transport.read_body(response, MAX_MANIFEST_BYTES, what)
+        finally:
+            response.release()
+
+    async def _exchange(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str,
+                        take: Callable[[aiohttp.ClientResponse, str], Awaitable[T]], deadline: float | None = None
+                        ) -> T:
+        """take() of a 2xx response to method on path; every request pullcache sends is idempotent, so
+        transient failures are retried (retry.py) until `deadline` (default: request_timeout from now)."""
+        end = self._deadline() if deadline is None else deadline
+        return await with_retries(self.name, what, end,
+                                  lambda: self._exchange_once(method, repo, path, headers, what, take, end))
+
+    async def _exchange_once(self, method: str, repo: str, path: str, headers: Mapping[str, str], what: str,
+                             take: Callable[[aiohttp.ClientResponse, str], Awaitable[T]], deadline: float) -> T:
+        """take() of a 2xx response from the first of the upstream's URLs that answers one; a URL that fails
+        as an outage does (UpstreamUnavailable, UpstreamRateLimited, or no answer within its share of the
+        deadline: failover.attempt_limit) hands over to the next."""
+        loop = asyncio.get_running_loop()
         mirrors = in_order(self._mirrors, self._clock())
-        for mirror in mirrors:
+        for index, mirror in enumerate(mirrors):
+            limit = attempt_limit(deadline - loop.time(), self.config.read_timeout, len(mirrors) - index)
             try:
-                response = await self._exchange_at(mirror, method, repo, path, headers, what)
+                try:
+                    async with asyncio.timeout(limit.seconds):
+                        response = await self._exchange_at(mirror, method, repo, path, headers, what)
+                        result = await take(response, what)
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(self.name, f"{what}: no complete answer within {limit}",
+                                          where=for_log(mirror.url(path))) from exc
             except (UpstreamUnavailable, UpstreamRateLimited) as exc:
                 mirror.breaker.failed(self._clock(), exc.message)
                 if mirror is mirrors[-1]:
@@ -293,7 +312,7 @@ class UpstreamClient:
                 mirror.breaker.succeeded()  # a definite answer (404, 401, ...): the URL is up
                 raise
             mirror.breaker.succeeded()
-            return response
+            return result
         raise AssertionError("an upstream has at least one URL")
 
     async def _exchange_at(self, mirror: Mirror, method: str, repo: str, path: str, headers: Mapping[str, str],
@@ -405,6 +424,17 @@ class UpstreamClient:
             return Digest.parse(value.strip())
         except DigestError as exc:
             raise UpstreamError(self.name, f"{what}: Docker-Content-Digest {exc}", where=for_log(url)) from exc
+
+
+async def _headers_only(response: aiohttp.ClientResponse, _what: str) -> aiohttp.ClientResponse:
+    """A HEAD's answer: nothing to read."""
+    response.release()
+    return response
+
+
+async def _open(response: aiohttp.ClientResponse, _what: str) -> aiohttp.ClientResponse:
+    """A blob's answer, its body left to BlobStream."""
+    return response
 
 
 def accept_header(accept: Sequence[str]) -> str:

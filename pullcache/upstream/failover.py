@@ -7,11 +7,16 @@ skipping open ones, so the primary gets its traffic back with the first probe th
 URL is open they are all tried anyway, the one reopening soonest first: an upstream is never given up on
 without being asked. Failures reported while a URL is already open (requests that set out before it
 opened) are the same outage and do not grow its backoff.
+
+A URL that hangs (accepts the connection, never answers) must not use up the whole request_timeout, or the
+next URL is never asked: each attempt gets at most read_timeout and an equal share of the time left among
+the URLs still to be asked (attempt_limit), and running out of it is that URL's failure like any other.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from .. import metrics
@@ -68,3 +73,24 @@ def in_order(mirrors: Sequence[M], now: float) -> list[M]:
     closed = [m for m in mirrors if not m.breaker.is_open(now)]
     opened = sorted((m for m in mirrors if m.breaker.is_open(now)), key=lambda m: m.breaker.open_until)
     return closed + opened
+
+
+@dataclass(frozen=True)
+class AttemptLimit:
+    """How long one attempt on one URL may take, and which rule set it (for the error message)."""
+    seconds: float
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.3g}s ({self.rule})"
+
+
+def attempt_limit(remaining: float, read_timeout: float, urls_left: int) -> AttemptLimit:
+    """The time one attempt may take: read_timeout, but no more than an equal share of the `remaining`
+    seconds of the request among the `urls_left` URLs still to be asked (this one included)."""
+    share = max(0.0, remaining) / max(1, urls_left)
+    if read_timeout < share:
+        return AttemptLimit(read_timeout, "read_timeout")
+    if urls_left > 1:
+        return AttemptLimit(share, "this URL's share of request_timeout, the rest left for the next URL")
+    return AttemptLimit(share, "request_timeout")

@@ -2,8 +2,11 @@
 
 Corporate networks often reach registries only through a forward proxy. An upstream's `proxy` names
 one for all its requests; without it the environment's HTTPS_PROXY / HTTP_PROXY (lower case first, then
-upper case, as curl reads them) are used by the target's scheme. NO_PROXY / no_proxy exempts hosts either
-way, the way curl reads it: entries separated by commas or spaces, `*` alone for every host, a name
+upper case) are used by the target's scheme. curl reads https_proxy in either case but http_proxy only in
+lower case (a CGI program gets HTTP_PROXY from a request's `Proxy:` header, "httpoxy"); pullcache is no CGI
+program and reads HTTP_PROXY too, as the operators asked for both cases. NO_PROXY / no_proxy exempts hosts either
+way, the way curl reads it: entries separated by commas or spaces, `*` as the whole value for every host
+(an entry `*` in a list matches nothing), a name
 matching itself and every name under it (`example.com` and `.example.com` both match `a.example.com`),
 an IP address matching itself and a CIDR (`10.0.0.0/8`) the addresses in it, when the URL's host is an
 address literal (names are not resolved for it). Token realms and blob redirects are sent through the
@@ -60,7 +63,10 @@ class _NoProxy:
     def parse(cls, text: str) -> _NoProxy:
         names: list[str] = []
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        entries = [e for e in re.split(r"[,\s]+", text.strip()) if e]
+        # `*` exempts every host only as the whole value, as curl reads it; an entry `*` in a list matches no
+        # host (Go would exempt all): a list is meant to name hosts, and sending everything direct by mistake
+        # is the worse surprise on a network that reaches out only through the proxy.
+        entries = [e for e in re.split(r"[,\s]+", text.strip()) if e and e != "*"]
         for entry in entries:
             entry = entry.lower().strip("[]")
             try:
@@ -72,7 +78,7 @@ class _NoProxy:
             name = re.sub(r":\d+$", "", name)  # a port in an entry is ignored, as by curl
             if name:
                 names.append(name)
-        return cls("*" in entries, tuple(names), tuple(networks))
+        return cls(text.strip() == "*", tuple(names), tuple(networks))
 
     def exempts(self, host: str) -> bool:
         host = host.lower().strip("[]").rstrip(".")

@@ -7,8 +7,10 @@ never as a bare aiohttp exception. Those causes name no host or port (clients re
 travels in the error's `where`, for the log.
 
 Two clocks bound an exchange: read_timeout, the longest silence (a stall), and request_timeout, the
-whole exchange up to a usable answer (watch()), so an upstream dripping one byte a second cannot hold
-a request forever. Failures escaping watch() are also kept as the upstream's last error (health.py).
+whole exchange up to a usable answer, so an upstream dripping one byte a second cannot hold a request
+forever. A token fetch gets its deadline from watch(); the registry client sets its own per attempt and
+URL (client.py, failover.attempt_limit). Failures escaping watch() are also kept as the upstream's last
+error (health.py).
 
 Requests go through the outbound proxy proxies.py chooses for their URL, if any.
 """
@@ -157,7 +159,8 @@ class Transport:
     @asynccontextmanager
     async def watch(self, what: str, url: URL, *, deadline: bool = True) -> AsyncIterator[None]:
         """Around one exchange: ends it after request_timeout (unless deadline=False: a blob body, bounded by
-        its own rules) and keeps a failure of the upstream itself as its last error."""
+        its own rules, or a registry exchange, which bounds its attempts itself) and keeps a failure of the
+        upstream itself as its last error."""
         limit = self.config.request_timeout
         try:
             async with asyncio.timeout(limit if deadline else None):

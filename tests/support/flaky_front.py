@@ -5,7 +5,9 @@ It stands for an upstream with transient trouble (a backend restarting, a load b
 connections) in front of real CNCF Distribution: `/v2/...` is passed to the registry and `/token...` to the
 token server, whose realm the front puts in place of the real one in `WWW-Authenticate`, so token fetches
 cross it too. A request is known by its method, path and query; its first attempts meet `faults` in turn
-("503": a 503 answer, "drop": the connection closed without an answer), later ones are passed through.
+("503": a 503 answer, "drop": the connection closed without an answer, "cut": a 200 answer's headers and half
+its body, then the connection closed; a non-200 answer passes and leaves "cut" for the next attempt), later
+ones are passed through.
 It runs on its own event loop in a thread, like tokenserver.TokenServer, so sync and async tests can use it.
 """
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FlakyFront:
         with self._lock:
             count = self._seen[key]
             self._seen[key] += 1
-        if count < len(self.faults):
+        if count < len(self.faults) and self.faults[count] != "cut":
             fault = self.faults[count]
             self._record(key, fault)
             if fault == "drop":
@@ -123,6 +125,12 @@ class FlakyFront:
             challenge = answer.headers.get("WWW-Authenticate")
             if challenge is not None:
                 passed["WWW-Authenticate"] = challenge.replace(self.realm, f"{self.url}/token")
+        if count < len(self.faults) and self.faults[count] == "cut":
+            if answer.status == 200 and request.method == "GET":
+                self._record(key, "cut")
+                return await self._cut(request, passed, body)
+            with self._lock:
+                self._seen[key] -= 1  # the fault waits for a 200 to cut
         self._record(key, str(answer.status))
         if request.method == "HEAD":
             passed.pop("Content-Length", None)
@@ -132,3 +140,15 @@ class FlakyFront:
             return response
         passed.pop("Content-Length", None)
         return web.Response(status=answer.status, body=body, headers=passed)
+
+    @staticmethod
+    async def _cut(request: web.Request, headers: dict[str, str], body: bytes) -> web.StreamResponse:
+        """Headers promising the whole body, half of it, then the connection closed."""
+        response = web.StreamResponse(status=200, headers={k: v for k, v in headers.items()
+                                                           if k != "Content-Length"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        assert request.transport is not None
+        request.transport.abort()
+        return response
