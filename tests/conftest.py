@@ -8,7 +8,9 @@ logs of the processes its factories started are attached to the report.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +20,8 @@ import pytest
 pytest.register_assert_rewrite("tests.registry_api")
 
 from pullcache.cache.store import Store
+from pullcache.config import UpstreamConfig
+from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
@@ -182,6 +186,26 @@ async def fake(aiohttp_server: Any) -> FakeRegistry:
     """An empty fault-injecting registry on loopback (tests/fault_upstream.py); a module that needs it
     seeded defines its own `fake`."""
     return await FakeRegistry().start(aiohttp_server)
+
+
+MakeUpstreamClient = Callable[..., Awaitable[UpstreamClient]]
+
+
+@pytest.fixture
+async def upstream_clients() -> AsyncIterator[MakeUpstreamClient]:
+    """`upstream_clients(url, *, clock=time.monotonic, **settings)` -> a started UpstreamClient with a unique
+    upstream name (so metric samples are per test); every one is closed when the test ends."""
+    clients: list[UpstreamClient] = []
+
+    async def make(url: str, *, clock: Callable[[], float] = time.monotonic, **settings: Any) -> UpstreamClient:
+        client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=url, **settings), clock=clock)
+        await client.start()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 @pytest.fixture

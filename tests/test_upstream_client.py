@@ -10,8 +10,9 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,13 +20,20 @@ from aiohttp import web
 from pullcache import metrics
 from pullcache.config import UpstreamConfig
 from pullcache.mediatypes import MANIFEST_TYPES, OCI_INDEX
-from pullcache.upstream import (UpstreamClient, UpstreamError, UpstreamNotFound, UpstreamRateLimited,
-                                UpstreamRealmRefused, UpstreamTimeout, UpstreamUnauthorized, UpstreamUnavailable,
-                                Upstreams)
+from pullcache.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamRealmRefused,
+    Upstreams,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+)
 from pullcache.upstream.challenge import Challenge, parse_challenges
 from pullcache.upstream.retry import ATTEMPTS
-from tests.fault_upstream import (BlobHost, FakeRegistry, Stall, TokenServer, answer, basic, redirect,
-                                  sha256)
+from tests.fault_upstream import BlobHost, FakeRegistry, Stall, TokenServer, answer, basic, redirect, sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
@@ -43,21 +51,9 @@ MakeClient = Callable[..., Awaitable[UpstreamClient]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[MakeClient]:
-    """Start an UpstreamClient for a URL with a unique upstream name (so metric samples are per test)."""
-    clients: list[UpstreamClient] = []
-
-    async def make(url: str, *, clock: Callable[[], float] = time.monotonic, **overrides: Any) -> UpstreamClient:
-        settings: dict[str, Any] = {"name": f"up-{uuid.uuid4().hex[:8]}", "url": url, "token_hosts": ("127.0.0.1",),
-                                    "connect_timeout": 2.0, "read_timeout": 2.0, **overrides}
-        client = UpstreamClient(UpstreamConfig(**settings), clock=clock)
-        await client.start()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+def make_client(upstream_clients: MakeClient) -> MakeClient:
+    """An UpstreamClient for a URL, short timeouts, token realms on 127.0.0.1 allowed."""
+    return partial(upstream_clients, token_hosts=("127.0.0.1",), connect_timeout=2.0, read_timeout=2.0)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,8 @@ MakeClient = Callable[..., Awaitable[UpstreamClient]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[MakeClient]:
-    clients: list[UpstreamClient] = []
-
-    async def make(url: str, **overrides: Any) -> UpstreamClient:
-        settings: dict[str, Any] = {"name": f"up-{uuid.uuid4().hex[:8]}", "url": url,
-                                    "connect_timeout": 2.0, "read_timeout": 2.0, **overrides}
-        client = UpstreamClient(UpstreamConfig(**settings))
-        await client.start()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+def make_client(upstream_clients: MakeClient) -> MakeClient:
+    return partial(upstream_clients, connect_timeout=2.0, read_timeout=2.0)
 
 
 @pytest.fixture

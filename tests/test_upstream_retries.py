@@ -6,17 +6,15 @@ which fails the first two attempts of every request (one 503, one dropped connec
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from pullcache import metrics
-from pullcache.config import UpstreamConfig
 from pullcache.upstream import (
-    UpstreamClient,
     UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamUnavailable,
@@ -55,19 +53,8 @@ async def open_registry(aiohttp_server: Any) -> FakeRegistry:
 
 
 @pytest.fixture
-async def client_for(open_registry: FakeRegistry) -> Any:
-    clients: list[UpstreamClient] = []
-
-    async def make(**overrides: Any) -> UpstreamClient:
-        config = UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=open_registry.url, **overrides)
-        client = UpstreamClient(config)
-        await client.start()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+def client_for(upstream_clients: Any, open_registry: FakeRegistry) -> Any:
+    return partial(upstream_clients, open_registry.url)
 
 
 def tag_requests(fake: FakeRegistry) -> int:
