@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 
 from pullcache import metrics
 from pullcache.cluster.base import CoordinationUnavailable, Coordinator
@@ -31,22 +32,27 @@ def holder_id(config: Config) -> str:
 
 
 class LeaseKeeper:
-    def __init__(self, coordinator: Coordinator, key: str, holder: str, ttl: float = LEASE_TTL) -> None:
+    def __init__(self, coordinator: Coordinator, key: str, holder: str, ttl: float = LEASE_TTL, *,
+                 on_taken: Callable[[], None] | None = None) -> None:
         self.coordinator = coordinator
         self.key = key
         self.holder = holder
         self.ttl = ttl
         self.held = False
+        self._on_taken = on_taken  # called each time this process becomes the holder
         self._valid_until = 0.0  # monotonic: when the lease lapses unless renewed
         self._trouble: str | None = None
         self._task: asyncio.Task[None] | None = None
         metrics.cluster_lease_held.labels(lease=key).set(0)
 
     def _set_held(self, held: bool) -> None:
+        taken = held and not self.held
         if held != self.held:
             log.info("%s the %r lease (%s)", "took" if held else "lost", self.key, self.holder)
         self.held = held
         metrics.cluster_lease_held.labels(lease=self.key).set(int(held))
+        if taken and self._on_taken is not None:
+            self._on_taken()
 
     async def step(self) -> bool:
         """Take or renew the lease once; whether this process holds it now."""
@@ -71,10 +77,12 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         while True:
-            await self.step()
             await asyncio.sleep(self.ttl / 3)
+            await self.step()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Try once now (what runs next knows whether it leads), then keep trying or renewing."""
+        await self.step()
         self._task = asyncio.create_task(self._run(), name=f"pullcache-lease-{self.key}")
 
     async def stop(self) -> None:
