@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import http_status
 from tests.support.pullcache_proc import PullcacheProcess
+from tests.support.redis import RedisServer
 
 # The lease is retried every few seconds; a dead holder's flock is gone at once, its Redis key within 10 s.
 TAKEOVER_SECONDS = {"embedded": 10.0, "redis": 20.0}
@@ -54,3 +56,20 @@ def test_one_process_of_a_store_runs_gc_and_another_takes_over_when_it_dies(
 
     _wait_for(lambda: _gc_runs(other) > 0, TAKEOVER_SECONDS[coordination], "the other process running GC")
     assert _metric(other, 'pullcache_cluster_lease_held{lease="eviction"}') == 1
+
+
+def test_a_process_serves_while_redis_is_down_and_leads_once_it_is_back(
+        pullcache_factory: Callable[..., PullcacheProcess]) -> None:
+    redis = RedisServer().start()
+    try:
+        redis.stop()
+        proc = pullcache_factory({"cluster": {"redis": redis.redis_url}})
+        assert http_status(f"{proc.url}/v2/") == 200
+        assert _metric(proc, 'pullcache_cluster_lease_held{lease="eviction"}') == 0
+        redis.start()
+        _wait_for(lambda: _metric(proc, 'pullcache_cluster_lease_held{lease="eviction"}') == 1, 10,
+                  "the lease taken once Redis is back")
+        assert "cannot take or renew the 'eviction' lease" in proc.log_text()
+        assert "took the 'eviction' lease" in proc.log_text()
+    finally:
+        redis.close()
