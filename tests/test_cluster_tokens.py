@@ -12,6 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pullcache.cluster.secret import TOKEN_KEY_LABEL, cluster_secret, derive_key
+from pullcache.config import ClusterConfig, ConfigError
 from tests.support.htpasswd import write_htpasswd
 from tests.support.pullcache_proc import REPO_ROOT, PullcacheProcess
 
@@ -74,3 +78,15 @@ def test_a_secret_variable_that_is_not_set_stops_serve_naming_the_key(
     assert result.returncode == 2
     assert result.stderr.startswith("pullcache: config error: cluster.secret_env: the environment variable "
                                     "PC_CLUSTER_SECRET is not set"), result.stderr
+
+
+def test_a_short_secret_is_refused_and_the_key_depends_on_the_secret_alone() -> None:
+    cluster = ClusterConfig(secret_env="PC_CLUSTER_SECRET")
+    with pytest.raises(ConfigError, match=r"^cluster\.secret_env: the environment variable PC_CLUSTER_SECRET "
+                                          r"holds only 5 characters"):
+        cluster_secret(cluster, {"PC_CLUSTER_SECRET": "short"})
+    secret = cluster_secret(cluster, SECRET)
+    assert secret is not None
+    assert derive_key(secret, TOKEN_KEY_LABEL) == derive_key(SECRET["PC_CLUSTER_SECRET"].encode(), TOKEN_KEY_LABEL)
+    assert derive_key(secret, TOKEN_KEY_LABEL) != derive_key(secret, b"another use")
+    assert cluster_secret(ClusterConfig(), SECRET) is None
