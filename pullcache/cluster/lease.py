@@ -48,7 +48,7 @@ class LeaseKeeper:
     def _set_held(self, held: bool) -> None:
         taken = held and not self.held
         if held != self.held:
-            log.info("%s the %r lease (%s)", "took" if held else "lost", self.key, self.holder)
+            log.info("%s the %r lease (%s)", "took" if held else "no longer hold", self.key, self.holder)
         self.held = held
         metrics.cluster_lease_held.labels(lease=self.key).set(int(held))
         if taken and self._on_taken is not None:
