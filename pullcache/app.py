@@ -9,6 +9,7 @@ from pullcache import metrics
 from pullcache.api import middleware, observe, ops, v2
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, SHADOW_WARNINGS, STORE
 from pullcache.cache.store import Store
+from pullcache.cluster import open_coordinator
 from pullcache.config import Config
 from pullcache.eviction.service import EvictionService
 from pullcache.pullthrough import PullThrough
@@ -30,7 +31,8 @@ def build_app(config: Config) -> web.Application:
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
     app[SHADOW_WARNINGS] = ShadowWarnings(app[RESOLVER])
     app[PULLTHROUGH] = PullThrough(store, config)
-    app[EVICTION] = EvictionService(store, config)
+    coordinator = open_coordinator(config)
+    app[EVICTION] = EvictionService(store, config, coordinator)
     metrics.store_max_bytes.set(config.storage.max_size)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -46,6 +48,7 @@ def build_app(config: Config) -> web.Application:
             await upstreams.close()
             await app[EVICTION].mark_clean()
             await store.close()
+            await coordinator.close()
 
     app.cleanup_ctx.append(resources)
     v2.setup(app)

@@ -216,6 +216,15 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How pullcache processes coordinate (pullcache.cluster): null redis means the embedded way, one host."""
+
+    redis: str | None = None  # redis://host:6379/0
+    advertise: str | None = None  # http://this-replica:5000, how peers reach this process
+    secret_env: str | None = None  # names the environment variable holding the cluster secret
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "0.0.0.0:5000"
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -227,6 +236,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def host(self) -> str:
@@ -512,6 +522,35 @@ def _pull_rules(value: Any, key: str) -> PullRules:
     return PullRules(tuple(_pull_rule(item, f"{key}[{i}]") for i, item in enumerate(value)), default_deny)
 
 
+_REDIS_URL = re.compile(r"^rediss?://([^@/\s]+@)?[^@/\s:]+(:\d{1,5})?(/\d+)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@_text
+def _redis_url(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, key)
+    if not _REDIS_URL.match(text):
+        raise ConfigError(f"{key}: {value!r} is not a Redis URL (expected e.g. redis://redis.internal:6379/0)")
+    return text
+
+
+@_text
+def _optional_url(value: Any, key: str) -> str | None:
+    return None if value is None else _url(value, key)
+
+
+@_text
+def _env_name(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, key)
+    if not _ENV_NAME.match(text):
+        raise ConfigError(f"{key}: {value!r} is not an environment variable name (expected e.g. PULLCACHE_SECRET)")
+    return text
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
     "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
@@ -523,6 +562,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error"), "format": _choice("text", "json"),
                         "audit": _optional_string, "audit_pulls": _bool}),
     "notifications": (NotificationsConfig, {"endpoints": _endpoints}),
+    "cluster": (ClusterConfig, {"redis": _redis_url, "advertise": _optional_url, "secret_env": _env_name}),
 }
 
 _UPSTREAM_KEYS: dict[str, Checker] = {

@@ -32,6 +32,9 @@ store_max_bytes = Gauge("pullcache_store_max_bytes", "Configured bound on cached
 inflight_fetches = Gauge("pullcache_inflight_fetches", "Upstream blob fetches under way", registry=REGISTRY)
 evictions = Counter("pullcache_evictions_total", "Cached blobs evicted by the LRU bound", registry=REGISTRY)
 evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the LRU bound", registry=REGISTRY)
+cluster_lease_held = Gauge("pullcache_cluster_lease_held",
+                           "1 in the process holding the lease (eviction: runs eviction passes and GC)",
+                           ["lease"], registry=REGISTRY)
 gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
 gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
                              registry=REGISTRY)

@@ -26,6 +26,7 @@ from tests.fault_upstream import FakeRegistry
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
+from tests.support.redis import redis_server as redis_server  # the session's Redis fixture
 from tests.support.seed import Upstream, start_seeded_upstream
 from tests.support.skopeo import Skopeo
 from tests.support.tokenserver import TokenServer

@@ -240,3 +240,25 @@ def test_an_ipv6_listen_address_without_brackets_is_refused_in_one_line(listen: 
 def test_a_bracketed_listen_address_must_be_ipv6(listen: str) -> None:
     with pytest.raises(ConfigError, match=r"^listen: .* is not host:port"):
         build_config({"listen": listen})
+
+
+def test_cluster_section_and_its_environment_overrides() -> None:
+    config = load_config(None, environ={"PULLCACHE_CLUSTER__REDIS": "redis://127.0.0.1:6379/2",
+                                        "PULLCACHE_CLUSTER__ADVERTISE": "http://10.0.0.7:5000",
+                                        "PULLCACHE_CLUSTER__SECRET_ENV": "PULLCACHE_SECRET"})
+    assert (config.cluster.redis, config.cluster.advertise, config.cluster.secret_env) == (
+        "redis://127.0.0.1:6379/2", "http://10.0.0.7:5000", "PULLCACHE_SECRET")
+    assert load_config(None, environ={}).cluster.redis is None
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"redis": "http://redis:6379"}, "cluster.redis"),
+    ({"redis": "redis://redis:port/0"}, "cluster.redis"),
+    ({"advertise": "replica-1:5000"}, "cluster.advertise"),
+    ({"secret_env": "NOT A NAME"}, "cluster.secret_env"),
+    ({"leader": True}, "cluster.leader"),
+])
+def test_cluster_mistakes_name_the_key(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config({"cluster": raw})
+    assert str(error.value).startswith(f"{key}: ") and "\n" not in str(error.value)

@@ -18,6 +18,7 @@ from pullcache.app import build_app
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, PUSHED, Totals
 from pullcache.cache.store import Store
+from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction import service as service_module
@@ -58,7 +59,7 @@ class Running:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.storage.path)
-        self.service = EvictionService(self.store, config)
+        self.service = EvictionService(self.store, config, EmbeddedCoordinator(config.storage.path))
 
     async def __aenter__(self) -> Self:
         await self.store.open()
@@ -186,7 +187,7 @@ async def test_a_start_on_a_full_disk_makes_room_and_marks_the_store_in_use_once
     async def index_full(key: str, value: str) -> None:
         raise StoreFullError(errno.ENOSPC, "index index.sqlite: database or disk is full")
     monkeypatch.setattr(store.index, "set_meta", index_full)
-    service = EvictionService(store, config_for(tmp_path, max_size=10**9))
+    service = EvictionService(store, config_for(tmp_path, max_size=10**9), EmbeddedCoordinator(tmp_path))
     try:
         await service.start()
         await until_totals(store, lambda totals: totals[CACHED].blobs < 4)  # the pass a full disk asks for
@@ -255,7 +256,8 @@ async def test_a_disk_full_report_during_a_pass_is_served_by_the_next_pass(tmp_p
     await store.open()
     try:
         await put(store, "c", 50 * KIB, CACHED)
-        service = EvictionService(store, config)  # not started: the test runs the passes itself
+        # Not started: the test runs the passes itself.
+        service = EvictionService(store, config, EmbeddedCoordinator(config.storage.path))
         service.disk_full(1 * KIB)
         first = asyncio.create_task(service.evict_now())
         await in_pass.wait()
@@ -276,7 +278,7 @@ async def test_a_write_that_could_never_fit_evicts_nothing(tmp_path: Path) -> No
     await store.open()
     try:
         cached = [await put(store, f"c{i}", 10 * KIB, CACHED) for i in range(4)]
-        service = EvictionService(store, config)
+        service = EvictionService(store, config, EmbeddedCoordinator(config.storage.path))
         service.disk_full(10**15)  # a bogus Content-Length: more than the cache and the free disk together
 
         evicted = await service.evict_now()

@@ -174,7 +174,8 @@ class Authenticator:
     user whose secret is its password, and never does more than its own grants allow.
     """
 
-    def __init__(self, config: AuthConfig, *, anonymous_push: bool = False, robots: RobotTokens | None = None) -> None:
+    def __init__(self, config: AuthConfig, *, anonymous_push: bool = False, robots: RobotTokens | None = None,
+                 signing_key: bytes | None = None) -> None:
         if config.pull == "authenticated" and not config.htpasswd:
             raise ConfigError("auth.pull: 'authenticated' needs auth.htpasswd to be set (expected a bcrypt "
                               "htpasswd file)")
@@ -186,7 +187,7 @@ class Authenticator:
         self._pull_needs_login = config.pull == "authenticated"
         self._anonymous_push = anonymous_push
         self._realm = config.realm
-        self._tokens = BearerTokens()
+        self._tokens = BearerTokens(signing_key)  # None: a random key, known to this process only
         self._accepted: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, CHECK_CACHE_SECONDS)
         self._refused: TTLCache[tuple[str, bytes], bool] = TTLCache(CHECK_CACHE_SIZE, REFUSED_CACHE_SECONDS)
 

@@ -1,9 +1,13 @@
-"""The Bearer tokens /auth/token issues: JWTs as Docker's token spec describes them (HS256, per-process key).
+"""The Bearer tokens /auth/token issues: JWTs as Docker's token spec describes them (HS256).
+
+The key is derived from the cluster secret when `cluster.secret_env` is set (pullcache.cluster.secret), so
+every process sharing the secret accepts the others' tokens, also across restarts; else it is random per
+process.
 
 Claims: iss and aud `pullcache`, sub the user (`""` for anonymous), iat/nbf/exp, a jti, and `access`:
 one `{"type": "repository", "name": ..., "actions": [...]}` per requested scope, holding the requested
 actions the rules granted (possibly none: a refusal is not the token server's to report). The header
-names the key by `kid` (a hash of it, never the key). Only HS256 with this process's key is accepted:
+names the key by `kid` (a hash of it, never the key). Only HS256 with this key is accepted:
 the algorithm is fixed here, never read from the token.
 """
 from __future__ import annotations
@@ -60,8 +64,8 @@ class Claims:
 
 
 class BearerTokens:
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else secrets.token_bytes(32)
         self._kid = hashlib.sha256(self._key).hexdigest()[:16]
         self._header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": self._kid}).encode())
 

@@ -11,6 +11,7 @@ from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
 from pullcache.api.notify import NOTIFIER
 from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
+from pullcache.cluster.secret import token_signing_key
 from pullcache.notifications import Notifier
 from pullcache.tokens import RobotTokens
 
@@ -72,15 +73,16 @@ async def _notifier(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
-    """Register the API; a bad htpasswd file, rule or audit path raises ConfigError here, before anything
-    is served."""
+    """Register the API; a bad htpasswd file, rule, audit path or cluster secret raises ConfigError here,
+    before anything is served."""
     config = app[CONFIG]
     app[AUDIT] = AuditLog(config.log)
     app.cleanup_ctx.append(_audit_log)
     app[NOTIFIER] = Notifier(config.notifications)
     app.cleanup_ctx.append(_notifier)
     authenticator = Authenticator(config.auth, anonymous_push=config.local.anonymous_push,
-                                  robots=RobotTokens(config.storage.path))
+                                  robots=RobotTokens(config.storage.path),
+                                  signing_key=token_signing_key(config.cluster))
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_announce_api_version)
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.

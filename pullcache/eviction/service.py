@@ -10,6 +10,9 @@
   than its reserve free asks for a pass too, unless evicting all cached content could not make the
   room asked for.
 - Every gc.interval it runs one GC (the same code as `pullcache gc`).
+- Eviction passes and GC run only in the process holding the `eviction` lease (pullcache.cluster), so
+  several processes on one store (workers, replicas) run them once; the lease passes to another process
+  within seconds when its holder dies. Recency flushes, totals and free-space checks stay per process.
 - It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
   was missing or the last shutdown was not clean (a marker in the index says so). It does remove,
@@ -27,6 +30,7 @@ from pullcache import metrics
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, ORIGINS, Totals
 from pullcache.cache.store import Store
+from pullcache.cluster import Coordinator, LeaseKeeper, holder_id
 from pullcache.config import Config
 from pullcache.eviction.gc import collect_garbage
 from pullcache.eviction.lru import Evicted, evict_to
@@ -37,6 +41,7 @@ log = logging.getLogger("pullcache.eviction")
 FLUSH_INTERVAL = 5.0  # how stale recency may get in the index: hits in between cost no write
 DISK_RESERVE_FRACTION = 0.05  # keep this much of the filesystem free ...
 DISK_RESERVE_MAX = 1024**3  # ... but never ask for more than 1 GiB
+LEASE = "eviction"  # its holder runs eviction passes and GC for every process of the store
 
 
 class Trouble:
@@ -66,10 +71,11 @@ class Trouble:
 
 
 class EvictionService:
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, coordinator: Coordinator) -> None:
         self.store = store
         self.config = config
         self._wake = asyncio.Event()
+        self.leader = LeaseKeeper(coordinator, LEASE, holder_id(config), on_taken=self._took_lease)
         self._free_request = 0  # bytes of cached content a full disk asked to free on the next pass
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciling: asyncio.Task[None] | None = None  # the start-up reconcile, when one runs
@@ -87,6 +93,7 @@ class EvictionService:
         unclean = not await self.store.was_shut_down_cleanly()
         await self._mark_running()
         await self._remove_orphaned_temps()
+        await self.leader.start()
         self._spawn(self._evict_loop)
         self._spawn(self._tick_loop)
         self._spawn(self._gc_loop)
@@ -98,6 +105,7 @@ class EvictionService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.leader.stop()  # another process takes over at once, not after the lease's ttl
         self.store.unwatch(self._on_totals, self.disk_full)
         with contextlib.suppress(StoreFullError):  # on a full disk the last hits are lost: only recency
             await self.store.flush_accesses()
@@ -137,6 +145,11 @@ class EvictionService:
             metrics.store_bytes.labels(origin=origin).set(totals[origin].bytes)
             metrics.store_blobs.labels(origin=origin).set(totals[origin].blobs)
         if totals[CACHED].bytes > self.config.storage.max_size:
+            self._wake.set()
+
+    def _took_lease(self) -> None:
+        """A bound crossed, or a full disk reported, while another process led (or none did) needs a pass now."""
+        if self._free_request or self.store.totals()[CACHED].bytes > self.config.storage.max_size:
             self._wake.set()
 
     def disk_full(self, needed: int = 0) -> None:
@@ -199,6 +212,8 @@ class EvictionService:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not self.leader.held:
+                continue  # the leader sees the same totals and disk; a request stays until this one leads
             if not await self._evicting.run(self.evict_now):
                 await asyncio.sleep(FLUSH_INTERVAL)
                 self._wake.set()
@@ -221,6 +236,8 @@ class EvictionService:
             return  # gc.interval: 0 turns the periodic sweep off; `pullcache gc` still works
         while True:
             await asyncio.sleep(self.config.gc.interval)
+            if not self.leader.held:
+                continue
             try:
                 report = await collect_garbage(self.store, self.config.gc, dry_run=False)
                 log.info(report.lines()[-1])
