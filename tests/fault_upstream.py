@@ -20,8 +20,9 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Self
+from typing import Any, Self
 
 from aiohttp import web
 from multidict import CIMultiDict, MultiDict

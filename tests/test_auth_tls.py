@@ -340,7 +340,8 @@ def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The passwords bcrypt is asked to check, in order."""
     calls: list[bytes] = []
     real = bcrypt.checkpw
-    monkeypatch.setattr(auth.bcrypt, "checkpw", lambda password, hashed: calls.append(password) or real(password, hashed))
+    monkeypatch.setattr(auth.bcrypt, "checkpw",
+                        lambda password, hashed: calls.append(password) or real(password, hashed))
     return calls
 
 

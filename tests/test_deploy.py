@@ -258,7 +258,8 @@ def test_alert_expressions_use_only_contract_metrics():
 
 def test_upstream_errors_alert_counts_5xx_429_and_non_http_failures_but_not_404():
     selector = re.search(r'code=~"([^"]+)"', _alert("PullcacheUpstreamErrors")["expr"]).group(1)
-    matches = lambda code: re.fullmatch(selector, code) is not None  # Prometheus anchors regexes
+    def matches(code: str) -> bool:
+        return re.fullmatch(selector, code) is not None  # Prometheus anchors regexes
     assert all(matches(c) for c in ("500", "502", "503", "429", "error"))
     assert not any(matches(c) for c in ("200", "206", "304", "401", "404"))
 
@@ -370,7 +371,7 @@ def test_dashboard_panels_have_the_fields_grafanas_schema_requires():
         assert isinstance(panel["title"], str) and panel["title"]
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) and grid[k] >= 0 for k in ("h", "w", "x", "y")), panel["title"]
-        assert 0 < grid["w"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         ref_ids = [t["refId"] for t in panel.get("targets", [])]
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         assert panel["type"] == "row" or ref_ids or panel["type"] == "text", panel["title"]
@@ -388,7 +389,7 @@ def test_dashboard_queries_go_to_the_provisioned_datasource():
     assert variable["current"]["value"] == datasource["uid"]
     for panel in _panels():
         for t in panel.get("targets", []):
-            assert t["datasource"]["uid"] == "${%s}" % variable["name"], panel["title"]
+            assert t["datasource"]["uid"] == f"${{{variable['name']}}}", panel["title"]
 
 
 def test_grafana_datasource_points_at_the_compose_prometheus():

@@ -19,12 +19,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import kustomize
 from tests.support.compose import COMPOSE_FILE, compose, stack_on_loopback
-from tests.support.deploy_image import (JUNK_SIZE, BuilderDaemon, Build, build_image, host_pip_index_args,
-                                        operator_checkout)
+from tests.support.deploy_image import (
+    JUNK_SIZE,
+    Build,
+    BuilderDaemon,
+    build_image,
+    host_pip_index_args,
+    operator_checkout,
+)
 from tests.support.dockerd import Dockerd
 from tests.support.images import DOCKER_LIST
-from tests.support import kustomize
 from tests.support.procs import free_port, http_status
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
@@ -276,7 +282,8 @@ def test_k8s_pod_spec_runs_in_the_image_and_its_probes_answer(name: str, built: 
     port = free_port()
     config_dir = tmp_path / "config"
     config_dir.mkdir(mode=0o755)
-    (config_dir / "proxy.yml").write_text(kustomize.resource(name, "ConfigMap", "pullcache-config")["data"]["proxy.yml"])
+    configmap = kustomize.resource(name, "ConfigMap", "pullcache-config")
+    (config_dir / "proxy.yml").write_text(configmap["data"]["proxy.yml"])
     (config_dir / "proxy.yml").chmod(0o644)
     security = {**pod["securityContext"], **spec["securityContext"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

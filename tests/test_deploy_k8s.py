@@ -88,7 +88,7 @@ def test_everything_lands_in_the_pullcache_namespace(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_config_is_the_configmap_mounted_where_serve_reads_it(name: str) -> None:
-    config_dir, file_name = CONFIG_PATH.rsplit("/", 1)
+    config_dir = CONFIG_PATH.rsplit("/", 1)[0]
     assert _mounted(name, config_dir)["configMap"]["name"] == "pullcache-config"
     assert container(name)["args"][-2:] == ["-c", CONFIG_PATH]
     config = _proxy_yml(name)

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from tests.support.host_install import DYNAMIC_UID, HostInstall, parse_unit
+from tests.support.images import DOCKER_LIST
 from tests.support.procs import free_port, http_status
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
-from tests.support.images import DOCKER_LIST
 
 STATE = "/var/lib/pullcache"
 
@@ -65,7 +65,8 @@ def test_exec_start_serves_v2_as_the_units_user_from_its_state_directory(
     service = install.service_process(tmp_path / "service.log")
     service.start()
     try:
-        service.wait_until(lambda: http_status(f"http://127.0.0.1:{port}/v2/") == 200, timeout=30, what="answering /v2/")
+        service.wait_until(lambda: http_status(f"http://127.0.0.1:{port}/v2/") == 200, timeout=30,
+                           what="answering /v2/")
         uids = Path(f"/proc/{service.pid}/status").read_text().split("Uid:", 1)[1].split()[:4]
         assert uids == [str(DYNAMIC_UID)] * 4
         assert Path(f"/proc/{service.pid}/cwd").resolve() == Path(STATE)

@@ -153,7 +153,8 @@ def test_a_crash_between_file_and_index_write_is_repaired_at_restart(
 
     def indexed() -> bool:
         with sqlite3.connect(f"file:{pullcache.data_dir / 'index.sqlite'}?mode=ro", uri=True) as db:
-            return db.execute("SELECT origin FROM blobs WHERE digest = ?", (data_layer(image),)).fetchone() == ("cached",)
+            row = db.execute("SELECT origin FROM blobs WHERE digest = ?", (data_layer(image),)).fetchone()
+            return row == ("cached",)
     eventually(indexed, "the background reconcile indexed the file again")
 
 

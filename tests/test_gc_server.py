@@ -49,7 +49,8 @@ def pushed_bytes_gauge(pullcache: PullcacheProcess) -> float:
 
 
 def removed_blobs(output: str, verb: str) -> dict[str, int]:
-    return {m.group(1): int(m.group(2)) for m in re.finditer(rf"^{verb} blob (\S+) \((\d+) bytes\)", output, re.MULTILINE)}
+    pattern = rf"^{verb} blob (\S+) \((\d+) bytes\)"
+    return {m.group(1): int(m.group(2)) for m in re.finditer(pattern, output, re.MULTILINE)}
 
 
 def test_delete_then_gc_reclaims_exactly_the_unshared_blobs(

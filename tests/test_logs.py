@@ -163,7 +163,7 @@ async def test_each_request_gets_one_access_line_with_its_fields(
         ("GET", "/", "status"), ("GET", "/no/such/page?x=1", "other"), ("HEAD", "/healthz", "healthz"),
         ("GET", "/v2/library/alpine/manifests/latest?ns=docker.io", "manifest")]
     for entry in entries:
-        assert ACCESS_FIELDS <= entry.keys()
+        assert entry.keys() >= ACCESS_FIELDS
         assert entry["remote"] == "127.0.0.1"
         assert entry["duration_ms"] > 0
     page_line, missing, head, proxied = entries

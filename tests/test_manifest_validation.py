@@ -118,8 +118,9 @@ async def test_invalid_artifact_type_is_refused(pushed: TestClient, registry_con
     await assert_refused(pushed, registry_config, good_manifest(artifactType=artifact_type))
 
 
-@pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_LIST, EMPTY_JSON, "text/plain", "application/vnd.in-toto+json",
-                                        "application/vnd.cncf.helm.config.v1+json", "application/x.a!b#c$d&e^f_g-h"])
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_LIST, EMPTY_JSON, "text/plain",
+                                        "application/vnd.in-toto+json", "application/vnd.cncf.helm.config.v1+json",
+                                        "application/x.a!b#c$d&e^f_g-h"])
 def test_media_types_clients_use_are_valid(media_type: str) -> None:
     assert is_media_type(media_type)
 

@@ -15,8 +15,17 @@ from .images import Image, build_image, push_big_image, push_image
 from .registry_client import RegistryClient
 from .tokenserver import ADMIN_PASSWORD, ADMIN_USER, PULL_PASSWORD, PULL_USER, TokenServer
 
-__all__ = ["ADMIN_PASSWORD", "ADMIN_USER", "PULL_PASSWORD", "PULL_USER", "SeedInfo", "Upstream",
-           "seed_upstream", "start_seeded_upstream", "standard_images"]
+__all__ = [
+    "ADMIN_PASSWORD",
+    "ADMIN_USER",
+    "PULL_PASSWORD",
+    "PULL_USER",
+    "SeedInfo",
+    "Upstream",
+    "seed_upstream",
+    "standard_images",
+    "start_seeded_upstream",
+]
 LARGE_LAYER_SIZE = 8 * 1024 * 1024
 
 AMD64, ARM64, ARMV7 = "linux/amd64", "linux/arm64/v8", "linux/arm/v7"
