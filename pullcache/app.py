@@ -8,7 +8,7 @@ from aiohttp import web
 from pullcache import metrics
 from pullcache.api import middleware, observe, ops, v2
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, SHADOW_WARNINGS, STORE
-from pullcache.cache.store import Store
+from pullcache.cache.configured import store_for
 from pullcache.config import Config
 from pullcache.eviction.service import EvictionService
 from pullcache.pullthrough import PullThrough
@@ -24,7 +24,7 @@ def build_app(config: Config) -> web.Application:
     """An Application whose resources open on startup and close on cleanup, in dependency order."""
     app = web.Application(middlewares=[observe.access, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
     app[CONFIG] = config
-    store = Store(config.storage.path)
+    store = store_for(config.storage)
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())

@@ -43,6 +43,19 @@ def _check_storage(config: Config) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"storage.path: {str(path)!r} cannot be created or written ({exc.strerror})") from exc
+    if config.storage.backend == "s3":
+        _check_bucket(config)
+
+
+def _check_bucket(config: Config) -> None:
+    """storage.s3.bucket must exist and take a write: one line saying why not, no traceback."""
+    from pullcache.cache.configured import check_bucket
+    from pullcache.cache.s3 import StorageMisconfigured, StorageUnavailable
+
+    try:
+        asyncio.run(check_bucket(config.storage.s3))
+    except (StorageMisconfigured, StorageUnavailable) as exc:
+        raise ConfigError(f"storage.s3.bucket: {exc}") from exc
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -81,6 +94,18 @@ def _serve(config: Config) -> int:
     return 0
 
 
+def _backend(config: Config) -> str:
+    """`filesystem` or `s3 s3://bucket/prefix at <endpoint>, ...` for check-config."""
+    storage = config.storage
+    if storage.backend == "filesystem":
+        return "filesystem"
+    s3 = storage.s3
+    where = f"s3://{s3.bucket}/{s3.prefix.strip('/')}".rstrip("/")
+    redirect = f"redirect (presigned, {s3.redirect_ttl:g}s)" if s3.redirect else "no redirect"
+    return (f"s3 {where} at {s3.endpoint or f'AWS {s3.region}'}, local cache {s3.local_cache} bytes, {redirect}, "
+            f"credentials {'from the config' if s3.access_key else 'from the AWS chain'}")
+
+
 def _check_config(config: Config, path: str) -> int:
     """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
@@ -91,6 +116,7 @@ def _check_config(config: Config, path: str) -> int:
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
+    print(f"  backend {_backend(config)}")
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}, manifest_ttl {upstream.manifest_ttl:g}s")

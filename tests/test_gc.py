@@ -304,7 +304,7 @@ async def test_reconcile_indexes_files_without_rows_by_their_links(store: Store)
 
 async def test_reconcile_drops_rows_whose_files_are_gone(store: Store) -> None:
     lost = await store.put_small(b"removed by hand", origin=CACHED)
-    os.unlink(store.blob_path(lost))
+    os.unlink(store.layout.blob(lost))
 
     report = await collect_garbage(store, GC, dry_run=False)
 

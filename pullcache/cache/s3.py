@@ -12,9 +12,10 @@ credentials refused: stops start-up with one line).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -103,13 +104,14 @@ class S3Objects:
         """`s3://bucket/prefix` for logs and check-config."""
         return f"s3://{self.settings.bucket}/{self._prefix}".rstrip("/")
 
-    async def _call(self, op: str, request: Awaitable[T]) -> T:
-        """Run one request, counting it by outcome. A missing object is FileNotFoundError (obstore raises
+    @contextlib.contextmanager
+    def _request(self, op: str) -> Iterator[None]:
+        """Count and time one request by outcome. A missing object is FileNotFoundError (obstore raises
         that or its own NotFoundError); anything else that fails is one of this module's errors."""
         started = time.monotonic()
         code = "ok"
         try:
-            return await request
+            yield
         except (FileNotFoundError, NotFoundError) as exc:
             code = "not_found"
             raise FileNotFoundError(_short(exc)) from exc
@@ -125,6 +127,10 @@ class S3Objects:
         finally:
             metrics.storage_requests.labels(BACKEND, op, code).inc()
             metrics.storage_request_duration.labels(BACKEND, op).observe(time.monotonic() - started)
+
+    async def _call(self, op: str, request: Awaitable[T]) -> T:
+        with self._request(op):
+            return await request
 
     async def stat(self, path: str) -> ObjectInfo | None:
         try:
@@ -176,6 +182,19 @@ class S3Objects:
             await self._call("delete", obstore.delete_async(self._store, path))
         except FileNotFoundError:
             pass
+
+    def delete_blocking(self, path: str) -> None:
+        """delete() for a worker thread that must finish it before it goes on (eviction's transaction)."""
+        with contextlib.suppress(FileNotFoundError), self._request("delete"):
+            obstore.delete(self._store, path)
+
+    def get_blocking(self, path: str) -> bytes | None:
+        """get_content() for a worker thread (GC reads every local manifest once)."""
+        try:
+            with self._request("get"):
+                return bytes(obstore.get(self._store, path).bytes())
+        except FileNotFoundError:
+            return None
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every object under `prefix` (recursively), a page at a time."""
