@@ -18,9 +18,11 @@ import pytest
 pytest.register_assert_rewrite("tests.registry_api")
 
 from pullcache.cache.store import Store
+from tests.support import seaweed
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
+from tests.support.seaweed import SeaweedFS
 from tests.support.seed import Upstream, start_seeded_upstream
 from tests.support.skopeo import Skopeo
 from tests.support.tokenserver import TokenServer
@@ -59,6 +61,16 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await store.open()
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedFS]:
+    """One SeaweedFS per test session (per xdist worker), with the bucket `pullcache`; tests take a fresh
+    prefix of it each (tests/registry_api.py's `storage` fixture)."""
+    server = SeaweedFS().start()
+    server.create_bucket(seaweed.BUCKET)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

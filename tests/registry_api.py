@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import Config, build_config
+from tests.support import seaweed
+from tests.support.seaweed import SeaweedFS
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -36,21 +39,44 @@ def sha512(data: bytes) -> str:
     return "sha512:" + hashlib.sha512(data).hexdigest()
 
 
+BACKENDS = ["filesystem", "s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The `storage` section of an in-process registry, once per backend: the filesystem under tmp_path, or
+    the session's SeaweedFS under a fresh prefix of its bucket (storage.path then holds spool and cache)."""
+    section: dict[str, Any] = {"path": str(tmp_path / "data")}
+    if request.param == "s3":
+        server: SeaweedFS = request.getfixturevalue("seaweed_server")
+        section.update(backend="s3", s3=server.storage_config(seaweed.BUCKET, prefix=f"t{uuid.uuid4().hex[:12]}",
+                                                               timeout="5s"))
+    return section
+
+
 def store_root(config: Config) -> Path:
     return Path(config.storage.path)
 
 
+def _stored(config: Config, tops: tuple[str, ...]) -> dict[str, bytes]:
+    """Every stored file under the tops with its content, wherever the backend keeps it."""
+    if config.storage.backend == "s3":
+        s3 = config.storage.s3
+        assert s3.endpoint is not None
+        return seaweed.bucket_objects(s3.endpoint, s3.bucket, s3.prefix, tops)
+    root = store_root(config)
+    return {path.relative_to(root).as_posix(): path.read_bytes()
+            for top in tops for path in sorted((root / top).rglob("*")) if path.is_file()}
+
+
 def blob_files(config: Config) -> set[str]:
-    """Digests of every committed blob file in the store."""
-    root = store_root(config) / "blobs"
-    return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*") if path.is_file()}
+    """Digests of every committed blob in the store."""
+    return {f"{Path(key).parent.parent.name}:{Path(key).name}" for key in _stored(config, ("blobs",))}
 
 
 def store_snapshot(config: Config) -> dict[str, bytes]:
     """Every file under blobs/ and repositories/ with its content: equal snapshots mean an unchanged store."""
-    root = store_root(config)
-    return {str(path.relative_to(root)): path.read_bytes()
-            for top in ("blobs", "repositories") for path in sorted((root / top).rglob("*")) if path.is_file()}
+    return _stored(config, ("blobs", "repositories"))
 
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
@@ -121,10 +147,10 @@ async def error_code(response: Any) -> str:
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
-    """A registry with no upstreams: every name is local, and pushes are opted into without users
-    (`local.anonymous_push`; tests of push authentication override this fixture)."""
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+def registry_config(storage: dict[str, Any]) -> Config:
+    """A registry with no upstreams on each backend: every name is local, and pushes are opted into without
+    users (`local.anonymous_push`; tests of push authentication override this fixture)."""
+    return build_config({"storage": storage, "local": {"anonymous_push": True}})
 
 
 @pytest.fixture
