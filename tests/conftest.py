@@ -8,6 +8,7 @@ logs of the processes its factories started are attached to the report.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +72,17 @@ def seaweed_server() -> Iterator[SeaweedFS]:
     server.create_bucket(seaweed.BUCKET)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A `storage` section without its path, once per backend: {} (the filesystem), or S3 on the session's
+    SeaweedFS under a fresh prefix of its bucket. Tests that run on both backends take it."""
+    if request.param == "filesystem":
+        return {}
+    server: SeaweedFS = request.getfixturevalue("seaweed_server")
+    return {"backend": "s3", "s3": server.storage_config(seaweed.BUCKET, prefix=f"t{uuid.uuid4().hex[:12]}",
+                                                          timeout="5s")}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from aiohttp.test_utils import TestClient
 from pullcache.app import build_app
 from pullcache.config import Config, build_config
 from tests.support import seaweed
-from tests.support.seaweed import SeaweedFS
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -39,19 +37,11 @@ def sha512(data: bytes) -> str:
     return "sha512:" + hashlib.sha512(data).hexdigest()
 
 
-BACKENDS = ["filesystem", "s3"]
-
-
-@pytest.fixture(params=BACKENDS)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    """The `storage` section of an in-process registry, once per backend: the filesystem under tmp_path, or
-    the session's SeaweedFS under a fresh prefix of its bucket (storage.path then holds spool and cache)."""
-    section: dict[str, Any] = {"path": str(tmp_path / "data")}
-    if request.param == "s3":
-        server: SeaweedFS = request.getfixturevalue("seaweed_server")
-        section.update(backend="s3", s3=server.storage_config(seaweed.BUCKET, prefix=f"t{uuid.uuid4().hex[:12]}",
-                                                               timeout="5s"))
-    return section
+@pytest.fixture
+def storage(storage_backend: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The `storage` section of an in-process registry, once per backend (conftest's storage_backend): the
+    filesystem under tmp_path, or S3 with storage.path holding spool and local cache."""
+    return {"path": str(tmp_path / "data"), **storage_backend}
 
 
 def store_root(config: Config) -> Path:

@@ -124,7 +124,7 @@ async def test_delete_of_unknown_blob_is_404_and_changes_nothing(registry: TestC
     assert store_snapshot(registry_config) == before
 
 
-@pytest.mark.parametrize("storage", ["filesystem"], indirect=True)
+@pytest.mark.parametrize("storage_backend", ["filesystem"], indirect=True)
 async def test_blob_removed_after_the_link_check_is_blob_unknown(registry: TestClient, registry_config: Config) -> None:
     """Eviction or GC may remove a file between a handler's look at the links and the open: no 500, no half
     answer (filesystem backend: the file is removed by hand)."""
