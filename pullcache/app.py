@@ -1,6 +1,7 @@
 """Builds the aiohttp Application: wires store, upstreams, resolver, pull-through, eviction and metrics."""
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from pullcache.pullthrough.shadowing import ShadowWarnings
 from pullcache.resolver import Resolver
 from pullcache.upstream.pool import Upstreams
 
+log = logging.getLogger("pullcache.store")
 EVICTION = web.AppKey("eviction", EvictionService)
 CLIENT_MAX_SIZE = 8 * 1024 * 1024  # manifests are limited to 4 MiB; blob bodies are streamed, not read whole
 
@@ -35,6 +37,7 @@ def build_app(config: Config) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        log.info("storage: %s", store.backend)
         await upstreams.start()
         await app[EVICTION].start()
         try:

@@ -1,10 +1,14 @@
 """The Store that storage.backend names: the filesystem under storage.path, or an S3 bucket beside it."""
 from __future__ import annotations
 
+import asyncio
+
 from pullcache.cache.s3 import S3Objects, S3Settings
 from pullcache.cache.s3_backend import BucketMirror, S3Blobs
 from pullcache.cache.store import Store
 from pullcache.config import S3Config, StorageConfig
+
+SETTLE = 0.1  # seconds for obstore to wind down a failed request before the process exits
 
 
 def objects_for(s3: S3Config) -> S3Objects:
@@ -16,7 +20,13 @@ async def check_bucket(s3: S3Config) -> str:
     """Start-up's check that the bucket exists and takes a write; returns where it is. Raises
     StorageMisconfigured or StorageUnavailable with one line."""
     objects = objects_for(s3)
-    await objects.check_writable()
+    try:
+        await objects.check_writable()
+    except BaseException:
+        # obstore's runtime finishes a failed request's connection after the error reached us; a process
+        # that exits at once (a refused start) would abort in that thread. Let it finish first.
+        await asyncio.sleep(SETTLE)
+        raise
     return objects.where
 
 

@@ -214,9 +214,8 @@ class S3Objects:
     async def check_writable(self) -> None:
         """Start-up check: the bucket exists and takes a write. Raises StorageMisconfigured or
         StorageUnavailable with one line saying which."""
-        try:  # a listing first: some stores (SeaweedFS) create a missing bucket on the first PUT
-            await self._call("list", obstore.list(self._store, chunk_size=1).__anext__())
-        except StopAsyncIteration:
-            pass  # an empty bucket
+        # A listing first: some stores (SeaweedFS) create a missing bucket on the first PUT. One request, not
+        # a list stream: a stream left unfinished by a failure aborts the process at exit (obstore 0.x).
+        await self._call("list", obstore.list_with_delimiter_async(self._store, PROBE_PATH.split("/")[0]))
         await self.put_content(PROBE_PATH, b"pullcache")
         await self.delete(PROBE_PATH)
