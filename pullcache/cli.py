@@ -43,8 +43,22 @@ def _check_storage(config: Config) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"storage.path: {str(path)!r} cannot be created or written ({exc.strerror})") from exc
+    _check_backend_of(config, path)
     if config.storage.backend == "s3":
         _check_bucket(config)
+
+
+def _check_backend_of(config: Config, path: Path) -> None:
+    """storage.path must not be another backend's (a filesystem store for s3, another bucket's cache)."""
+    from pullcache.cache.backends import claim_path
+    from pullcache.cache.configured import where
+    from pullcache.cache.s3 import StorageMisconfigured
+
+    owner = where(config.storage.s3) if config.storage.backend == "s3" else None
+    try:
+        claim_path(path.resolve(), owner, write=False)
+    except StorageMisconfigured as exc:
+        raise ConfigError(f"storage.path: {exc}") from exc
 
 
 def _check_bucket(config: Config) -> None:
@@ -99,10 +113,11 @@ def _backend(config: Config) -> str:
     storage = config.storage
     if storage.backend == "filesystem":
         return "filesystem"
+    from pullcache.cache.configured import where
+
     s3 = storage.s3
-    where = f"s3://{s3.bucket}/{s3.prefix.strip('/')}".rstrip("/")
     redirect = f"redirect (presigned, {s3.redirect_ttl:g}s)" if s3.redirect else "no redirect"
-    return (f"s3 {where} at {s3.endpoint or f'AWS {s3.region}'}, local cache {s3.local_cache} bytes, {redirect}, "
+    return (f"s3 {where(s3)} at {s3.endpoint or f'AWS {s3.region}'}, local cache {s3.local_cache} bytes, {redirect}, "
             f"credentials {'from the config' if s3.access_key else 'from the AWS chain'}")
 
 

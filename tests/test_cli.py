@@ -161,3 +161,10 @@ def test_an_unreachable_object_store_stops_serve_in_one_line(tmp_path: Path) -> 
     s3 = {"endpoint": "http://127.0.0.1:9", "bucket": "b", "access_key": "k", "secret_key": "s", "timeout": "2s"}
     config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}, backend: s3, s3: {json.dumps(s3)}}}\n")
     assert_one_config_error_line(run_cli("serve", "-c", str(config)), "storage.s3.bucket")
+
+
+def test_s3_on_a_path_holding_a_filesystem_store_is_one_line(tmp_path: Path, seaweed_server: SeaweedFS) -> None:
+    (tmp_path / "data" / "blobs" / "sha256").mkdir(parents=True)
+    result = run_cli("check-config", "-c", str(s3_config_file(tmp_path, seaweed_server, seaweed.BUCKET)))
+    assert_one_config_error_line(result, "storage.path")
+    assert "holds a filesystem store" in result.stderr

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from pullcache.app import build_app
 from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED
+from pullcache.cache.s3 import StorageMisconfigured
 from pullcache.cache.store import Store
 from pullcache.cache.writer import DigestMismatch
 from pullcache.config import Config, build_config
@@ -236,3 +237,28 @@ async def test_two_instances_committing_the_same_digest_at_once_both_succeed(
 async def test_storage_metrics_count_s3_requests(s3_store: Store) -> None:
     assert REGISTRY.get_sample_value("pullcache_storage_requests_total",
                                      {"backend": "s3", "op": "list", "code": "ok"})
+
+
+async def test_a_path_holding_a_filesystem_store_is_refused_for_s3_and_the_other_way_round(
+        s3_config: Config, tmp_path: Path) -> None:
+    """An s3 store would take a filesystem store's blobs for stale copies of its own and remove them."""
+    filesystem = Store(tmp_path / "fs")
+    await filesystem.open()
+    await filesystem.write_blob(one_chunk(b"precious"), None, origin=PUSHED)
+    await filesystem.close()
+    misplaced = build_config({"storage": {**s3_storage_of(s3_config), "path": str(tmp_path / "fs")}})
+    with pytest.raises(StorageMisconfigured, match="holds a filesystem store"):
+        await store_for(misplaced.storage).open()
+    assert Store(tmp_path / "fs").blob_size(Digest.of(b"precious")) == len(b"precious")
+
+    s3 = store_for(s3_config.storage)
+    await s3.open()
+    await s3.close()
+    with pytest.raises(StorageMisconfigured, match="spool and cache of s3://"):
+        await Store(s3_config.storage.path).open()
+
+
+def s3_storage_of(config: Config) -> dict[str, Any]:
+    s3 = config.storage.s3
+    return {"backend": "s3", "s3": {"endpoint": s3.endpoint, "bucket": s3.bucket, "prefix": s3.prefix,
+                                    "access_key": s3.access_key, "secret_key": s3.secret_key}}

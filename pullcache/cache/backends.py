@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
-from pullcache.cache.files import remove_quietly
+from pullcache.cache.files import remove_quietly, write_atomic
 from pullcache.cache.layout import Layout
+from pullcache.cache.s3 import StorageMisconfigured
 from pullcache.cache.scan import blob_files
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
 
+BACKEND_MARK = "backend"  # file in storage.path naming the bucket whose spool and cache it is (s3 only)
 RangeReader = Callable[[int, int], AsyncIterator[bytes]]  # (offset, length) -> the bytes, in chunks
 
 
@@ -96,6 +98,30 @@ def read_file(path: Path) -> bytes | None:
         return None
 
 
+def claim_path(root: Path, owner: str | None, *, write: bool = True) -> None:
+    """Refuse a storage.path another backend uses (blocking). An s3 store marks its path with its
+    `s3://bucket/prefix` (owner); a filesystem store (owner None) has no mark. Without this, an s3 store would
+    take a filesystem store's blobs for stale copies and remove them, and a filesystem store would take an
+    s3 store's partial local cache for the whole store. Raises StorageMisconfigured, one line."""
+    mark = root / BACKEND_MARK
+    try:
+        found: str | None = mark.read_text().strip()
+    except FileNotFoundError:
+        found = None
+    if found == owner:
+        return
+    if found is not None:
+        raise StorageMisconfigured(f"storage.path {str(root)!r} is the spool and cache of {found}, not of "
+                                   f"{owner or 'a filesystem store'} (use another storage.path)")
+    blobs = root / "blobs"
+    if blobs.is_dir() and any(blobs.iterdir()):
+        raise StorageMisconfigured(f"storage.path {str(root)!r} holds a filesystem store; the s3 backend needs "
+                                   "an empty storage.path")
+    if write:
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        write_atomic(mark, f"{owner}\n".encode(), root / "tmp")
+
+
 class FilesystemBlobs:
     """blobs/<alg>/<xx>/<hex> under storage.path: a rename commits, sendfile serves."""
 
@@ -109,7 +135,7 @@ class FilesystemBlobs:
         return str(self.layout.root)
 
     async def open(self) -> None:
-        pass
+        await asyncio.to_thread(claim_path, self.layout.root, None)
 
     async def close(self) -> None:
         pass

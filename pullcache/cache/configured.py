@@ -11,6 +11,11 @@ from pullcache.config import S3Config, StorageConfig
 SETTLE = 0.1  # seconds for obstore to wind down a failed request before the process exits
 
 
+def where(s3: S3Config) -> str:
+    """`s3://bucket/prefix`, as S3Objects.where names it."""
+    return f"s3://{s3.bucket}/{s3.prefix.strip('/')}".rstrip("/")
+
+
 def objects_for(s3: S3Config) -> S3Objects:
     return S3Objects(S3Settings(bucket=s3.bucket, prefix=s3.prefix, endpoint=s3.endpoint, region=s3.region,
                                 access_key=s3.access_key, secret_key=s3.secret(), timeout=s3.timeout))

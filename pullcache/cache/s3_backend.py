@@ -18,13 +18,14 @@ storage.s3.prefix, so `blobs/sha256/ab/ab..` and `repositories/<name>/_manifests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from pullcache.cache.backends import OpenedBlob, open_file, read_file
+from pullcache.cache.backends import OpenedBlob, claim_path, open_file, read_file
 from pullcache.cache.files import remove_quietly, write_atomic
 from pullcache.cache.layout import CACHED_ROOT, LOCAL_ROOT, Layout, digest_from_blob_path
 from pullcache.cache.s3 import S3Objects
@@ -56,7 +57,7 @@ class LocalCache:
         return size <= self.budget
 
     def touch(self, digest: str) -> None:
-        if digest in self._sizes:
+        with contextlib.suppress(KeyError):  # discarded meanwhile (eviction runs on the index's thread)
             self._sizes.move_to_end(digest)
 
     def add(self, digest: str, size: int) -> list[str]:
@@ -96,7 +97,9 @@ class S3Blobs:
         return self.objects.where
 
     async def open(self) -> None:
-        """Check the bucket takes writes, list its blobs, and count the local copies."""
+        """Check that storage.path is this bucket's and the bucket takes writes, list its blobs, and count
+        the local copies."""
+        await asyncio.to_thread(claim_path, self.layout.root, self.where)
         await self.objects.check_writable()
         async for info in self.objects.list("blobs/"):
             digest = digest_from_blob_path(Path(info.path))
