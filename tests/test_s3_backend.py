@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED
-from pullcache.cache.s3 import StorageMisconfigured
+from pullcache.cache.s3 import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.store import Store
 from pullcache.cache.writer import DigestMismatch
 from pullcache.config import Config, build_config
@@ -262,3 +263,55 @@ def s3_storage_of(config: Config) -> dict[str, Any]:
     s3 = config.storage.s3
     return {"backend": "s3", "s3": {"endpoint": s3.endpoint, "bucket": s3.bucket, "prefix": s3.prefix,
                                     "access_key": s3.access_key, "secret_key": s3.secret_key}}
+
+
+@pytest.fixture
+async def failing_part_proxy(seaweed_server: SeaweedFS) -> AsyncIterator[str]:
+    """A loopback proxy in front of the session's SeaweedFS that answers 500 to every upload of part 2 of a
+    multipart upload, and passes everything else through (Host unchanged, so signatures still hold)."""
+    session = ClientSession(auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "PUT" and request.query.get("partNumber") == "2":
+            return web.Response(status=500, text="part 2 refused by the test")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        async with session.request(request.method, seaweed_server.url + request.path_qs, headers=headers,
+                                   data=body, allow_redirects=False) as answer:
+            data = await answer.read()
+            return web.Response(status=answer.status, body=data, headers={
+                k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+    await session.close()
+
+
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+async def test_a_multipart_upload_that_fails_is_aborted_and_leaves_nothing(
+        failing_part_proxy: str, s3_config: Config, tmp_path: Path) -> None:
+    s3 = s3_storage_of(s3_config)["s3"]
+    config = build_config({"storage": {"path": str(tmp_path / "via-proxy"), "backend": "s3",
+                                       "s3": {**s3, "endpoint": failing_part_proxy, "timeout": "3s"}}})
+    store = store_for(config.storage)
+    await store.open()
+    data = os.urandom(20 * 1024 * 1024)  # three parts
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.write_blob(one_chunk(data), Digest.of(data), origin=PUSHED)
+        assert store.blob_size(Digest.of(data)) is None
+        assert store.totals()[PUSHED].blobs == 0
+    finally:
+        await store.close()
+    assert blob_files(s3_config) == set()
+    endpoint = str(s3_config.storage.s3.endpoint)
+    assert not [key for key in seaweed.multipart_uploads(endpoint, seaweed.BUCKET) if key.startswith(s3["prefix"])]
