@@ -8,6 +8,7 @@ It is stopped with SIGKILL by PID: its own shutdown takes seconds and the data d
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -115,8 +116,10 @@ class SeaweedFS(OnLoopback):
                 "secret_key": SECRET_KEY, **extra}
 
 
+@functools.cache
 def client(endpoint: str) -> Any:
-    """A botocore S3 client of the server at `endpoint` (the tests' own view of a bucket, not pullcache's)."""
+    """A botocore S3 client of the server at `endpoint` (the tests' own view of a bucket, not pullcache's);
+    one per endpoint, as making one reads botocore's service models (a third of a second)."""
     return botocore.session.get_session().create_client(
         "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY)
