@@ -174,9 +174,10 @@ def own_s3(tmp_path: Path) -> Iterator[SeaweedFS]:
     server.stop()
 
 
-async def test_s3_killed_then_started_again(aiohttp_client: Any, own_s3: SeaweedFS, tmp_path: Path) -> None:
+async def test_s3_killed_then_started_again(aiohttp_client: Any, own_s3: SeaweedFS, upstream: Upstream,
+                                           tmp_path: Path) -> None:
     config = build_config({"storage": s3_storage(own_s3, tmp_path, "data", "p", local_cache="1KiB"),
-                           "local": {"anonymous_push": True}})
+                           "local": {"anonymous_push": True}, "upstreams": [docker_hub_upstream(upstream.url)]})
     client: TestClient = await aiohttp_client(build_app(config))
     image = await push_image(client, "team/app", "v1")  # its layer (2 KB) is too big for the local cache
     small = b"tiny"
@@ -197,11 +198,16 @@ async def test_s3_killed_then_started_again(aiohttp_client: Any, own_s3: Seaweed
     assert (await client.get("/healthz")).status == 200
     refused = await client.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(b"new")}, data=b"new")
     assert refused.status == 503
+    busybox = f"/v2/docker.io/{upstream.seed.busybox.repo}/manifests/{upstream.seed.busybox.tag}"
+    uncached = await client.get(busybox)  # it must be stored to be served
+    assert uncached.status == 503
+    assert await error_code(uncached) == "UNAVAILABLE"
 
     own_s3.start()
     assert (await client.get("/readyz")).status == 200
     assert await (await client.get(f"/v2/team/app/blobs/{sha256(image.layers[0])}")).read() == image.layers[0]
     await push_blob(client, "team/app", b"new")
+    assert (await client.get(busybox)).status == 200
 
 
 async def test_a_failed_verify_uploads_nothing(s3_store: Store, s3_config: Config) -> None:
