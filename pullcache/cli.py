@@ -52,7 +52,7 @@ def _check_backend_of(config: Config, path: Path) -> None:
     """storage.path must not be another backend's (a filesystem store for s3, another bucket's cache)."""
     from pullcache.cache.backends import claim_path
     from pullcache.cache.configured import where
-    from pullcache.cache.s3 import StorageMisconfigured
+    from pullcache.cache.errors import StorageMisconfigured
 
     owner = where(config.storage.s3) if config.storage.backend == "s3" else None
     try:
@@ -64,7 +64,7 @@ def _check_backend_of(config: Config, path: Path) -> None:
 def _check_bucket(config: Config) -> None:
     """storage.s3.bucket must exist and take a write: one line saying why not, no traceback."""
     from pullcache.cache.configured import check_bucket
-    from pullcache.cache.s3 import StorageMisconfigured, StorageUnavailable
+    from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 
     try:
         asyncio.run(check_bucket(config.storage.s3))

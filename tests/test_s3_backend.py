@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.cache.configured import store_for
+from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.index import CACHED, PUSHED
-from pullcache.cache.s3 import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.store import Store
 from pullcache.cache.writer import DigestMismatch
 from pullcache.config import Config, build_config

@@ -8,8 +8,8 @@ from aiohttp.typedefs import Handler
 
 from pullcache.api.appkeys import STORE
 from pullcache.api.errors import RegistryError
+from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.files import StoreFullError
-from pullcache.cache.s3 import StorageMisconfigured, StorageUnavailable
 
 log = logging.getLogger("pullcache.api")
 

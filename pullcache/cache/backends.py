@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
+from pullcache.cache.errors import StorageMisconfigured
 from pullcache.cache.files import remove_quietly, write_atomic
 from pullcache.cache.layout import Layout
-from pullcache.cache.s3 import StorageMisconfigured
 from pullcache.cache.scan import blob_files
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest

@@ -26,6 +26,7 @@ from obstore.exceptions import BaseError, NotFoundError, PermissionDeniedError, 
 from obstore.store import S3Store
 
 from pullcache import metrics
+from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
@@ -36,14 +37,6 @@ PART_CONCURRENCY = 4
 READ_CHUNK = 1024 * 1024
 PROBE_PATH = "_pullcache/write-probe"
 T = TypeVar("T")
-
-
-class StorageUnavailable(Exception):
-    """The object store could not be reached or failed (5xx, timeout); the message says which and why."""
-
-
-class StorageMisconfigured(Exception):
-    """The bucket does not exist or refuses our credentials: a config problem, not an outage."""
 
 
 @dataclass(frozen=True)
