@@ -14,6 +14,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
+from pullcache.cache import s3_backend
 from pullcache.cache.configured import store_for
 from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.index import CACHED, PUSHED
@@ -321,3 +322,24 @@ async def test_a_multipart_upload_that_fails_is_aborted_and_leaves_nothing(
     assert blob_files(s3_config) == set()
     endpoint = str(s3_config.storage.s3.endpoint)
     assert not [key for key in seaweed.multipart_uploads(endpoint, seaweed.BUCKET) if key.startswith(s3["prefix"])]
+
+
+async def test_eviction_while_s3_is_down_keeps_every_blob_and_evicts_once_it_is_back(
+        own_s3: SeaweedFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = build_config({"storage": s3_storage(own_s3, tmp_path, "data", "p")})
+    store = store_for(config.storage)
+    await store.open()
+    try:
+        digests = [await store.write_blob(one_chunk(bytes([n]) * 1000), None, origin=CACHED) for n in range(3)]
+        own_s3.kill()
+        started = asyncio.get_running_loop().time()
+        evicted = await evict_to(store, 0)
+        assert asyncio.get_running_loop().time() - started < 10  # one failed delete, the others not tried
+        assert evicted.blobs == 0 and store.totals()[CACHED].blobs == 3
+        own_s3.start()
+        assert blob_files(config) == {str(digest) for digest in digests}
+        monkeypatch.setattr(s3_backend, "DELETE_BACKOFF", 0.0)
+        assert (await evict_to(store, 0)).blobs == 3
+        assert blob_files(config) == set()
+    finally:
+        await store.close()

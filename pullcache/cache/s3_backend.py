@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pullcache.cache.backends import OpenedBlob, claim_path, open_file, read_file
+from pullcache.cache.errors import StorageUnavailable
 from pullcache.cache.files import remove_quietly, write_atomic
 from pullcache.cache.layout import CACHED_ROOT, LOCAL_ROOT, Layout, digest_from_blob_path
 from pullcache.cache.s3 import S3Objects
@@ -35,6 +37,7 @@ from pullcache.digests import Digest
 
 log = logging.getLogger("pullcache.store")
 RESTORE_CONCURRENCY = 16
+DELETE_BACKOFF = 5.0  # seconds during which, after a failed delete, eviction and GC try no other
 
 
 def blob_key(digest: Digest) -> str:
@@ -91,6 +94,7 @@ class S3Blobs:
         self._redirect_ttl = redirect_ttl  # None: no redirects
         self._sizes: dict[str, tuple[int, float]] = {}  # every blob in the bucket (as this process knows it)
         self._copying: dict[str, asyncio.Future[bool]] = {}
+        self._delete_failed_at = -math.inf
 
     @property
     def where(self) -> str:
@@ -136,7 +140,16 @@ class S3Blobs:
             await asyncio.to_thread(remove_quietly, self.layout.blob(Digest.parse(victim)))
 
     def remove_blocking(self, digest: Digest) -> None:
-        self.objects.delete_blocking(blob_key(digest))
+        """Delete the object, then the local copy. A failure is an OSError, which keeps the blob's row (the
+        index's rule for a file that could not go); after one, the next deletes within DELETE_BACKOFF fail at
+        once, so an eviction pass does not hold the index's write lock through hundreds of timeouts."""
+        if time.monotonic() - self._delete_failed_at < DELETE_BACKOFF:
+            raise OSError(f"{self.where}: not deleting {digest}, a delete failed just now")
+        try:
+            self.objects.delete_blocking(blob_key(digest))
+        except StorageUnavailable as exc:
+            self._delete_failed_at = time.monotonic()
+            raise OSError(str(exc)) from exc
         self._sizes.pop(str(digest), None)
         self.local.discard(str(digest))
         remove_quietly(self.layout.blob(digest))
