@@ -4,6 +4,7 @@ and commits that fail or race. The API suite itself runs on both backends (tests
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from pullcache.digests import Digest
 from pullcache.eviction.gc import collect_garbage
 from pullcache.eviction.lru import evict_to
 from pullcache.metrics import REGISTRY
+from pullcache.warm import run_warm_command
 from tests.registry_api import blob_files, error_code, push_blob, push_image, sha256
 from tests.support import seaweed
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
@@ -343,3 +345,14 @@ async def test_eviction_while_s3_is_down_keeps_every_blob_and_evicts_once_it_is_
         assert blob_files(config) == set()
     finally:
         await store.close()
+
+
+async def test_warm_fills_the_bucket(s3_config: Config, upstream: Upstream) -> None:
+    config = build_config({"storage": {"path": s3_config.storage.path, **s3_storage_of(s3_config)},
+                           "upstreams": [docker_hub_upstream(upstream.url)]})
+    code = await run_warm_command(config, ["alpine"], "linux/amd64", out=io.StringIO(), progress=io.StringIO())
+    assert code == 0
+    amd64 = upstream.seed.alpine.platforms["linux/amd64"]
+    expected = {upstream.seed.alpine.digest, amd64.manifest.digest, amd64.config.digest,
+                *(layer.digest for layer in amd64.layers)}
+    assert expected <= blob_files(config)
