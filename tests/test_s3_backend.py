@@ -356,3 +356,17 @@ async def test_warm_fills_the_bucket(s3_config: Config, upstream: Upstream) -> N
     expected = {upstream.seed.alpine.digest, amd64.manifest.digest, amd64.config.digest,
                 *(layer.digest for layer in amd64.layers)}
     assert expected <= blob_files(config)
+
+
+async def test_without_an_access_key_the_aws_environment_credentials_are_used(
+        seaweed_server: SeaweedFS, tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.SECRET_KEY)
+    storage = s3_storage(seaweed_server, tmp_path, "data", prefix)
+    storage["s3"] = {key: value for key, value in storage["s3"].items() if key not in ("access_key", "secret_key")}
+    store = store_for(build_config({"storage": storage}).storage)
+    await store.open()  # lists and writes: refused without credentials
+    try:
+        assert await store.write_blob(one_chunk(b"by the chain"), None, origin=PUSHED) == Digest.of(b"by the chain")
+    finally:
+        await store.close()
