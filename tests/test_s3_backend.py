@@ -370,3 +370,23 @@ async def test_without_an_access_key_the_aws_environment_credentials_are_used(
         assert await store.write_blob(one_chunk(b"by the chain"), None, origin=PUSHED) == Digest.of(b"by the chain")
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("local_cache", ["10GiB", "0"], ids=["copied-in", "streamed"])
+async def test_a_blob_removed_from_the_bucket_by_another_process_is_absent_not_a_broken_answer(
+        s3_config: Config, tmp_path: Path, local_cache: str) -> None:
+    """`pullcache gc` beside a server removes objects the server still knows: its next read says absent."""
+    s3 = s3_storage_of(s3_config)
+    store = store_for(build_config({"storage": {"path": str(tmp_path / "server"), **s3,
+                                                "s3": {**s3["s3"], "local_cache": local_cache}}}).storage)
+    await store.open()
+    try:
+        data = b"soon gone" * 1000
+        digest = await store.write_blob(one_chunk(data), None, origin=CACHED)
+        key = f"{s3['s3']['prefix']}/blobs/sha256/{digest.hex[:2]}/{digest.hex}"
+        seaweed.client(str(s3["s3"]["endpoint"])).delete_object(Bucket=seaweed.BUCKET, Key=key)
+        (tmp_path / "server" / "blobs" / "sha256" / digest.hex[:2] / digest.hex).unlink(missing_ok=True)
+        assert await store.open_blob(digest) is None
+        assert store.blob_size(digest) is None
+    finally:
+        await store.close()

@@ -163,12 +163,17 @@ class S3Blobs:
         if self._redirect_ttl is not None:  # this host sends no byte of it
             return OpenedBlob(size, url=await self.objects.presign(blob_key(digest), self._redirect_ttl))
         opened = await asyncio.to_thread(open_file, self.layout.blob(digest))
-        if opened is None and self.local.fits(size) and await self._copy_in(digest):
+        if opened is None and self.local.fits(size):
+            if not await self._copy_in(digest):
+                return None  # removed from the bucket (a `pullcache gc` beside this server)
             opened = await asyncio.to_thread(open_file, self.layout.blob(digest))
         if opened is not None:
             self.local.touch(str(digest))
             return OpenedBlob(opened[1], file=opened[0])
         key = blob_key(digest)
+        if await self.objects.stat(key) is None:  # answered now, not once the headers went out
+            self._sizes.pop(str(digest), None)
+            return None
 
         def read(offset: int, length: int) -> AsyncIterator[bytes]:
             return self.objects.read(key, offset, length)
