@@ -31,7 +31,7 @@ run: venv
 # Type check and lint first (seconds), then every test, four at a time: most wait on real processes.
 test: system venv
 	$(BIN)/mypy
-	$(BIN)/ruff check pullcache bench
+	$(BIN)/ruff check pullcache bench tests
 	$(BIN)/python -m pytest -q -ra -n 4
 
 bench: system venv $(VENV)/.bench-installed

@@ -1,6 +1,7 @@
 """Builds the aiohttp Application: wires store, upstreams, resolver, pull-through, eviction and metrics."""
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -8,7 +9,7 @@ from aiohttp import web
 from pullcache import metrics
 from pullcache.api import middleware, observe, ops, v2
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, SHADOW_WARNINGS, STORE
-from pullcache.cache.store import Store
+from pullcache.cache.configured import store_for
 from pullcache.cluster import open_coordinator
 from pullcache.config import Config
 from pullcache.eviction.service import EvictionService
@@ -17,6 +18,7 @@ from pullcache.pullthrough.shadowing import ShadowWarnings
 from pullcache.resolver import Resolver
 from pullcache.upstream.pool import Upstreams
 
+log = logging.getLogger("pullcache.store")
 EVICTION = web.AppKey("eviction", EvictionService)
 CLIENT_MAX_SIZE = 8 * 1024 * 1024  # manifests are limited to 4 MiB; blob bodies are streamed, not read whole
 
@@ -25,7 +27,7 @@ def build_app(config: Config) -> web.Application:
     """An Application whose resources open on startup and close on cleanup, in dependency order."""
     app = web.Application(middlewares=[observe.access, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
     app[CONFIG] = config
-    store = Store(config.storage.path)
+    store = store_for(config.storage)
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
@@ -37,6 +39,7 @@ def build_app(config: Config) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        log.info("storage: %s", store.backend)
         await upstreams.start()
         await app[EVICTION].start()
         try:

@@ -57,6 +57,33 @@ def _check_storage(config: Config) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"storage.path: {str(path)!r} cannot be created or written ({exc.strerror})") from exc
+    _check_backend_of(config, path)
+    if config.storage.backend == "s3":
+        _check_bucket(config)
+
+
+def _check_backend_of(config: Config, path: Path) -> None:
+    """storage.path must not be another backend's (a filesystem store for s3, another bucket's cache)."""
+    from pullcache.cache.backends import claim_path
+    from pullcache.cache.configured import where
+    from pullcache.cache.errors import StorageMisconfigured
+
+    owner = where(config.storage.s3) if config.storage.backend == "s3" else None
+    try:
+        claim_path(path.resolve(), owner, write=False)
+    except StorageMisconfigured as exc:
+        raise ConfigError(f"storage.path: {exc}") from exc
+
+
+def _check_bucket(config: Config) -> None:
+    """storage.s3.bucket must exist and take a write: one line saying why not, no traceback."""
+    from pullcache.cache.configured import check_bucket
+    from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
+
+    try:
+        asyncio.run(check_bucket(config.storage.s3))
+    except (StorageMisconfigured, StorageUnavailable) as exc:
+        raise ConfigError(f"storage.s3.bucket: {exc}") from exc
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -95,6 +122,19 @@ def _serve(config: Config) -> int:
     return 0
 
 
+def _backend(config: Config) -> str:
+    """`filesystem` or `s3 s3://bucket/prefix at <endpoint>, ...` for check-config."""
+    storage = config.storage
+    if storage.backend == "filesystem":
+        return "filesystem"
+    from pullcache.cache.configured import where
+
+    s3 = storage.s3
+    redirect = f"redirect (presigned, {s3.redirect_ttl:g}s)" if s3.redirect else "no redirect"
+    return (f"s3 {where(s3)} at {s3.endpoint or f'AWS {s3.region}'}, local cache {s3.local_cache} bytes, {redirect}, "
+            f"credentials {'from the config' if s3.access_key else 'from the AWS chain'}")
+
+
 def _check_config(config: Config, path: str) -> int:
     """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
@@ -109,6 +149,7 @@ def _check_config(config: Config, path: str) -> int:
     print(f"{path}: OK")
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
+    print(f"  backend {_backend(config)}")
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}{fallbacks(upstream)}, "

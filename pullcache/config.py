@@ -65,10 +65,33 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    bucket: str = "pullcache"
+    prefix: str = ""
+    endpoint: str | None = None  # None: AWS S3 in `region`
+    region: str = "us-east-1"
+    access_key: str | None = None  # None: the usual AWS chain (environment, profile, instance role)
+    secret_key: str | None = None
+    secret_key_env: str | None = None  # names the variable holding the secret key
+    local_cache: int = 10 * 1024**3  # hot blobs also kept under storage.path, served with sendfile
+    redirect: bool = False  # cached blob GETs answered 307 to a presigned URL
+    redirect_ttl: float = 20 * 60.0
+    timeout: float = 30.0  # one S3 request; past it, requests that need the bucket answer 503
+
+    def secret(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The secret key: given inline, or read from the variable secret_key_env names."""
+        if self.secret_key_env:
+            return (os.environ if environ is None else environ).get(self.secret_key_env)
+        return self.secret_key
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     path: str = "./data"
     max_size: int = 50 * 1024**3
     low_water: float = 0.9  # eviction frees cached content down to this fraction of max_size
+    backend: str = "filesystem"  # or s3: blobs, manifests and tags in a bucket, storage.path as spool and cache
+    s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass(frozen=True)
@@ -551,9 +574,29 @@ def _env_name(value: Any, key: str) -> str | None:
     return text
 
 
+_S3_KEYS: dict[str, Checker] = {
+    "bucket": _string, "prefix": _string, "endpoint": _optional_url, "region": _string,
+    "access_key": _optional_string, "secret_key": _optional_string, "secret_key_env": _optional_string,
+    "local_cache": parse_size, "redirect": _bool, "redirect_ttl": parse_duration, "timeout": parse_duration,
+}
+
+
+def _s3(value: Any, key: str) -> S3Config:
+    s3: S3Config = _build(S3Config, _S3_KEYS, value, key)
+    if not s3.bucket:
+        raise ConfigError(f"{key}.bucket: empty (expected the name of an existing bucket)")
+    if s3.secret_key_env and s3.secret_key:
+        raise ConfigError(f"{key}.secret_key_env: set with secret_key (expected one of the two)")
+    if (s3.secret_key or s3.secret_key_env) and not s3.access_key:
+        raise ConfigError(f"{key}.access_key: null while a secret key is set (expected both, or neither for "
+                          f"the AWS chain)")
+    return s3
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Checker]]] = {
     "tls": (TLSConfig, {"cert": _optional_string, "key": _optional_string}),
-    "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction}),
+    "storage": (StorageConfig, {"path": _string, "max_size": parse_size, "low_water": _fraction,
+                                "backend": _choice("filesystem", "s3"), "s3": _s3}),
     "gc": (GCConfig, {"interval": parse_duration, "upload_ttl": parse_duration}),
     "auth": (AuthConfig, {"htpasswd": _optional_string, "pull": _choice("anonymous", "authenticated"),
                           "realm": _string, "groups": _groups, "access": _access_rules}),
@@ -639,6 +682,8 @@ def _checker_at(path: list[str]) -> Checker | None:
     """The checker of the key an override names; None for a whole section or list, or an unknown key."""
     if path == ["listen"]:
         return _listen
+    if len(path) == 3 and path[:2] == ["storage", "s3"]:
+        return _S3_KEYS.get(path[2])
     if len(path) == 3 and path[0] == "upstreams":
         return _UPSTREAM_KEYS.get(path[2])
     if len(path) == 2 and path[0] in _SECTIONS:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
+from pullcache.cache.configured import store_for
 from pullcache.cache.fill import FillFailed, FillReader
-from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.digests import Digest
 from pullcache.logs import configure_logging
@@ -235,7 +235,7 @@ async def run_warm_command(config: Config, images: Sequence[str], platform: str 
                            out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
     """Warm each image; 0 if all were warmed, 1 if any failed (each failure is reported, the rest go on)."""
     configure_logging(replace(config.log, level="warning"))  # progress bars, not debug lines
-    store = Store(config.storage.path)
+    store = store_for(config.storage)
     await store.open()
     upstreams = Upstreams(config.upstreams)
     await upstreams.start()

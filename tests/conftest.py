@@ -23,10 +23,12 @@ from pullcache.cache.store import Store
 from pullcache.config import UpstreamConfig
 from pullcache.upstream.client import UpstreamClient
 from tests.fault_upstream import FakeRegistry
+from tests.support import seaweed
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
 from tests.support.redis import redis_server as redis_server  # the session's Redis fixture
+from tests.support.seaweed import SeaweedFS
 from tests.support.seed import Upstream, start_seeded_upstream
 from tests.support.skopeo import Skopeo
 from tests.support.tokenserver import TokenServer
@@ -65,6 +67,27 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await store.open()
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedFS]:
+    """One SeaweedFS per test session (per xdist worker), with the bucket `pullcache`; tests take a fresh
+    prefix of it each (tests/registry_api.py's `storage` fixture)."""
+    server = SeaweedFS().start()
+    server.create_bucket(seaweed.BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A `storage` section without its path, once per backend: {} (the filesystem), or S3 on the session's
+    SeaweedFS under a fresh prefix of its bucket. Tests that run on both backends take it."""
+    if request.param == "filesystem":
+        return {}
+    server: SeaweedFS = request.getfixturevalue("seaweed_server")
+    return {"backend": "s3", "s3": server.storage_config(seaweed.BUCKET, prefix=f"t{uuid.uuid4().hex[:12]}",
+                                                          timeout="5s")}
 
 
 @pytest.fixture(scope="session")

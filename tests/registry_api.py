@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import Config, build_config
+from tests.support import seaweed
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -36,21 +37,36 @@ def sha512(data: bytes) -> str:
     return "sha512:" + hashlib.sha512(data).hexdigest()
 
 
+@pytest.fixture
+def storage(storage_backend: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The `storage` section of an in-process registry, once per backend (conftest's storage_backend): the
+    filesystem under tmp_path, or S3 with storage.path holding spool and local cache."""
+    return {"path": str(tmp_path / "data"), **storage_backend}
+
+
 def store_root(config: Config) -> Path:
     return Path(config.storage.path)
 
 
+def _stored(config: Config, tops: tuple[str, ...]) -> dict[str, bytes]:
+    """Every stored file under the tops with its content, wherever the backend keeps it."""
+    if config.storage.backend == "s3":
+        s3 = config.storage.s3
+        assert s3.endpoint is not None
+        return seaweed.bucket_objects(s3.endpoint, s3.bucket, s3.prefix, tops)
+    root = store_root(config)
+    return {path.relative_to(root).as_posix(): path.read_bytes()
+            for top in tops for path in sorted((root / top).rglob("*")) if path.is_file()}
+
+
 def blob_files(config: Config) -> set[str]:
-    """Digests of every committed blob file in the store."""
-    root = store_root(config) / "blobs"
-    return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*") if path.is_file()}
+    """Digests of every committed blob in the store."""
+    return {f"{Path(key).parent.parent.name}:{Path(key).name}" for key in _stored(config, ("blobs",))}
 
 
 def store_snapshot(config: Config) -> dict[str, bytes]:
     """Every file under blobs/ and repositories/ with its content: equal snapshots mean an unchanged store."""
-    root = store_root(config)
-    return {str(path.relative_to(root)): path.read_bytes()
-            for top in ("blobs", "repositories") for path in sorted((root / top).rglob("*")) if path.is_file()}
+    return _stored(config, ("blobs", "repositories"))
 
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
@@ -121,10 +137,10 @@ async def error_code(response: Any) -> str:
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
-    """A registry with no upstreams: every name is local, and pushes are opted into without users
-    (`local.anonymous_push`; tests of push authentication override this fixture)."""
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+def registry_config(storage: dict[str, Any]) -> Config:
+    """A registry with no upstreams on each backend: every name is local, and pushes are opted into without
+    users (`local.anonymous_push`; tests of push authentication override this fixture)."""
+    return build_config({"storage": storage, "local": {"anonymous_push": True}})
 
 
 @pytest.fixture

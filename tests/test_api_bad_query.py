@@ -1,7 +1,7 @@
 """Query parameters a client gets wrong are a 400 with the spec's error body, never a 500."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -13,8 +13,8 @@ pytest_plugins = ["tests.registry_api"]
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+def registry_config(storage: dict[str, Any]) -> Config:
+    return build_config({"storage": storage, "local": {"anonymous_push": True}})
 
 
 @pytest.mark.parametrize("path", ["/v2/team/app/tags/list", "/v2/_catalog"])

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from pullcache.api.blob_response import ByteRange, blob_file_response, parse_range
+from pullcache.api.blob_response import ByteRange, parse_range
 from pullcache.config import Config
-from pullcache.digests import Digest
-from tests.registry_api import error_code, push_blob, sha256, store_snapshot
+from tests.registry_api import error_code, push_blob, sha256, store_root, store_snapshot
 
 pytest_plugins = ["tests.registry_api"]
 
@@ -127,18 +124,13 @@ async def test_delete_of_unknown_blob_is_404_and_changes_nothing(registry: TestC
     assert store_snapshot(registry_config) == before
 
 
-async def test_blob_file_response_answers_blob_unknown_when_the_file_vanished(aiohttp_client: Any,
-                                                                             tmp_path: Path) -> None:
-    """Eviction or GC may remove a file between a handler's stat and the send: no 500, no half answer."""
-    digest = Digest.parse(sha256(DATA))
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return blob_file_response(request, tmp_path / "gone", digest, len(DATA))
-
-    app = web.Application()
-    app.router.add_get("/blob", handler)
-    client = await aiohttp_client(app)
-    response = await client.get("/blob")
+@pytest.mark.parametrize("storage_backend", ["filesystem"], indirect=True)
+async def test_blob_removed_after_the_link_check_is_blob_unknown(registry: TestClient, registry_config: Config) -> None:
+    """Eviction or GC may remove a file between a handler's look at the links and the open: no 500, no half
+    answer (filesystem backend: the file is removed by hand)."""
+    digest = await push_blob(registry, "team/app", DATA)
+    (store_root(registry_config) / "blobs" / "sha256" / digest[7:9] / digest[7:]).unlink()
+    response = await registry.get(f"/v2/team/app/blobs/{digest}")
     assert response.status == 404
     assert await error_code(response) == "BLOB_UNKNOWN"
     assert "Docker-Content-Digest" not in response.headers

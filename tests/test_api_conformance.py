@@ -8,7 +8,6 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,9 +32,9 @@ NONEXISTENT_MANIFEST = ".INVALID_MANIFEST_NAME"  # the suite's name for a manife
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
+def registry_config(storage: dict[str, Any]) -> Config:
     """The suite pushes without credentials (OCI_USERNAME unset)."""
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+    return build_config({"storage": storage, "local": {"anonymous_push": True}})
 
 
 def _json(document: Any) -> bytes:

@@ -3,7 +3,7 @@ errors (each leaves the store unchanged), deletion by digest and by tag."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -31,9 +31,9 @@ pytest_plugins = ["tests.registry_api"]
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
+def registry_config(storage: dict[str, Any]) -> Config:
     """Every name is local and anyone may push: these tests are about manifests, not who pushes them."""
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+    return build_config({"storage": storage, "local": {"anonymous_push": True}})
 
 CONFIG = b'{"architecture":"amd64","os":"linux"}'
 LAYER = b"layer bytes" * 50

@@ -2,7 +2,7 @@
 Every rejected request leaves the store unchanged."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -15,10 +15,10 @@ pytest_plugins = ["tests.registry_api"]
 
 
 @pytest.fixture
-def registry_config(tmp_path: Path) -> Config:
+def registry_config(storage: dict[str, Any]) -> Config:
     """An upstream named docker.io exists, so names under it are proxied and read-only."""
     return build_config({
-        "storage": {"path": str(tmp_path / "data")},
+        "storage": storage,
         "upstreams": [{"name": "docker.io", "url": "http://127.0.0.1:9", "default": False}],
         "local": {"anonymous_push": True},
     })

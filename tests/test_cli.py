@@ -3,6 +3,7 @@ path it cannot write) with one line naming the key, in check-config and in serve
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+
+from tests.support import seaweed
+from tests.support.seaweed import SeaweedFS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +116,8 @@ def test_readme_commands_run_the_virtualenv_pullcache() -> None:
     assert all(command.startswith(".venv/bin/pullcache ") for command in commands), commands
 
 
-@pytest.mark.parametrize("platform", ["linux", "linux/", "/amd64", "linux/amd64/v8/extra", "Linux/AMD64", "linux amd64"])
+@pytest.mark.parametrize("platform", ["linux", "linux/", "/amd64", "linux/amd64/v8/extra", "Linux/AMD64",
+                                      "linux amd64"])
 def test_warm_refuses_a_platform_that_is_not_os_arch_variant_in_one_line(tmp_path: Path, platform: str) -> None:
     config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n")
     result = run_cli("warm", "-c", str(config), "--platform", platform, "alpine:3.20")
@@ -141,3 +146,40 @@ def test_check_config_lists_every_url_of_an_upstream_in_the_order_they_are_asked
     assert "  upstream docker.io (default) -> https://a.example, fallback https://b.example then "\
            "https://c.example, manifest_ttl 300s" in lines
     assert any(line.startswith("  upstream ghcr.io -> https://ghcr.example, manifest_ttl ") for line in lines)
+
+
+def s3_config_file(tmp_path: Path, server: SeaweedFS, bucket: str) -> Path:
+    s3 = json.dumps(server.storage_config(bucket, prefix="cli", timeout="3s"))
+    return write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}, backend: s3, s3: {s3}}}\n")
+
+
+def test_check_config_prints_the_s3_backend(tmp_path: Path, seaweed_server: SeaweedFS) -> None:
+    result = run_cli("check-config", "-c", str(s3_config_file(tmp_path, seaweed_server, seaweed.BUCKET)))
+    assert result.returncode == 0, result.stderr
+    assert (f"  backend s3 s3://{seaweed.BUCKET}/cli at {seaweed_server.url}, local cache {10 * 1024**3} bytes, "
+            "no redirect, credentials from the config\n") in result.stdout
+
+
+def test_check_config_prints_the_filesystem_backend(tmp_path: Path) -> None:
+    result = run_cli("check-config", "-c", str(write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}}}\n")))
+    assert "  backend filesystem\n" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_missing_bucket_is_one_line(tmp_path: Path, seaweed_server: SeaweedFS, command: str) -> None:
+    result = run_cli(command, "-c", str(s3_config_file(tmp_path, seaweed_server, "no-such-bucket")))
+    assert_one_config_error_line(result, "storage.s3.bucket")
+    assert "does not exist" in result.stderr
+
+
+def test_an_unreachable_object_store_stops_serve_in_one_line(tmp_path: Path) -> None:
+    s3 = {"endpoint": "http://127.0.0.1:9", "bucket": "b", "access_key": "k", "secret_key": "s", "timeout": "2s"}
+    config = write_config(tmp_path, f"storage: {{path: {tmp_path / 'data'}, backend: s3, s3: {json.dumps(s3)}}}\n")
+    assert_one_config_error_line(run_cli("serve", "-c", str(config)), "storage.s3.bucket")
+
+
+def test_s3_on_a_path_holding_a_filesystem_store_is_one_line(tmp_path: Path, seaweed_server: SeaweedFS) -> None:
+    (tmp_path / "data" / "blobs" / "sha256").mkdir(parents=True)
+    result = run_cli("check-config", "-c", str(s3_config_file(tmp_path, seaweed_server, seaweed.BUCKET)))
+    assert_one_config_error_line(result, "storage.path")
+    assert "holds a filesystem store" in result.stderr

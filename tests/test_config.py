@@ -64,6 +64,15 @@ def test_sizes(text: object, size: int) -> None:
                     {"name": "b", "url": "http://b", "default": True}]}, ["default: true"]),
     ({"metrics": {"enabled": "yes please"}}, ["metrics.enabled", "boolean"]),
     ({"surprise": 1}, ["surprise", "unknown key"]),
+    ({"storage": {"backend": "tape"}}, ["storage.backend", "'tape'", "filesystem, s3"]),
+    ({"storage": {"s3": {"colour": "blue"}}}, ["storage.s3.colour", "unknown key"]),
+    ({"storage": {"s3": {"endpoint": "minio:9000"}}}, ["storage.s3.endpoint", "http(s) URL"]),
+    ({"storage": {"s3": {"local_cache": "lots"}}}, ["storage.s3.local_cache", "'lots'"]),
+    ({"storage": {"s3": {"redirect": "sometimes"}}}, ["storage.s3.redirect", "boolean"]),
+    ({"storage": {"s3": {"bucket": ""}}}, ["storage.s3.bucket", "empty"]),
+    ({"storage": {"s3": {"secret_key": "x"}}}, ["storage.s3.access_key", "null"]),
+    ({"storage": {"s3": {"access_key": "a", "secret_key": "x", "secret_key_env": "S"}}},
+     ["storage.s3.secret_key_env", "one of the two"]),
 ])
 def test_mistakes_name_the_key_and_value(raw: dict, names: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -262,3 +271,28 @@ def test_cluster_mistakes_name_the_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError) as error:
         build_config({"cluster": raw})
     assert str(error.value).startswith(f"{key}: ") and "\n" not in str(error.value)
+
+
+def test_storage_s3_keys_and_their_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  backend: s3\n  s3: {bucket: from-file, region: eu-west-1}\n")
+    config = load_config(path, environ={"PULLCACHE_STORAGE__S3__BUCKET": "0755",
+                                        "PULLCACHE_STORAGE__S3__ENDPOINT": "http://127.0.0.1:8333",
+                                        "PULLCACHE_STORAGE__S3__REDIRECT": "true",
+                                        "PULLCACHE_STORAGE__S3__REDIRECT_TTL": "5m",
+                                        "PULLCACHE_STORAGE__S3__LOCAL_CACHE": "1GiB"})
+    s3 = config.storage.s3
+    assert config.storage.backend == "s3"
+    assert (s3.bucket, s3.region, s3.endpoint) == ("0755", "eu-west-1", "http://127.0.0.1:8333")
+    assert s3.redirect and s3.redirect_ttl == 300 and s3.local_cache == 1024**3
+    assert s3.prefix == "" and s3.access_key is None  # the AWS chain
+
+
+def test_an_s3_override_error_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"PULLCACHE_STORAGE__S3__LOCAL_CACHE": "lots"})
+    assert str(caught.value).startswith("PULLCACHE_STORAGE__S3__LOCAL_CACHE=lots: storage.s3.local_cache: ")
+
+
+def test_secret_key_env_is_read_when_asked() -> None:
+    config = build_config({"storage": {"s3": {"access_key": "a", "secret_key_env": "S3_SECRET"}}})
+    assert config.storage.s3.secret({"S3_SECRET": "hush"}) == "hush"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED
 from pullcache.cache.store import Store
@@ -52,7 +51,7 @@ async def test_a_hit_not_yet_flushed_still_protects_the_blob(store: Store) -> No
 
 async def test_a_reader_of_an_evicted_blob_reads_it_whole(store: Store) -> None:
     digest = await put(store, "streamed", 64 * KIB, CACHED)
-    with await asyncio.to_thread(open, store.blob_path(digest), "rb") as reader:  # a response streaming it
+    with await asyncio.to_thread(open, store.layout.blob(digest), "rb") as reader:  # a response streaming it
         head = reader.read(KIB)
         await evict_to(store, 0)
         rest = reader.read()
@@ -84,6 +83,6 @@ async def test_eviction_counts_into_the_metrics(store: Store) -> None:
 
 async def test_an_already_missing_file_only_loses_its_row(store: Store) -> None:
     digest = await put(store, "vanished", 10 * KIB, CACHED)
-    os.unlink(store.blob_path(digest))
+    os.unlink(store.layout.blob(digest))
     evicted = await evict_to(store, 0)
     assert evicted.blobs == 1 and await store.index.get(str(digest)) is None

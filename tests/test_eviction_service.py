@@ -235,7 +235,7 @@ async def test_the_periodic_gc_runs_on_its_interval(tmp_path: Path) -> None:
         stale.write_bytes(b"x" * 100)
         os.utime(stale, (0, 0))
         orphan = await put(store, "orphan", 2 * KIB, CACHED)
-        os.unlink(store.blob_path(orphan))  # a row whose file is gone: GC's reconcile drops it
+        os.unlink(store.layout.blob(orphan))  # a row whose file is gone: GC's reconcile drops it
         await until_totals(store, lambda totals: totals[CACHED].blobs == 0)
         assert not stale.exists()
 

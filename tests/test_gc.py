@@ -52,7 +52,7 @@ async def push_image(store: Store, repo: str, tag: str, layers: list[bytes]) -> 
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": descriptor(config, 0, "application/vnd.oci.image.config.v1+json"),
                 "layers": [descriptor(d, len(layer), "application/vnd.oci.image.layer.v1.tar")
-                           for d, layer in zip(layer_digests, layers)]}
+                           for d, layer in zip(layer_digests, layers, strict=True)]}
     digest = await push_manifest(store, repo, manifest, OCI_MANIFEST, tag)
     return digest, {config, *layer_digests, digest}
 
@@ -304,7 +304,7 @@ async def test_reconcile_indexes_files_without_rows_by_their_links(store: Store)
 
 async def test_reconcile_drops_rows_whose_files_are_gone(store: Store) -> None:
     lost = await store.put_small(b"removed by hand", origin=CACHED)
-    os.unlink(store.blob_path(lost))
+    os.unlink(store.layout.blob(lost))
 
     report = await collect_garbage(store, GC, dry_run=False)
 

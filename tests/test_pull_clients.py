@@ -7,6 +7,7 @@ import json
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
@@ -26,8 +27,8 @@ def cache_requests(server: PullcacheProcess, kind: str, result: str) -> float:
 
 def test_dockerd_pulls_a_bare_name_through_registry_mirrors(
         pullcache_factory: Callable[..., PullcacheProcess], dockerd_factory: Callable[..., Dockerd],
-        upstream: Upstream) -> None:
-    server = pullcache_factory()
+        upstream: Upstream, storage_backend: dict[str, Any]) -> None:
+    server = pullcache_factory({"storage": storage_backend})
     daemon = dockerd_factory(mirrors=[server.url])
     daemon.docker("pull", "alpine")  # bare name: only the mirror can answer (no internet)
     inspected = json.loads(daemon.docker("image", "inspect", "alpine").stdout)[0]
@@ -47,8 +48,8 @@ def test_dockerd_pulls_a_bare_name_through_registry_mirrors(
 
 def test_containerd_pulls_through_a_hosts_toml_mirror_with_ns(
         pullcache_factory: Callable[..., PullcacheProcess], containerd_factory: Callable[..., Containerd],
-        upstream: Upstream) -> None:
-    server = pullcache_factory()
+        upstream: Upstream, storage_backend: dict[str, Any]) -> None:
+    server = pullcache_factory({"storage": storage_backend})
     daemon = containerd_factory()
     daemon.pull_via_mirror(server.url, "docker.io/library/alpine:latest")
     daemon.pull_via_mirror(server.url, "docker.io/library/ocitest:v1", platform=None)

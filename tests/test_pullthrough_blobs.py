@@ -191,7 +191,7 @@ async def test_a_cached_blob_evicted_between_its_stat_and_its_open_is_fetched_ag
 
     def evicted_right_after_the_stat(wanted: Digest) -> int | None:
         size = stat(wanted)
-        store.blob_path(wanted).unlink()
+        store.layout.blob(wanted).unlink()
         monkeypatch.setattr(store, "blob_size", stat)  # once
         return size
     monkeypatch.setattr(store, "blob_size", evicted_right_after_the_stat)

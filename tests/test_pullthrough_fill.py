@@ -64,7 +64,7 @@ async def test_readers_see_bytes_before_the_producer_finishes(store: Store) -> N
     remaining = b"".join([chunk async for chunk in chunks])
     assert DATA[:1000] + first_of_rest + remaining == DATA
     reader.close()
-    assert store.blob_path(DIGEST).read_bytes() == DATA
+    assert store.layout.blob(DIGEST).read_bytes() == DATA
 
 
 async def test_the_last_byte_waits_for_the_digest_verdict(store: Store) -> None:
@@ -170,7 +170,7 @@ async def test_a_reader_that_leaves_does_not_stop_the_producer(store: Store) -> 
     await fill.commit()
     assert await read_all(staying) == DATA
     staying.close()
-    assert store.blob_path(DIGEST).read_bytes() == DATA
+    assert store.layout.blob(DIGEST).read_bytes() == DATA
     assert open_descriptors_to(store.layout.tmp) + open_descriptors_to(store.layout.blobs) == []
 
 

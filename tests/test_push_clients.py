@@ -33,6 +33,15 @@ def pullcache(pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path
     return pullcache_factory({"auth": {"htpasswd": str(htpasswd)}, "local": {"anonymous_push": False}})
 
 
+@pytest.fixture
+def pullcache_on_each_backend(pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path,
+                              storage_backend: dict[str, Any]) -> PullcacheProcess:
+    """`pullcache`, once on the filesystem and once on S3."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {USER: PASSWORD})
+    return pullcache_factory({"auth": {"htpasswd": str(htpasswd)}, "local": {"anonymous_push": False},
+                              "storage": storage_backend})
+
+
 def write_dir_layout(directory: Path, image: Image) -> Path:
     """containers/image's `dir:` layout of `image` with every platform: manifest.json is the index or
     list, `<hex>.manifest.json` each platform's manifest, `<hex>` each config and layer."""
@@ -67,7 +76,8 @@ def expected_digests(image: Image) -> set[str]:
 
 @pytest.mark.parametrize("oci", [True, False], ids=["oci-index", "docker-manifest-list"])
 def test_skopeo_pushes_a_multi_platform_image_and_pulls_it_back_unchanged(
-        pullcache: PullcacheProcess, skopeo: Skopeo, tmp_path: Path, oci: bool) -> None:
+        pullcache_on_each_backend: PullcacheProcess, skopeo: Skopeo, tmp_path: Path, oci: bool) -> None:
+    pullcache = pullcache_on_each_backend
     # Content seeded under a name the upstream does not have, so no layer is known there.
     image = build_image("internal/app", "v1", oci=oci, platforms=("linux/amd64", "linux/arm64/v8", "linux/arm/v7"))
     source = write_dir_layout(tmp_path / "source", image)
@@ -135,8 +145,9 @@ def test_docker_push_to_the_default_config_is_refused_saying_how_to_allow_pushes
     assert "auth.htpasswd" in push.stderr
 
 
-def test_dockerd_logs_in_pushes_and_pulls_back(pullcache: PullcacheProcess, upstream: Upstream,
+def test_dockerd_logs_in_pushes_and_pulls_back(pullcache_on_each_backend: PullcacheProcess, upstream: Upstream,
                                                dockerd_factory: Callable[..., Any]) -> None:
+    pullcache = pullcache_on_each_backend
     daemon = dockerd_factory()
     source = f"{upstream.host}/library/alpine:latest"
     daemon.docker("pull", source)  # 127.0.0.0/8 registries are insecure (plain HTTP) by default

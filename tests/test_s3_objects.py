@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +17,10 @@ from tests.support import seaweed
 from tests.support.seaweed import SeaweedFS
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[SeaweedFS]:
-    server = SeaweedFS().start()
-    server.create_bucket("pullcache")
-    yield server
-    server.stop()
+@pytest.fixture
+def s3_server(seaweed_server: SeaweedFS) -> SeaweedFS:
+    """The session's SeaweedFS (conftest), bucket `pullcache`."""
+    return seaweed_server
 
 
 def settings(server: SeaweedFS, **extra: object) -> S3Settings:

@@ -47,7 +47,7 @@ def evict_after_the_next_index_write(store: Store, monkeypatch: pytest.MonkeyPat
 async def assert_pushed_and_on_disk(store: Store) -> None:
     row = await store.index.get(str(DIGEST))
     assert row is not None and row.origin == PUSHED
-    assert store.blob_path(DIGEST).read_bytes() == DATA
+    assert store.layout.blob(DIGEST).read_bytes() == DATA
 
 
 async def test_a_push_racing_eviction_of_its_cached_copy_keeps_the_blob(
@@ -90,7 +90,7 @@ async def test_a_new_cached_blob_whose_row_is_evicted_before_its_file_lands_is_i
 
     row = await store.index.get(str(DIGEST))
     assert row is not None and row.size == len(DATA)
-    assert store.blob_path(DIGEST).read_bytes() == DATA
+    assert store.layout.blob(DIGEST).read_bytes() == DATA
 
 
 async def test_a_mount_of_a_blob_evicted_meanwhile_fails_and_leaves_no_row(

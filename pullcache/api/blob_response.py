@@ -5,17 +5,14 @@ ones (api/proxied.py), which a fill's growing file also sends with parse_range a
 """
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from pullcache.api.errors import RegistryError
 from pullcache.api.sendfile import send_body
+from pullcache.cache.backends import OpenedBlob
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
 
@@ -68,67 +65,46 @@ def digest_headers(digest: Digest) -> dict[str, str]:
 
 
 class BlobFileResponse(web.StreamResponse):
-    """A committed blob from disk: headers up front, body by sendfile on worker threads (api/sendfile.py;
-    read/write in a thread for TLS), so a large layer costs the event loop nothing.
+    """A committed blob: headers up front, then the body by sendfile on worker threads from a local file
+    (api/sendfile.py; read/write in a thread for TLS), so a large layer costs the event loop nothing, or
+    streamed from the storage backend when it has no local file. The caller keeps the blob open until
+    the response is prepared."""
 
-    Given a path, it opens the file itself when sending and answers BLOB_UNKNOWN if the file went in the
-    meantime; given a file its caller opened (and closes), that file cannot go.
-    """
-
-    def __init__(self, source: Path | BinaryIO, digest: Digest, size: int, byte_range: ByteRange | None) -> None:
+    def __init__(self, blob: OpenedBlob, digest: Digest, byte_range: ByteRange | None) -> None:
         super().__init__(status=206 if byte_range else 200, headers={
             **digest_headers(digest),
             "Content-Type": OCTET_STREAM,
             "Accept-Ranges": "bytes",
         })
-        self._source = source
+        self._blob = blob
         self._offset = byte_range.start if byte_range else 0
-        self.content_length = byte_range.length if byte_range else size
+        self.content_length = byte_range.length if byte_range else blob.size
         if byte_range:
-            self.headers["Content-Range"] = byte_range.content_range(size)
+            self.headers["Content-Range"] = byte_range.content_range(blob.size)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared or request.method == "HEAD" or not self.content_length:
             return await super().prepare(request)
-        if not isinstance(self._source, Path):
-            return await self._send(request, self._source)
-        try:
-            file = await asyncio.to_thread(open, self._source, "rb")
-        except FileNotFoundError:
-            # Deleted (GC of a local blob) after the caller's stat: answer as if it had never been there.
-            return await self._vanished(request)
-        try:
-            return await self._send(request, file)
-        finally:
-            await asyncio.to_thread(file.close)
-
-    async def _send(self, request: web.BaseRequest, file: BinaryIO) -> AbstractStreamWriter | None:
         writer = await super().prepare(request)
         assert writer is not None and self.content_length is not None
-        await send_body(request, writer, file.fileno(), self._offset, self.content_length)
-        await super().write_eof()
-        return writer
-
-    async def _vanished(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        error = RegistryError("BLOB_UNKNOWN", "blob unknown to registry").response()
-        self.set_status(error.status)
-        for header in ("Docker-Content-Digest", "ETag", "Accept-Ranges", "Content-Range"):
-            self.headers.pop(header, None)
-        self.content_type = "application/json"
-        assert isinstance(error.body, bytes)
-        self.content_length = len(error.body)
-        writer = await super().prepare(request)
-        await self.write(error.body)
+        if self._blob.file is not None:
+            await send_body(request, writer, self._blob.file.fileno(), self._offset, self.content_length)
+        else:
+            assert self._blob.read is not None, "a blob to send has a file or a stream"
+            async for chunk in self._blob.read(self._offset, self.content_length):
+                await self.write(chunk)
         await super().write_eof()
         return writer
 
 
-def blob_file_response(request: web.Request, source: Path | BinaryIO, digest: Digest,
-                       size: int) -> web.StreamResponse:
-    """The response for a committed blob of `size` bytes, at a path or in a file the caller keeps open
-    until the response is sent: 200, 206 for a Range, 304 for a matching If-None-Match (a digest names
-    one content forever), 416 raised for an unsatisfiable range. HEAD gets the same headers without a body."""
+def blob_file_response(request: web.Request, blob: OpenedBlob, digest: Digest) -> web.StreamResponse:
+    """The response for a committed blob the caller keeps open until it is sent: 200, 206 for a Range, 304
+    for a matching If-None-Match (a digest names one content forever), 307 to the storage's own URL when
+    the store gives one (redirect mode), 416 raised for an unsatisfiable range. HEAD gets the same
+    headers without a body."""
     if request.if_none_match and any(tag.value in (str(digest), "*") for tag in request.if_none_match):
         return web.Response(status=304, headers=digest_headers(digest))
-    byte_range = parse_range(request.headers.get("Range"), size)
-    return BlobFileResponse(source, digest, size, byte_range)
+    if blob.url is not None:
+        return web.Response(status=307, headers={**digest_headers(digest), "Location": blob.url})
+    byte_range = parse_range(request.headers.get("Range"), blob.size)
+    return BlobFileResponse(blob, digest, byte_range)

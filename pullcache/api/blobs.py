@@ -20,13 +20,18 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     if not target.is_local:
         return await proxied.get_blob(request, target, digest)
     store = request.app[STORE]
-    size = store.blob_size(digest)
-    if size is None or not store.repository(target.store_name).has_blob_link(digest):
+    blob = None
+    if store.repository(target.store_name).has_blob_link(digest):
+        blob = await store.open_blob(digest, body=request.method == "GET")
+    if blob is None:
         raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
                             detail={"digest": str(digest)})
-    store.note_access(digest)
-    request[SERVED_FROM] = "local"
-    return blob_file_response(request, store.blob_path(digest), digest, size)
+    async with blob:
+        store.note_access(digest)
+        request[SERVED_FROM] = "local"
+        response = blob_file_response(request, blob, digest)
+        await response.prepare(request)  # sent while the blob is open
+        return response
 
 
 async def delete_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:

@@ -8,6 +8,7 @@ from aiohttp.typedefs import Handler
 
 from pullcache.api.appkeys import STORE
 from pullcache.api.errors import RegistryError
+from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.files import StoreFullError
 
 log = logging.getLogger("pullcache.api")
@@ -15,7 +16,8 @@ log = logging.getLogger("pullcache.api")
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """RegistryError -> its JSON body; a full disk -> 507; anything unexpected -> 500, logged once."""
+    """RegistryError -> its JSON body; a full disk -> 507; the object store out of reach -> 503 saying why;
+    anything unexpected -> 500, logged once."""
     try:
         return await handler(request)
     except RegistryError as exc:
@@ -25,6 +27,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         request.app[STORE].report_disk_full()  # eviction frees cached content for the next write
         return RegistryError("UNAVAILABLE", "the registry's disk is full; the write was discarded",
                              status=507).response(head=request.method == "HEAD")
+    except (StorageUnavailable, StorageMisconfigured) as exc:
+        log.warning("storage failed answering %s %s: %s", request.method, request.path, exc)
+        return RegistryError("UNAVAILABLE", f"storage unavailable: {exc}",
+                             status=503).response(head=request.method == "HEAD")
     except web.HTTPException:
         raise
     except Exception as exc:

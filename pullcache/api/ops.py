@@ -49,6 +49,11 @@ async def _index_open(store: Store) -> None:
     await store.check_index()
 
 
+async def _backend_ready(store: Store) -> None:
+    """The blob backend answers (the S3 bucket takes a write; nothing more to ask of a local disk)."""
+    await store.check_backend()
+
+
 async def _probe(check: Callable[[Store], Awaitable[None]], store: Store, what: str) -> str | None:
     """None if the check passed, else why not."""
     try:
@@ -66,13 +71,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    storage, index = await asyncio.gather(_probe(_storage_writable, store, "storage not writable"),
-                                          _probe(_index_open, store, "index not open"))
-    reasons = [reason for reason in (storage, index) if reason]
+    storage, index, backend = await asyncio.gather(
+        _probe(_storage_writable, store, "storage not writable"), _probe(_index_open, store, "index not open"),
+        _probe(_backend_ready, store, "blob storage not available"))
+    checks = {"storage": storage or "ok", "index": index or "ok", "backend": backend or "ok"}
+    reasons = [reason for reason in (storage, index, backend) if reason]
     if reasons:
-        return web.json_response({"status": "unavailable", "reason": "; ".join(reasons),
-                                  "checks": {"storage": storage or "ok", "index": index or "ok"}}, status=503)
-    return web.json_response({"status": "ready", "checks": {"storage": "ok", "index": "ok"}})
+        return web.json_response({"status": "unavailable", "reason": "; ".join(reasons), "checks": checks},
+                                 status=503)
+    return web.json_response({"status": "ready", "checks": checks})
 
 
 async def metrics_exposition(request: web.Request) -> web.Response:

@@ -85,8 +85,8 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
         request[CACHE_RESULT] = source.result
         if source.reader is not None:
             return await _stream_fill(request, source.reader, digest)
-        assert source.file is not None and source.size is not None
-        response = blob_file_response(request, source.file, digest, source.size)
+        assert source.blob is not None
+        response = blob_file_response(request, source.blob, digest)
         try:
             await response.prepare(request)  # sends it all while the file is open; counted once it went out
         except ConnectionError:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pullcache.cache.files import (
     remove_empty_parents,
@@ -55,13 +55,40 @@ def _digest_dirs(root: Path) -> list[Digest]:
     return found
 
 
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        remove_quietly(path)
+
+
+class Mirror(Protocol):
+    """Where repository files are also kept (the S3 backend's bucket): written before the local file, so a
+    write that fails there (StorageUnavailable) changes nothing."""
+
+    async def put(self, path: Path, data: bytes) -> None: ...
+
+    async def delete(self, paths: list[Path]) -> None: ...
+
+    async def restore(self) -> int: ...
+
+
 class Repository:
     """One repository's links (local ones under repositories/<name>, cached ones under proxied/<upstream>/<name>)."""
 
-    def __init__(self, path: Path, tmp_dir: Path, name: str) -> None:
+    def __init__(self, path: Path, tmp_dir: Path, name: str, mirror: Mirror | None = None) -> None:
         self.path = path
         self.name = name
         self._tmp = tmp_dir
+        self._mirror = mirror
+
+    async def _write(self, path: Path, data: bytes) -> None:
+        if self._mirror is not None:
+            await self._mirror.put(path, data)
+        await asyncio.to_thread(write_atomic, path, data, self._tmp)
+
+    async def _remove(self, paths: list[Path]) -> None:
+        if self._mirror is not None and paths:
+            await self._mirror.delete(paths)
+        await asyncio.to_thread(_remove_files, paths)
 
     # ------------------------------------------------------------------ paths
     def _tag(self, tag: str) -> Path:
@@ -95,9 +122,11 @@ class Repository:
         """Point the tag at digest, recording when that was last true (now, unless the caller learned it
         earlier): an upstream tag's ttl counts from there, on any backend and across restarts."""
         record = {"digest": str(digest), "confirmed_at": time.time() if confirmed_at is None else confirmed_at}
-        await asyncio.to_thread(write_atomic, self._tag(tag), json.dumps(record).encode(), self._tmp)
+        await self._write(self._tag(tag), json.dumps(record).encode())
 
     async def delete_tag(self, tag: str) -> bool:
+        if self._mirror is not None and await asyncio.to_thread(self._tag(tag).exists):
+            await self._mirror.delete([self._tag(tag)])
         return await asyncio.to_thread(unlink_if_present, self._tag(tag))
 
     def _tags(self) -> dict[str, Digest]:
@@ -130,26 +159,28 @@ class Repository:
         return await asyncio.to_thread(self._media_type, digest)
 
     async def link_manifest(self, digest: Digest, media_type: str) -> None:
-        await asyncio.to_thread(write_atomic, self._revision(digest), media_type.encode(), self._tmp)
+        await self._write(self._revision(digest), media_type.encode())
 
-    def _unlink_manifest(self, digest: Digest) -> bool:
+    def _manifest_files(self, digest: Digest) -> list[Path]:
+        """The manifest's revision file, the tags naming it and its referrer entries; [] if it is absent."""
         path = self._revision(digest)
         if not path.exists():
-            return False
-        for tag, tagged in self._tags().items():
-            if tagged == digest:
-                remove_quietly(self._tag(tag))
-        remove_quietly(path)
+            return []
+        files = [self._tag(tag) for tag, tagged in self._tags().items() if tagged == digest]
         referrers_root = self.path / "_referrers"
         if referrers_root.is_dir():
-            for entry in referrers_root.glob(f"*/*/{digest.algorithm}-{digest.hex}"):
-                remove_quietly(entry)
-                remove_empty_parents(entry.parent, referrers_root)
-        return True
+            files += referrers_root.glob(f"*/*/{digest.algorithm}-{digest.hex}")
+        return [*files, path]
 
     async def unlink_manifest(self, digest: Digest) -> bool:
         """Remove a manifest, every tag naming it and its referrer entries; False if it was absent."""
-        return await asyncio.to_thread(self._unlink_manifest, digest)
+        files = await asyncio.to_thread(self._manifest_files, digest)
+        await self._remove(files)
+        referrers_root = self.path / "_referrers"
+        for entry in files:
+            if entry.is_relative_to(referrers_root):
+                await asyncio.to_thread(remove_empty_parents, entry.parent, referrers_root)
+        return bool(files)
 
     async def manifests(self) -> list[Digest]:
         return await asyncio.to_thread(_digest_dirs, self.path / "_manifests" / "revisions")
@@ -160,9 +191,11 @@ class Repository:
 
     async def link_blob(self, digest: Digest) -> None:
         if not self.has_blob_link(digest):
-            await asyncio.to_thread(write_atomic, self._layer(digest), b"", self._tmp)
+            await self._write(self._layer(digest), b"")
 
     async def unlink_blob(self, digest: Digest) -> bool:
+        if self._mirror is not None and self.has_blob_link(digest):
+            await self._mirror.delete([self._layer(digest)])
         return await asyncio.to_thread(unlink_if_present, self._layer(digest))
 
     async def blob_links(self) -> list[Digest]:
@@ -172,7 +205,7 @@ class Repository:
     async def add_referrer(self, subject: Digest, descriptor: dict[str, Any]) -> None:
         referrer = Digest.parse(descriptor["digest"])
         path = self._referrers(subject) / f"{referrer.algorithm}-{referrer.hex}"
-        await asyncio.to_thread(write_atomic, path, json.dumps(descriptor).encode(), self._tmp)
+        await self._write(path, json.dumps(descriptor).encode())
 
     def _referrers_of(self, subject: Digest) -> list[dict[str, Any]]:
         folder = self._referrers(subject)

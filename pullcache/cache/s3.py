@@ -12,9 +12,10 @@ credentials refused: stops start-up with one line).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from obstore.exceptions import BaseError, NotFoundError, PermissionDeniedError, 
 from obstore.store import S3Store
 
 from pullcache import metrics
+from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
@@ -35,14 +37,6 @@ PART_CONCURRENCY = 4
 READ_CHUNK = 1024 * 1024
 PROBE_PATH = "_pullcache/write-probe"
 T = TypeVar("T")
-
-
-class StorageUnavailable(Exception):
-    """The object store could not be reached or failed (5xx, timeout); the message says which and why."""
-
-
-class StorageMisconfigured(Exception):
-    """The bucket does not exist or refuses our credentials: a config problem, not an outage."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +97,14 @@ class S3Objects:
         """`s3://bucket/prefix` for logs and check-config."""
         return f"s3://{self.settings.bucket}/{self._prefix}".rstrip("/")
 
-    async def _call(self, op: str, request: Awaitable[T]) -> T:
-        """Run one request, counting it by outcome. A missing object is FileNotFoundError (obstore raises
+    @contextlib.contextmanager
+    def _request(self, op: str) -> Iterator[None]:
+        """Count and time one request by outcome. A missing object is FileNotFoundError (obstore raises
         that or its own NotFoundError); anything else that fails is one of this module's errors."""
         started = time.monotonic()
         code = "ok"
         try:
-            return await request
+            yield
         except (FileNotFoundError, NotFoundError) as exc:
             code = "not_found"
             raise FileNotFoundError(_short(exc)) from exc
@@ -125,6 +120,10 @@ class S3Objects:
         finally:
             metrics.storage_requests.labels(BACKEND, op, code).inc()
             metrics.storage_request_duration.labels(BACKEND, op).observe(time.monotonic() - started)
+
+    async def _call(self, op: str, request: Awaitable[T]) -> T:
+        with self._request(op):
+            return await request
 
     async def stat(self, path: str) -> ObjectInfo | None:
         try:
@@ -177,6 +176,19 @@ class S3Objects:
         except FileNotFoundError:
             pass
 
+    def delete_blocking(self, path: str) -> None:
+        """delete() for a worker thread that must finish it before it goes on (eviction's transaction)."""
+        with contextlib.suppress(FileNotFoundError), self._request("delete"):
+            obstore.delete(self._store, path)
+
+    def get_blocking(self, path: str) -> bytes | None:
+        """get_content() for a worker thread (GC reads every local manifest once)."""
+        try:
+            with self._request("get"):
+                return bytes(obstore.get(self._store, path).bytes())
+        except FileNotFoundError:
+            return None
+
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every object under `prefix` (recursively), a page at a time."""
         pages = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
@@ -195,9 +207,8 @@ class S3Objects:
     async def check_writable(self) -> None:
         """Start-up check: the bucket exists and takes a write. Raises StorageMisconfigured or
         StorageUnavailable with one line saying which."""
-        try:  # a listing first: some stores (SeaweedFS) create a missing bucket on the first PUT
-            await self._call("list", obstore.list(self._store, chunk_size=1).__anext__())
-        except StopAsyncIteration:
-            pass  # an empty bucket
+        # A listing first: some stores (SeaweedFS) create a missing bucket on the first PUT. One request, not
+        # a list stream: a stream left unfinished by a failure aborts the process at exit (obstore 0.x).
+        await self._call("list", obstore.list_with_delimiter_async(self._store, PROBE_PATH.split("/")[0]))
         await self.put_content(PROBE_PATH, b"pullcache")
         await self.delete(PROBE_PATH)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from cachetools import LRUCache
 
-from pullcache.cache.files import StoreFullError, remove_quietly
+from pullcache.cache.backends import BlobBackend, FilesystemBlobs, OpenedBlob
+from pullcache.cache.files import StoreFullError
 from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Totals, TotalsListener
 from pullcache.cache.layout import Layout
-from pullcache.cache.repos import Repository
-from pullcache.cache.scan import StaleFile, blob_files, orphaned_files, remove_orphans
+from pullcache.cache.repos import Mirror, Repository
+from pullcache.cache.scan import StaleFile, orphaned_files, remove_orphans
 from pullcache.cache.uploads import Uploads, UploadSession
 from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Digest
@@ -29,8 +30,13 @@ MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep the
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, backend: Callable[[Layout], BlobBackend] = FilesystemBlobs,
+                 mirror: Callable[[Layout], Mirror] | None = None) -> None:
+        """A store under root (storage.path); blobs in the backend it names, the filesystem by default, and
+        repository files also written through `mirror` (the S3 backend's bucket)."""
         self.layout = Layout(Path(root).resolve())
+        self.blobs = backend(self.layout)
+        self.mirror = mirror(self.layout) if mirror is not None else None
         self.index = BlobIndex(self.layout.index)
         self.uploads = Uploads(self.layout.uploads, self.layout.tmp)
         self._small: LRUCache[Digest, bytes] = LRUCache(maxsize=MANIFEST_CACHE_BYTES, getsizeof=len)
@@ -39,17 +45,26 @@ class Store:
 
     async def open(self) -> None:
         await asyncio.to_thread(self.layout.make_dirs)
+        await self.blobs.open()
+        if self.mirror is not None:
+            await self.mirror.restore()
         self.index_was_missing = await self.index.open()
 
     async def close(self) -> None:
         with contextlib.suppress(StoreFullError):  # the last hits are lost on a full disk: only recency
             await self.flush_accesses()
         await self.index.close()
+        await self.blobs.close()
+
+    @property
+    def backend(self) -> str:
+        """`filesystem <path>` or `s3 s3://bucket/prefix`: for check-config and logs."""
+        return f"{self.blobs.kind} {self.blobs.where}"
 
     # ------------------------------------------------------------------ repositories
     def repository(self, name: str, *, cached: bool = False) -> Repository:
         """A local repository, or with cached=True one cached from an upstream (name = '<upstream>/<repo>')."""
-        return Repository(self.layout.repository(name, cached), self.layout.tmp, name)
+        return Repository(self.layout.repository(name, cached), self.layout.tmp, name, self.mirror)
 
     async def repository_names(self, *, cached: bool = False) -> list[str]:
         """Every repository name holding manifests or blobs, sorted (the _catalog)."""
@@ -65,15 +80,15 @@ class Store:
         return await asyncio.to_thread(walk)
 
     # ------------------------------------------------------------------ blobs
-    def blob_path(self, digest: Digest) -> Path:
-        return self.layout.blob(digest)
-
     def blob_size(self, digest: Digest) -> int | None:
-        """Size of a committed blob or None. A stat is microseconds, so it runs inline."""
-        try:
-            return os.stat(self.layout.blob(digest)).st_size
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        """Size of a committed blob or None: a stat or a look in memory, so it runs inline."""
+        return self.blobs.size(digest)
+
+    async def open_blob(self, digest: Digest, *, body: bool = True) -> OpenedBlob | None:
+        """A committed blob to send (None if absent, evicted since the caller looked included): a local file
+        for sendfile, a presigned URL to redirect to, or a stream, whichever the backend gives; body=False
+        only its size. The caller closes it once sent."""
+        return await self.blobs.open_blob(digest, body=body)
 
     def new_writer(self, algorithm: str = "sha256") -> BlobWriter:
         return BlobWriter(self.layout.tmp, algorithm)
@@ -103,10 +118,7 @@ class Store:
         key, size = str(digest), writer.hasher.size
         await self.index.add(key, size, origin)
         try:
-            if self.blob_size(digest) is not None:
-                await writer.abort()  # the same bytes are already there
-                return
-            await writer.publish_to(self.layout.blob(digest))
+            await self.blobs.publish(writer, digest)
         except BaseException:
             await self._drop_row_if_missing(digest)  # e.g. a full disk: no row may promise a file
             raise
@@ -146,9 +158,8 @@ class Store:
         """A manifest's bytes, from memory when hot; None if the blob is absent."""
         data = self._small.get(digest)
         if data is None:
-            try:
-                data = await asyncio.to_thread(self.layout.blob(digest).read_bytes)
-            except (FileNotFoundError, NotADirectoryError):
+            data = await self.blobs.read_bytes(digest)
+            if data is None:
                 return None
             self._small[digest] = data
         return data
@@ -165,8 +176,8 @@ class Store:
         return removed
 
     def _remove_file(self, digest: str) -> None:
-        """Unlink a blob's file by digest text (runs on the index thread, inside its transaction)."""
-        remove_quietly(self.layout.blob(Digest.parse(digest)))
+        """Remove a blob by digest text (runs on the index thread, inside its transaction)."""
+        self.blobs.remove_blocking(Digest.parse(digest))
 
     def forget(self, digest: Digest) -> None:
         """Drop what memory holds of a blob whose file is gone: its bytes (a manifest) and a pending hit."""
@@ -182,6 +193,7 @@ class Store:
     def note_access(self, digest: Digest) -> None:
         """Remember a hit in memory; flush_accesses() writes a batch, so a hot blob costs no write per hit."""
         self._accesses[str(digest)] = time.time()
+        self.blobs.note_access(digest)
 
     def hit_pending(self, digest: str) -> bool:
         """Whether the blob was used since the last flush that reached the index (eviction spares it)."""
@@ -239,6 +251,10 @@ class Store:
         """One trivial query: the index is open and answers (readiness)."""
         await self.index.get("readyz-probe")
 
+    async def check_backend(self) -> None:
+        """The blob backend can serve now (readiness): raises with the reason if not."""
+        await self.blobs.check()
+
     async def free_space(self) -> tuple[int, int]:
         """(free, total) bytes where the store writes."""
         stats = await asyncio.to_thread(os.statvfs, self.layout.root)
@@ -247,7 +263,7 @@ class Store:
     # ------------------------------------------------------------------ reconcile: the index against the blobs
     async def stored_blobs(self) -> dict[str, tuple[int, float]]:
         """Every blob really stored: digest text -> (size, last modified)."""
-        return await asyncio.to_thread(blob_files, self.layout.blobs)
+        return await self.blobs.stored()
 
     async def drop_rows_without_blobs(self, digests: Iterable[str]) -> list[BlobRow]:
         """Remove the rows of blobs that are not stored, each re-checked under the index's write lock."""
@@ -272,8 +288,8 @@ class Store:
         """A blob's bytes read directly, bypassing the manifest cache (GC reads every local manifest once,
         in a worker thread, and must not push the hot ones out); None if absent or not a digest."""
         try:
-            return self.layout.blob(Digest.parse(digest)).read_bytes()
-        except (ValueError, FileNotFoundError, NotADirectoryError):
+            return self.blobs.read_blocking(Digest.parse(digest))
+        except ValueError:
             return None
 
     # ------------------------------------------------------------------ pushes

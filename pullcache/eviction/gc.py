@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pullcache import metrics
+from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.store import Store
 from pullcache.cache.uploads import UploadFolder
@@ -187,7 +188,7 @@ async def run_gc_command(config: Config, dry_run: bool) -> int:
     if not await asyncio.to_thread(root.is_dir):
         print(f"pullcache gc: storage.path {str(root)!r} does not exist; nothing to collect")
         return 1
-    store = Store(root)
+    store = store_for(config.storage)
     await store.open()
     try:
         report = await collect_garbage(store, config.gc, dry_run=dry_run)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Self
 
 from pullcache import metrics
+from pullcache.cache.backends import OpenedBlob
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import Fill, FillFailed, FillReader
 from pullcache.cache.index import CACHED
@@ -56,14 +55,13 @@ class BlobTooLarge(Exception):
 
 @dataclass(frozen=True)
 class BlobSource:
-    """Where a blob request reads from: its committed file, already open (file, size), or a fill (reader).
+    """Where a blob request reads from: the committed blob, already open (blob), or a fill (reader).
 
-    Use `async with`: leaving it closes the file or the reader.
+    Use `async with`: leaving it closes the blob or the reader.
     """
 
     result: str
-    file: BinaryIO | None = None
-    size: int | None = None
+    blob: OpenedBlob | None = None
     reader: FillReader | None = None
 
     async def __aenter__(self) -> Self:
@@ -72,17 +70,8 @@ class BlobSource:
     async def __aexit__(self, *exc: object) -> None:
         if self.reader is not None:
             self.reader.close()
-        if self.file is not None:
-            await asyncio.to_thread(self.file.close)
-
-
-def _open_committed(path: Path) -> tuple[BinaryIO, int] | None:
-    """The blob file open for reading and its size; None if it is gone (evicted since the caller looked)."""
-    try:
-        file = open(path, "rb")  # noqa: SIM115 (handed to the caller, who closes it)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return file, os.fstat(file.fileno()).st_size
+        if self.blob is not None:
+            await self.blob.close()
 
 
 @dataclass(frozen=True)
@@ -131,11 +120,11 @@ class Blobs:
         assert target.upstream is not None, "Blobs serves upstream targets only"
         while True:
             if self._store.blob_size(digest) is not None:  # a stat is cheap; the open runs in a thread
-                opened = await asyncio.to_thread(_open_committed, self._store.blob_path(digest))
+                opened = await self._store.open_blob(digest)
                 if opened is not None:
                     self._store.note_access(digest)
                     stats.count(stats.BLOB, target.upstream.name, stats.HIT)
-                    return BlobSource(stats.HIT, file=opened[0], size=opened[1])
+                    return BlobSource(stats.HIT, blob=opened)
             flight = self._fills.get(_flight_key(target, digest))
             if flight is None:
                 fill = self._start(target, digest)

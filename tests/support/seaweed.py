@@ -8,11 +8,13 @@ It is stopped with SIGKILL by PID: its own shutdown takes seconds and the data d
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 
@@ -21,6 +23,7 @@ from .procs import ManagedProcess, OnLoopback, free_port, http_status, retry_on_
 ACCESS_KEY = "pullcache-test"
 SECRET_KEY = "pullcache-test-secret"
 REGION = "us-east-1"
+BUCKET = "pullcache"  # the bucket the session's server starts with (conftest.seaweed_server)
 MEMORY_LIMIT = "512MiB"  # GOMEMLIMIT: the Go runtime otherwise grows to what the machine offers
 PORT_FLAGS = ("-master.port", "-master.port.grpc", "-volume.port", "-volume.port.grpc", "-filer.port",
               "-filer.port.grpc", "-s3.port.grpc")
@@ -104,13 +107,35 @@ class SeaweedFS(OnLoopback):
 
     def create_bucket(self, name: str) -> str:
         """Create bucket `name` (pullcache never creates one: a missing bucket is an operator's mistake)."""
-        client = botocore.session.get_session().create_client(
-            "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY)
-        client.create_bucket(Bucket=name)
+        client(self.url).create_bucket(Bucket=name)
         return name
 
     def storage_config(self, bucket: str, **extra: object) -> dict[str, object]:
         """A `storage.s3` section for pullcache pointing at `bucket` here."""
         return {"endpoint": self.url, "region": REGION, "bucket": bucket, "access_key": ACCESS_KEY,
                 "secret_key": SECRET_KEY, **extra}
+
+
+@functools.cache
+def client(endpoint: str) -> Any:
+    """A botocore S3 client of the server at `endpoint` (the tests' own view of a bucket, not pullcache's);
+    one per endpoint, as making one reads botocore's service models (a third of a second)."""
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY)
+
+
+def bucket_objects(endpoint: str, bucket: str, prefix: str, tops: tuple[str, ...]) -> dict[str, bytes]:
+    """Every object under `prefix`/<top>/ with its bytes, keyed by its path below the prefix."""
+    s3 = client(endpoint)
+    found: dict[str, bytes] = {}
+    for top in tops:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{top}/"):
+            for item in page.get("Contents", []):
+                found[item["Key"][len(prefix) + 1:]] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return found
+
+
+def multipart_uploads(endpoint: str, bucket: str) -> list[str]:
+    """Keys of multipart uploads begun and neither completed nor aborted."""
+    return [upload["Key"] for upload in client(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])]

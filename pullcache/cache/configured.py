@@ -1,0 +1,46 @@
+"""The Store that storage.backend names: the filesystem under storage.path, or an S3 bucket beside it."""
+from __future__ import annotations
+
+import asyncio
+
+from pullcache.cache.s3 import S3Objects, S3Settings
+from pullcache.cache.s3_backend import BucketMirror, S3Blobs
+from pullcache.cache.store import Store
+from pullcache.config import S3Config, StorageConfig
+
+SETTLE = 0.1  # seconds for obstore to wind down a failed request before the process exits
+
+
+def where(s3: S3Config) -> str:
+    """`s3://bucket/prefix`, as S3Objects.where names it."""
+    return f"s3://{s3.bucket}/{s3.prefix.strip('/')}".rstrip("/")
+
+
+def objects_for(s3: S3Config) -> S3Objects:
+    return S3Objects(S3Settings(bucket=s3.bucket, prefix=s3.prefix, endpoint=s3.endpoint, region=s3.region,
+                                access_key=s3.access_key, secret_key=s3.secret(), timeout=s3.timeout))
+
+
+async def check_bucket(s3: S3Config) -> str:
+    """Start-up's check that the bucket exists and takes a write; returns where it is. Raises
+    StorageMisconfigured or StorageUnavailable with one line."""
+    objects = objects_for(s3)
+    try:
+        await objects.check_writable()
+    except BaseException:
+        # obstore's runtime finishes a failed request's connection after the error reached us; a process
+        # that exits at once (a refused start) would abort in that thread. Let it finish first.
+        await asyncio.sleep(SETTLE)
+        raise
+    return objects.where
+
+
+def store_for(storage: StorageConfig) -> Store:
+    if storage.backend == "filesystem":
+        return Store(storage.path)
+    s3 = storage.s3
+    objects = objects_for(s3)
+    redirect_ttl = s3.redirect_ttl if s3.redirect else None
+    return Store(storage.path,
+                 backend=lambda layout: S3Blobs(objects, layout, local_cache=s3.local_cache, redirect_ttl=redirect_ttl),
+                 mirror=lambda layout: BucketMirror(objects, layout))
