@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from pullcache import metrics
+from pullcache.api.appkeys import STORE
 from pullcache.app import build_app
 from pullcache.config import build_config
 from tests.fault_upstream import FakeRegistry, Handler
@@ -34,12 +35,11 @@ class Proxy:
     data_dir: Path
 
     def cached(self, digest: str) -> bytes | None:
-        """The committed blob's bytes, or None."""
-        algorithm, hexpart = digest.split(":", 1)
-        path = self.data_dir / "blobs" / algorithm / hexpart[:2] / hexpart
-        return path.read_bytes() if path.exists() else None
+        """The committed blob's bytes as the Store holds them (not its manifest cache), or None."""
+        return self.client.app[STORE].read_blob_blocking(digest)
 
     def temp_files(self) -> list[str]:
+        """Files in the local spool (tmp/ under storage.path, which every backend writes through)."""
         return os.listdir(self.data_dir / "tmp")
 
     def upstream_requests(self, method: str, path_part: str) -> int:

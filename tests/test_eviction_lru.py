@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from pullcache import metrics
 from pullcache.cache.index import CACHED, PUSHED
@@ -26,7 +25,7 @@ async def test_evicts_least_recent_cached_blobs_down_to_the_target(store: Store)
     assert (evicted.blobs, evicted.bytes) == (3, 30 * KIB)
     assert [store.blob_size(d) for d in old] == [None] * 3
     assert [store.blob_size(d) for d in new] == [10 * KIB] * 3
-    assert store.index.totals()[CACHED].bytes == 30 * KIB
+    assert store.totals()[CACHED].bytes == 30 * KIB
 
 
 async def test_pushed_blobs_are_never_evicted(store: Store) -> None:
@@ -36,7 +35,7 @@ async def test_pushed_blobs_are_never_evicted(store: Store) -> None:
     await evict_to(store, 0)
 
     assert store.blob_size(pushed) == 50 * KIB and store.blob_size(cached) is None
-    assert store.index.totals()[PUSHED].bytes == 50 * KIB
+    assert store.totals()[PUSHED].bytes == 50 * KIB
 
 
 async def test_a_hit_not_yet_flushed_still_protects_the_blob(store: Store) -> None:
@@ -51,12 +50,14 @@ async def test_a_hit_not_yet_flushed_still_protects_the_blob(store: Store) -> No
 
 async def test_a_reader_of_an_evicted_blob_reads_it_whole(store: Store) -> None:
     digest = await put(store, "streamed", 64 * KIB, CACHED)
-    with await asyncio.to_thread(open, store.layout.blob(digest), "rb") as reader:  # a response streaming it
-        head = reader.read(KIB)
+    opened = await store.open_blob(digest)  # a response streaming it
+    assert opened is not None and opened.file is not None
+    async with opened:
+        head = await asyncio.to_thread(opened.file.read, KIB)
         await evict_to(store, 0)
-        rest = reader.read()
+        rest = await asyncio.to_thread(opened.file.read)
     assert Digest.of(head + rest) == digest
-    assert store.blob_size(digest) is None and await store.index.get(str(digest)) is None
+    assert store.blob_size(digest) is None and await store.blob_row(digest) is None
 
 
 async def test_a_blob_filled_again_after_eviction_has_file_and_row(store: Store) -> None:
@@ -65,7 +66,7 @@ async def test_a_blob_filled_again_after_eviction_has_file_and_row(store: Store)
 
     await put(store, "refill", 10 * KIB, CACHED)  # the next pull fetches it again
 
-    row = await store.index.get(str(digest))
+    row = await store.blob_row(digest)
     assert store.blob_size(digest) == 10 * KIB and row is not None and row.size == 10 * KIB
 
 
@@ -83,6 +84,6 @@ async def test_eviction_counts_into_the_metrics(store: Store) -> None:
 
 async def test_an_already_missing_file_only_loses_its_row(store: Store) -> None:
     digest = await put(store, "vanished", 10 * KIB, CACHED)
-    os.unlink(store.layout.blob(digest))
+    await asyncio.to_thread(store.blobs.remove_blocking, digest)  # gone behind the index's back
     evicted = await evict_to(store, 0)
-    assert evicted.blobs == 1 and await store.index.get(str(digest)) is None
+    assert evicted.blobs == 1 and await store.blob_row(digest) is None

@@ -1,6 +1,7 @@
 """GC over a real Store: mark from local manifests, sweep what a DELETE left, reconcile, dry run."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 
 from pullcache import metrics
 from pullcache.cache import writer as writer_module
-from pullcache.cache.index import CACHED, PUSHED
+from pullcache.cache.index import CACHED, PUSHED, BlobRow
 from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
@@ -58,18 +59,19 @@ async def push_image(store: Store, repo: str, tag: str, layers: list[bytes]) -> 
 
 
 async def forget_row(store: Store, digest: Digest) -> None:
-    """A crash between a blob's rename and its index write: the file is there, its row is not."""
+    """A crash between a blob's rename and its index write: the file is there, its row is not. Edits the
+    local SQLite index as another process would (both backends keep it on local disk)."""
     with closing(sqlite3.connect(store.layout.index)) as db, db:
         db.execute("DELETE FROM blobs WHERE digest = ?", (str(digest),))
     await store.index.refresh_if_changed()  # as the server notices another process's writes
 
 
-def files_and_rows(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
+async def files_and_rows(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
+    """Every file of the (filesystem) store and every index row: the dry run must leave all of them as they
+    were, including links, upload folders and temp files the Store has no listing for."""
     files = {str(p.relative_to(store.layout.root)) for p in store.layout.root.rglob("*")
              if p.is_file() and not p.name.startswith("index.sqlite")}
-    with sqlite3.connect(store.layout.index) as db:
-        rows = set(db.execute("SELECT digest, origin FROM blobs"))
-    return files, rows
+    return files, {(row.digest, row.origin) for row in await store.blob_rows()}
 
 
 async def test_delete_then_gc_reclaims_exactly_the_unshared_blobs(store: Store) -> None:
@@ -86,7 +88,7 @@ async def test_delete_then_gc_reclaims_exactly_the_unshared_blobs(store: Store) 
     assert all(store.blob_size(d) is None for d in unshared)
     assert all(store.blob_size(d) is not None for d in kept_blobs)
     assert {str(d) for d in await store.repository("team/app").blob_links()} == {str(d) for d in kept_blobs - {kept}}
-    assert store.index.totals()[PUSHED].blobs == len(kept_blobs)
+    assert store.totals()[PUSHED].blobs == len(kept_blobs)
 
 
 async def test_a_blob_another_repository_references_stays(store: Store) -> None:
@@ -160,7 +162,7 @@ async def cache_manifest(store: Store, repo: str, manifest: dict[str, object], t
 
 async def evict(store: Store, digest: Digest) -> None:
     """What an eviction pass does to one cached blob."""
-    assert await store.remove_unchanged([await store.index.get(str(digest))])
+    assert await store.remove_unchanged([await store.blob_row(digest)])
 
 
 async def test_the_revision_of_an_evicted_cached_manifest_is_pruned(store: Store) -> None:
@@ -202,11 +204,12 @@ async def test_a_cached_blob_a_local_manifest_references_becomes_pushed(store: S
     base = await store.put_small(b"base layer pulled before", origin=CACHED)
     await push_image(store, "team/app", "v1", [b"base layer pulled before"])  # the push found it present
     await forget_row(store, base)
-    await store.index.add(str(base), len(b"base layer pulled before"), CACHED)  # as if only cached
+    as_if_only_cached = BlobRow(str(base), len(b"base layer pulled before"), CACHED, time.time())
+    assert await store.index_found_blobs([as_if_only_cached]) == [as_if_only_cached]
 
     report = await collect_garbage(store, GC, dry_run=False)
 
-    assert report.promoted == [str(base)] and (await store.index.get(str(base))).origin == PUSHED
+    assert report.promoted == [str(base)] and (await store.blob_row(base)).origin == PUSHED
 
 
 async def test_idle_upload_sessions_and_half_made_folders_are_removed(store: Store) -> None:
@@ -299,17 +302,17 @@ async def test_reconcile_indexes_files_without_rows_by_their_links(store: Store)
 
     origins = {row.digest: row.origin for row in report.indexed}
     assert origins == {**{str(d): PUSHED for d in blobs}, str(cached): CACHED}
-    assert {row.digest: row.origin for row in await store.index.rows()} == origins
+    assert {row.digest: row.origin for row in await store.blob_rows()} == origins
 
 
 async def test_reconcile_drops_rows_whose_files_are_gone(store: Store) -> None:
     lost = await store.put_small(b"removed by hand", origin=CACHED)
-    os.unlink(store.layout.blob(lost))
+    await asyncio.to_thread(store.blobs.remove_blocking, lost)
 
     report = await collect_garbage(store, GC, dry_run=False)
 
     assert [(r.kind, r.name) for r in report.removals] == [("row", str(lost))]
-    assert await store.index.get(str(lost)) is None and store.index.totals()[CACHED].blobs == 0
+    assert await store.blob_row(lost) is None and store.totals()[CACHED].blobs == 0
 
 
 async def test_dry_run_changes_nothing_and_reports_the_same(store: Store) -> None:
@@ -321,12 +324,12 @@ async def test_dry_run_changes_nothing_and_reports_the_same(store: Store) -> Non
     unindexed = await store.put_small(b"crash left it unindexed", origin=CACHED)
     await forget_row(store, unindexed)
     await evict(store, await cache_manifest(store, "docker.io/library/alpine", {"schemaVersion": 2}))
-    before = files_and_rows(store)
+    before = await files_and_rows(store)
     runs_before = metrics.REGISTRY.get_sample_value("pullcache_gc_runs_total")
 
     dry = await collect_garbage(store, GC, dry_run=True, now=time.time() + LATER)
 
-    assert files_and_rows(store) == before
+    assert await files_and_rows(store) == before
     assert metrics.REGISTRY.get_sample_value("pullcache_gc_runs_total") == runs_before
     real = await collect_garbage(store, GC, dry_run=False, now=time.time() + LATER)
     assert set(dry.removals) == set(real.removals) and dry.reclaimed == real.reclaimed > 0

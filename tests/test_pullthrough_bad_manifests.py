@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from pullcache.api.appkeys import STORE
 from tests.fault_upstream import FakeRegistry, sha256
+from tests.support.store_view import store_contents
 from tests.support_faults import Proxy, start_proxy
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -24,19 +26,13 @@ def manifest(**changes: Any) -> bytes:
     return json.dumps({key: value for key, value in document.items() if value is not None}).encode()
 
 
-def stored_files(data_dir: Path) -> list[str]:
-    """Every file pullcache committed: blobs (manifests included) and repository links."""
-    return sorted(str(path.relative_to(data_dir)) for top in ("blobs", "repositories")
-                  for path in (data_dir / top).rglob("*") if path.is_file())
-
-
 @pytest.fixture
 async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
     return await start_proxy(aiohttp_client, fake, tmp_path / "data")
 
 
 async def assert_refused_and_not_cached(proxy: Proxy, reference: str) -> None:
-    before = stored_files(proxy.data_dir)
+    before = await store_contents(proxy.client.app[STORE])
     for attempt in (1, 2):
         response = await proxy.client.get(f"/v2/{REPO}/manifests/{reference}")
         assert response.status == 502, await response.text()
@@ -45,7 +41,7 @@ async def assert_refused_and_not_cached(proxy: Proxy, reference: str) -> None:
         assert f"upstream {proxy.upstream} " in error["message"] and "invalid manifest" in error["message"]
         assert proxy.fake.url.split("//")[1] not in error["message"]  # the upstream's address stays in the log
         assert proxy.upstream_requests("GET", f"/manifests/{reference}") == attempt  # nothing cached meanwhile
-    assert stored_files(proxy.data_dir) == before
+    assert await store_contents(proxy.client.app[STORE]) == before
 
 
 @pytest.mark.parametrize("media_type", [OCI_MANIFEST + "\r\nX-Injected: yes", "application/vnd.oci\x00x",
@@ -101,8 +97,8 @@ async def test_a_deeply_nested_manifest_without_a_manifest_content_type_is_502(
     """The upstream client reads mediaType from a body with no useful Content-Type: nesting past the
     parser's stack there is a refusal too, not a 500."""
     fake.add_manifest(REPO, "v1", b"[" * 100_000 + b"]" * 100_000, content_type)
-    before = stored_files(proxy.data_dir)
+    before = await store_contents(proxy.client.app[STORE])
     response = await proxy.client.get(f"/v2/{REPO}/manifests/v1")
     assert response.status == 502, await response.text()
     assert f"upstream {proxy.upstream} " in (await response.json())["errors"][0]["message"]
-    assert stored_files(proxy.data_dir) == before
+    assert await store_contents(proxy.client.app[STORE]) == before

@@ -1,4 +1,8 @@
-"""cache.fill: one producer writing a blob into a temp file while many readers stream it as it grows."""
+"""cache.fill: one producer writing a blob into a temp file while many readers stream it as it grows.
+
+Committed bytes are read through the Store; the temp files and open descriptors checked here are the
+local spool's, which both backends write under storage.path (the filesystem backend's own files).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -64,7 +68,7 @@ async def test_readers_see_bytes_before_the_producer_finishes(store: Store) -> N
     remaining = b"".join([chunk async for chunk in chunks])
     assert DATA[:1000] + first_of_rest + remaining == DATA
     reader.close()
-    assert store.layout.blob(DIGEST).read_bytes() == DATA
+    assert store.read_blob_blocking(str(DIGEST)) == DATA
 
 
 async def test_the_last_byte_waits_for_the_digest_verdict(store: Store) -> None:
@@ -170,7 +174,7 @@ async def test_a_reader_that_leaves_does_not_stop_the_producer(store: Store) -> 
     await fill.commit()
     assert await read_all(staying) == DATA
     staying.close()
-    assert store.layout.blob(DIGEST).read_bytes() == DATA
+    assert store.read_blob_blocking(str(DIGEST)) == DATA
     assert open_descriptors_to(store.layout.tmp) + open_descriptors_to(store.layout.blobs) == []
 
 

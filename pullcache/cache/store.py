@@ -218,6 +218,10 @@ class Store:
     async def blob_rows(self, origin: str | None = None) -> list[BlobRow]:
         return await self.index.rows(origin)
 
+    async def blob_row(self, digest: Digest) -> BlobRow | None:
+        """One blob's index row (size, origin, last access), None if the index has none."""
+        return await self.index.get(str(digest))
+
     async def least_recent(self, limit: int) -> list[BlobRow]:
         """The least recently used cached blobs, oldest first (eviction's candidates)."""
         return await self.index.least_recent(limit)
