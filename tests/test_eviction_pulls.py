@@ -1,7 +1,8 @@
 """The LRU bound end to end: real pulls through a pullcache process from a token-protected upstream.
 
 Each test pushes its own images to the shared upstream (under a repository name of its own),
-runs pullcache with a bound of a few MiB, and looks at the store on disk as an operator would.
+runs pullcache with a bound of a few MiB, and looks at the store as an operator would: /metrics and a
+Store opened beside the server (as `pullcache gc` does). Only the crash test edits the local SQLite index.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -44,20 +44,10 @@ def data_layer(image: Image) -> str:
     return image.platforms["linux/amd64"].layers[-1].digest
 
 
-def blob_file(pullcache: PullcacheProcess, digest: str) -> Path:
-    algorithm, hexpart = digest.split(":")
-    return pullcache.data_dir / "blobs" / algorithm / hexpart[:2] / hexpart
-
-
 def stored_bytes(pullcache: PullcacheProcess) -> dict[str, int]:
-    """Bytes of blob files on disk by the origin the index gives them."""
-    with sqlite3.connect(f"file:{pullcache.data_dir / 'index.sqlite'}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT digest, origin FROM blobs").fetchall()
-    totals = {"cached": 0, "pushed": 0}
-    for digest, origin in rows:
-        path = blob_file(pullcache, digest)
-        totals[origin] += path.stat().st_size if path.exists() else 0
-    return totals
+    """Bytes of blobs in the store by origin, as the server's index totals report them on /metrics."""
+    return {origin: int(metric(pullcache, f'pullcache_store_bytes{{origin="{origin}"}}'))
+            for origin in ("cached", "pushed")}
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -116,11 +106,11 @@ def test_an_evicted_image_is_fetched_again_on_demand(
     pull(client, first)
     for image in rest:
         pull(client, image)
-    eventually(lambda: not blob_file(pullcache, data_layer(first)).exists(), "the first image's layer is evicted")
+    eventually(lambda: pullcache.blob_size(data_layer(first)) is None, "the first image's layer is evicted")
 
     pull(client, first)
 
-    assert blob_file(pullcache, data_layer(first)).exists()
+    assert pullcache.blob_size(data_layer(first)) is not None
 
 
 def test_the_blob_used_last_survives(
@@ -135,8 +125,8 @@ def test_the_blob_used_last_survives(
     pull(client, upstream_image(upstream, 700 * 1024))  # ~2.2 MiB: over the bound, evict to 1.5 MiB
 
     eventually(lambda: stored_bytes(pullcache)["cached"] <= 1.5 * MiB, "eviction reached the low-water mark")
-    assert blob_file(pullcache, data_layer(used)).exists()
-    assert not blob_file(pullcache, data_layer(idle)).exists()
+    assert pullcache.blob_size(data_layer(used)) is not None
+    assert pullcache.blob_size(data_layer(idle)) is None
 
 
 def test_a_crash_between_file_and_index_write_is_repaired_at_restart(
@@ -145,17 +135,16 @@ def test_a_crash_between_file_and_index_write_is_repaired_at_restart(
     client = RegistryClient(pullcache.url)
     image = upstream_image(upstream, 100 * 1024)
     pull(client, image)
+    cached = metric(pullcache, 'pullcache_store_blobs{origin="cached"}')
     pullcache.kill()
+    # the crash itself (filesystem backend's own: both backends keep the SQLite index on local disk)
     with sqlite3.connect(pullcache.data_dir / "index.sqlite") as db:  # the file landed, its row did not
-        db.execute("DELETE FROM blobs WHERE digest = ?", (data_layer(image),))
+        assert db.execute("DELETE FROM blobs WHERE digest = ?", (data_layer(image),)).rowcount == 1
 
     pullcache.start()
 
-    def indexed() -> bool:
-        with sqlite3.connect(f"file:{pullcache.data_dir / 'index.sqlite'}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT origin FROM blobs WHERE digest = ?", (data_layer(image),)).fetchone()
-            return row == ("cached",)
-    eventually(indexed, "the background reconcile indexed the file again")
+    eventually(lambda: metric(pullcache, 'pullcache_store_blobs{origin="cached"}') == cached,
+               "the background reconcile indexed the file again, as cached")
 
 
 @pytest.fixture
@@ -201,5 +190,5 @@ def test_a_pull_that_fills_the_disk_fails_alone_and_leaves_no_temp(
         client.get_blob(too_big.repo, data_layer(too_big))
 
     eventually(lambda: list((pullcache.data_dir / "tmp").iterdir()) == [], "the fill's temp file is removed")
-    assert not blob_file(pullcache, data_layer(too_big)).exists()
+    assert pullcache.blob_size(data_layer(too_big)) is None
     pull(client, kept)  # the server keeps answering from what it has

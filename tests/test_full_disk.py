@@ -4,6 +4,9 @@ exactly (tests/support/tmpfs.fill_up) after caching a few images.
 Every write then fails with ENOSPC, SQLite's included ("database or disk is full"): a write is refused
 with 507 and leaves nothing in tmp/, and eviction still frees cached content, whether a refused write
 asked for it or the periodic free-space check did, while hits keep arriving.
+
+The filesystem backend's own test: it fills the disk under storage.path and looks at tmp/ and the SQLite
+index on it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient, Response, sha256_digest
 from tests.support.seed import Upstream
 from tests.support.tmpfs import fill_up, tmpfs
-from tests.test_eviction_pulls import ACCEPT, MiB, blob_file, data_layer, eventually, metric, pull, upstream_image
+from tests.test_eviction_pulls import ACCEPT, MiB, data_layer, eventually, metric, pull, upstream_image
 
 FULL_DISK_CONFIG = {"storage": {"max_size": "1GiB", "low_water": 0.75}, "local": {"anonymous_push": True}}
 STORE_FULL = (507, "UNAVAILABLE")  # what the error middleware answers for StoreFullError
@@ -122,8 +125,8 @@ def test_eviction_frees_a_full_disk_while_hits_keep_the_index_from_recording_the
     hits in the index fails for want of space; the hits still count, so the hit layer stays."""
     eventually(lambda: full_disk.hit(0) is None and full_disk.evictions() > 0, "an eviction pass ran")
 
-    assert blob_file(full_disk.pullcache, data_layer(full_disk.cached[0])).exists()
-    assert not blob_file(full_disk.pullcache, data_layer(full_disk.cached[1])).exists()
+    assert full_disk.pullcache.blob_size(data_layer(full_disk.cached[0])) is not None
+    assert full_disk.pullcache.blob_size(data_layer(full_disk.cached[1])) is None
 
 
 @pytest.fixture
@@ -140,7 +143,7 @@ async def full_store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def test_an_index_write_a_full_disk_refuses_leaves_rows_and_totals_as_they_were(full_store: Store) -> None:
     await full_store.put_small(b"cached before the disk filled up", origin=CACHED)
-    before, rows = full_store.index.totals(), await full_store.index.rows()
+    before, rows = full_store.totals(), await full_store.blob_rows()
     filler = fill_up(full_store.layout.root.parent)
 
     with pytest.raises(StoreFullError):
@@ -148,7 +151,7 @@ async def test_an_index_write_a_full_disk_refuses_leaves_rows_and_totals_as_they
     with pytest.raises(StoreFullError):  # SQLite's own "database or disk is full"
         await full_store.index.add("sha256:" + "0" * 64, 10, CACHED)
 
-    assert (full_store.index.totals(), await full_store.index.rows()) == (before, rows)
+    assert (full_store.totals(), await full_store.blob_rows()) == (before, rows)
     filler.unlink()
     await full_store.index.add("sha256:" + "0" * 64, 10, CACHED)  # room again: the index takes writes
-    assert full_store.index.totals()[CACHED].blobs == before[CACHED].blobs + 1
+    assert full_store.totals()[CACHED].blobs == before[CACHED].blobs + 1

@@ -1,15 +1,16 @@
 """`pullcache gc` run beside a live server: DELETE a local manifest, then reclaim exactly its blobs."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.support.images import Image, build_image, push_image
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient, sha256_digest
+from tests.support.store_view import store_contents
 
 ACCEPT = ["application/vnd.docker.distribution.manifest.v2+json"]
 # A push idle for gc.upload_ttl is abandoned, so the sweep's grace is at most that: 1s here.
@@ -38,9 +39,12 @@ def blobs_of(image: Image) -> dict[str, int]:
     return sizes
 
 
-def files_under(root: Path) -> dict[str, tuple[int, float]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith("index.sqlite")}
+def store_contents_of(pullcache: PullcacheProcess) -> dict[str, object]:
+    """The process's store as its Store interface shows it (blobs, temps, repositories), whatever the backend."""
+    async def read() -> dict[str, object]:
+        async with pullcache.store() as store:
+            return await store_contents(store)
+    return asyncio.run(read())
 
 
 def pushed_bytes_gauge(pullcache: PullcacheProcess) -> float:
@@ -83,7 +87,7 @@ def test_dry_run_prints_what_it_would_remove_and_changes_nothing(
     client = RegistryClient(pullcache.url)
     kept, deleted = two_tags(client)
     delete_and_age(client, deleted)
-    before = files_under(pullcache.data_dir)
+    before = store_contents_of(pullcache)
 
     dry = pullcache.cli("gc", "--dry-run")
 
@@ -91,5 +95,5 @@ def test_dry_run_prints_what_it_would_remove_and_changes_nothing(
     unshared = {d: size for d, size in blobs_of(deleted).items() if d not in blobs_of(kept)}
     assert removed_blobs(dry.stdout, "would remove") == unshared
     assert f"gc (dry run): would reclaim {sum(unshared.values())} bytes" in dry.stdout
-    assert files_under(pullcache.data_dir) == before
+    assert store_contents_of(pullcache) == before
     assert removed_blobs(pullcache.cli("gc").stdout, "removed") == unshared  # and a real run agrees

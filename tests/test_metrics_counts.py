@@ -7,7 +7,6 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -176,7 +175,8 @@ async def test_store_gauges_match_the_disk(
     expected = {"cached": (layer.size, 1), "pushed": (len(pushed), 1)}
     result = await settled(http, proc, lambda r: gauges(r) == expected)
     assert gauges(result) == expected
-    files = [path for path in Path(proc.data_dir, "blobs").rglob("*") if path.is_file()]
-    assert sum(path.stat().st_size for path in files) == layer.size + len(pushed)
-    assert len(files) == 2
+    async with proc.store() as store:
+        stored = await store.stored_blobs()
+    assert sum(size for size, _ in stored.values()) == layer.size + len(pushed)
+    assert len(stored) == 2
     assert result.value("pullcache_store_max_bytes") > 0

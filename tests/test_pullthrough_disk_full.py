@@ -11,7 +11,6 @@ from tests.support.registry_client import RegistryClient, RegistryError, sha256_
 from tests.support.seed import Upstream
 from tests.test_eviction_pulls import (  # noqa: F401  (small_disk is a fixture)
     MiB,
-    blob_file,
     data_layer,
     eventually,
     metric,
@@ -35,7 +34,7 @@ def test_a_pull_that_runs_out_of_disk_makes_eviction_free_room(
 
     assert refused.value.response.status == 507
     eventually(lambda: metric(pullcache, "pullcache_evictions_total") > 0, "an eviction pass ran")
-    assert not blob_file(pullcache, data_layer(cached[0])).exists()  # the least recently used went first
+    assert pullcache.blob_size(data_layer(cached[0])) is None  # the least recently used went first
     layer = client.get_blob(bigger.repo, data_layer(bigger))
     assert sha256_digest(layer) == data_layer(bigger)
 

@@ -6,15 +6,22 @@ in-process app, so they see exactly what an operator would run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pullcache.cache.configured import store_for
+from pullcache.cache.store import Store
+from pullcache.config import load_config
+from pullcache.digests import Digest
 
 from .procs import ManagedProcess, OnLoopback, free_port, http_status, retry_on_taken_port
 
@@ -141,6 +148,25 @@ class PullcacheProcess(OnLoopback):
             [sys.executable, "-m", "pullcache", command, "-c", str(self.config_path), *args],
             env=self.process.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
         )
+
+    @contextlib.asynccontextmanager
+    async def store(self) -> AsyncIterator[Store]:
+        """An open Store on this process's storage, beside the server (as `pullcache gc` opens it): tests look
+        at what is stored through it, whatever the backend."""
+        store = store_for(load_config(self.config_path, self.process.env).storage)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    def blob_size(self, digest: str) -> int | None:
+        """A committed blob's size in this process's store, or None. Runs its own event loop: call it from
+        synchronous tests (async ones use `store()`)."""
+        async def ask() -> int | None:
+            async with self.store() as store:
+                return store.blob_size(Digest.parse(digest))
+        return asyncio.run(ask())
 
     @property
     def alive(self) -> bool:
