@@ -1,6 +1,8 @@
 """Nothing half-written is ever served: SIGKILL a real server in the middle of blob uploads, restart it,
 and check that what completed survived, what did not is absent (never partial), and an interrupted
-chunked upload can be resumed from the Range the restarted server reports."""
+chunked upload can be resumed from the Range the restarted server reports.
+
+The filesystem backend's own test: it looks at temp files, upload folders and renamed blob files on disk."""
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,7 @@
 """A store damaged under or between runs of a real pullcache process: working folders removed while it
 runs, and temp files a killed process left behind.
+
+The filesystem backend's own test: it removes and reads tmp/ and uploads/ under storage.path.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""BlobIndex as eviction relies on it: running totals, listeners, conditional removal, recency."""
+"""BlobIndex as eviction relies on it: running totals, listeners, conditional removal, recency.
+
+The local index's own test (the SQLite file both backends keep under storage.path), so it opens index.sqlite.
+"""
 from __future__ import annotations
 
 import sqlite3
