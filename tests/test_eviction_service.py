@@ -45,12 +45,14 @@ async def until_totals(store: Store, predicate: Callable[[Totals], bool]) -> Non
     def check(totals: Totals) -> None:
         if predicate(totals):
             reached.set()
-    store.index.subscribe(check)
+    def disk_full(needed: int) -> None:
+        pass
+    store.watch(check, disk_full)
     try:
-        check(store.index.totals())
+        check(store.totals())
         await asyncio.wait_for(reached.wait(), 10)
     finally:
-        store.index.unsubscribe(check)
+        store.unwatch(check, disk_full)
 
 
 class Running:
@@ -97,7 +99,7 @@ async def test_gauges_follow_commits_and_evictions(tmp_path: Path) -> None:
         for i in range(5):
             await put(running.store, f"big{i}", 30 * KIB, CACHED)
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 100 * KIB)
-        totals = running.store.index.totals()
+        totals = running.store.totals()
         assert gauges()[CACHED] == (totals[CACHED].bytes, totals[CACHED].blobs)
 
 
@@ -121,7 +123,7 @@ async def test_disk_full_runs_a_pass_that_frees_what_was_needed(tmp_path: Path) 
             await put(running.store, f"c{i}", 10 * KIB, CACHED)
         running.store.report_disk_full(15 * KIB)  # what the error middleware does on ENOSPC
         await until_totals(running.store, lambda totals: totals[CACHED].bytes <= 25 * KIB)
-        assert running.store.index.totals()[CACHED].blobs == 2
+        assert running.store.totals()[CACHED].blobs == 2
 
 
 async def test_a_failed_pass_is_retried_and_still_frees_what_was_needed(tmp_path: Path,
@@ -182,16 +184,16 @@ async def test_a_start_on_a_full_disk_makes_room_and_marks_the_store_in_use_once
     await store.open()
     for i in range(4):
         await put(store, f"c{i}", 10 * KIB, CACHED)
-    set_meta = store.index.set_meta
+    mark_in_use = store.mark_in_use
 
-    async def index_full(key: str, value: str) -> None:
+    async def index_full(in_use: bool) -> None:
         raise StoreFullError(errno.ENOSPC, "index index.sqlite: database or disk is full")
-    monkeypatch.setattr(store.index, "set_meta", index_full)
+    monkeypatch.setattr(store, "mark_in_use", index_full)
     service = EvictionService(store, config_for(tmp_path, max_size=10**9), EmbeddedCoordinator(tmp_path))
     try:
         await service.start()
         await until_totals(store, lambda totals: totals[CACHED].blobs < 4)  # the pass a full disk asks for
-        monkeypatch.setattr(store.index, "set_meta", set_meta)
+        monkeypatch.setattr(store, "mark_in_use", mark_in_use)
         await service.tick()
 
         assert not await store.was_shut_down_cleanly()  # marked in use
@@ -218,13 +220,13 @@ async def test_after_a_crash_start_up_reconciles_in_the_background(tmp_path: Pat
     # An unclean stop: the marker written at start-up says so.
     crashed = Store(config.storage.path)
     await crashed.open()
-    await crashed.index.set_meta("clean_shutdown", "0")
+    await crashed.mark_in_use(True)
     await crashed.close()
 
     async with Running(config) as running:
         assert running.service.reconciling is not None
         await running.service.reconciling
-        row = await running.store.index.get(str(digest))
+        row = await running.store.blob_row(digest)
         assert row is not None and row.origin == CACHED and row.size == 3 * KIB
 
 
@@ -235,7 +237,7 @@ async def test_the_periodic_gc_runs_on_its_interval(tmp_path: Path) -> None:
         stale.write_bytes(b"x" * 100)
         os.utime(stale, (0, 0))
         orphan = await put(store, "orphan", 2 * KIB, CACHED)
-        os.unlink(store.layout.blob(orphan))  # a row whose file is gone: GC's reconcile drops it
+        store.blobs.remove_blocking(orphan)  # a row whose file is gone: GC's reconcile drops it
         await until_totals(store, lambda totals: totals[CACHED].blobs == 0)
         assert not stale.exists()
 
