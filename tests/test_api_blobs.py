@@ -7,9 +7,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from pullcache.api.appkeys import STORE
 from pullcache.api.blob_response import ByteRange, parse_range
 from pullcache.config import Config
-from tests.registry_api import error_code, push_blob, sha256, store_root, store_snapshot
+from pullcache.digests import Digest
+from tests.registry_api import error_code, push_blob, sha256, store_snapshot
 
 pytest_plugins = ["tests.registry_api"]
 
@@ -125,11 +127,11 @@ async def test_delete_of_unknown_blob_is_404_and_changes_nothing(registry: TestC
 
 
 @pytest.mark.parametrize("storage_backend", ["filesystem"], indirect=True)
-async def test_blob_removed_after_the_link_check_is_blob_unknown(registry: TestClient, registry_config: Config) -> None:
+async def test_blob_removed_after_the_link_check_is_blob_unknown(registry: TestClient) -> None:
     """Eviction or GC may remove a file between a handler's look at the links and the open: no 500, no half
-    answer (filesystem backend: the file is removed by hand)."""
+    answer (filesystem backend: the file is removed through the backend, behind the store's back)."""
     digest = await push_blob(registry, "team/app", DATA)
-    (store_root(registry_config) / "blobs" / "sha256" / digest[7:9] / digest[7:]).unlink()
+    registry.app[STORE].blobs.remove_blocking(Digest.parse(digest))
     response = await registry.get(f"/v2/team/app/blobs/{digest}")
     assert response.status == 404
     assert await error_code(response) == "BLOB_UNKNOWN"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pullcache.cache.configured import store_for
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.store import Store
 from pullcache.config import Config, build_config
@@ -41,9 +42,14 @@ def config(fake: FakeRegistry, tmp_path: Path) -> Config:
                          "upstreams": [{"name": "docker.io", "url": fake.url, "default": True}]})
 
 
-def cached_blobs(config: Config) -> set[str]:
-    root = Path(config.storage.path) / "blobs"
-    return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*")}
+async def cached_blobs(config: Config) -> set[str]:
+    """Digests of every blob the store holds, read through a Store on the configured storage."""
+    store = store_for(config.storage)
+    await store.open()
+    try:
+        return set(await store.stored_blobs())
+    finally:
+        await store.close()
 
 
 class Terminal(io.StringIO):
@@ -75,7 +81,7 @@ async def test_warm_fills_every_platform_of_an_index(fake: FakeRegistry, config:
     add_image(fake, image)
     code, out, progress = await warm(config, "alpine:3.20", terminal=True)
     assert code == 0
-    assert cached_blobs(config) == blob_digests(image) | manifest_digests(image)
+    assert await cached_blobs(config) == blob_digests(image) | manifest_digests(image)
     assert f"alpine:3.20: fetched {len(blob_digests(image))} blobs" in out
     assert "and 3 manifests; already cached 0 blobs" in out
     assert progress.count("\r") >= 1 and progress.rstrip().endswith(
@@ -99,7 +105,7 @@ async def test_a_platform_limits_what_is_fetched(fake: FakeRegistry, config: Con
     add_image(fake, image)
     code, _, _ = await warm(config, "team/app:v1", platform="linux/arm64")
     assert code == 0
-    assert cached_blobs(config) == blob_digests(image, ARM64) | manifest_digests(image, ARM64)
+    assert await cached_blobs(config) == blob_digests(image, ARM64) | manifest_digests(image, ARM64)
 
 
 async def test_an_image_by_digest_without_an_index(fake: FakeRegistry, config: Config) -> None:
@@ -108,7 +114,7 @@ async def test_an_image_by_digest_without_an_index(fake: FakeRegistry, config: C
     fake.add_manifest(image.repo, image.digest, image.top.data, image.top.media_type)
     code, out, _ = await warm(config, f"docker.io/team/single@{image.digest}")
     assert code == 0, out
-    assert cached_blobs(config) == blob_digests(image) | {image.digest}
+    assert await cached_blobs(config) == blob_digests(image) | {image.digest}
 
 
 async def test_failures_are_reported_and_the_other_images_still_warm(fake: FakeRegistry, config: Config) -> None:
@@ -142,7 +148,7 @@ async def test_a_full_disk_fails_that_image_and_the_others_still_warm(
     lines = out.splitlines()
     assert lines[0].startswith("alpine:3.20: failed:") and "no space left" in lines[0]
     assert lines[1].startswith("team/app:v1: fetched ")
-    assert blob_digests(fine) <= cached_blobs(config)
+    assert blob_digests(fine) <= await cached_blobs(config)
 
 
 async def test_off_a_terminal_progress_is_one_line_per_image(fake: FakeRegistry, config: Config) -> None:
