@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from pullcache.api.appkeys import STORE
 from pullcache.app import build_app
 from pullcache.config import Config, build_config
-from tests.support import seaweed
+from tests.support.store_view import store_contents
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -44,29 +45,15 @@ def storage(storage_backend: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return {"path": str(tmp_path / "data"), **storage_backend}
 
 
-def store_root(config: Config) -> Path:
-    return Path(config.storage.path)
+async def blob_files(registry: TestClient) -> set[str]:
+    """Digests of every committed blob in the registry's store, listed through the Store."""
+    return set(await registry.app[STORE].stored_blobs())
 
 
-def _stored(config: Config, tops: tuple[str, ...]) -> dict[str, bytes]:
-    """Every stored file under the tops with its content, wherever the backend keeps it."""
-    if config.storage.backend == "s3":
-        s3 = config.storage.s3
-        assert s3.endpoint is not None
-        return seaweed.bucket_objects(s3.endpoint, s3.bucket, s3.prefix, tops)
-    root = store_root(config)
-    return {path.relative_to(root).as_posix(): path.read_bytes()
-            for top in tops for path in sorted((root / top).rglob("*")) if path.is_file()}
-
-
-def blob_files(config: Config) -> set[str]:
-    """Digests of every committed blob in the store."""
-    return {f"{Path(key).parent.parent.name}:{Path(key).name}" for key in _stored(config, ("blobs",))}
-
-
-def store_snapshot(config: Config) -> dict[str, bytes]:
-    """Every file under blobs/ and repositories/ with its content: equal snapshots mean an unchanged store."""
-    return _stored(config, ("blobs", "repositories"))
+async def store_snapshot(registry: TestClient) -> dict[str, object]:
+    """The registry's store as the Store shows it (blobs, temps, repositories with tags, manifests and blob
+    links): equal snapshots mean an unchanged store, whatever the backend."""
+    return await store_contents(registry.app[STORE])
 
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:

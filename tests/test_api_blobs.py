@@ -119,11 +119,11 @@ async def test_delete_unlinks_the_blob_from_the_repository(registry: TestClient)
 async def test_delete_of_unknown_blob_is_404_and_changes_nothing(registry: TestClient,
                                                                 registry_config: Config) -> None:
     await push_blob(registry, "team/app", DATA)
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     response = await registry.delete(f"/v2/team/app/blobs/{sha256(b'other')}")
     assert response.status == 404
     assert await error_code(response) == "BLOB_UNKNOWN"
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before
 
 
 @pytest.mark.parametrize("storage_backend", ["filesystem"], indirect=True)

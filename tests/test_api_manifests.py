@@ -227,12 +227,12 @@ async def test_put_to_a_reference_outside_the_tag_grammar_is_tag_invalid(registr
 async def test_delete_of_a_reference_outside_the_tag_grammar_is_manifest_unknown(registry: TestClient,
                                                                                  registry_config: Config) -> None:
     await push_image(registry, "team/app")
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     for bad in NOT_A_TAG:
         response = await registry.delete(f"/v2/team/app/manifests/{bad}")
         assert response.status == 404, bad
         assert await error_code(response) == "MANIFEST_UNKNOWN"
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before
 
 
 async def test_delete_of_a_malformed_digest_is_400_digest_invalid(registry: TestClient) -> None:
@@ -245,12 +245,12 @@ async def test_delete_of_a_malformed_digest_is_400_digest_invalid(registry: Test
 
 async def assert_rejected(registry: TestClient, config: Config, data: bytes, code: str, *, status: int = 400,
                           reference: str = "v1", content_type: str = OCI_MANIFEST) -> None:
-    before = store_snapshot(config)
+    before = await store_snapshot(registry)
     response = await registry.put(f"/v2/team/app/manifests/{reference}", data=data,
                                   headers={"Content-Type": content_type})
     assert response.status == status, await response.text()
     assert await error_code(response) == code
-    assert store_snapshot(config) == before
+    assert await store_snapshot(registry) == before
 
 
 async def test_not_json_is_manifest_invalid(registry: TestClient, registry_config: Config) -> None:

@@ -48,13 +48,13 @@ BAD_NAMES = [
 async def test_names_outside_the_grammar_are_name_invalid(registry: TestClient, registry_config: Config,
                                                           path: str) -> None:
     await push_image(registry, "team/app")
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     for method in ("GET", "PUT", "DELETE"):
         response = await registry.session.request(method, raw(registry, path), data=b"{}",
                                                   headers={"Content-Type": OCI_MANIFEST})
         assert response.status == 400, (method, path, await response.text())
         assert await error_code(response) == "NAME_INVALID"
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before
 
 
 @pytest.mark.parametrize("path", [
@@ -67,12 +67,12 @@ async def test_names_outside_the_grammar_are_name_invalid(registry: TestClient, 
 async def test_traversal_in_references_is_rejected(registry: TestClient, registry_config: Config,
                                                    path: str) -> None:
     await push_image(registry, "team/app")
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     for method in ("GET", "PUT", "DELETE"):
         response = await registry.session.request(method, raw(registry, path), data=b"{}")
         assert 400 <= response.status < 500 and response.status != 401, (method, path)
         assert response.status != 200
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before
 
 
 async def test_upload_id_traversal_is_an_unknown_upload(registry: TestClient) -> None:
@@ -94,7 +94,7 @@ async def test_longest_valid_name_works(registry: TestClient) -> None:
 @pytest.mark.parametrize("name", ["docker.io/library/alpine", "library/alpine", "alpine"])
 async def test_pushes_to_upstream_or_denied_names_are_denied(registry: TestClient, registry_config: Config,
                                                              name: str) -> None:
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     requests = [
         ("POST", f"/v2/{name}/blobs/uploads/"),
         ("PUT", f"/v2/{name}/manifests/v1"),
@@ -105,7 +105,7 @@ async def test_pushes_to_upstream_or_denied_names_are_denied(registry: TestClien
         response = await registry.request(method, path, data=b"{}")
         assert response.status == 403, (method, path)
         assert await error_code(response) == "DENIED"
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before
 
 
 async def test_push_with_ns_is_denied(registry: TestClient) -> None:

@@ -55,7 +55,7 @@ async def test_single_post_with_wrong_digest_is_digest_invalid_and_stores_nothin
     response = await registry.post(UPLOADS, params={"digest": sha256(b"something else")}, data=BLOB)
     assert response.status == 400
     assert await error_code(response) == "DIGEST_INVALID"
-    assert blob_files(registry_config) == set()
+    assert await blob_files(registry) == set()
     assert list((Path(registry_config.storage.path) / "tmp").iterdir()) == []
 
 
@@ -193,7 +193,7 @@ async def test_wrong_digest_on_put_is_digest_invalid_and_ends_the_session(
     response = await registry.put(location, params={"digest": sha256(b"not it")})
     assert response.status == 400
     assert await error_code(response) == "DIGEST_INVALID"
-    assert blob_files(registry_config) == set()
+    assert await blob_files(registry) == set()
     assert sessions(registry_config) == []
     gone = await registry.get(location)
     assert gone.status == 404
@@ -336,9 +336,9 @@ async def test_post_to_a_session_url_is_unsupported(registry: TestClient) -> Non
 
 async def test_failed_uploads_leave_the_store_unchanged(registry: TestClient, registry_config: Config) -> None:
     await push_blob(registry, "team/app", b"already here")
-    before = store_snapshot(registry_config)
+    before = await store_snapshot(registry)
     location = await start(registry)
     await registry.patch(location, data=BLOB[:10], headers={"Content-Range": "5-14"})
     await registry.put(location, params={"digest": sha256(b"wrong")}, data=BLOB)
     await registry.post(UPLOADS, params={"digest": sha256(b"wrong")}, data=BLOB)
-    assert store_snapshot(registry_config) == before
+    assert await store_snapshot(registry) == before

@@ -67,12 +67,12 @@ async def assert_refused(registry: TestClient, config: Config, data: bytes | dic
                          content_type: str = OCI_MANIFEST, reference: str = "v1") -> str:
     """PUT is 400 MANIFEST_INVALID and the store is byte-for-byte what it was; returns the message."""
     body = manifest_bytes(data) if isinstance(data, dict) else data
-    before = store_snapshot(config)
+    before = await store_snapshot(registry)
     response = await registry.put(f"/v2/{NAME}/manifests/{reference}", data=body,
                                   headers={"Content-Type": content_type})
     assert response.status == 400, await response.text()
     assert await error_code(response) == "MANIFEST_INVALID"
-    assert store_snapshot(config) == before
+    assert await store_snapshot(registry) == before
     return (await response.json())["errors"][0]["message"]
 
 

@@ -1,6 +1,8 @@
 """The S3 backend against a real SeaweedFS: what goes into the bucket, a new instance on an empty storage.path,
 eviction and GC in the bucket, redirect mode with a real client, an object store killed and started again,
-and commits that fail or race. The API suite itself runs on both backends (tests/registry_api.py)."""
+and commits that fail or race. The API suite itself runs on both backends (tests/registry_api.py).
+
+The S3 backend's own test: it reads the bucket's objects and keys directly."""
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +29,7 @@ from pullcache.eviction.gc import collect_garbage
 from pullcache.eviction.lru import evict_to
 from pullcache.metrics import REGISTRY
 from pullcache.warm import run_warm_command
-from tests.registry_api import blob_files, error_code, push_blob, push_image, sha256
+from tests.registry_api import error_code, push_blob, push_image, sha256
 from tests.support import seaweed
 from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.seaweed import SeaweedFS
@@ -71,6 +73,11 @@ def bucket(config: Config, *tops: str) -> dict[str, bytes]:
     s3 = config.storage.s3
     assert s3.endpoint is not None
     return seaweed.bucket_objects(s3.endpoint, s3.bucket, s3.prefix, tops)
+
+
+def blob_files(config: Config) -> set[str]:
+    """Digests of every blob object in the bucket (this backend's own layout: blobs/<alg>/<xx>/<hex>)."""
+    return {f"{Path(key).parent.parent.name}:{Path(key).name}" for key in bucket(config, "blobs")}
 
 
 async def test_a_push_keeps_blobs_manifests_tags_and_links_in_the_bucket(aiohttp_client: Any,
