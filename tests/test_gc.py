@@ -1,4 +1,8 @@
-"""GC over a real Store: mark from local manifests, sweep what a DELETE left, reconcile, dry run."""
+"""GC over a real Store: mark from local manifests, sweep what a DELETE left, reconcile, dry run.
+
+Tests observe the store through its interface; only the crash set-up (forget_row edits the local SQLite
+index) and the temp-file and upload-folder cases (the local spool under storage.path) touch files.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +23,7 @@ from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction.gc import BLOB_GRACE, collect_garbage, run_gc_command
+from tests.support.store_view import store_contents
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -63,15 +68,12 @@ async def forget_row(store: Store, digest: Digest) -> None:
     local SQLite index as another process would (both backends keep it on local disk)."""
     with closing(sqlite3.connect(store.layout.index)) as db, db:
         db.execute("DELETE FROM blobs WHERE digest = ?", (str(digest),))
-    await store.index.refresh_if_changed()  # as the server notices another process's writes
+    await store.refresh_totals()  # as the server notices another process's writes
 
 
-async def files_and_rows(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
-    """Every file of the (filesystem) store and every index row: the dry run must leave all of them as they
-    were, including links, upload folders and temp files the Store has no listing for."""
-    files = {str(p.relative_to(store.layout.root)) for p in store.layout.root.rglob("*")
-             if p.is_file() and not p.name.startswith("index.sqlite")}
-    return files, {(row.digest, row.origin) for row in await store.blob_rows()}
+async def contents_and_rows(store: Store) -> tuple[dict[str, object], set[tuple[str, str]]]:
+    """What the store holds (blobs, temps, repositories) and every index row: the dry run leaves them all."""
+    return await store_contents(store), {(row.digest, row.origin) for row in await store.blob_rows()}
 
 
 async def test_delete_then_gc_reclaims_exactly_the_unshared_blobs(store: Store) -> None:
@@ -324,12 +326,12 @@ async def test_dry_run_changes_nothing_and_reports_the_same(store: Store) -> Non
     unindexed = await store.put_small(b"crash left it unindexed", origin=CACHED)
     await forget_row(store, unindexed)
     await evict(store, await cache_manifest(store, "docker.io/library/alpine", {"schemaVersion": 2}))
-    before = await files_and_rows(store)
+    before = await contents_and_rows(store)
     runs_before = metrics.REGISTRY.get_sample_value("pullcache_gc_runs_total")
 
     dry = await collect_garbage(store, GC, dry_run=True, now=time.time() + LATER)
 
-    assert await files_and_rows(store) == before
+    assert await contents_and_rows(store) == before
     assert metrics.REGISTRY.get_sample_value("pullcache_gc_runs_total") == runs_before
     real = await collect_garbage(store, GC, dry_run=False, now=time.time() + LATER)
     assert set(dry.removals) == set(real.removals) and dry.reclaimed == real.reclaimed > 0
