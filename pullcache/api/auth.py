@@ -64,7 +64,7 @@ from pullcache.access import Policy
 from pullcache.api.appkeys import RESOLVER, ROUTE, USER
 from pullcache.api.audited import AUDIT, audit
 from pullcache.api.bearer import TOKEN_SECONDS, BearerTokens, Claims, Scope
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import DENIED, UNAUTHORIZED, RegistryError
 from pullcache.api.notify import NOTIFIER
 from pullcache.config import ACCESS_ACTIONS, AuthConfig, ConfigError
 from pullcache.names import InvalidName, parse_name
@@ -274,8 +274,8 @@ class Authenticator:
 
     def _unauthorized(self, request: web.Request, reason: str, access: Access, *, scope: str | None = None,
                       error: str | None = None) -> RegistryError:
-        return RegistryError("UNAUTHORIZED", reason, detail={"access": access.value},
-                             headers=self._challenges(request, scope, error))
+        return UNAUTHORIZED.error(reason, detail={"access": access.value},
+                                  headers=self._challenges(request, scope, error))
 
     def _wrong_credentials(self, request: web.Request, access: Access, name: str | None = None) -> RegistryError:
         """The 401 for credentials that prove nothing, audited as a failed login under the name tried."""
@@ -291,8 +291,8 @@ class Authenticator:
         return error
 
     def _forbidden(self, request: web.Request, access: Access, name: str, reason: str) -> RegistryError:
-        return self._denied(request, access, name, RegistryError("DENIED", reason,
-                                                                 detail={"name": name, "action": access.value}))
+        return self._denied(request, access, name, DENIED.error(reason,
+                                                                detail={"name": name, "action": access.value}))
 
     async def authorize(self, request: web.Request, access: Access, name: str | None = None) -> None:
         """Return if the request may proceed (setting request[USER] for a known user); else 401, or 403 when

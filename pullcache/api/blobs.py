@@ -8,7 +8,7 @@ from aiohttp import web
 from pullcache.api import proxied
 from pullcache.api.appkeys import SERVED_FROM, STORE
 from pullcache.api.blob_response import blob_file_response
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import BLOB_UNKNOWN
 from pullcache.api.names import check_digest
 from pullcache.api.targets import push_target, read_target
 
@@ -24,8 +24,8 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     if store.repository(target.store_name).has_blob_link(digest):
         blob = await store.open_blob(digest, body=request.method == "GET")
     if blob is None:
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
-                            detail={"digest": str(digest)})
+        raise BLOB_UNKNOWN.error(f"blob {digest} is not in repository {name!r}",
+                                 detail={"digest": str(digest)})
     async with blob:
         store.note_access(digest)
         request[SERVED_FROM] = "local"
@@ -40,6 +40,6 @@ async def delete_blob(request: web.Request, name: str, reference: str) -> web.St
     digest = check_digest(reference)
     target = push_target(request, name)
     if not await request.app[STORE].repository(target.store_name).unlink_blob(digest):
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name!r}",
-                            detail={"digest": str(digest)})
+        raise BLOB_UNKNOWN.error(f"blob {digest} is not in repository {name!r}",
+                                 detail={"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

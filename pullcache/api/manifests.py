@@ -18,7 +18,15 @@ from pullcache.api import proxied
 from pullcache.api.appkeys import RESOLVER, SERVED_FROM, SHADOW_WARNINGS, STORE
 from pullcache.api.audited import audit
 from pullcache.api.blob_response import digest_headers
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import (
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_TOO_LARGE,
+    MANIFEST_UNKNOWN,
+    TAG_INVALID,
+    RegistryError,
+)
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.notify import notify
@@ -51,8 +59,8 @@ async def _load(store: Store, repo: Repository, digest: Digest) -> StoredManifes
 
 
 def _unknown(name: str, reference: str, why: str = "") -> RegistryError:
-    return RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} is not in repository {name!r}{why}",
-                         detail={"name": name, "reference": reference})
+    return MANIFEST_UNKNOWN.error(f"manifest {reference!r} is not in repository {name!r}{why}",
+                                  detail={"name": name, "reference": reference})
 
 
 def _existing_reference(name: str, reference: str) -> str | Digest:
@@ -65,7 +73,7 @@ def _existing_reference(name: str, reference: str) -> str | Digest:
     try:
         return check_reference(reference)
     except RegistryError as exc:
-        if exc.code != "TAG_INVALID":
+        if exc.kind is not TAG_INVALID:
             raise
         raise _unknown(name, reference, f" (no tag can have that name: {exc.message})") from exc
 
@@ -105,13 +113,13 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
 # ---------------------------------------------------------------------- writing
 
 def _invalid(message: str, detail: Any = None) -> RegistryError:
-    return RegistryError("MANIFEST_INVALID", message, detail=detail)
+    return MANIFEST_INVALID.error(message, detail=detail)
 
 
 async def _read_body(request: web.Request) -> bytes:
     """The request body, refused with 413 beyond MAX_MANIFEST_BYTES before or while reading it."""
-    too_large = RegistryError("MANIFEST_INVALID", f"manifest exceeds the {MAX_MANIFEST_BYTES} byte limit",
-                              status=413, detail={"limit": MAX_MANIFEST_BYTES})
+    too_large = MANIFEST_TOO_LARGE.error(f"manifest exceeds the {MAX_MANIFEST_BYTES} byte limit",
+                                         detail={"limit": MAX_MANIFEST_BYTES})
     if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
         raise too_large
     parts, size = [], 0
@@ -168,9 +176,9 @@ async def _link_references(store: Store, repo: Repository, parsed: ParsedManifes
         lost += [d for d in parsed.manifests if not repo.has_manifest(d)]
         return list(dict.fromkeys(to_link)), [str(d) for d in dict.fromkeys(lost)]
     def blob_unknown(unknown: list[str]) -> RegistryError:
-        return RegistryError("MANIFEST_BLOB_UNKNOWN", f"manifest references {len(unknown)} blob(s) or "
-                             f"manifest(s) repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
-                             detail={"digests": unknown})
+        return MANIFEST_BLOB_UNKNOWN.error(f"manifest references {len(unknown)} blob(s) or manifest(s) "
+                                           f"repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
+                                           detail={"digests": unknown})
     to_link, unknown = await asyncio.to_thread(classify)
     if unknown:
         raise blob_unknown(unknown)
@@ -191,8 +199,8 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     else:
         parsed, digest = _parse_and_hash(data, content_type, algorithm)
     if isinstance(ref, Digest) and digest != ref:
-        raise RegistryError("DIGEST_INVALID", f"manifest content hashes to {digest}, not {ref}",
-                            detail={"expected": str(ref), "actual": str(digest)})
+        raise DIGEST_INVALID.error(f"manifest content hashes to {digest}, not {ref}",
+                                   detail={"expected": str(ref), "actual": str(digest)})
     store = request.app[STORE]
     repo = store.repository(target.store_name)
     await _link_references(store, repo, parsed)

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pullcache.api.appkeys import STORE
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import INSUFFICIENT_STORAGE, INTERNAL_ERROR, UNAVAILABLE, RegistryError
 from pullcache.cache.errors import StorageMisconfigured, StorageUnavailable
 from pullcache.cache.files import StoreFullError
 
@@ -25,17 +25,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except StoreFullError as exc:
         log.error("disk full: %s", exc)
         request.app[STORE].report_disk_full()  # eviction frees cached content for the next write
-        return RegistryError("UNAVAILABLE", "the registry's disk is full; the write was discarded",
-                             status=507).response(head=request.method == "HEAD")
+        full = INSUFFICIENT_STORAGE.error("the registry's disk is full; the write was discarded")
+        return full.response(head=request.method == "HEAD")
     except (StorageUnavailable, StorageMisconfigured) as exc:
         log.warning("storage failed answering %s %s: %s", request.method, request.path, exc)
-        return RegistryError("UNAVAILABLE", f"storage unavailable: {exc}",
-                             status=503).response(head=request.method == "HEAD")
+        return UNAVAILABLE.error(f"storage unavailable: {exc}").response(head=request.method == "HEAD")
     except web.HTTPException:
         raise
     except Exception as exc:
         if isinstance(exc, ConnectionResetError) or request.transport is None or request.transport.is_closing():
             raise  # the client went away; there is nobody to answer
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        return RegistryError("UNAVAILABLE", f"internal error: {exc.__class__.__name__}",
-                             status=500).response(head=request.method == "HEAD")
+        return INTERNAL_ERROR.error(f"internal error: {exc.__class__.__name__}").response(head=request.method == "HEAD")

@@ -2,7 +2,7 @@
 with the spec's error codes (NAME_INVALID, TAG_INVALID, DIGEST_INVALID) when it does not fit."""
 from __future__ import annotations
 
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import DIGEST_INVALID, NAME_INVALID, TAG_INVALID
 from pullcache.digests import Digest, DigestError
 from pullcache.names import (
     NAME_PATTERN,
@@ -20,15 +20,15 @@ def check_name(name: str) -> str:
     try:
         return parse_name(name)
     except InvalidName as exc:
-        raise RegistryError("NAME_INVALID", str(exc), detail={"name": name[:300]}) from exc
+        raise NAME_INVALID.error(str(exc), detail={"name": name[:300]}) from exc
 
 
-def check_digest(text: str, code: str = "DIGEST_INVALID") -> Digest:
-    """A parsed digest, or the given error code with the parser's reason."""
+def check_digest(text: str) -> Digest:
+    """A parsed digest, or DIGEST_INVALID with the parser's reason."""
     try:
         return Digest.parse(text)
     except DigestError as exc:
-        raise RegistryError(code, f"digest {exc}", detail={"digest": text}) from exc
+        raise DIGEST_INVALID.error(f"digest {exc}", detail={"digest": text}) from exc
 
 
 def check_reference(reference: str) -> str | Digest:
@@ -36,6 +36,6 @@ def check_reference(reference: str) -> str | Digest:
     try:
         return parse_reference(reference)
     except DigestError as exc:
-        raise RegistryError("DIGEST_INVALID", f"digest {exc}", detail={"digest": reference}) from exc
+        raise DIGEST_INVALID.error(f"digest {exc}", detail={"digest": reference}) from exc
     except InvalidTag as exc:
-        raise RegistryError("TAG_INVALID", str(exc), detail={"tag": reference}) from exc
+        raise TAG_INVALID.error(str(exc), detail={"tag": reference}) from exc

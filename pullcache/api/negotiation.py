@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import MANIFEST_UNKNOWN
 from pullcache.digests import Digest
 from pullcache.mediatypes import INDEX_TYPES
 
@@ -107,6 +107,7 @@ async def negotiate(found: M, reference: str | Digest, accepted: Accepted,
         platform = default_platform_digest(index.body, accepted) if index is not None and index.body else None
         fallback = await load(platform) if platform is not None else None
     if fallback is None:
-        raise RegistryError("MANIFEST_UNKNOWN", f"tag {reference!r} names a {found.media_type} manifest, which "
-                            "the request's Accept header does not include", detail={"mediaType": found.media_type})
+        raise MANIFEST_UNKNOWN.error(f"tag {reference!r} names a {found.media_type} manifest, which "
+                                     "the request's Accept header does not include",
+                                     detail={"mediaType": found.media_type})
     return fallback

@@ -17,7 +17,19 @@ from aiohttp import web
 
 from pullcache.api.appkeys import CACHE_RESULT, PULLTHROUGH
 from pullcache.api.blob_response import blob_file_response, digest_headers, parse_range
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import (
+    BLOB_UNKNOWN,
+    DENIED,
+    INSUFFICIENT_STORAGE,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    TOOMANYREQUESTS,
+    UNAVAILABLE,
+    UPSTREAM_BAD_ANSWER,
+    UPSTREAM_TIMEOUT,
+    ErrorCode,
+    RegistryError,
+)
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.sendfile import send_body
@@ -54,7 +66,7 @@ async def get_manifest(request: web.Request, target: Target, reference: str | Di
         answer = await negotiate(answer, reference, parse_accept(accept),
                                  partial(manifests.get, target, accept=accept, count=False))
     except UpstreamError as exc:
-        raise upstream_error(exc, "MANIFEST_UNKNOWN", f"manifest {reference} of {target.repository}") from exc
+        raise upstream_error(exc, MANIFEST_UNKNOWN, f"manifest {reference} of {target.repository}") from exc
     headers = {**digest_headers(answer.digest), "Content-Type": answer.media_type}
     if head:
         return web.Response(headers={**headers, "Content-Length": str(answer.size)})
@@ -74,9 +86,9 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
         try:
             found = await blobs.head(target, digest, ask_upstream=not target.via_default)
         except UpstreamError as exc:
-            raise upstream_error(exc, "BLOB_UNKNOWN", f"blob {digest}") from exc
+            raise upstream_error(exc, BLOB_UNKNOWN, f"blob {digest}") from exc
         if found is None:
-            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not stored here", detail={"digest": str(digest)})
+            raise BLOB_UNKNOWN.error(f"blob {digest} is not stored here", detail={"digest": str(digest)})
         size, result = found
         request[CACHE_RESULT] = result
         return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
@@ -143,7 +155,7 @@ async def get_referrers(target: Target, subject: Digest) -> list[dict[str, Any]]
     try:
         return await target.upstream.get_referrers(target.repository, str(subject))
     except UpstreamError as exc:
-        raise upstream_error(exc, "NAME_UNKNOWN", f"the referrers of {subject}") from exc
+        raise upstream_error(exc, NAME_UNKNOWN, f"the referrers of {subject}") from exc
 
 
 def _pullthrough(request: web.Request) -> PullThrough:
@@ -154,15 +166,15 @@ def fill_error(exc: FillFailed, what: str) -> Exception:
     """What a request answers when the fill it waited on failed before sending anything."""
     cause = exc.cause
     if isinstance(cause, UpstreamError):
-        return upstream_error(cause, "BLOB_UNKNOWN", what)
+        return upstream_error(cause, BLOB_UNKNOWN, what)
     if isinstance(cause, StoreFullError):
         return cause  # the error middleware answers 507
     if isinstance(cause, BlobTooLarge):
-        return RegistryError("UNAVAILABLE", str(cause), status=507, detail={"digest": str(cause.digest)})
-    return RegistryError("UNAVAILABLE", f"fetching {what} failed: {cause}", status=503)
+        return INSUFFICIENT_STORAGE.error(str(cause), detail={"digest": str(cause.digest)})
+    return UNAVAILABLE.error(f"fetching {what} failed: {cause}")
 
 
-def upstream_error(exc: UpstreamError, unknown_code: str, what: str) -> RegistryError:
+def upstream_error(exc: UpstreamError, unknown: ErrorCode, what: str) -> RegistryError:
     """An upstream failure as the OCI error a client sees (pullcache had nothing cached to answer with).
 
     A refusal by the upstream (401/403 after authenticating) becomes 403 DENIED, not 401: the client
@@ -170,21 +182,20 @@ def upstream_error(exc: UpstreamError, unknown_code: str, what: str) -> Registry
     """
     upstream = exc.upstream
     if isinstance(exc, UpstreamNotFound):
-        return RegistryError(unknown_code, f"{what} is not known to upstream {upstream}",
-                             detail={"upstream": upstream})
+        return unknown.error(f"{what} is not known to upstream {upstream}", detail={"upstream": upstream})
     if isinstance(exc, UpstreamRateLimited):
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
-        return RegistryError("TOOMANYREQUESTS", f"upstream {upstream} is rate-limiting pulls and {what} is not "
-                             f"cached; try again later", headers=headers, detail={"upstream": upstream})
+        return TOOMANYREQUESTS.error(f"upstream {upstream} is rate-limiting pulls and {what} is not "
+                                     f"cached; try again later", headers=headers, detail={"upstream": upstream})
     if isinstance(exc, UpstreamUnauthorized):
-        return RegistryError("DENIED", f"upstream {upstream} refused access to {what} ({exc.message}); the "
-                             "repository is private or missing, or pullcache's credentials for it lack access",
-                             detail={"upstream": upstream})
+        return DENIED.error(f"upstream {upstream} refused access to {what} ({exc.message}); the "
+                            "repository is private or missing, or pullcache's credentials for it lack access",
+                            detail={"upstream": upstream})
     if isinstance(exc, UpstreamTimeout):
-        return RegistryError("UNAVAILABLE", f"upstream {upstream} timed out serving {what}: {exc.message}",
-                             status=504, detail={"upstream": upstream})
+        return UPSTREAM_TIMEOUT.error(f"upstream {upstream} timed out serving {what}: {exc.message}",
+                                      detail={"upstream": upstream})
     if isinstance(exc, UpstreamUnavailable):
-        return RegistryError("UNAVAILABLE", f"upstream {upstream} is unavailable for {what}: {exc.message}",
-                             status=503, detail={"upstream": upstream})
-    return RegistryError("UNAVAILABLE", f"upstream {upstream} answered badly for {what}: {exc.message}",
-                         status=502, detail={"upstream": upstream})
+        return UNAVAILABLE.error(f"upstream {upstream} is unavailable for {what}: {exc.message}",
+                                 detail={"upstream": upstream})
+    return UPSTREAM_BAD_ANSWER.error(f"upstream {upstream} answered badly for {what}: {exc.message}",
+                                     detail={"upstream": upstream})

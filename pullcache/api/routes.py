@@ -16,7 +16,7 @@ from aiohttp import web
 from pullcache.api.appkeys import ROUTE
 from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import DENIED, NAME_INVALID, NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from pullcache.api.names import check_name
 from pullcache.api.notify import notify
 
@@ -54,8 +54,8 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
         if match:
             raw_name = match["name"]
             if "%" in raw_name:
-                raise RegistryError("NAME_INVALID", f"repository name {unquote(raw_name)!r} contains "
-                                    "percent-encoded characters", detail={"name": raw_name})
+                raise NAME_INVALID.error(f"repository name {unquote(raw_name)!r} contains "
+                                         "percent-encoded characters", detail={"name": raw_name})
             return endpoint, check_name(raw_name), unquote(match["arg"])
     return None
 
@@ -90,19 +90,18 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
         found = match_endpoint(raw_tail)
         if found is None:
             await authorize(request, access_of(request.method, None))
-            raise RegistryError("NAME_UNKNOWN", f"no registry endpoint at {request.path}", status=404)
+            raise NAME_UNKNOWN.error(f"no registry endpoint at {request.path}")
         endpoint, name, argument = found
         request[ROUTE] = endpoint
         await authorize(request, access_of(request.method, endpoint), name)
         method = "GET" if request.method == "HEAD" and (endpoint, "HEAD") not in handlers else request.method
         handler = handlers.get((endpoint, method))
         if handler is None:
-            raise RegistryError("UNSUPPORTED", f"{request.method} is not supported on {endpoint} endpoints",
-                                status=405)
+            raise UNSUPPORTED.error(f"{request.method} is not supported on {endpoint} endpoints")
         try:
             response = await handler(request, name, argument)
         except RegistryError as exc:
-            if exc.code == "DENIED":  # a write to an upstream name, or refused by local.deny_push / allow_push
+            if exc.kind is DENIED:  # a write to an upstream name, or refused by local.deny_push / allow_push
                 audit(request, access_of(request.method, endpoint).value, "denied", repository=name,
                       reason=exc.message)
             raise

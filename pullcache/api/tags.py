@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import NAME_UNKNOWN, PAGINATION_NUMBER_INVALID
 from pullcache.api.targets import read_target, repository_of
 
 
@@ -30,8 +30,7 @@ def paginate(request: web.Request, items: Sequence[str],
         return list(items), {}
     text = request.query["n"]
     if not (text.isascii() and text.isdigit()):  # isdigit alone admits "²", which int() refuses
-        raise RegistryError("UNSUPPORTED", f"n={text!r} is not a non-negative integer", status=400,
-                            detail={"n": text})
+        raise PAGINATION_NUMBER_INVALID.error(f"n={text!r} is not a non-negative integer", detail={"n": text})
     n = int(text)
     page = list(items[:n])
     if not page or len(items) <= n:
@@ -48,7 +47,7 @@ async def list_tags(request: web.Request, name: str, _: str) -> web.StreamRespon
     repo = repository_of(request, target)
     tags = await repo.tags()
     if not tags and not repo.exists():
-        raise RegistryError("NAME_UNKNOWN", f"repository {name!r} is not known to this registry"
-                            + ("" if target.is_local else " (nothing of it is cached)"), detail={"name": name})
+        raise NAME_UNKNOWN.error(f"repository {name!r} is not known to this registry"
+                                 + ("" if target.is_local else " (nothing of it is cached)"), detail={"name": name})
     page, headers = paginate(request, sorted(tags, key=tag_order), tag_order)
     return web.json_response({"name": name, "tags": page}, headers=headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pullcache.api.appkeys import RESOLVER, STORE
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import DENIED, NAME_UNKNOWN
 from pullcache.api.routes import match_endpoint
 from pullcache.cache.repos import Repository
 from pullcache.policy import PullDenied
@@ -27,14 +27,14 @@ def read_target(request: web.Request, name: str) -> Target:
     try:
         target = resolver.resolve(name, request.query.get("ns"))
     except UnknownNamespace as exc:
-        raise RegistryError("NAME_UNKNOWN", str(exc), detail={"ns": exc.ns}) from exc
+        raise NAME_UNKNOWN.error(str(exc), detail={"ns": exc.ns}) from exc
     request[TARGET] = target
     found = match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
     if target.upstream is not None and found is not None and found[0] in ("manifest", "blob"):
         try:
             resolver.check_pull(target, found[2])
         except PullDenied as exc:
-            raise RegistryError("DENIED", exc.message, detail={"upstream": exc.upstream}) from exc
+            raise DENIED.error(exc.message, detail={"upstream": exc.upstream}) from exc
     return target
 
 
@@ -43,7 +43,7 @@ def push_target(request: web.Request, name: str) -> Target:
     try:
         target = request.app[RESOLVER].resolve_push(name, request.query.get("ns"))
     except PushDenied as exc:
-        raise RegistryError("DENIED", str(exc), detail={"name": exc.name}) from exc
+        raise DENIED.error(str(exc), detail={"name": exc.name}) from exc
     request[TARGET] = target
     return target
 

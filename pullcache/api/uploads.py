@@ -13,7 +13,15 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from pullcache.api.appkeys import RESOLVER, STORE
-from pullcache.api.errors import RegistryError
+from pullcache.api.errors import (
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_OUT_OF_ORDER,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    SIZE_INVALID,
+    UNSUPPORTED,
+    RegistryError,
+)
 from pullcache.api.names import NAME_PATTERN, check_digest
 from pullcache.api.targets import push_target, repository_of
 from pullcache.cache.uploads import UploadGone, UploadSession
@@ -43,8 +51,8 @@ def _blob_created(target: Target, digest: Digest) -> web.Response:
 
 
 def _digest_error(exc: DigestMismatch) -> RegistryError:
-    return RegistryError("DIGEST_INVALID", f"uploaded {exc}", detail={"expected": str(exc.expected),
-                                                                      "actual": str(exc.actual)})
+    return DIGEST_INVALID.error(f"uploaded {exc}", detail={"expected": str(exc.expected),
+                                "actual": str(exc.actual)})
 
 
 async def _counted(request: web.Request, expected: int | None) -> AsyncIterator[bytes]:
@@ -56,9 +64,9 @@ async def _counted(request: web.Request, expected: int | None) -> AsyncIterator[
             break
         yield chunk
     if expected is not None and received != expected:
-        raise RegistryError("SIZE_INVALID", f"chunk body has {'more than ' if received > expected else ''}"
-                            f"{received} bytes, its Content-Range says {expected}",
-                            detail={"expected": expected, "received": received})
+        raise SIZE_INVALID.error(f"chunk body has {'more than ' if received > expected else ''}"
+                                 f"{received} bytes, its Content-Range says {expected}",
+                                 detail={"expected": expected, "received": received})
 
 
 def _chunk_length(request: web.Request, target: Target, session: UploadSession) -> int | None:
@@ -71,25 +79,25 @@ def _chunk_length(request: web.Request, target: Target, session: UploadSession) 
         return None
     match = _CONTENT_RANGE.match(header.strip())
     if not match:
-        raise RegistryError("BLOB_UPLOAD_INVALID", f"Content-Range {header!r} is not <start>-<end>",
-                            detail={"contentRange": header})
+        raise BLOB_UPLOAD_INVALID.error(f"Content-Range {header!r} is not <start>-<end>",
+                                        detail={"contentRange": header})
     start, end = int(match[1]), int(match[2])
     size = session.size()
     if start != size or end < start:
-        raise RegistryError("BLOB_UPLOAD_INVALID", f"Content-Range {header!r} does not continue the upload, "
-                            f"which holds {size} bytes: the next chunk starts at {size}", status=416,
-                            headers=_progress_headers(target, session),
-                            detail={"contentRange": header, "size": size})
+        raise BLOB_UPLOAD_OUT_OF_ORDER.error(f"Content-Range {header!r} does not continue the upload, "
+                                             f"which holds {size} bytes: the next chunk starts at {size}",
+                                             headers=_progress_headers(target, session),
+                                             detail={"contentRange": header, "size": size})
     length = end - start + 1
     if request.content_length is not None and request.content_length != length:
-        raise RegistryError("SIZE_INVALID", f"Content-Length {request.content_length} differs from the "
-                            f"{length} bytes of Content-Range {header!r}",
-                            detail={"contentLength": request.content_length, "contentRange": header})
+        raise SIZE_INVALID.error(f"Content-Length {request.content_length} differs from the "
+                                 f"{length} bytes of Content-Range {header!r}",
+                                 detail={"contentLength": request.content_length, "contentRange": header})
     return length
 
 
 def _upload_unknown(upload_id: str, message: str) -> RegistryError:
-    return RegistryError("BLOB_UPLOAD_UNKNOWN", message, detail={"uuid": upload_id})
+    return BLOB_UPLOAD_UNKNOWN.error(message, detail={"uuid": upload_id})
 
 
 async def _session(request: web.Request, target: Target, upload_id: str) -> UploadSession:
@@ -135,8 +143,8 @@ async def _mountable(request: web.Request, digest: Digest, source: str | None) -
 async def start_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """POST /v2/<name>/blobs/uploads/ [?digest= | ?mount=&from=]."""
     if upload_id:
-        raise RegistryError("UNSUPPORTED", "POST starts uploads at /blobs/uploads/; continue one with "
-                            "PATCH or PUT", status=405)
+        raise UNSUPPORTED.error("POST starts uploads at /blobs/uploads/; continue one with "
+                                "PATCH or PUT")
     target = push_target(request, name)
     store = request.app[STORE]
     if "mount" in request.query:
@@ -151,8 +159,8 @@ async def start_upload(request: web.Request, name: str, upload_id: str) -> web.S
         except DigestMismatch as exc:
             raise _digest_error(exc) from exc
         except ValueError as exc:
-            raise RegistryError("SIZE_INVALID", f"blob {exc}",
-                                detail={"contentLength": request.content_length}) from exc
+            raise SIZE_INVALID.error(f"blob {exc}",
+                                     detail={"contentLength": request.content_length}) from exc
         return _blob_created(target, digest)
     session = await store.uploads.create(target.store_name)
     return web.Response(status=202, headers=_progress_headers(target, session))
@@ -174,7 +182,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     """
     target = push_target(request, name)
     if "digest" not in request.query:
-        raise RegistryError("DIGEST_INVALID", "closing an upload needs ?digest=<digest of the whole blob>")
+        raise DIGEST_INVALID.error("closing an upload needs ?digest=<digest of the whole blob>")
     digest = check_digest(request.query["digest"])
     session = await _session(request, target, upload_id)
     store = request.app[STORE]
