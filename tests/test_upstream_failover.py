@@ -131,23 +131,20 @@ async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_serv
     assert up == {primary: 0.0, fallback.url: 1.0}
 
 
-async def test_a_hung_primary_hands_over_to_the_fallback_within_request_timeout(aiohttp_server: Any) -> None:
+async def test_a_hung_primary_hands_over_to_the_fallback_within_request_timeout(
+        aiohttp_server: Any, upstream_clients: Any) -> None:
     fallback = await FakeRegistry().start(aiohttp_server)
     fallback.add_manifest("library/alpine", "latest", MANIFEST)
     with silent_listener() as primary:
-        client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary,
-                                               urls=(primary, fallback.url), request_timeout=2.0, read_timeout=3.0))
-        await client.start()
-        try:
-            started = time.monotonic()
-            assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
-            assert time.monotonic() - started < 2.0
-            assert client.url_in_use == fallback.url
-        finally:
-            await client.close()
+        client = await upstream_clients(primary, urls=(primary, fallback.url), request_timeout=2.0, read_timeout=3.0)
+        started = time.monotonic()
+        assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
+        assert time.monotonic() - started < 2.0
+        assert client.url_in_use == fallback.url
 
 
-async def test_a_hung_token_realm_hands_over_to_the_fallback_within_request_timeout(aiohttp_server: Any) -> None:
+async def test_a_hung_token_realm_hands_over_to_the_fallback_within_request_timeout(
+        aiohttp_server: Any, upstream_clients: Any) -> None:
     tokens = await TokenServer().start(aiohttp_server)
     primary = await FakeRegistry(tokens=tokens).start(aiohttp_server)
     primary.add_manifest("library/alpine", "latest", MANIFEST)
@@ -155,17 +152,12 @@ async def test_a_hung_token_realm_hands_over_to_the_fallback_within_request_time
     fallback.add_manifest("library/alpine", "latest", MANIFEST)
     with silent_listener() as realm:
         primary.realm = f"{realm}/token"
-        client = UpstreamClient(UpstreamConfig(name=f"up-{uuid.uuid4().hex[:8]}", url=primary.url,
-                                               urls=(primary.url, fallback.url), token_hosts=("127.0.0.1",),
-                                               request_timeout=2.0, read_timeout=3.0))
-        await client.start()
-        try:
-            started = time.monotonic()
-            assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
-            assert time.monotonic() - started < 2.0
-            assert client.url_in_use == fallback.url
-        finally:
-            await client.close()
+        client = await upstream_clients(primary.url, urls=(primary.url, fallback.url), token_hosts=("127.0.0.1",),
+                                        request_timeout=2.0, read_timeout=3.0)
+        started = time.monotonic()
+        assert (await client.get_manifest("library/alpine", "latest", ())).body == MANIFEST
+        assert time.monotonic() - started < 2.0
+        assert client.url_in_use == fallback.url
     assert tokens.seen == []
 
 
