@@ -93,7 +93,11 @@ async def get_blob(request: web.Request, target: Target, digest: Digest) -> web.
         request[CACHE_RESULT] = result
         return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
                                      "Content-Length": str(size), "Accept-Ranges": "bytes"})
-    async with await blobs.open(target, digest) as source:
+    try:
+        opened = await blobs.open(target, digest)
+    except UpstreamNotFound as exc:  # a 404 of this repository, remembered
+        raise upstream_error(exc, BLOB_UNKNOWN, f"blob {digest}") from exc
+    async with opened as source:
         request[CACHE_RESULT] = source.result
         if source.reader is not None:
             return await _stream_fill(request, source.reader, digest)

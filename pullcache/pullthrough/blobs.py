@@ -4,7 +4,8 @@ The first request for a missing digest starts the only fetch of it from its upst
 own that outlives any one request; its bytes go into a Fill, and that request and every one arriving
 for the same upstream while the fetch runs read the Fill as it grows. A verified fill is committed to
 the store as cached content, served from then on to whoever asks (a digest names one content); a
-failed one leaves nothing behind.
+failed one leaves nothing behind. An upstream 404 is remembered for the upstream's `not_found_ttl`, per
+repository (missing.py): until then that repository's requests are answered BLOB_UNKNOWN without asking.
 
 Requests for the same digest from different upstreams never share a fetch: a slow or hostile upstream
 must not stall, or answer for, the clients of another. Within one upstream a request joins a fetch for
@@ -34,6 +35,7 @@ from pullcache.cache.index import CACHED
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
 from pullcache.pullthrough import stats
+from pullcache.pullthrough.missing import Missing
 from pullcache.resolver import Target
 from pullcache.upstream.errors import (
     UpstreamError,
@@ -106,6 +108,7 @@ class Blobs:
         self._max_size = max_size  # storage.max_size: no larger blob is fetched
         self._fills: dict[tuple[str, Digest], _Flight] = {}  # by _flight_key: fetches never cross upstreams
         self._tasks: set[asyncio.Task[None]] = set()
+        self._missing = Missing()  # upstream 404s, per upstream repository
 
     async def open(self, target: Target, digest: Digest) -> BlobSource:
         """The blob, counted once: its committed file, opened, or a reader of its fill (joined, or started now).
@@ -127,6 +130,7 @@ class Blobs:
                     return BlobSource(stats.HIT, blob=opened)
             flight = self._fills.get(_flight_key(target, digest))
             if flight is None:
+                self._missing.raise_if_known(target, str(digest))
                 fill = self._start(target, digest)
                 stats.count(stats.BLOB, target.upstream.name, stats.MISS)
                 return BlobSource(stats.MISS, reader=fill.reader())
@@ -198,6 +202,8 @@ class Blobs:
             await fill.commit()
         except BaseException as exc:
             self._ended(target, digest)  # before any await: nobody may join a fill that is failing
+            if isinstance(exc, UpstreamNotFound):
+                self._missing.remember(target, str(digest), exc)
             await fill.fail(exc)
             if isinstance(exc, StoreFullError):  # whether or not a request is still there to say so
                 await fill.closed()  # until then the failed fill still holds its space: eviction could not even write

@@ -32,6 +32,7 @@ from pullcache.digests import Digest
 from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, check_manifest
 from pullcache.pullthrough import stats
 from pullcache.pullthrough.flight import SingleFlight
+from pullcache.pullthrough.missing import Missing
 from pullcache.resolver import Target
 from pullcache.upstream.client import ManifestResponse
 from pullcache.upstream.errors import (
@@ -43,7 +44,6 @@ from pullcache.upstream.errors import (
 log = logging.getLogger("pullcache.pullthrough")
 
 MEMORY_ENTRIES = 100_000   # tags and manifest media types remembered in memory (the disk holds them all)
-MISSING_ENTRIES = 10_000   # upstream 404s remembered per upstream
 PENDING_TAG_SECONDS = 60   # how long a tag learned from a HEAD waits for its manifest to be fetched by digest
 STALE_RETRY_SECONDS = 10   # after a failed revalidation, a tag is served stale this long before asking again
 
@@ -72,7 +72,7 @@ class Manifests:
         self._clock = clock
         self._tags: LRUCache[tuple[str, str], _Tag] = LRUCache(MEMORY_ENTRIES)
         self._media_types: LRUCache[tuple[str, Digest], str] = LRUCache(MEMORY_ENTRIES)
-        self._missing: dict[str, TTLCache[tuple[str, str], UpstreamNotFound]] = {}
+        self._missing = Missing()
         # containerd resolves a tag with HEAD, then GETs the digest: remember the tag to link it then.
         self._pending_tags: TTLCache[tuple[str, Digest], tuple[str, float]] = TTLCache(
             MEMORY_ENTRIES, PENDING_TAG_SECONDS)
@@ -104,7 +104,7 @@ class Manifests:
             if count:
                 stats.count(stats.MANIFEST, target.upstream.name, answer.result)
             return answer
-        self._raise_if_missing(target, str(reference))
+        self._missing.raise_if_known(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
         answer, leader = await self._flights.run(key, work)
         if not leader:
@@ -254,26 +254,13 @@ class Manifests:
         await self._repository(target).delete_tag(tag)
 
     # ------------------------------------------------------------------ upstream failures
-    def _missing_for(self, target: Target) -> TTLCache[tuple[str, str], UpstreamNotFound]:
-        assert target.upstream is not None
-        missing = self._missing.get(target.upstream.name)
-        if missing is None:
-            missing = TTLCache(MISSING_ENTRIES, target.upstream.config.not_found_ttl)
-            self._missing[target.upstream.name] = missing
-        return missing
-
-    def _raise_if_missing(self, target: Target, reference: str) -> None:
-        known = self._missing_for(target).get((target.repository, reference))
-        if known is not None:
-            raise UpstreamNotFound(known.upstream, f"{known.message} (remembered)", known.status)
-
     @contextmanager
     def _upstream_failures(self, target: Target, reference: str) -> Iterator[None]:
         """Around one upstream exchange: remember a 404; log any other failure once, not per waiting client."""
         try:
             yield
         except UpstreamNotFound as exc:
-            self._missing_for(target)[(target.repository, reference)] = exc
+            self._missing.remember(target, reference, exc)
             log.debug("manifest %s:%s not found upstream: %s", target.store_name, reference, exc)
             raise
         except UpstreamError as exc:
