@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -21,6 +22,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from .. import metrics
 from ..config import UpstreamConfig
 from ..digests import Digest, DigestError
 from ..mediatypes import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
@@ -39,7 +41,7 @@ from .errors import (
     one_line,
 )
 from .failover import Breaker, attempt_limit, in_order
-from .retry import with_retries
+from .retry import ATTEMPTS, with_retries
 from .transport import Transport, for_log
 
 MAX_ERROR_BODY = 64 * 1024
@@ -49,9 +51,11 @@ BLOB_CHUNK = 1024 * 1024
 # (128 kbit/s) is slower than any link a registry mirror is run on, and an upstream dripping a byte at a
 # time, which read_timeout alone never stops, would otherwise hold a fill and its clients for days.
 MIN_BLOB_RATE = 16 * 1024
+RESUMES = ATTEMPTS - 1  # a cut blob body is resumed at most this often (BlobStream)
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
 T = TypeVar("T")
+log = logging.getLogger("pullcache.upstream")
 
 
 @dataclass(frozen=True)
@@ -73,19 +77,65 @@ class BlobStream:
 
     A body may rightly take long (a multi-GiB layer), so it has no total deadline; it fails instead when
     silent for read_timeout, or when slower than MIN_BLOB_RATE over a read_timeout window.
+
+    A body cut mid-way (the connection lost after bytes arrived; not a stall) is resumed with a `Range: bytes=N-`
+    request, so what arrived is not fetched twice: at most RESUMES times, each only after the previous
+    answer brought new bytes, each request retried and bounded like any other (retry.py). An upstream that
+    answers the Range with the whole body has its first N bytes skipped; a refusal (416, ...) fails as any
+    error does. The caller still verifies the digest over everything chunks() yielded.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, transport: Transport, what: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, transport: Transport, what: str,
+                 reopen: Callable[[int], Awaitable[aiohttp.ClientResponse]]) -> None:
         self.size: int | None = response.content_length
         self._response = response
         self._transport = transport
         self._what = what
+        self._reopen = reopen  # the body again from an offset (a Range request)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Raw bytes as they arrive (at most 1 MiB each); a stall or a drip is UpstreamTimeout.
+        """Raw bytes as they arrive (at most 1 MiB each), resumed after a cut; a stall or a drip is UpstreamTimeout."""
+        received, resumes, skip = 0, 0, 0
+        while True:
+            before = received
+            try:
+                async with aclosing(self._body()) as body:
+                    async for chunk in body:
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                            if not chunk:
+                                continue
+                        received += len(chunk)
+                        yield chunk
+                return
+            except UpstreamUnavailable as exc:
+                cut = exc.status is None and not isinstance(exc, UpstreamTimeout)  # a stall or a drip is no cut
+                if not cut or received == before or resumes == RESUMES:
+                    raise
+                resumes += 1
+                metrics.upstream_retries.labels(self._transport.name, "resume").inc()
+                log.info("upstream %s: %s cut after %d bytes (%s), resuming", self._transport.name, self._what,
+                         received, exc.message)
+            self._response.close()
+            self._response = await self._reopen(received)
+            skip = self._skip(received)
 
-        The rate counts only time spent waiting for the upstream, not time the caller took between chunks
-        (a slow disk is not the upstream's fault)."""
+    def _skip(self, offset: int) -> int:
+        """How many bytes of the resumed answer were received already: none of a 206 that starts at offset,
+        all of `offset` of a whole body (200)."""
+        response = self._response
+        if response.status != 206:
+            return offset
+        if not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            raise UpstreamError(self._transport.name, f"{self._what}: asked to resume at byte {offset}, answered "
+                                f"Content-Range {response.headers.get('Content-Range')!r}", response.status,
+                                where=for_log(response.url))
+        return 0
+
+    async def _body(self) -> AsyncGenerator[bytes, None]:
+        """The current response's bytes; the rate counts only time spent waiting for the upstream, not time
+        the caller took between chunks (a slow disk is not the upstream's fault)."""
         url = self._response.url
         window = self._transport.config.read_timeout
         async with self._transport.watch(self._what, url, deadline=False):
@@ -105,6 +155,13 @@ class BlobStream:
                                 f"{MIN_BLOB_RATE // 1024} KiB/s over {window:g}s (read_timeout)", where=for_log(url))
                         waited, received = 0.0, 0
                     yield chunk
+
+    def close(self) -> None:
+        """Drop the connection: an unread rest of a body must not go back into the pool."""
+        self._response.close()
+
+    def release(self) -> None:
+        self._response.release()
 
 
 class Mirror:
@@ -220,14 +277,19 @@ class UpstreamClient:
         Digest.parse(digest)
         path, url = self._path(repo, "blobs", digest)
         what = "GET blob"
-        async with self._transport.watch(what, url, deadline=False):
-            response = await self._exchange("GET", repo, path, {}, what, _open)
+
+        async def from_offset(offset: int) -> aiohttp.ClientResponse:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            async with self._transport.watch(what, url, deadline=False):
+                return await self._exchange("GET", repo, path, headers, what, _open)
+
+        stream = BlobStream(await from_offset(0), self._transport, what, from_offset)
         try:
-            yield BlobStream(response, self._transport, what)
+            yield stream
         except BaseException:
-            response.close()  # an unread rest of a body must not go back into the pool
+            stream.close()
             raise
-        response.release()
+        stream.release()
 
     async def get_referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
         """Descriptors of the manifests whose subject is `digest`, from the referrers API.
