@@ -167,3 +167,17 @@ def test_a_manifest_body_cut_short_is_sent_again(
         assert front.outcomes()["GET /v2/library/alpine/manifests/latest"][-2:] == ["cut", "200"]
     finally:
         front.stop()
+
+
+def test_a_blob_body_cut_short_is_resumed_with_a_range_request(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
+    front = FlakyFront(upstream.url, upstream.token_server.realm, faults=("cut",)).start()
+    try:
+        pullcache = pullcache_factory({"upstreams": [docker_hub_upstream(front.url)]})
+        layer = upstream["library/large:v1"].platforms["linux/amd64"].layers[0]
+        body = RegistryClient(pullcache.url).get_blob("library/large", layer.digest)
+        assert sha256_digest(body) == layer.digest
+        # the first answer cut, the rest asked for by Range and answered 206 by Distribution
+        assert front.outcomes()[f"GET /v2/library/large/blobs/{layer.digest}"][-2:] == ["cut", "206"]
+    finally:
+        front.stop()

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-_PASSED_HEADERS = ("Content-Type", "Content-Length", "Docker-Content-Digest", "Location", "Retry-After",
-                   "Docker-Distribution-Api-Version")
+_PASSED_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Docker-Content-Digest", "Location",
+                   "Retry-After", "Docker-Distribution-Api-Version")
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class FlakyFront:
                 raise web.HTTPServiceUnavailable()  # never written: the connection is gone
             return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "flaky"}]}, status=503)
         target = (self.realm.rsplit("/", 1)[0] if request.path.startswith("/token") else self.registry_url)
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept", "range")}
         assert self._session is not None
         async with self._session.request(request.method, target + request.path_qs, headers=headers,
                                          allow_redirects=False) as answer:
