@@ -107,11 +107,12 @@ def test_a_failing_url_is_skipped_for_a_backoff_that_grows_with_each_failed_prob
 
 
 def test_an_attempt_gets_read_timeout_or_an_equal_share_of_the_time_left_among_the_urls_still_to_ask() -> None:
-    assert str(attempt_limit(20.0, 30.0, 2)) == \
+    assert str(attempt_limit(20.0, 30.0, 2, 20.0)) == \
         "10s (this URL's share of request_timeout, the rest left for the next URL)"
-    assert str(attempt_limit(10.0, 30.0, 1)) == "10s (request_timeout)"
-    assert str(attempt_limit(20.0, 5.0, 2)) == "5s (read_timeout)"
-    assert attempt_limit(-1.0, 30.0, 2).seconds == 0.0
+    last = attempt_limit(9.996, 30.0, 1, 10.0)  # what is left of the deadline; the message names the setting
+    assert last.seconds == 9.996 and str(last) == "10s (request_timeout)"
+    assert str(attempt_limit(20.0, 5.0, 2, 20.0)) == "5s (read_timeout)"
+    assert attempt_limit(-1.0, 30.0, 2, 20.0).seconds == 0.0
 
 
 async def test_a_client_asks_the_fallback_while_the_primary_is_dead(aiohttp_server: Any) -> None:

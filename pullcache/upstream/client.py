@@ -356,7 +356,8 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         mirrors = in_order(self._mirrors, self._clock())
         for index, mirror in enumerate(mirrors):
-            limit = attempt_limit(deadline - loop.time(), self.config.read_timeout, len(mirrors) - index)
+            limit = attempt_limit(deadline - loop.time(), self.config.read_timeout, len(mirrors) - index,
+                                  self.config.request_timeout)
             try:
                 try:
                     async with asyncio.timeout(limit.seconds):

@@ -77,15 +77,18 @@ def in_order(mirrors: Sequence[M], now: float) -> list[M]:
 
 @dataclass(frozen=True)
 class AttemptLimit:
-    """How long one attempt on one URL may take, and which rule set it (for the error message)."""
+    """How long one attempt on one URL may take, and which rule set it (for the error message). When the
+    rule is the request's own deadline, the message names the configured request_timeout (`shown`), not
+    the fraction of it left when this attempt began."""
     seconds: float
     rule: str
+    shown: float | None = None
 
     def __str__(self) -> str:
-        return f"{self.seconds:.3g}s ({self.rule})"
+        return f"{self.seconds if self.shown is None else self.shown:.3g}s ({self.rule})"
 
 
-def attempt_limit(remaining: float, read_timeout: float, urls_left: int) -> AttemptLimit:
+def attempt_limit(remaining: float, read_timeout: float, urls_left: int, request_timeout: float) -> AttemptLimit:
     """The time one attempt may take: read_timeout, but no more than an equal share of the `remaining`
     seconds of the request among the `urls_left` URLs still to be asked (this one included)."""
     share = max(0.0, remaining) / max(1, urls_left)
@@ -93,4 +96,4 @@ def attempt_limit(remaining: float, read_timeout: float, urls_left: int) -> Atte
         return AttemptLimit(read_timeout, "read_timeout")
     if urls_left > 1:
         return AttemptLimit(share, "this URL's share of request_timeout, the rest left for the next URL")
-    return AttemptLimit(share, "request_timeout")
+    return AttemptLimit(share, "request_timeout", shown=request_timeout)
