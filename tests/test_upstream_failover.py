@@ -270,12 +270,13 @@ def test_a_hung_primary_hands_over_to_the_fallback_and_is_then_skipped(
         started = time.monotonic()
         assert sha256_digest(pull_manifest(pullcache, "library/alpine", "latest")) == \
             fallback["library/alpine:latest"].digest
-        assert time.monotonic() - started < 4.0
-        assert url_up(pullcache, primary) == 0.0
+        first_took = time.monotonic() - started
         started = time.monotonic()  # within the breaker's first backoff (1 s): straight to the fallback
         assert sha256_digest(pull_manifest(pullcache, "library/busybox", "1.36")) == \
             fallback["library/busybox:1.36"].digest
-        assert time.monotonic() - started < 2.0
+        second_took = time.monotonic() - started
+        assert first_took < 4.0 and second_took < 2.0
+        assert url_up(pullcache, primary) == 0.0
 
 
 async def test_sixteen_cold_clients_with_the_primary_hung_make_one_fetch_from_the_fallback(
