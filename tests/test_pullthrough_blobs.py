@@ -247,19 +247,22 @@ async def test_a_blob_larger_than_max_size_is_refused_with_507_from_its_headers_
     assert disk_full_reports == []  # evicting would not make it fit
 
 
+async def chunked_layer(request: web.Request) -> web.StreamResponse:
+    """LAYER with chunked encoding: an upstream that announces no size."""
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for start in range(0, len(LAYER), FIRST):
+        await response.write(LAYER[start:start + FIRST])
+    return response
+
+
 async def test_a_blob_of_unannounced_size_is_cut_once_it_passes_max_size(
         aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
     proxy = await start_proxy(aiohttp_client, fake, tmp_path / "data", storage={"max_size": "1MiB"})
     digest = fake.add_blob(LAYER)
 
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        for start in range(0, len(LAYER), FIRST):
-            await response.write(LAYER[start:start + FIRST])
-        return response
-    fake.faults[blob_path(digest)] = chunked
+    fake.faults[blob_path(digest)] = chunked_layer
 
     await assert_broken_transfer(proxy, digest)
     assert proxy.cached(digest) is None and proxy.temp_files() == []
@@ -268,14 +271,7 @@ async def test_a_blob_of_unannounced_size_is_cut_once_it_passes_max_size(
 async def test_a_blob_of_unannounced_size_reaches_the_client_whole(proxy: Proxy) -> None:
     digest = proxy.fake.add_blob(LAYER)
 
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        for start in range(0, len(LAYER), FIRST):
-            await response.write(LAYER[start:start + FIRST])
-        return response
-    proxy.fake.faults[blob_path(digest)] = chunked
+    proxy.fake.faults[blob_path(digest)] = chunked_layer
 
     async with proxy.client.get(blob_path(digest)) as response:
         assert response.headers.get("Transfer-Encoding") == "chunked"
