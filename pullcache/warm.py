@@ -1,9 +1,9 @@
 """`pullcache warm IMAGE... [--platform os/arch]`: pre-fill the cache without a running server.
 
 Each image is resolved like a request for it (path prefix, bare names to the default upstream with
-Docker Hub's library/ rule) and pulled through the same PullThrough objects a server uses: the
-index, the chosen (or every) platform manifest, their configs and layers. So a warmed cache is
-exactly what pulls would have left behind.
+Docker Hub's library/ rule) and read through the same proxied repository (pullthrough/repository.py)
+a server's pulls read: the index, the chosen (or every) platform manifest, their configs and layers.
+So a warmed cache is exactly what pulls would have left behind.
 
 Safe while a server runs on the same storage: every blob and link is published by an atomic rename
 after verification, and the index is SQLite in WAL mode. The two processes do not share their
@@ -22,13 +22,16 @@ from typing import Any, TextIO
 
 from pullcache.cache.configured import store_for
 from pullcache.cache.fill import FillFailed, FillReader
+from pullcache.cache.registry import UPSTREAM
+from pullcache.cache.store import Store
 from pullcache.config import Config
 from pullcache.digests import Digest
 from pullcache.logs import configure_logging
 from pullcache.mediatypes import IMAGE_TYPES, INDEX_TYPES
 from pullcache.names import parse_name, parse_reference
-from pullcache.pullthrough import PullThrough, stats
-from pullcache.resolver import Resolver, Target
+from pullcache.pullthrough import PullThrough
+from pullcache.pullthrough.repository import ProxiedRepository, proxied_repository
+from pullcache.resolver import Resolver
 from pullcache.upstream.errors import UpstreamError
 from pullcache.upstream.pool import Upstreams
 
@@ -137,8 +140,9 @@ class Manifest:
 
 
 class Warmer:
-    def __init__(self, pullthrough: PullThrough, resolver: Resolver, upstream_names: Sequence[str],
+    def __init__(self, store: Store, pullthrough: PullThrough, resolver: Resolver, upstream_names: Sequence[str],
                  platform: str | None, out: TextIO) -> None:
+        self.store = store
         self.pullthrough = pullthrough
         self.resolver = resolver
         self.upstream_names = upstream_names
@@ -153,14 +157,15 @@ class Warmer:
                             f"(configured: {', '.join(self.upstream_names) or 'none'})")
         name, reference = parse_image(image)
         target = self.resolver.resolve(name)  # without ?ns= every name resolves
-        if target.is_local:
+        repository = proxied_repository(self.store, self.pullthrough, self.resolver.policy, target)
+        if repository is None:
             raise WarmError(f"{name!r} is a local repository (or no upstream is the default); "
                             "warm fills the cache of upstream images")
         tally = Tally()
-        top = await self._manifest(target, reference, tally)
+        top = await self._manifest(repository, reference, tally)
         manifests = [top]
         if top.media_type in INDEX_TYPES:
-            manifests = [await self._manifest(target, Digest.parse(entry["digest"]), tally)
+            manifests = [await self._manifest(repository, Digest.parse(entry["digest"]), tally)
                          for entry in self._chosen(top.content, image)]
         blobs: dict[Digest, int] = {}
         for manifest in manifests:
@@ -169,7 +174,7 @@ class Warmer:
             for descriptor in [manifest.content["config"], *manifest.content.get("layers", [])]:
                 if not descriptor.get("urls"):  # foreign layers live elsewhere and are never pulled from here
                     blobs[Digest.parse(descriptor["digest"])] = int(descriptor["size"])
-        await self._blobs(target, blobs, tally, image)
+        await self._blobs(repository, blobs, tally, image)
         return tally
 
     def _chosen(self, index: dict[str, Any], image: str) -> list[dict[str, Any]]:
@@ -183,9 +188,9 @@ class Warmer:
             raise WarmError(f"{image} has no manifest for platform {self.platform} (it has: {', '.join(offered)})")
         return chosen
 
-    async def _manifest(self, target: Target, reference: str | Digest, tally: Tally) -> Manifest:
-        answer = await self.pullthrough.manifests.get(target, reference)
-        if answer.result in (stats.MISS, stats.COALESCED):
+    async def _manifest(self, repository: ProxiedRepository, reference: str | Digest, tally: Tally) -> Manifest:
+        answer = await repository.manifest(reference)
+        if answer.source == UPSTREAM:
             tally.fetched_manifests += 1
         else:
             tally.cached_manifests += 1
@@ -198,24 +203,28 @@ class Warmer:
             raise WarmError(f"manifest {answer.digest} is not a JSON object")
         return Manifest(answer.media_type, content)
 
-    async def _blobs(self, target: Target, blobs: dict[Digest, int], tally: Tally, label: str) -> None:
+    async def _blobs(self, repository: ProxiedRepository, blobs: dict[Digest, int], tally: Tally,
+                     label: str) -> None:
         bar = ProgressBar(label, self.out)
         bar.total = sum(blobs.values())
         slots = asyncio.Semaphore(PARALLEL_BLOBS)
 
         async def one(digest: Digest, size: int) -> None:
-            async with slots, await self.pullthrough.blobs.open(target, digest) as source:
-                if source.reader is None:
-                    tally.cached_blobs += 1
-                    tally.cached_bytes += size
-                else:
-                    bar.readers.add(source.reader)
-                    try:
-                        await source.reader.finished()
-                    finally:
-                        bar.readers.discard(source.reader)
-                    tally.fetched_blobs += 1
-                    tally.fetched_bytes += size
+            async with slots:
+                source = await repository.blob(digest)
+                assert source is not None, "a proxied repository answers a GET or raises the upstream's error"
+                async with source:
+                    if source.reader is None:
+                        tally.cached_blobs += 1
+                        tally.cached_bytes += size
+                    else:
+                        bar.readers.add(source.reader)
+                        try:
+                            await source.reader.finished()
+                        finally:
+                            bar.readers.discard(source.reader)
+                        tally.fetched_blobs += 1
+                        tally.fetched_bytes += size
                 bar.done += size
 
         redraw = asyncio.ensure_future(bar.redraw_until_cancelled()) if bar.live else None
@@ -240,7 +249,7 @@ async def run_warm_command(config: Config, images: Sequence[str], platform: str 
     upstreams = Upstreams(config.upstreams)
     await upstreams.start()
     pullthrough = PullThrough(store, config)
-    warmer = Warmer(pullthrough, Resolver(config, upstreams, lambda name: store.repository(name).exists()),
+    warmer = Warmer(store, pullthrough, Resolver(config, upstreams, lambda name: store.repository(name).exists()),
                     [upstream.name for upstream in config.upstreams], platform, progress)
     total = Tally()
     failed = 0

@@ -1,18 +1,27 @@
-"""How a committed blob goes out over HTTP, the same for pushed and cached content: sendfile on worker
-threads, the `Docker-Content-Digest` header, single-range support (206, or 416 with `bytes */size`) and
-304 for a matching If-None-Match. Used by the local blob endpoints (api/blobs.py) and the pull-through
-ones (api/proxied.py), which a fill's growing file also sends with parse_range and digest_headers.
+"""How a blob goes out over HTTP, one path for whatever repository answered it (cache/registry.py's BlobBody).
+
+A committed blob, pushed or cached, goes by sendfile on worker threads, with the `Docker-Content-Digest`
+header, single-range support (206, or 416 with `bytes */size`) and 304 for a matching If-None-Match. A
+blob still arriving streams from its fill's file by sendfile too; if the fill fails after the headers went
+out the connection is cut, so the client sees a broken transfer and never wrong bytes. Body bytes are
+counted by where they came from (note_served), for manifests too.
 """
 from __future__ import annotations
 
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from pullcache import metrics
+from pullcache.api.appkeys import CACHE_RESULT, SERVED_FROM
 from pullcache.api.sendfile import send_body
+from pullcache.api.upstream_errors import fill_error
 from pullcache.cache.backends import OpenedBlob
+from pullcache.cache.fill import FillFailed, FillReader
+from pullcache.cache.registry import LOCAL, BlobBody
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
 
@@ -108,3 +117,69 @@ def blob_file_response(request: web.Request, blob: OpenedBlob, digest: Digest) -
         return web.Response(status=307, headers={**digest_headers(digest), "Location": blob.url})
     byte_range = parse_range(request.headers.get("Range"), blob.size)
     return BlobFileResponse(blob, digest, byte_range)
+
+
+def note_served(request: web.Request, source: str, size: int) -> None:
+    """Count `size` body bytes as served from `source` (cache/registry.py's labels). A local repository's are
+    counted by the access log once they went out (SERVED_FROM); pull-through's here, as they are sent."""
+    if source == LOCAL:
+        request[SERVED_FROM] = LOCAL
+    elif size:
+        metrics.bytes_served.labels(source).inc(size)
+
+
+async def send_blob(request: web.Request, body: BlobBody, digest: Digest) -> web.StreamResponse:
+    """Answer with the blob a repository gave, sending it all while the caller keeps `body` open."""
+    if body.result is not None:
+        request[CACHE_RESULT] = body.result
+    if body.reader is not None:
+        return await _stream_fill(request, body.reader, digest, body.source)
+    if body.blob is None:  # a HEAD answered from the size alone
+        assert body.size is not None, "a blob body without blob or reader has a size"
+        return web.Response(headers={**digest_headers(digest), "Content-Type": OCTET_STREAM,
+                                     "Content-Length": str(body.size), "Accept-Ranges": "bytes"})
+    response = blob_file_response(request, body.blob, digest)
+    try:
+        await response.prepare(request)  # sends it all while the file is open; counted once it went out
+    except ConnectionError:
+        return response  # the client went away mid-file
+    if request.method == "GET" and response.status in (200, 206) and response.content_length:
+        note_served(request, body.source, response.content_length)
+    return response
+
+
+async def _stream_fill(request: web.Request, reader: FillReader, digest: Digest, source: str) -> web.StreamResponse:
+    """The blob (or the Range asked for) from a fill, each span sent from the file as soon as it is on disk,
+    at the client's pace (api/sendfile.py: nothing held in memory per client, a stalled one cut).
+
+    The headers wait for the first byte (or the commit of an empty blob): a fill that fails before it,
+    an upstream that sent headers and nothing else, is still answered with an error.
+    """
+    try:
+        size = await reader.begun()
+    except FillFailed as exc:
+        raise fill_error(exc, f"blob {digest}") from exc
+    byte_range = parse_range(request.headers.get("Range"), size) if size is not None else None
+    response = web.StreamResponse(status=206 if byte_range else 200, headers={
+        **digest_headers(digest), "Content-Type": OCTET_STREAM, "Accept-Ranges": "bytes"})
+    start, end = (byte_range.start, byte_range.end + 1) if byte_range else (0, size)
+    if byte_range is not None and size is not None:
+        response.headers["Content-Range"] = byte_range.content_range(size)
+    if end is None:
+        response.enable_chunked_encoding()  # the upstream did not say how big it is
+    else:
+        response.content_length = end - start
+    try:
+        writer = await response.prepare(request)
+        assert writer is not None
+        async with aclosing(reader.spans(start, end)) as spans:
+            async for offset, count in spans:
+                await send_body(request, writer, reader.fileno(), offset, count, chunked=end is None)
+                note_served(request, source, count)
+        await response.write_eof()
+    except (FillFailed, ConnectionError):
+        # Headers are gone; only cutting the connection tells the client the body is not whole (one that went
+        # away, or accepted nothing for the send timeout, is cut already). The fill carries on for the others.
+        if request.transport is not None:
+            request.transport.abort()
+    return response

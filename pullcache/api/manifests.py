@@ -1,23 +1,21 @@
-"""Manifest endpoints of local repositories: GET/HEAD with content negotiation, PUT with validation, DELETE.
+"""Manifest endpoints: GET/HEAD with content negotiation, of whichever repository a name reads from
+(api/targets.py); PUT with validation and DELETE of pushed ones.
 
-Content negotiation is api/negotiation.py's, the same for upstream repositories (api/proxied.py).
-What a manifest must be is pullcache/manifest_check.py's, the same for upstream manifests; a push is
-refused with 400 MANIFEST_INVALID before anything is written. Schema1 manifests are neither converted
-to nor accepted.
+Content negotiation is api/negotiation.py's, one rule for every repository. What a manifest must be is
+pullcache/manifest_check.py's, the same for upstream manifests; a push is refused with 400
+MANIFEST_INVALID before anything is written. Schema1 manifests are neither converted to nor accepted.
 """
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from aiohttp import web
 
-from pullcache.api import proxied
-from pullcache.api.appkeys import RESOLVER, SERVED_FROM, SHADOW_WARNINGS, STORE
+from pullcache.api.appkeys import CACHE_RESULT, SHADOW_WARNINGS, STORE
 from pullcache.api.audited import audit
-from pullcache.api.blob_response import digest_headers
+from pullcache.api.blob_response import digest_headers, note_served
 from pullcache.api.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
@@ -30,7 +28,8 @@ from pullcache.api.errors import (
 from pullcache.api.names import check_reference
 from pullcache.api.negotiation import negotiate, parse_accept
 from pullcache.api.notify import notify
-from pullcache.api.targets import push_target, read_target
+from pullcache.api.targets import push_target, read_repository
+from pullcache.api.upstream_errors import upstream_error
 from pullcache.cache.index import PUSHED
 from pullcache.cache.repos import Repository
 from pullcache.cache.store import Store
@@ -42,21 +41,9 @@ from pullcache.manifest_check import (
     check_manifest,
 )
 from pullcache.mediatypes import INDEX_TYPES, MAX_MANIFEST_BYTES, SCHEMA1_TYPES
+from pullcache.upstream.errors import UpstreamError
 
 # ---------------------------------------------------------------------- reading
-
-@dataclass(frozen=True)
-class StoredManifest:
-    digest: Digest
-    media_type: str
-    body: bytes
-
-
-async def _load(store: Store, repo: Repository, digest: Digest) -> StoredManifest | None:
-    media_type = await repo.manifest_media_type(digest)
-    data = await store.read_small(digest) if media_type is not None else None
-    return StoredManifest(digest, media_type, data) if media_type is not None and data is not None else None
-
 
 def _unknown(name: str, reference: str, why: str = "") -> RegistryError:
     return MANIFEST_UNKNOWN.error(f"manifest {reference!r} is not in repository {name!r}{why}",
@@ -79,35 +66,32 @@ def _existing_reference(name: str, reference: str) -> str | Digest:
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
-    """GET/HEAD /v2/<name>/manifests/<tag or digest>."""
+    """GET/HEAD /v2/<name>/manifests/<tag or digest>.
+
+    A tag naming an index the client does not accept is answered with the index's linux/amd64 manifest
+    (api/negotiation.py), which an upstream's repository fetches through the cache like any other.
+    """
     ref = _existing_reference(name, reference)
-    target = read_target(request, name)
-    if not target.is_local:
-        response = await proxied.get_manifest(request, target, reference)
-        assert target.upstream is not None
-        body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
-        request.app[RESOLVER].policy.vouch(target.upstream.name, target.repository,
-                                           response.headers.get("Docker-Content-Digest"), body)
-        return response
-    store = request.app[STORE]
-    repo = store.repository(target.store_name)
-    unknown = _unknown(name, reference)
-    if isinstance(ref, Digest):
-        digest = ref
-    else:
-        tag = await repo.get_tag(ref)
-        if tag is None:
-            raise unknown
-        digest = tag.digest
-    manifest = await _load(store, repo, digest)
-    if manifest is None:
-        raise unknown
-    manifest = await negotiate(manifest, ref, parse_accept(request.headers.getall("Accept", [])),
-                               partial(_load, store, repo))
-    store.note_access(manifest.digest)
-    request[SERVED_FROM] = "local"
-    return web.Response(body=manifest.body, headers={**digest_headers(manifest.digest),
-                                                     "Content-Type": manifest.media_type})
+    target, repository = read_repository(request, name)
+    head = request.method == "HEAD"
+    accept = request.headers.getall("Accept", [])
+    try:
+        found = await repository.manifest(ref, accept, head=head)
+        if found is None:
+            raise _unknown(name, reference)
+        if found.result is not None:
+            request[CACHE_RESULT] = found.result  # what was counted: the request, not each manifest negotiation loads
+        manifest = await negotiate(found, ref, parse_accept(accept),
+                                   partial(repository.manifest, accept=accept, count=False))
+    except UpstreamError as exc:
+        raise upstream_error(exc, MANIFEST_UNKNOWN, f"manifest {reference} of {target.repository}") from exc
+    repository.answered(manifest, head=head)
+    headers = {**digest_headers(manifest.digest), "Content-Type": manifest.media_type}
+    if head:
+        return web.Response(headers={**headers, "Content-Length": str(manifest.size)})
+    assert manifest.body is not None, "a GET loads the body"
+    note_served(request, manifest.source, len(manifest.body))
+    return web.Response(body=manifest.body, headers=headers)
 
 
 # ---------------------------------------------------------------------- writing

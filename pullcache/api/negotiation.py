@@ -1,4 +1,4 @@
-"""Manifest content negotiation, one rule for local repositories (api/manifests.py) and upstream ones (api/proxied.py).
+"""Manifest content negotiation, one rule for every repository a manifest is read from (api/manifests.py).
 
 What Distribution does without schema1 (reference/oci-content-negotiation.md):
 - no `Accept`, `*/*`, `application/*` or `application/json` accept any manifest (all are JSON);

@@ -1,8 +1,8 @@
 """The referrers API: manifests whose `subject` is a given digest, as an OCI image index.
 
 Never 404 (the spec forbids it once the API is supported): an unknown digest or repository has
-an empty index. For an upstream name it lists what the upstream lists (api/proxied.get_referrers),
-through the referrers API or the tag schema; `artifactType` is filtered here either way.
+an empty index. The repository lists them (an upstream's lists what the upstream lists, through the
+referrers API or the tag schema: pullthrough/repository.py); `artifactType` is filtered here either way.
 """
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ import json
 
 from aiohttp import web
 
-from pullcache.api import proxied
+from pullcache.api.errors import NAME_UNKNOWN
 from pullcache.api.names import check_digest
-from pullcache.api.targets import read_target, repository_of
+from pullcache.api.targets import read_repository
+from pullcache.api.upstream_errors import upstream_error
 from pullcache.mediatypes import OCI_INDEX
+from pullcache.upstream.errors import UpstreamError
 
 
 async def list_referrers(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     """GET /v2/<name>/referrers/<digest>[?artifactType=]."""
     subject = check_digest(reference)
-    target = read_target(request, name)
-    if target.is_local:
-        descriptors = await repository_of(request, target).referrers(subject)
-    else:
-        descriptors = await proxied.get_referrers(target, subject)
+    _, repository = read_repository(request, name)
+    try:
+        descriptors = await repository.referrers(subject)
+    except UpstreamError as exc:
+        raise upstream_error(exc, NAME_UNKNOWN, f"the referrers of {subject}") from exc
     headers = {}
     artifact_type = request.query.get("artifactType")
     if artifact_type:

@@ -7,7 +7,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pullcache.api.errors import NAME_UNKNOWN, PAGINATION_NUMBER_INVALID
-from pullcache.api.targets import read_target, repository_of
+from pullcache.api.targets import read_repository
+from pullcache.cache.registry import RepositoryUnknown
 
 
 def tag_order(tag: str) -> tuple[str, str]:
@@ -43,11 +44,10 @@ def paginate(request: web.Request, items: Sequence[str],
 
 async def list_tags(request: web.Request, name: str, _: str) -> web.StreamResponse:
     """GET /v2/<name>/tags/list[?n=&last=]. For an upstream name, the tags cached from it."""
-    target = read_target(request, name)
-    repo = repository_of(request, target)
-    tags = await repo.tags()
-    if not tags and not repo.exists():
-        raise NAME_UNKNOWN.error(f"repository {name!r} is not known to this registry"
-                                 + ("" if target.is_local else " (nothing of it is cached)"), detail={"name": name})
+    repository = read_repository(request, name)[1]
+    try:
+        tags = await repository.tags()
+    except RepositoryUnknown as exc:
+        raise NAME_UNKNOWN.error(f"repository {name!r} {exc}", detail={"name": name}) from exc
     page, headers = paginate(request, sorted(tags, key=tag_order), tag_order)
     return web.json_response({"name": name, "tags": page}, headers=headers)

@@ -1,28 +1,30 @@
-"""From a request's repository name to where it lives: the resolver's answer and its repository in the store.
+"""From a request's repository name to where it lives: the resolver's answer, and the repository to read.
 
 Every handler goes through here, so `?ns=` is honoured the same way everywhere and reads and writes
 cannot disagree about which repository a name means. The answer is kept on the request (TARGET), so the
-access log and metrics (api/observe.py) name the upstream the handler really used.
+access log and metrics (api/observe.py) name the upstream the handler really used. A read gets a
+cache/registry.py RegistryRepository, pushed or proxied alike (pullthrough/repository.py picks which), so
+no handler asks which it is.
 """
 from __future__ import annotations
 
 from aiohttp import web
 
-from pullcache.api.appkeys import RESOLVER, STORE
+from pullcache.api.appkeys import PULLTHROUGH, RESOLVER, STORE
 from pullcache.api.errors import DENIED, NAME_UNKNOWN
 from pullcache.api.routes import match_endpoint
-from pullcache.cache.repos import Repository
+from pullcache.cache.registry import RegistryRepository
 from pullcache.policy import PullDenied
+from pullcache.pullthrough.repository import repository_for
 from pullcache.resolver import PushDenied, Target, UnknownNamespace
 
 TARGET = web.RequestKey("target", Target)  # set by read_target / push_target
 
 
-
 def read_target(request: web.Request, name: str) -> Target:
-    """Where to read `name` from: a local repository or an upstream (then the caller delegates to proxied);
-    404 NAME_UNKNOWN for an `?ns=` that names no configured upstream, 403 DENIED for a manifest or blob the
-    upstream's pull policy refuses (before anything is fetched)."""
+    """Where to read `name` from: a local repository or an upstream; 404 NAME_UNKNOWN for an `?ns=` that names
+    no configured upstream, 403 DENIED for a manifest or blob the upstream's pull policy refuses (before
+    anything is fetched)."""
     resolver = request.app[RESOLVER]
     try:
         target = resolver.resolve(name, request.query.get("ns"))
@@ -30,12 +32,18 @@ def read_target(request: web.Request, name: str) -> Target:
         raise NAME_UNKNOWN.error(str(exc), detail={"ns": exc.ns}) from exc
     request[TARGET] = target
     found = match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
-    if target.upstream is not None and found is not None and found[0] in ("manifest", "blob"):
+    if found is not None and found[0] in ("manifest", "blob"):
         try:
             resolver.check_pull(target, found[2])
         except PullDenied as exc:
             raise DENIED.error(exc.message, detail={"upstream": exc.upstream}) from exc
     return target
+
+
+def read_repository(request: web.Request, name: str) -> tuple[Target, RegistryRepository]:
+    """read_target, and the repository to read from."""
+    target = read_target(request, name)
+    return target, repository_of(request, target)
 
 
 def push_target(request: web.Request, name: str) -> Target:
@@ -48,6 +56,7 @@ def push_target(request: web.Request, name: str) -> Target:
     return target
 
 
-def repository_of(request: web.Request, target: Target) -> Repository:
-    """The target's repository in the store: local, or the cached copy of an upstream repository."""
-    return request.app[STORE].repository(target.store_name, cached=not target.is_local)
+def repository_of(request: web.Request, target: Target) -> RegistryRepository:
+    """The repository a resolved name reads from: pushed here, or an upstream's through the cache."""
+    app = request.app
+    return repository_for(app[STORE], app[PULLTHROUGH], app[RESOLVER].policy, target)

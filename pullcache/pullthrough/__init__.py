@@ -1,7 +1,7 @@
 """Pull-through caching: manifests with ttl and HEAD revalidation, blobs with single-flight streaming fills.
 
-The HTTP side lives in api/proxied.py; `pullcache warm` uses the same objects, so a warmed cache
-and a pulled one are filled by one code path.
+repository.py puts them behind the repository interface every read handler uses (cache/registry.py), and
+`pullcache warm` reads through the same, so a warmed cache and a pulled one are filled by one code path.
 """
 from pullcache.cache.store import Store
 from pullcache.config import Config

@@ -17,14 +17,6 @@ COALESCED = "coalesced"
 MANIFEST = "manifest"
 BLOB = "blob"
 
-FROM_CACHE = "cache"        # body bytes read from a committed file or the manifest cache
-FROM_UPSTREAM = "upstream"  # body bytes streamed from a fill or a manifest just fetched
-
 
 def count(kind: str, upstream: str, result: str) -> None:
     metrics.cache_requests.labels(kind, upstream, result).inc()
-
-
-def served(source: str, size: int) -> None:
-    if size:
-        metrics.bytes_served.labels(source).inc(size)
