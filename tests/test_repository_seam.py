@@ -23,6 +23,8 @@ from pullcache.cache.registry import LOCAL, BlobBody, ManifestBody, RegistryRepo
 from pullcache.config import build_config
 from pullcache.digests import Digest
 from pullcache.upstream.errors import UpstreamRateLimited
+from tests.support.pullcache_proc import docker_hub_upstream
+from tests.support.seed import Upstream
 
 API = Path(pullcache.__file__).parent / "api"
 DATA = bytes(range(256)) * 8
@@ -137,6 +139,26 @@ async def test_an_unknown_repository_says_so_in_its_own_words(
     assert response.status == 404
     error = (await response.json())["errors"][0]
     assert (error["code"], error["message"]) == ("NAME_UNKNOWN", "repository 'any/name' is nowhere to be seen")
+
+
+async def test_a_blob_cached_from_an_upstream_mounts_into_a_pushed_repository(
+        aiohttp_client: Any, tmp_path: Path, upstream: Upstream) -> None:
+    """The proxied repository holds what the cache holds (a cached blob is linked to no repository), and a
+    mount from it asks it, not the pushed repository of the same name that does not exist."""
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True},
+                           "upstreams": [docker_hub_upstream(upstream.url)]})
+    client = await aiohttp_client(build_app(config))
+    cached, uncached = upstream.seed.alpine.blobs()[:2]
+    pulled = await client.get(f"/v2/docker.io/library/alpine/blobs/{cached.digest}")
+    assert (pulled.status, await pulled.read()) == (200, cached.data)
+
+    source = {"from": "docker.io/library/alpine"}
+    mounted = await client.post("/v2/team/app/blobs/uploads/", params={"mount": cached.digest, **source})
+    assert (mounted.status, mounted.headers["Docker-Content-Digest"]) == (201, cached.digest)
+    not_cached = await client.post("/v2/team/app/blobs/uploads/", params={"mount": uncached.digest, **source})
+    assert not_cached.status == 202  # an ordinary upload starts
+    served = await client.get(f"/v2/team/app/blobs/{cached.digest}")
+    assert (served.status, await served.read()) == (200, cached.data)
 
 
 def _api_modules() -> dict[str, ast.Module]:
