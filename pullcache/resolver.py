@@ -55,10 +55,6 @@ class Target:
     via_default: bool = False
 
     @property
-    def is_local(self) -> bool:
-        return self.upstream is None
-
-    @property
     def store_name(self) -> str:
         """The repository's name in the store: local names as they are, cached ones under their upstream."""
         return self.repository if self.upstream is None else f"{self.upstream.name}/{self.repository}"

@@ -45,7 +45,7 @@ def test_cached_repositories_are_stored_under_their_upstream() -> None:
     target = resolver().resolve("alpine")
     assert target.store_name == "docker.io/library/alpine"
     assert target.name == "alpine"  # as the client wrote it
-    assert not target.is_local
+    assert target.upstream is not None
 
 
 def test_ns_names_the_upstream_by_name_or_alias_in_any_case() -> None:
@@ -82,7 +82,7 @@ def test_only_a_bare_name_is_marked_as_falling_back_to_the_default() -> None:
 
 def test_a_bare_name_that_exists_locally_is_served_locally() -> None:
     target = resolver(existing=frozenset({"team/app"})).resolve("team/app")
-    assert target.is_local
+    assert target.upstream is None
     assert (target.repository, target.store_name) == ("team/app", "team/app")
 
 
@@ -99,7 +99,7 @@ def test_docker_hub_is_recognised_by_alias() -> None:
 
 def test_without_a_default_upstream_bare_names_are_local() -> None:
     routes = resolver(GHCR)
-    assert routes.resolve("alpine").is_local
+    assert routes.resolve("alpine").upstream is None
     assert where(routes.resolve("ghcr.io/org/app")) == ("ghcr.io", "org/app")
 
 
@@ -111,7 +111,7 @@ def test_a_first_component_that_is_no_upstream_is_part_of_the_name() -> None:
 
 def test_local_names_accept_pushes() -> None:
     target = resolver().resolve_push("team/app")
-    assert target.is_local and target.repository == "team/app"
+    assert target.upstream is None and target.repository == "team/app"
 
 
 @pytest.mark.parametrize("name", ["docker.io/team/app", "ghcr.io/org/app"])
@@ -137,13 +137,13 @@ def test_deny_push_patterns_come_from_the_config() -> None:
     routes = resolver(local={"deny_push": ["corp/*"]})
     with pytest.raises(PushDenied):
         routes.resolve_push("corp/base")
-    assert routes.resolve_push("library/alpine").is_local  # the default pattern was replaced
+    assert routes.resolve_push("library/alpine").upstream is None  # the default pattern was replaced
 
 
 def test_allow_push_confines_pushes_to_its_globs() -> None:
     routes = resolver(local={"allow_push": ["team/*", "internal/**"]})
-    assert routes.resolve_push("team/app").is_local
-    assert routes.resolve_push("internal/a/b/c").is_local
+    assert routes.resolve_push("team/app").upstream is None
+    assert routes.resolve_push("internal/a/b/c").upstream is None
     for name in ("myorg/oci-app", "team/a/b", "teamx/app"):
         with pytest.raises(PushDenied, match="local.allow_push"):
             routes.resolve_push(name)
@@ -168,7 +168,7 @@ def test_push_globs_take_star_as_one_component_and_double_star_as_any(name: str,
                                                                       matches: bool) -> None:
     routes = resolver(local={"allow_push": [pattern], "deny_push": []})
     if matches:
-        assert routes.resolve_push(name).is_local
+        assert routes.resolve_push(name).upstream is None
     else:
         with pytest.raises(PushDenied):
             routes.resolve_push(name)
