@@ -216,9 +216,13 @@ class S3Blobs:
         return True
 
     async def read_bytes(self, digest: Digest) -> bytes | None:
+        """A small blob (a manifest) from the local copy, else the bucket, asked also when the size map lacks
+        it: a repository names it, and another replica may have committed it since the listing."""
         data = await asyncio.to_thread(read_file, self.layout.blob(digest))
-        if data is None and self.size(digest) is not None:
+        if data is None:
             data = await self.objects.get_content(blob_key(digest))
+            if data is not None:
+                self._sizes.setdefault(str(digest), (len(data), time.time()))
         return data
 
     def read_blocking(self, digest: Digest) -> bytes | None:
