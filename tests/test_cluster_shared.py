@@ -11,7 +11,9 @@ the second replica opens it after the first one committed the blobs.
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
+from pullcache.cache.bucket_files import NAMES_REFRESH
 from pullcache.config import build_config
 from pullcache.metrics import REGISTRY
 from tests.registry_api import image_manifest, push_blob, push_image, push_manifest, sha256
@@ -191,3 +194,25 @@ async def test_after_redis_loses_its_data_replicas_answer_from_the_bucket_and_re
     await push_manifest(a, "team/app", "latest", moved.manifest, OCI_MANIFEST)
     assert (await manifest(b, "team/app", "latest"))[1] == moved.digest
     assert await redis.dbsize() > 0  # refilled as it was read
+
+
+async def test_a_repository_pushed_through_one_replica_is_routed_locally_by_the_other_within_a_second(
+        aiohttp_client: Any, seaweed_server: SeaweedFS, upstream: Upstream, tmp_path: Path,
+        cluster_redis: str) -> None:
+    """With a default upstream a name is local only once it exists here: the resolver asks on every request,
+    from memory, so a repository another replica created is seen at the next read of the shared names."""
+    prefix = f"t{os.urandom(6).hex()}"
+
+    async def start(name: str) -> TestClient:
+        return await aiohttp_client(build_app(build_config({
+            "storage": {"path": str(tmp_path / name), "backend": "s3",
+                        "s3": seaweed_server.storage_config(seaweed.BUCKET, prefix=prefix, timeout="5s")},
+            "cluster": {"redis": cluster_redis}, "local": {"anonymous_push": True},
+            "upstreams": [{"name": "docker.io", "url": upstream.url, "default": True, "token_hosts": ["127.0.0.1"]}],
+        })))
+    a, b = await start("a"), await start("b")
+    pushed = await push_image(a, "team/app", "latest")
+    deadline = time.monotonic() + NAMES_REFRESH + 2
+    while (answer := await manifest(b, "team/app", "latest"))[0] != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert answer[:2] == (200, pushed.digest)
