@@ -216,3 +216,12 @@ async def test_a_repository_pushed_through_one_replica_is_routed_locally_by_the_
     while (answer := await manifest(b, "team/app", "latest"))[0] != 200 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert answer[:2] == (200, pushed.digest)
+
+
+async def test_a_repository_holding_only_blobs_pushed_through_one_replica_is_known_to_the_other(
+        replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    await push_blob(a, "team/untagged", b"a layer nobody tagged yet")
+    assert await tags(b, "team/untagged") == []
+    async with b.get("/v2/team/nothing/tags/list") as unknown:
+        assert unknown.status == 404

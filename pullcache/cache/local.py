@@ -54,7 +54,7 @@ class LocalRepository:
 
     async def tags(self) -> list[str]:
         tags = await self._links.tags()
-        if not tags and not self._links.exists():
+        if not tags and not await self._links.known():
             raise RepositoryUnknown("is not known to this registry")
         return list(tags)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pullcache.cache.repo_files import RepositoryFiles
+from pullcache.cache.repo_files import LAYERS, MANIFESTS, RepositoryFiles
 from pullcache.digests import Digest
 
 
@@ -71,7 +71,17 @@ class Repository:
 
     # ------------------------------------------------------------------ existence
     def exists(self) -> bool:
+        """Answered from memory, for the resolver: a repository another replica just made may not be in it."""
         return self._files.holds_repository(self.path)
+
+    async def known(self) -> bool:
+        """exists(), or else asked of the files themselves."""
+        if self.exists():
+            return True
+        for folder in (MANIFESTS, LAYERS):
+            if await self._files.listing(self.path / folder):
+                return True
+        return False
 
     # ------------------------------------------------------------------ tags
     async def _parse(self, path: Path, data: bytes) -> TagLink | None:
