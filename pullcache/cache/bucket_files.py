@@ -19,7 +19,6 @@ import json
 import logging
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pullcache.cache.errors import StorageUnavailable
@@ -27,6 +26,7 @@ from pullcache.cache.layout import LOCAL_ROOT, Layout
 from pullcache.cache.repo_files import LAYERS, MANIFESTS
 from pullcache.cache.s3 import S3Objects
 from pullcache.cluster.read_through import ReadThrough
+from pullcache.cluster.redis_pool import SharedRedis
 
 log = logging.getLogger("pullcache.store")
 NAMES_REFRESH = 1.0    # seconds between two reads of the set of local repository names
@@ -44,13 +44,14 @@ def repository_of(key: str) -> str | None:
 
 
 class BucketFiles:
-    def __init__(self, objects: S3Objects, layout: Layout, client: aioredis.Redis, namespace: str) -> None:
+    def __init__(self, objects: S3Objects, layout: Layout, redis: SharedRedis) -> None:
         self._objects = objects
         self._root = layout.root
-        self._client = client
-        self._cache = ReadThrough(client, f"{namespace}repo:")
-        self._names_key = f"{namespace}names"
-        self._built_key = f"{namespace}names-built"
+        self._client = redis.client
+        self._trouble = redis.trouble
+        self._cache = ReadThrough(redis, f"{redis.namespace}repo:")
+        self._names_key = f"{redis.namespace}names"
+        self._built_key = f"{redis.namespace}names-built"
         self._known: set[str] = set()  # local repositories, as keys (`repositories/<name>`)
         self._limit = asyncio.Semaphore(FAN_OUT)
         self._refresher: asyncio.Task[None] | None = None
@@ -134,7 +135,7 @@ class BucketFiles:
         try:
             await self._client.sadd(self._names_key, repository)
         except RedisError as exc:
-            self._cache.trouble.failed(exc)
+            self._trouble.failed(exc)
 
     async def _listed_names(self) -> set[str]:
         names = {repository_of(info.path) async for info in self._objects.list(f"{LOCAL_ROOT}/")}
@@ -153,7 +154,7 @@ class BucketFiles:
                     await pipe.execute()
             members = await self._client.smembers(self._names_key)
         except RedisError as exc:
-            self._cache.trouble.failed(exc)
+            self._trouble.failed(exc)
             if not self._known:  # down at start-up: the bucket says once
                 self._known |= await self._listed_names()
             return

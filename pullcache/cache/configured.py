@@ -11,7 +11,7 @@ from pullcache.cache.repo_files import LocalFiles
 from pullcache.cache.s3 import S3Objects, S3Settings
 from pullcache.cache.s3_backend import BucketMirror, S3Blobs
 from pullcache.cache.store import Store
-from pullcache.cluster.redis_pool import redis_client
+from pullcache.cluster.redis_pool import shared_redis
 from pullcache.cluster.shared_state import RedisState
 from pullcache.config import ClusterConfig, S3Config, StorageConfig
 
@@ -49,7 +49,7 @@ def store_for(storage: StorageConfig, cluster: ClusterConfig | None = None) -> S
         if redis_url is None:
             return Store(storage.path)
         namespace = f"pullcache:{Path(storage.path).resolve()}:"
-        return Store(storage.path, state=RedisState(redis_client(redis_url), namespace))
+        return Store(storage.path, state=RedisState(shared_redis(redis_url, namespace)))
     s3 = storage.s3
     objects = objects_for(s3)
     redirect_ttl = s3.redirect_ttl if s3.redirect else None
@@ -59,7 +59,6 @@ def store_for(storage: StorageConfig, cluster: ClusterConfig | None = None) -> S
     if redis_url is None:
         return Store(storage.path, backend=blobs,
                      files=lambda layout: LocalFiles(layout, BucketMirror(objects, layout)))
-    client = redis_client(redis_url)
-    namespace = f"pullcache:{objects.where}:"
-    return Store(storage.path, backend=blobs, files=lambda layout: BucketFiles(objects, layout, client, namespace),
-                 state=RedisState(client, namespace))
+    redis = shared_redis(redis_url, f"pullcache:{objects.where}:")
+    return Store(storage.path, backend=blobs, files=lambda layout: BucketFiles(objects, layout, redis),
+                 state=RedisState(redis))

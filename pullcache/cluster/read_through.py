@@ -15,16 +15,12 @@ unreachable does not keep serving what this process changed meanwhile.
 """
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pullcache.cluster.redis_pool import RedisTrouble
-
-log = logging.getLogger("pullcache.cluster")
+from pullcache.cluster.redis_pool import SharedRedis
 
 VALUE_TTL_MS = 24 * 3600 * 1000  # a filled entry lives a day unless invalidated: Redis keeps the hot ones
 TOKEN_TTL_MS = 60 * 1000         # a reader that died between its miss and its fill leaves nothing for long
@@ -56,13 +52,13 @@ Loader = Callable[[], Awaitable[bytes | None]]
 
 
 class ReadThrough:
-    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
-        self._client = client
+    def __init__(self, redis: SharedRedis, namespace: str) -> None:
+        self._client = redis.client
         self._namespace = namespace
-        self._read = client.register_script(_READ)
-        self._fill = client.register_script(_FILL)
+        self._read = redis.client.register_script(_READ)
+        self._fill = redis.client.register_script(_FILL)
         self._unflushed: set[str] = set()  # invalidations Redis has not taken yet
-        self.trouble = RedisTrouble(log, "repository files are read from the bucket")
+        self.trouble = redis.trouble
 
     def _key(self, name: str) -> str:
         return f"{self._namespace}{name}"

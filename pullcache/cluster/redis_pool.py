@@ -4,10 +4,13 @@ gives up on a Redis that does not answer within the same timeout."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from pullcache.cluster.redis_backend import MAX_CONNECTIONS, POOL_WAIT, SOCKET_TIMEOUT
+
+log = logging.getLogger("pullcache.cluster")
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -20,20 +23,33 @@ def redis_client(url: str) -> aioredis.Redis:
 
 
 class RedisTrouble:
-    """Says once that Redis cannot be reached and once that it answers again, whatever many callers notice:
-    a caller falls back on the bucket (or its own memory) and the log does not repeat per request."""
+    """Says once that Redis cannot be reached and once that it answers again, however many callers notice:
+    each falls back on the bucket (or on asking the upstream) and the log does not repeat per request."""
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
-        self._log = log
-        self._what = what
+    def __init__(self) -> None:
         self.down = False
 
     def failed(self, exc: Exception) -> None:
         if not self.down:
             self.down = True
-            self._log.warning("cluster.redis unreachable (%s): %s; serving from the bucket meanwhile", exc, self._what)
+            log.warning("cluster.redis unreachable (%s): repository files are read from the bucket, and pending "
+                        "tags and upstream 404s are not shared, until it answers", exc)
 
     def answered(self) -> None:
         if self.down:
             self.down = False
-            self._log.info("cluster.redis answers again: %s", self._what)
+            log.info("cluster.redis answers again: replicas share repository files and pull-through state")
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    """What one store's shared state uses of Redis: the client, the prefix of the store's keys (clusters on
+    other buckets may share the Redis) and the one log of its outages."""
+
+    client: aioredis.Redis
+    namespace: str
+    trouble: RedisTrouble
+
+
+def shared_redis(url: str, namespace: str) -> SharedRedis:
+    return SharedRedis(redis_client(url), namespace, RedisTrouble())

@@ -7,7 +7,6 @@ Redis down: an expiring fact is neither found nor kept (the upstream is asked, w
 """
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, MutableMapping
 from typing import TypeVar
@@ -16,9 +15,8 @@ import redis.asyncio as aioredis
 from cachetools import LRUCache, TTLCache
 from redis.exceptions import RedisError
 
-from pullcache.cluster.redis_pool import RedisTrouble
+from pullcache.cluster.redis_pool import RedisTrouble, SharedRedis
 
-log = logging.getLogger("pullcache.cluster")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -123,16 +121,14 @@ class _RedisMap(ExpiringMap):
 
 
 class RedisState(SharedState):
-    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
-        self._client = client
-        self._namespace = namespace
-        self._trouble = RedisTrouble(log, "pending tags and upstream 404s are kept by no replica")
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
 
     def memo(self, entries: int) -> MutableMapping[K, V]:
         return NoMemo()
 
     def expiring(self, name: str, ttl: float, entries: int) -> ExpiringMap:
-        return _RedisMap(self._client, f"{self._namespace}{name}:", ttl, self._trouble)
+        return _RedisMap(self._redis.client, f"{self._redis.namespace}{name}:", ttl, self._redis.trouble)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.client.aclose()
