@@ -23,9 +23,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from pullcache.api.appkeys import CONFIG
 from pullcache.app import build_app
 from pullcache.cache.bucket_files import NAMES_REFRESH
+from pullcache.cache.configured import store_for
 from pullcache.config import build_config
+from pullcache.eviction.gc import collect_garbage
 from pullcache.metrics import REGISTRY
 from tests.registry_api import image_manifest, push_blob, push_image, push_manifest, sha256
 from tests.support import seaweed
@@ -225,3 +228,23 @@ async def test_a_repository_holding_only_blobs_pushed_through_one_replica_is_kno
     assert await tags(b, "team/untagged") == []
     async with b.get("/v2/team/nothing/tags/list") as unknown:
         assert unknown.status == 404
+
+
+async def test_gc_beside_replicas_keeps_what_any_of_them_pushed_and_sweeps_what_was_deleted(
+        replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    kept = await push_image(a, "team/app", "v1", seed="kept")
+    gone = await push_image(a, "team/app", "v2", seed="gone")
+    other = await push_image(b, "team/other", "v1", seed="other")
+    assert (await b.delete(f"/v2/team/app/manifests/{gone.digest}")).status == 202
+    config = a.app[CONFIG]
+    gc_store = store_for(config.storage, config.cluster)  # `pullcache gc` beside replica a, on its index
+    await gc_store.open()
+    try:
+        await collect_garbage(gc_store, config.gc, dry_run=False, now=10**10)
+        stored = set(await gc_store.stored_blobs())
+    finally:
+        await gc_store.close()
+    assert {kept.digest, sha256(kept.layers[0]), other.digest, sha256(other.layers[0])} <= stored
+    assert not {gone.digest, sha256(gone.layers[0])} & stored
+    assert (await manifest(b, "team/app", "v1"))[1] == kept.digest
