@@ -35,6 +35,7 @@ from tests.support import seaweed
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedFS
 from tests.support.seed import Upstream
+from tests.test_api_referrers import SBOM, push_artifact, referrers
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST_TYPES = ", ".join([
@@ -248,3 +249,14 @@ async def test_gc_beside_replicas_keeps_what_any_of_them_pushed_and_sweeps_what_
     assert {kept.digest, sha256(kept.layers[0]), other.digest, sha256(other.layers[0])} <= stored
     assert not {gone.digest, sha256(gone.layers[0])} & stored
     assert (await manifest(b, "team/app", "v1"))[1] == kept.digest
+
+
+async def test_a_referrer_pushed_or_deleted_through_one_replica_is_listed_by_the_other_at_once(
+        replica: Replica) -> None:
+    a, b = await replica(), await replica()
+    subject = sha256(b"an image pushed elsewhere")
+    assert (await referrers(b, subject))[0]["manifests"] == []  # the empty list, now in Redis
+    first, _ = await push_artifact(a, subject, artifact_type=SBOM, note="one")
+    assert [found["digest"] for found in (await referrers(b, subject))[0]["manifests"]] == [first]
+    assert (await a.delete(f"/v2/team/app/manifests/{first}")).status == 202
+    assert (await referrers(b, subject))[0]["manifests"] == []
