@@ -138,8 +138,10 @@ class Manifests:
     async def _cached(self, target: Target, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the store if this repository holds it (and eviction left its bytes)."""
         media_type = await self._media_type(target, digest)
-        if media_type is None:
-            return None
+        return None if media_type is None else await self._held(digest, media_type)
+
+    async def _held(self, digest: Digest, media_type: str) -> ManifestAnswer | None:
+        """A linked manifest with its bytes, unless eviction took them."""
         body = await self._store.read_small(digest)
         if body is None:
             return None
@@ -173,7 +175,7 @@ class Manifests:
             result = stats.STALE
         else:
             return None
-        cached = await self._cached(target, state.digest)
+        cached = await self._held(state.digest, state.media_type)  # _tag() just read the media type
         return None if cached is None else replace(cached, result=result)
 
     # ------------------------------------------------------------------ upstream work (one per reference)
