@@ -260,3 +260,21 @@ async def test_a_referrer_pushed_or_deleted_through_one_replica_is_listed_by_the
     assert [found["digest"] for found in (await referrers(b, subject))[0]["manifests"]] == [first]
     assert (await a.delete(f"/v2/team/app/manifests/{first}")).status == 202
     assert (await referrers(b, subject))[0]["manifests"] == []
+
+
+async def test_processes_on_one_storage_path_with_redis_share_the_pull_through_state(
+        tmp_path: Path, cluster_redis: str) -> None:
+    """Workers on one host (the filesystem backend) with cluster.redis: their repository files are one
+    folder already, and what the pull-through remembers for a while is in Redis."""
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "cluster": {"redis": cluster_redis}})
+    first, second = store_for(config.storage, config.cluster), store_for(config.storage, config.cluster)
+    try:
+        await first.state.expiring("pending-tags", 60, 10).put("team/app@sha256:ab", "latest")
+        assert await second.state.expiring("pending-tags", 60, 10).pop("team/app@sha256:ab") == "latest"
+        assert await first.state.expiring("pending-tags", 60, 10).get("team/app@sha256:ab") is None
+        memo = second.state.memo(10)
+        memo["team/app:latest"] = "sha256:ab"
+        assert "team/app:latest" not in memo  # nothing is remembered that the other process could change
+    finally:
+        for store in (first, second):
+            await store.state.close()
