@@ -151,3 +151,19 @@ async def test_with_redis_down_replicas_serve_from_the_bucket_and_say_so_once(
     await push_manifest(a, "team/app", "latest", first.manifest, OCI_MANIFEST)
     assert (await manifest(b, "team/app", "latest"))[1] == first.digest
     assert (await manifest(a, "team/app", "latest"))[1] == first.digest
+
+
+async def test_replicas_started_while_redis_is_down_serve_and_share_once_it_is_up(
+        aiohttp_client: Any, seaweed_server: SeaweedFS, own_redis: RedisServer, tmp_path: Path) -> None:
+    prefix = f"t{os.urandom(6).hex()}"
+    own_redis.stop()
+    a, b = [await aiohttp_client(build_app(replica_config(seaweed_server, tmp_path, prefix, own_redis.redis_url,
+                                                          name))) for name in ("a", "b")]
+    first = await push_image(a, "team/app", "latest", seed="a")
+    second = await push_image(a, "team/app", "next", seed="b")
+    assert (await manifest(b, "team/app", "latest"))[1] == first.digest
+
+    own_redis.start()
+    assert (await manifest(b, "team/app", "latest"))[1] == first.digest  # read into Redis now
+    await push_manifest(a, "team/app", "latest", second.manifest, OCI_MANIFEST)
+    assert (await manifest(b, "team/app", "latest"))[1] == second.digest

@@ -16,19 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from pullcache.cache.errors import StorageUnavailable
 from pullcache.cache.layout import LOCAL_ROOT, Layout
-from pullcache.cache.repo_files import LAYERS, MANIFESTS
 from pullcache.cache.s3 import S3Objects
 from pullcache.cluster.read_through import ReadThrough
 from pullcache.cluster.redis_pool import SharedRedis
 
-log = logging.getLogger("pullcache.store")
 NAMES_REFRESH = 1.0    # seconds between two reads of the set of local repository names
 NAMES_REBUILD = 600    # seconds after which the set is rebuilt from the bucket
 FAN_OUT = 16           # files of one folder read at once
@@ -38,7 +35,7 @@ def repository_of(key: str) -> str | None:
     """`repositories/a/b` for `repositories/a/b/_manifests/tags/x`: the part before the first `_` folder."""
     parts = key.split("/")
     for at, part in enumerate(parts[1:], start=1):
-        if part in (MANIFESTS, LAYERS) or part.startswith("_"):
+        if part.startswith("_"):  # _manifests, _layers, _referrers: the repository's own folders
             return "/".join(parts[:at]) if at > 1 else None
     return None
 
@@ -53,6 +50,7 @@ class BucketFiles:
         self._names_key = f"{redis.namespace}names"
         self._built_key = f"{redis.namespace}names-built"
         self._known: set[str] = set()  # local repositories, as keys (`repositories/<name>`)
+        self._seeded = False  # whether _known was filled once, from Redis or the bucket
         self._limit = asyncio.Semaphore(FAN_OUT)
         self._refresher: asyncio.Task[None] | None = None
 
@@ -155,9 +153,11 @@ class BucketFiles:
             members = await self._client.smembers(self._names_key)
         except RedisError as exc:
             self._trouble.failed(exc)
-            if not self._known:  # down at start-up: the bucket says once
+            if not self._seeded:  # down at start-up: the bucket says, once
                 self._known |= await self._listed_names()
+                self._seeded = True
             return
+        self._seeded = True
         self._known |= {member.decode() if isinstance(member, bytes) else member for member in members}
 
     async def _refresh_loop(self) -> None:
