@@ -1,5 +1,9 @@
 """Blob bodies go out by sendfile on worker threads: every concurrent client gets exact bytes, and a
-client that leaves mid-transfer costs the server nothing lasting."""
+client that leaves mid-transfer costs the server nothing lasting.
+
+The registry tests run on both backends: on S3 a cached blob is sent from the local cache
+(storage.s3.local_cache) by the same sendfile. The reused-fd test is of `send_file` alone, on files of its own.
+"""
 from __future__ import annotations
 
 import asyncio
