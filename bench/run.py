@@ -154,7 +154,7 @@ class Runner:
 
     def _profiler(self, cache: Cache, scenario: str) -> subprocess.Popen[bytes] | None:
         """py-spy on pullcache for the scenarios that keep its process (first round only)."""
-        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "memory"):
+        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "redirect", "memory"):
             return None
         out = self.options.out / f"profile-{scenario}.svg"
         if out.exists():
