@@ -1,0 +1,271 @@
+"""`workers: N`: one supervisor, N pullcache processes on one port and one store, as an operator runs it.
+
+Which worker answered a connection is read from the kernel (/proc: the accepted socket's inode among each
+worker's descriptors), so no response needs to name its process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from pullcache.cache.store import CLEAN_SHUTDOWN
+from tests.support.pullcache_proc import PullcacheProcess
+from tests.support.registry_client import RegistryClient
+from tests.support.seed import Upstream
+from tests.test_metrics_endpoint import Scrape
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WAIT = 30.0  # seconds for anything a loaded machine may take: a worker starting, a lease moving
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = WAIT) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds}s: {what}"
+        time.sleep(0.1)
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is pid (zombies excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def socket_owners(pids: set[int]) -> dict[int, int]:
+    """Socket inode -> the pid (of pids) holding it."""
+    owners = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owners[int(link[8:-1])] = pid
+    return owners
+
+
+def accepted_inodes(server_port: int, client_ports: set[int]) -> dict[int, int]:
+    """Client port -> inode of the server's socket for that connection."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if local == server_port and remote in client_ports and int(fields[9]):
+                found[remote] = int(fields[9])
+    return found
+
+
+def request(sock: socket.socket, path: str) -> bytes:
+    """One HTTP/1.1 GET on an open connection, which stays open (keep-alive); the response's head."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: pullcache\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        head += chunk
+    return head
+
+
+def answering_pids(host: str, port: int, workers: set[int], connections: int = 16,
+                   path: str = "/healthz") -> list[int]:
+    """Open `connections` connections, one request each, and say which worker holds each one."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.create_connection((host, port), timeout=10))
+                 for _ in range(connections)]
+        for sock in socks:
+            assert request(sock, path).startswith(b"HTTP/1.1 200 ")
+        ports = {sock.getsockname()[1] for sock in socks}
+        inodes = accepted_inodes(port, ports)
+        owners = socket_owners(workers)
+        return [owners[inodes[client]] for client in sorted(ports) if inodes.get(client) in owners]
+
+
+def peer_addresses(proc: PullcacheProcess) -> dict[int, str]:
+    """pid -> the internal address its start-up line names, of each worker started so far."""
+    return {int(pid): url for pid, url in
+            re.findall(r"worker \d+ \(pid (\d+)\) started; peers reach it at (\S+)", proc.log_text())}
+
+
+def scrape(proc: PullcacheProcess) -> Scrape:
+    with urllib.request.urlopen(f"{proc.url}/metrics", timeout=10) as response:
+        return Scrape(response.read().decode())
+
+
+@pytest.fixture
+def two_workers(pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> Iterator[PullcacheProcess]:
+    """Two workers; their temp files (the metrics directory) go to `tmp_path/tmp`."""
+    (tmp_path / "tmp").mkdir()
+    proc = pullcache_factory({"workers": 2, "storage": {"max_size": "3GiB"}}, env={"TMPDIR": str(tmp_path / "tmp")})
+    wait_for(lambda: len(children(proc.process.pid)) == 2 and len(peer_addresses(proc)) == 2, "two workers")
+    yield proc
+
+
+def workers_of(proc: PullcacheProcess) -> set[int]:
+    return children(proc.process.pid)
+
+
+def test_two_workers_answer_on_one_port(two_workers: PullcacheProcess) -> None:
+    pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers))
+    assert len(pids) == 16 and set(pids) == workers_of(two_workers)
+
+
+def test_the_start_up_line_is_said_once_for_all_workers(two_workers: PullcacheProcess) -> None:
+    lines = [line for line in two_workers.log_text().splitlines() if " listening on " in line]
+    assert len(lines) == 1 and "; 2 workers" in lines[0]
+
+
+def test_each_worker_answers_on_its_own_internal_address(two_workers: PullcacheProcess) -> None:
+    addresses = peer_addresses(two_workers)
+    assert set(addresses) == workers_of(two_workers) and len(set(addresses.values())) == 2
+    for pid, url in addresses.items():
+        host, port = re.fullmatch(r"http://([\d.]+):(\d+)", url).groups()  # type: ignore[union-attr]
+        assert answering_pids(host, int(port), {pid}, connections=2) == [pid, pid]
+
+
+def test_a_pull_through_two_workers_serves_the_image(two_workers: PullcacheProcess, upstream: Upstream) -> None:
+    image = upstream["library/alpine:latest"]
+    client = RegistryClient(two_workers.url)
+    for _ in range(4):
+        assert client.get_manifest("library/alpine", "latest", [image.media_type]).status == 200
+    for layer in image.platforms["linux/amd64"].layers:
+        for _ in range(4):  # over new connections: both workers, the cold fill and the cached copy
+            assert client.get_blob("library/alpine", layer.digest) == layer.data
+
+
+def test_metrics_count_the_requests_of_every_worker(two_workers: PullcacheProcess) -> None:
+    before = scrape(two_workers).value("pullcache_http_requests_total", route="healthz")
+    pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers), connections=20)
+    assert set(pids) == workers_of(two_workers)
+
+    wait_for(lambda: scrape(two_workers).value("pullcache_http_requests_total", route="healthz") == before + 20,
+             "20 more healthz requests counted")
+    result = scrape(two_workers)
+    assert result.value("pullcache_store_max_bytes") == 3 * 1024**3  # one store: not once per worker
+    assert all("pid" not in sample.labels for family in result.families for sample in family.samples)
+
+
+def test_sigterm_stops_every_worker_and_marks_the_store_clean(
+        two_workers: PullcacheProcess, tmp_path: Path) -> None:
+    pids = workers_of(two_workers)
+
+    two_workers.stop()
+
+    assert two_workers.process.returncode == 0
+    assert not any(alive(pid) for pid in pids)
+    log = two_workers.log_text()
+    assert "Traceback" not in log
+    assert len(re.findall(r"worker \d+ \(pid \d+\) stopped", log)) == 2
+    meta = subprocess.run(["sqlite3", str(two_workers.data_dir / "index.sqlite"),
+                           f"SELECT value FROM meta WHERE key = '{CLEAN_SHUTDOWN}'"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert meta == "1"
+    assert list((tmp_path / "tmp").iterdir()) == []  # the metrics directory is gone with the workers
+
+
+def test_a_killed_worker_is_replaced(two_workers: PullcacheProcess) -> None:
+    victim = min(workers_of(two_workers))
+    reconciles = two_workers.log_text().count("reconciled index with disk")  # a new index is, at the first start
+    os.kill(victim, signal.SIGKILL)
+
+    wait_for(lambda: len(workers_of(two_workers)) == 2 and victim not in workers_of(two_workers),
+             "a new worker in place of the killed one")
+    assert re.search(rf"worker \d+ \(pid {victim}\) died \(killed by SIGKILL\); starting another",
+                     two_workers.log_text())
+    wait_for(lambda: len(peer_addresses(two_workers)) == 3, "the new worker's start")
+    pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers))
+    assert set(pids) == workers_of(two_workers)
+    # It died without a clean stop: the worker started in its place reconciles the index with the disk.
+    wait_for(lambda: two_workers.log_text().count("reconciled index with disk") == reconciles + 1, "a reconcile")
+
+
+def test_background_work_runs_in_one_worker(pullcache_factory: Callable[..., PullcacheProcess]) -> None:
+    proc = pullcache_factory({"workers": 2, "gc": {"interval": "1s"}})
+    wait_for(lambda: scrape(proc).value("pullcache_gc_runs_total") >= 1, "a GC run")
+    first, started = scrape(proc).value("pullcache_gc_runs_total"), time.monotonic()
+    wait_for(lambda: scrape(proc).value("pullcache_gc_runs_total") >= first + 4, "four more GC runs")
+    elapsed = time.monotonic() - started
+
+    result = scrape(proc)
+    assert result.value("pullcache_cluster_lease_held", lease="eviction") == 1  # summed over the workers
+    assert result.value("pullcache_gc_runs_total") - first <= elapsed / 1.0 + 1  # two leaders would run twice as many
+    assert len(re.findall(r"took the 'eviction' lease", proc.log_text())) == 1
+
+
+def test_serve_workers_overrides_the_config(pullcache_factory: Callable[..., PullcacheProcess]) -> None:
+    proc = pullcache_factory({"workers": 1}, start=False)
+    proc.process.argv += ["--workers", "2"]
+    proc.start()
+    wait_for(lambda: len(workers_of(proc)) == 2, "two workers")
+
+
+def test_one_worker_is_one_process(pullcache_factory: Callable[..., PullcacheProcess]) -> None:
+    proc = pullcache_factory()
+    assert workers_of(proc) == set()
+    assert " workers" not in next(line for line in proc.log_text().splitlines() if " listening on " in line)
+
+
+def test_workers_that_cannot_start_end_the_supervisor(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "index.sqlite").mkdir(parents=True)  # writable storage.path, but no index can open there
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: 127.0.0.1:0\nworkers: 2\nstorage: {{path: {data}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULLCACHE_")} | {"TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "pullcache", "serve", "-c", str(config)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert result.returncode != 0
+    assert "workers keep failing at start-up" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "proxy.yml"]  # no metrics dir left
+
+
+def test_workers_end_with_their_supervisor(two_workers: PullcacheProcess) -> None:
+    pids = workers_of(two_workers)
+    two_workers.kill()  # SIGKILL: the supervisor signals nobody
+
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in pids), "the workers ending")
+    finally:
+        for pid in filter(alive, pids):  # orphans of a failed run must not outlive the test
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_config_error_in_the_workers_is_said_once(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: 127.0.0.1:0\nworkers: 2\nstorage: {{path: {tmp_path / 'data'}}}\n"
+                      f"auth: {{htpasswd: {tmp_path / 'missing'}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULLCACHE_")}
+    result = subprocess.run([sys.executable, "-m", "pullcache", "serve", "-c", str(config)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert line.startswith("pullcache: config error: auth.htpasswd: ")
