@@ -157,7 +157,8 @@ def _check_config(config: Config, path: str) -> int:
     check_target(config.log)
     _ssl_context(config)
     print(f"{path}: OK")
-    print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
+    workers = f", {config.workers} workers" if config.workers > 1 else ""
+    print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'}{workers})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
     print(f"  backend {_backend(config)}")
     for upstream in config.upstreams:

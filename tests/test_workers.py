@@ -269,3 +269,21 @@ def test_a_config_error_in_the_workers_is_said_once(tmp_path: Path) -> None:
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if "config error" in line]
     assert line.startswith("pullcache: config error: auth.htpasswd: ")
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: 127.0.0.1:0\nworkers: 3\nstorage: {{path: {tmp_path / 'data'}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULLCACHE_")}
+    return subprocess.run([sys.executable, "-m", "pullcache", *args, "-c", str(config)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+
+
+def test_check_config_says_how_many_workers(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "check-config")
+    assert result.returncode == 0 and "  listen 127.0.0.1:0 (http, 3 workers)\n" in result.stdout
+
+
+def test_serve_refuses_workers_below_one_in_one_line(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", "--workers", "0")
+    assert result.returncode == 2 and result.stderr == "pullcache: --workers: 0 is not a positive integer\n"
