@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from pullcache.cache.store import CLEAN_SHUTDOWN
+from tests.support.procs import ManagedProcess, free_port
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient
 from tests.support.seed import Upstream
+from tests.test_auth_tls import self_signed
 from tests.test_metrics_endpoint import Scrape
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +101,13 @@ def request(sock: socket.socket, path: str) -> bytes:
 
 
 def answering_pids(host: str, port: int, workers: set[int], connections: int = 16,
-                   path: str = "/healthz") -> list[int]:
-    """Open `connections` connections, one request each, and say which worker holds each one."""
+                   path: str = "/healthz", tls: ssl.SSLContext | None = None) -> list[int]:
+    """Open `connections` connections (over TLS with `tls`), one request each, and say which worker holds each."""
+    def connect() -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=10)
+        return tls.wrap_socket(sock, server_hostname=host) if tls else sock
     with ExitStack() as stack:
-        socks = [stack.enter_context(socket.create_connection((host, port), timeout=10))
-                 for _ in range(connections)]
+        socks = [stack.enter_context(connect()) for _ in range(connections)]
         for sock in socks:
             assert request(sock, path).startswith(b"HTTP/1.1 200 ")
         ports = {sock.getsockname()[1] for sock in socks}
@@ -287,3 +292,26 @@ def test_check_config_says_how_many_workers(tmp_path: Path) -> None:
 def test_serve_refuses_workers_below_one_in_one_line(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "serve", "--workers", "0")
     assert result.returncode == 2 and result.stderr == "pullcache: --workers: 0 is not a positive integer\n"
+
+
+def test_workers_serve_tls_on_every_address(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    config = tmp_path / "proxy.yml"
+    config.write_text(f"listen: '[::]:{port}'\nworkers: 2\nstorage: {{path: {tmp_path / 'data'}}}\n"
+                      f"tls: {{cert: {cert}, key: {key}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULLCACHE_")}
+    process = ManagedProcess([sys.executable, "-m", "pullcache", "serve", "-c", str(config)],
+                             log_path=tmp_path / "pullcache.log", cwd=REPO_ROOT, env=env, name="pullcache")
+    process.start()
+    try:
+        process.wait_until(lambda: " listening on " in process.log_text(), timeout=WAIT, what="serving")
+        assert f"listening on https://[::]:{port} (IPv6 and IPv4)" in process.log_text()
+        context = ssl.create_default_context(cafile=str(cert))
+        pids = answering_pids("127.0.0.1", port, children(process.pid), tls=context)
+        assert set(pids) == children(process.pid) and len(pids) == 16
+        peers = re.findall(r"peers reach it at (\S+)", process.log_text())
+        assert len(peers) == 2 and all(peer.startswith("https://127.0.0.1:") for peer in peers)
+    finally:
+        process.stop()
+    assert process.returncode == 0
