@@ -5,6 +5,7 @@ worker's descriptors), so no response needs to name its process.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -315,3 +316,23 @@ def test_workers_serve_tls_on_every_address(tmp_path: Path) -> None:
     finally:
         process.stop()
     assert process.returncode == 0
+
+
+def test_a_chunked_push_whose_requests_alternate_between_workers_completes(two_workers: PullcacheProcess) -> None:
+    """Behind SO_REUSEPORT a client's requests may reach either worker: each asked on its own address here."""
+    first, second = (RegistryClient(url) for url in peer_addresses(two_workers).values())
+    data = os.urandom(300_000)
+    chunks = [data[:100_000], data[100_000:200_000], data[200_000:]]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    location = first.request("POST", "/v2/team/app/blobs/uploads/").headers["location"]
+    offset = 0
+    for client, chunk in zip((first, second, first), chunks, strict=True):
+        response = client.request("PATCH", location, body=chunk, headers={
+            "Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
+        assert response.status == 202, response.body
+        location, offset = response.headers["location"], offset + len(chunk)
+    response = second.request("PUT", f"{location}{'&' if '?' in location else '?'}digest={digest}")
+
+    assert response.status == 201, response.body
+    assert RegistryClient(two_workers.url).get_blob("team/app", digest) == data
