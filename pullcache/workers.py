@@ -24,6 +24,8 @@ Fork, not spawn: a worker inherits the config, the bound sockets and the TLS con
 supervisor runs no threads and no event loop, so forking it is safe; it waits on a selector woken by
 signals (signal.set_wakeup_fd) and by each worker's ready pipe.
 
+Without `cluster.secret_env` the supervisor makes a random cluster secret for its workers (shared_secret()).
+
 Metrics are scraped once for the host: prometheus-client's multiprocess mode, in a private directory the
 supervisor makes before anything imports prometheus_client and removes at exit (metrics_directory()).
 """
@@ -34,6 +36,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -52,6 +55,7 @@ from pullcache.startup import address, bind, say_started
 log = logging.getLogger("pullcache.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKERS_SECRET_ENV = "PC_WORKERS_CLUSTER_SECRET"  # not PULLCACHE_*: those are config overrides
 MAX_START_FAILURES = 3  # workers dying before they serve, in a row: the supervisor gives up
 RESTART_BACKOFF = 1.0  # seconds before starting again after a failed start, times the failures in a row
 STOP_TIMEOUT = 75.0  # seconds a stopping worker gets (aiohttp's graceful shutdown waits up to 60) before SIGKILL
@@ -347,8 +351,18 @@ def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, r
     return 0
 
 
+def shared_secret(config: Config) -> Config:
+    """The config the workers run with: without `cluster.secret_env`, one a random secret this supervisor
+    makes, so that every worker signs and accepts the same /auth/token tokens (a client's token request
+    and its pulls may reach different workers), until the supervisor stops, as one process's key lasts."""
+    if config.cluster.secret_env is not None:
+        return config
+    os.environ[WORKERS_SECRET_ENV] = secrets.token_hex(32)
+    return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, secret_env=WORKERS_SECRET_ENV))
+
+
 def serve_workers(config: Config, ssl_context: ssl.SSLContext | None) -> int:
     """Run config.workers workers until SIGTERM or SIGINT (called inside metrics_directory()); the exit code."""
     import pullcache.app  # noqa: F401 - imported once here, not again in every worker forked
 
-    return Supervisor(config, ssl_context).run()
+    return Supervisor(shared_secret(config), ssl_context).run()

@@ -5,7 +5,9 @@ worker's descriptors), so no response needs to name its process.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import re
 import signal
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pullcache.cache.store import CLEAN_SHUTDOWN
+from tests.support.htpasswd import write_htpasswd
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient
@@ -336,3 +339,23 @@ def test_a_chunked_push_whose_requests_alternate_between_workers_completes(two_w
 
     assert response.status == 201, response.body
     assert RegistryClient(two_workers.url).get_blob("team/app", digest) == data
+
+
+def test_a_token_one_worker_issued_is_accepted_by_the_other(
+        pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> None:
+    """Without cluster.secret_env the workers still share one signing key: a client's token request and its
+    pulls may reach different workers."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "alice-password"})
+    proc = pullcache_factory({"workers": 2, "auth": {"htpasswd": str(htpasswd), "pull": "authenticated"},
+                              "local": {"anonymous_push": False}})
+    wait_for(lambda: len(peer_addresses(proc)) == 2, "two workers")
+    first, second = peer_addresses(proc).values()
+    basic = "Basic " + base64.b64encode(b"alice:alice-password").decode()
+    request = urllib.request.Request(f"{first}/auth/token?service=pullcache&scope=repository:team/app:pull",
+                                     headers={"Authorization": basic})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        token = json.loads(response.read())["token"]
+
+    request = urllib.request.Request(f"{second}/v2/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
