@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pullcache.cache.store import CLEAN_SHUTDOWN
+from tests.registry_api import OCI_MANIFEST, image_manifest
 from tests.support.htpasswd import write_htpasswd
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.pullcache_proc import PullcacheProcess
@@ -359,3 +360,19 @@ def test_a_token_one_worker_issued_is_accepted_by_the_other(
     request = urllib.request.Request(f"{second}/v2/", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+
+
+def test_a_tag_pushed_again_through_one_worker_is_read_new_through_the_other(
+        two_workers: PullcacheProcess) -> None:
+    first, second = (RegistryClient(url) for url in peer_addresses(two_workers).values())
+    pushed = []
+    for seed in ("one", "two"):
+        config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+        layer = f"layer of {seed}".encode() * 100
+        for blob in (config, layer):
+            first.upload_blob("team/app", blob)
+        manifest = image_manifest(config, [layer])
+        pushed.append(first.put_manifest("team/app", "v1", manifest, OCI_MANIFEST))
+        response = second.get_manifest("team/app", "v1", [OCI_MANIFEST])
+        assert response.headers["docker-content-digest"] == pushed[-1]
+    assert pushed[0] != pushed[1]
