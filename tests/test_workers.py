@@ -183,6 +183,8 @@ def test_metrics_count_the_requests_of_every_worker(two_workers: PullcacheProces
     result = scrape(two_workers)
     assert result.value("pullcache_store_max_bytes") == 3 * 1024**3  # one store: not once per worker
     assert all("pid" not in sample.labels for family in result.families for sample in family.samples)
+    with urllib.request.urlopen(f"{two_workers.url}/", timeout=10) as response:  # the status page, too
+        assert response.status == 200
 
 
 def test_sigterm_stops_every_worker_and_marks_the_store_clean(
