@@ -378,3 +378,19 @@ def test_a_tag_pushed_again_through_one_worker_is_read_new_through_the_other(
         response = second.get_manifest("team/app", "v1", [OCI_MANIFEST])
         assert response.headers["docker-content-digest"] == pushed[-1]
     assert pushed[0] != pushed[1]
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_taken_port_is_one_line_with_workers(tmp_path: Path, reuse_port: bool) -> None:
+    """Taken by anyone: also by a socket with SO_REUSEPORT, such as another pullcache's workers."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "proxy.yml"
+        config.write_text(f"listen: 127.0.0.1:{port}\nworkers: 2\nstorage: {{path: {tmp_path / 'data'}}}\n")
+        result = subprocess.run([sys.executable, "-m", "pullcache", "serve", "-c", str(config)], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"pullcache: cannot listen on 127.0.0.1:{port}: address already in use"
