@@ -116,9 +116,8 @@ def _serve(config: Config) -> int:
     if config.workers > 1:
         from pullcache.workers import metrics_directory, serve_workers
 
-        with metrics_directory():  # before anything imports prometheus_client (_check_storage does)
-            _check_storage(config)
-            return serve_workers(config, _ssl_context(config))
+        with metrics_directory():  # before anything imports prometheus_client
+            return serve_workers(config, _ssl_context(config), _check_storage)
     from aiohttp import web
 
     from pullcache.app import build_app

@@ -45,7 +45,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -132,10 +132,14 @@ def _describe(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+Check = Callable[[Config], None]  # raises ConfigError: what `serve` checks of the storage before it serves
+
+
 class Supervisor:
-    def __init__(self, config: Config, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, config: Config, ssl_context: ssl.SSLContext | None, check_storage: Check) -> None:
         self.config = config
         self.ssl_context = ssl_context
+        self.check_storage = check_storage
         self.slots = _slots(config, "https" if ssl_context else "http")
         self.selector = selectors.DefaultSelector()
         self.stopping = False
@@ -281,7 +285,7 @@ class Supervisor:
             code = 1
             try:
                 self._become_worker(slot, supervisor, ready_r)
-                code = run_worker(self.config, slot, self.ssl_context, ready_w)
+                code = run_worker(self.config, slot, self.ssl_context, ready_w, self.check_storage)
             except BaseException:  # said in the log; the exit code tells the supervisor
                 log.exception("worker %d (pid %d) could not start", slot.number, os.getpid())
             finally:
@@ -312,8 +316,12 @@ class Supervisor:
                     sock.close()
 
 
-def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, ready_fd: int) -> int:
-    """Serve the app on the slot's sockets until SIGTERM or SIGINT; the exit code."""
+def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, ready_fd: int,
+               check_storage: Check) -> int:
+    """Check the storage, then serve the app on the slot's sockets until SIGTERM or SIGINT; the exit code.
+
+    The storage is checked here, not in the supervisor: the S3 check starts the object store client's
+    runtime threads, and a process forked from one that runs them hangs in that client."""
     import asyncio
 
     from aiohttp import web
@@ -322,6 +330,7 @@ def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, r
 
     worker_config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, advertise=slot.advertise))
     try:
+        check_storage(worker_config)
         app = build_app(worker_config)
     except ConfigError as exc:
         print(f"pullcache: config error: {exc}", file=sys.stderr)
@@ -361,8 +370,9 @@ def shared_secret(config: Config) -> Config:
     return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, secret_env=WORKERS_SECRET_ENV))
 
 
-def serve_workers(config: Config, ssl_context: ssl.SSLContext | None) -> int:
-    """Run config.workers workers until SIGTERM or SIGINT (called inside metrics_directory()); the exit code."""
-    import pullcache.app  # noqa: F401 - imported once here, not again in every worker forked
+def serve_workers(config: Config, ssl_context: ssl.SSLContext | None, check_storage: Check) -> int:
+    """Run config.workers workers until SIGTERM or SIGINT (called inside metrics_directory()); the exit code.
+    Each worker runs check_storage first (run_worker says why not here)."""
+    import pullcache.app  # noqa: F401 - imported once here, not again in every worker forked (no threads)
 
-    return Supervisor(shared_secret(config), ssl_context).run()
+    return Supervisor(shared_secret(config), ssl_context, check_storage).run()

@@ -394,3 +394,18 @@ def test_a_taken_port_is_one_line_with_workers(tmp_path: Path, reuse_port: bool)
                                 capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == f"pullcache: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_workers_on_each_backend_serve_a_pull_and_a_push(
+        pullcache_factory: Callable[..., PullcacheProcess], storage_backend: dict[str, object],
+        upstream: Upstream) -> None:
+    """The supervisor checks the bucket before it forks: whatever that started must not hang a worker."""
+    proc = pullcache_factory({"workers": 2, "storage": storage_backend})
+    wait_for(lambda: len(peer_addresses(proc)) == 2, "two workers")
+    layer = upstream["library/alpine:latest"].platforms["linux/amd64"].layers[0]
+    blob = os.urandom(50_000)
+    for url in peer_addresses(proc).values():
+        client = RegistryClient(url, timeout=30)
+        assert client.get_blob("library/alpine", layer.digest) == layer.data
+        digest = client.upload_blob("team/app", blob)
+        assert client.get_blob("team/app", digest) == blob
