@@ -287,7 +287,7 @@ class Supervisor:
                 self._become_worker(slot, supervisor, ready_r)
                 code = run_worker(self.config, slot, self.ssl_context, ready_w, self.check_storage)
             except BaseException:  # said in the log; the exit code tells the supervisor
-                log.exception("worker %d (pid %d) could not start", slot.number, os.getpid())
+                log.exception("worker %d (pid %d) failed", slot.number, os.getpid())
             finally:
                 logging.shutdown()
                 sys.stdout.flush()

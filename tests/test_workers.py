@@ -198,10 +198,7 @@ def test_sigterm_stops_every_worker_and_marks_the_store_clean(
     log = two_workers.log_text()
     assert "Traceback" not in log
     assert len(re.findall(r"worker \d+ \(pid \d+\) stopped", log)) == 2
-    meta = subprocess.run(["sqlite3", str(two_workers.data_dir / "index.sqlite"),
-                           f"SELECT value FROM meta WHERE key = '{CLEAN_SHUTDOWN}'"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    assert meta == "1"
+    assert index_meta(two_workers, CLEAN_SHUTDOWN) == "1"
     assert list((tmp_path / "tmp").iterdir()) == []  # the metrics directory is gone with the workers
 
 
@@ -409,3 +406,27 @@ def test_workers_on_each_backend_serve_a_pull_and_a_push(
         assert client.get_blob("library/alpine", layer.digest) == layer.data
         digest = client.upload_blob("team/app", blob)
         assert client.get_blob("team/app", digest) == blob
+
+
+def index_meta(proc: PullcacheProcess, key: str) -> str:
+    query = f"SELECT value FROM meta WHERE key = '{key}'"
+    return subprocess.run(["sqlite3", str(proc.data_dir / "index.sqlite"), query],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_workers_signalled_with_their_supervisor_stop_once_and_cleanly(
+        two_workers: PullcacheProcess) -> None:
+    """systemd's KillMode=control-group sends SIGTERM to every process of the service, and the supervisor
+    passes it on: a worker's second stop signal must not cut its graceful shutdown short."""
+    pids = workers_of(two_workers)
+    os.kill(two_workers.process.pid, signal.SIGTERM)
+    for _ in range(3):
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+
+    two_workers.stop()
+
+    assert two_workers.process.returncode == 0
+    log = two_workers.log_text()
+    assert "Traceback" not in log and len(re.findall(r"worker \d+ \(pid \d+\) stopped", log)) == 2
+    assert index_meta(two_workers, CLEAN_SHUTDOWN) == "1"
