@@ -6,6 +6,7 @@ worker's descriptors), so no response needs to name its process.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -422,7 +423,8 @@ def test_workers_signalled_with_their_supervisor_stop_once_and_cleanly(
     os.kill(two_workers.process.pid, signal.SIGTERM)
     for _ in range(3):
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may be done already
+                os.kill(pid, signal.SIGTERM)
 
     two_workers.stop()
 
