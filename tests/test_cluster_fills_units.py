@@ -1,0 +1,103 @@
+"""The parts of cross-process fills below HTTP: who holds a lease (Coordinator.holder, both
+implementations) and the signature on requests between peers."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from pullcache.cluster import Coordinator
+from pullcache.cluster.embedded import EmbeddedCoordinator
+from pullcache.cluster.redis_backend import RedisCoordinator
+
+Make = Callable[[], Coordinator]
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    """Coordinators that share leases as separate processes (or replicas) would."""
+    made: list[Coordinator] = []
+
+    def factory() -> Coordinator:
+        if request.param == "embedded":
+            coordinator: Coordinator = EmbeddedCoordinator(tmp_path / "data")
+        else:
+            coordinator = RedisCoordinator(request.getfixturevalue("redis_server").redis_url)
+        made.append(coordinator)
+        return coordinator
+
+    yield factory
+    for coordinator in made:
+        await coordinator.close()
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> str:
+    """A lease name of this test's own (the session's Redis is shared), shaped like a fill's."""
+    return f"fill/docker.io/{request.node.name}"
+
+
+async def test_everyone_reads_who_holds_a_lease(make: Make, key: str) -> None:
+    a, b = make(), make()
+    assert await b.holder(key) is None
+    assert await a.acquire(key, "http://a:5000/1/x", 30)
+    assert await b.holder(key) == "http://a:5000/1/x"
+    assert await a.holder(key) == "http://a:5000/1/x"
+
+
+async def test_a_released_lease_has_no_holder(make: Make, key: str) -> None:
+    a, b = make(), make()
+    assert await a.acquire(key, "a", 30)
+    assert await a.release(key, "a")
+    assert await b.holder(key) is None
+    assert await b.acquire(key, "b", 30)
+    assert await a.holder(key) == "b"
+
+
+async def test_embedded_lease_files_go_with_their_release(tmp_path: Path) -> None:
+    """One lease per fill would leave a file per blob ever fetched: a released lease leaves none."""
+    a, b = EmbeddedCoordinator(tmp_path / "data"), EmbeddedCoordinator(tmp_path / "data")
+    try:
+        assert await a.acquire("fill/docker.io/sha256:1", "a", 30)
+        assert not await b.acquire("fill/docker.io/sha256:1", "b", 30)
+        assert await a.release("fill/docker.io/sha256:1", "a")
+        assert list((tmp_path / "data" / "leases").iterdir()) == []
+        assert await b.acquire("fill/docker.io/sha256:1", "b", 30), "taken again after its file went"
+        assert not await a.acquire("fill/docker.io/sha256:1", "a", 30)
+    finally:
+        await a.close()
+        await b.close()
+
+
+HOLD_IN_CHILD = """
+import asyncio, sys
+from pullcache.cluster.embedded import EmbeddedCoordinator
+async def main():
+    coordinator = EmbeddedCoordinator(sys.argv[1])
+    assert await coordinator.acquire(sys.argv[2], "http://child:1/2/3", 30)
+    print("held", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+async def test_embedded_holder_of_a_killed_process_is_nobody(tmp_path: Path) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_IN_CHILD, str(tmp_path / "data"), "fill/x", stdout=subprocess.PIPE)
+    coordinator = EmbeddedCoordinator(tmp_path / "data")
+    try:
+        assert child.stdout is not None
+        assert await child.stdout.readline() == b"held\n"
+        assert await coordinator.holder("fill/x") == "http://child:1/2/3"
+        child.kill()
+        await child.wait()
+        assert await coordinator.holder("fill/x") is None, "the lock file still names it, but nobody locks it"
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await coordinator.close()
