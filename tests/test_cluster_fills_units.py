@@ -13,6 +13,7 @@ import pytest
 from pullcache.cluster import Coordinator
 from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.cluster.redis_backend import RedisCoordinator
+from pullcache.cluster.signing import VALID_FOR, BadSignature, RequestSigner, Unsigned
 
 Make = Callable[[], Coordinator]
 
@@ -101,3 +102,36 @@ async def test_embedded_holder_of_a_killed_process_is_nobody(tmp_path: Path) -> 
             child.kill()
             await child.wait()
         await coordinator.close()
+
+
+# ---------------------------------------------------------------------- signed requests between peers
+
+PATH = "/_pullcache/fills/docker.io/sha256:" + "a" * 64
+
+
+def test_a_signed_request_passes_the_check() -> None:
+    signer = RequestSigner(b"k" * 32)
+    signer.check("GET", PATH, signer.headers("GET", PATH))
+
+
+def test_an_unsigned_request_is_refused_as_unsigned() -> None:
+    with pytest.raises(Unsigned):
+        RequestSigner(b"k" * 32).check("GET", PATH, {})
+
+
+def test_another_key_another_path_or_method_is_a_bad_signature() -> None:
+    signer = RequestSigner(b"k" * 32)
+    headers = signer.headers("GET", PATH)
+    for method, path, checker in (("GET", PATH, RequestSigner(b"x" * 32)), ("GET", PATH + "0", signer),
+                                  ("DELETE", PATH, signer)):
+        with pytest.raises(BadSignature):
+            checker.check(method, path, headers)
+
+
+def test_an_expired_signature_is_refused() -> None:
+    now = [1_000_000.0]
+    signer = RequestSigner(b"k" * 32, clock=lambda: now[0])
+    headers = signer.headers("GET", PATH)
+    now[0] += VALID_FOR + 1
+    with pytest.raises(BadSignature, match="expired"):
+        signer.check("GET", PATH, headers)
