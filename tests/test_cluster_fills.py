@@ -47,14 +47,18 @@ def front(upstream: Upstream) -> Iterator[GatedFront]:
     gated.stop()
 
 
-@pytest.fixture
-def layer(upstream: Upstream) -> tuple[str, bytes, str]:
+def push_layer(upstream: Upstream) -> tuple[str, bytes, str]:
     """(repository, bytes, digest) of a random layer pushed to the upstream under a repository of its own."""
     repo = f"fills/t{uuid.uuid4().hex[:10]}"
     data = os.urandom(LAYER_SIZE)
     digest = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD).upload_blob(repo, data)
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     return repo, data, digest
+
+
+@pytest.fixture
+def layer(upstream: Upstream) -> tuple[str, bytes, str]:
+    return push_layer(upstream)
 
 
 def start_peer(factory: Factory, front: GatedFront, secret: str, config: dict[str, Any]) -> PullcacheProcess:
@@ -185,3 +189,23 @@ async def test_the_peer_endpoint_refuses_requests_not_signed_with_the_cluster_se
             front.open_gate()
             assert await response.read() == data
         assert await pull.task == data
+
+
+async def test_without_redis_fills_are_local_and_said_once_and_coordination_resumes(
+        pullcache_factory: Factory, front: GatedFront, secret: str, upstream: Upstream) -> None:
+    redis = RedisServer().start()
+    try:
+        redis.stop()  # down from the start: every lease attempt fails
+        front.open_gate()
+        proc = start_peer(pullcache_factory, front, secret, {"cluster": {"redis": redis.redis_url}})
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            for _ in range(2):
+                repo, data, digest = push_layer(upstream)
+                assert await Pull(session, proc, repo, digest).task == data, "never fail the request"
+            assert proc.log_text().count("coordination unavailable") == 1, "said once per outage"
+            redis.start()
+            repo, data, digest = push_layer(upstream)
+            assert await Pull(session, proc, repo, digest).task == data
+            assert "coordination is back" in proc.log_text()
+    finally:
+        redis.close()

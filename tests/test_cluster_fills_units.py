@@ -1,5 +1,5 @@
 """The parts of cross-process fills below HTTP: who holds a lease (Coordinator.holder, both
-implementations) and the signature on requests between peers."""
+implementations), the signature on requests between peers, and when fills are shared at all."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +14,8 @@ from pullcache.cluster import Coordinator
 from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.cluster.redis_backend import RedisCoordinator
 from pullcache.cluster.signing import VALID_FOR, BadSignature, RequestSigner, Unsigned
+from pullcache.config import ConfigError, build_config
+from pullcache.pullthrough.fill_leases import fill_leases
 
 Make = Callable[[], Coordinator]
 
@@ -135,3 +137,16 @@ def test_an_expired_signature_is_refused() -> None:
     now[0] += VALID_FOR + 1
     with pytest.raises(BadSignature, match="expired"):
         signer.check("GET", PATH, headers)
+
+
+# ---------------------------------------------------------------------- when fills are shared at all
+
+def test_without_an_advertise_address_fills_take_no_lease(tmp_path: Path) -> None:
+    config = build_config({"storage": {"path": str(tmp_path)}})
+    assert fill_leases(config, EmbeddedCoordinator(tmp_path)) is None
+
+
+def test_an_advertise_address_without_a_cluster_secret_is_a_config_error(tmp_path: Path) -> None:
+    config = build_config({"storage": {"path": str(tmp_path)}, "cluster": {"advertise": "http://10.0.0.1:5000"}})
+    with pytest.raises(ConfigError, match=r"^cluster\.secret_env: "):
+        fill_leases(config, EmbeddedCoordinator(tmp_path))
