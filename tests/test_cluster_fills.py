@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import secrets
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from pullcache.cluster.secret import PEER_KEY_LABEL, derive_key
 from pullcache.cluster.signing import RequestSigner
 from pullcache.digests import Digest
+from pullcache.pullthrough.fill_leases import LEASE_TTL
 from pullcache.pullthrough.peer_client import fill_path
 from tests.support import seaweed
 from tests.support.gated_front import GatedFront
@@ -73,22 +75,27 @@ def start_peer(factory: Factory, front: GatedFront, secret: str, config: dict[st
     return proc
 
 
-@pytest.fixture(params=["filesystem", "s3+redis"])
-def peers(request: pytest.FixtureRequest, pullcache_factory: Factory, front: GatedFront, secret: str,
-          tmp_path: Path) -> tuple[PullcacheProcess, PullcacheProcess]:
-    """Two processes sharing one store: one storage.path (embedded coordination), or one bucket prefix on
-    SeaweedFS with Redis (each its own storage.path, as replicas on two hosts)."""
-    if request.param == "filesystem":
-        shared = {"storage": {"path": str(tmp_path / "shared")}}
-        return tuple(start_peer(pullcache_factory, front, secret, shared) for _ in range(2))  # type: ignore[return-value]
+def replicas(request: pytest.FixtureRequest, factory: Factory, front: GatedFront, secret: str,
+             tmp_path: Path) -> tuple[PullcacheProcess, PullcacheProcess]:
+    """Two replicas on one bucket prefix on SeaweedFS with Redis, each its own storage.path (as on two hosts)."""
     server: SeaweedFS = request.getfixturevalue("seaweed_server")
     redis: RedisServer = request.getfixturevalue("redis_server")
     storage = {"backend": "s3", "s3": server.storage_config(seaweed.BUCKET, prefix=f"t{uuid.uuid4().hex[:12]}")}
-    replicas = []
+    started = []
     for n in range(2):
         config = {"storage": {**storage, "path": str(tmp_path / f"replica{n}")}, "cluster": {"redis": redis.redis_url}}
-        replicas.append(start_peer(pullcache_factory, front, secret, config))
-    return replicas[0], replicas[1]
+        started.append(start_peer(factory, front, secret, config))
+    return started[0], started[1]
+
+
+@pytest.fixture(params=["filesystem", "s3+redis"])
+def peers(request: pytest.FixtureRequest, pullcache_factory: Factory, front: GatedFront, secret: str,
+          tmp_path: Path) -> tuple[PullcacheProcess, PullcacheProcess]:
+    """Two processes sharing one store: one storage.path (embedded coordination), or replicas()."""
+    if request.param == "filesystem":
+        shared = {"storage": {"path": str(tmp_path / "shared")}}
+        return tuple(start_peer(pullcache_factory, front, secret, shared) for _ in range(2))  # type: ignore[return-value]
+    return replicas(request, pullcache_factory, front, secret, tmp_path)
 
 
 class Pull:
@@ -165,6 +172,31 @@ async def test_the_holder_killed_mid_fill_cuts_its_followers_and_the_next_pull_f
         await asyncio.gather(on_a.task, return_exceptions=True)
         front.open_gate()
         assert await Pull(session, b, repo, digest).task == data
+    assert front.blob_gets(digest) == 2
+
+
+async def test_a_holder_that_hangs_mid_fill_is_cut_off_once_its_redis_lease_lapses(
+        request: pytest.FixtureRequest, pullcache_factory: Factory, front: GatedFront, secret: str,
+        tmp_path: Path, layer: tuple[str, bytes, str]) -> None:
+    """SIGSTOP, not SIGKILL: its connections stay open and only its lease, no longer renewed, says it is gone."""
+    a, b = replicas(request, pullcache_factory, front, secret, tmp_path)
+    repo, data, digest = layer
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        on_a = Pull(session, a, repo, digest)
+        await asyncio.to_thread(front.held.wait, 60)
+        on_b = [Pull(session, b, repo, digest) for _ in range(2)]
+        await wait_for_first_bytes(on_b)
+        os.kill(a.process.pid, signal.SIGSTOP)
+        try:
+            outcomes = await asyncio.wait_for(asyncio.gather(*(pull.task for pull in on_b), return_exceptions=True),
+                                              LEASE_TTL * 4)
+            for outcome in outcomes:
+                assert isinstance(outcome, aiohttp.ClientError) or len(outcome) < len(data)
+            front.open_gate()
+            assert await Pull(session, b, repo, digest).task == data, "the next pull fetches it again"
+        finally:
+            os.kill(a.process.pid, signal.SIGCONT)
+        assert await on_a.task == data
     assert front.blob_gets(digest) == 2
 
 

@@ -271,10 +271,7 @@ class Blobs:
                 await fill.fail(CommittedElsewhere(f"blob {digest} was committed by another process"))
                 return
             if isinstance(claim, Follow):
-                fill.relayed = True
-                async with claim.stream as stream:
-                    await fill.begin(stream.size)
-                    await self._write_all(fill, stream.chunks())
+                await self._relay(target, fill, claim)
             else:
                 lease = claim.lease
                 await self._fetch(target, fill)
@@ -296,6 +293,20 @@ class Blobs:
         finally:
             if lease is not None:  # after the commit: a peer that takes it next finds the blob stored
                 await lease.release()
+
+    async def _relay(self, target: Target, fill: RelayableFill, follow: Follow) -> None:
+        """The holder's fill into ours, up to (not including) the verification; cut if its lease lapses first."""
+        assert target.upstream is not None and self._leases is not None
+        fill.relayed = True
+        watch = asyncio.create_task(self._leases.watch(target.upstream.name, fill.digest, follow,
+                                                       lambda: self._committed(fill.digest)))
+        try:
+            async with follow.stream as stream:
+                await fill.begin(stream.size)
+                await self._write_all(fill, stream.chunks())
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     async def _fetch(self, target: Target, fill: Fill) -> None:
         """The upstream fetch of fill.digest into the fill, up to (not including) its commit."""

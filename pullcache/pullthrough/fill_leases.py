@@ -39,9 +39,10 @@ class Lead:
 
 @dataclass(frozen=True)
 class Follow:
-    """Relay the fill another process runs."""
+    """Relay the fill another process (holder) runs."""
 
     stream: PeerStream
+    holder: str
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,28 @@ class FillLeases:
                     log.debug("fill of %s: its lease holder %s cannot stream it: %s", digest, holder, exc)
                 else:
                     if stream is not None:
-                        return Follow(stream)
+                        return Follow(stream, holder)
             if time.monotonic() >= deadline:
                 log.warning("fill of %s: the lease holder %s serves no fill and keeps the lease; fetching it "
                             "here as well", digest, holder)
                 return Lead(None)
             await asyncio.sleep(RETRY_PAUSE)
+
+    async def watch(self, upstream: str, digest: Digest, follow: Follow, stored: Check) -> None:
+        """Cut the relay (follow.stream.cut) once its holder no longer holds the fill's lease while the blob is
+        not stored: it died or hangs mid-fill, with its connection still open (a host gone without a word, a
+        stopped process). Looks every LEASE_TTL / 2 until cancelled; an unreachable coordinator proves nothing."""
+        key = fill_key(upstream, digest)
+        while True:
+            await asyncio.sleep(LEASE_TTL / 2)
+            try:
+                if await self._coordinator.holder(key) == follow.holder:
+                    continue
+            except CoordinationUnavailable:
+                continue
+            if not await stored():  # the holder commits before it lets go: it did not
+                follow.stream.cut(f"{follow.holder} no longer holds the lease of {digest}, which it did not commit")
+            return
 
     @staticmethod
     async def _lead(lease: HeldLease, stored: Check) -> Claim:

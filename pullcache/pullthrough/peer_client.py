@@ -38,6 +38,7 @@ class PeerStream:
 
     size: int | None
     response: aiohttp.ClientResponse
+    _cut: str | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -45,10 +46,24 @@ class PeerStream:
     async def __aexit__(self, *exc: object) -> None:
         self.response.close()
 
+    def cut(self, reason: str) -> None:
+        """Drop the connection: chunks() raises PeerUnavailable(reason)."""
+        self._cut = reason
+        self.response.close()
+
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it comes; a cut connection raises (aiohttp.ClientPayloadError and the like)."""
-        async for chunk in self.response.content.iter_any():
-            yield chunk
+        """The body as it comes; a cut connection raises (aiohttp.ClientPayloadError and the like, or
+        PeerUnavailable after cut())."""
+        try:
+            async for chunk in self.response.content.iter_any():
+                if self._cut is not None:
+                    break
+                yield chunk
+        except aiohttp.ClientError:
+            if self._cut is None:
+                raise
+        if self._cut is not None:
+            raise PeerUnavailable(self._cut)
 
 
 class PeerClient:
