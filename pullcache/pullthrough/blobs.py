@@ -116,6 +116,14 @@ def _flight_key(target: Target, digest: Digest) -> tuple[str, Digest]:
     return target.upstream.name, digest
 
 
+def _decide(flight: _Flight, role: str) -> None:
+    """Say how the flight's fill is produced; an upstream fetch (LEAD) counts in pullcache_inflight_fetches
+    until it ended."""
+    flight.role.set_result(role)
+    if role == LEAD:
+        metrics.inflight_fetches.inc()
+
+
 def _impossible_size(digest: Digest, size: int | None) -> bool:
     """Whether an announced size cannot be the digest's: only the empty blob has 0 bytes."""
     return size == 0 and digest != Digest.of(b"", digest.algorithm)
@@ -232,7 +240,7 @@ class Blobs:
         flight = _Flight(RelayableFill(self._store, digest, origin=CACHED), target,
                          asyncio.get_running_loop().create_future())
         if self._leases is None:
-            flight.role.set_result(LEAD)
+            _decide(flight, LEAD)
         self._fills[_flight_key(target, digest)] = flight
         task = asyncio.get_running_loop().create_task(self._produce(target, flight))
         self._tasks.add(task)
@@ -246,7 +254,7 @@ class Blobs:
         assert target.upstream is not None
         digest = flight.fill.digest
         claim = await self._leases.claim(target.upstream.name, digest, lambda: self._committed(digest))
-        flight.role.set_result(STORED if isinstance(claim, Stored) else FOLLOW if isinstance(claim, Follow) else LEAD)
+        _decide(flight, STORED if isinstance(claim, Stored) else FOLLOW if isinstance(claim, Follow) else LEAD)
         return claim
 
     async def _committed(self, digest: Digest) -> bool:
@@ -263,7 +271,6 @@ class Blobs:
         its lease; ends committed or failed, whoever is still reading."""
         fill, digest = flight.fill, flight.fill.digest
         lease = None
-        metrics.inflight_fetches.inc()
         try:
             claim = await self._claim(target, flight)
             if isinstance(claim, Stored):
@@ -279,7 +286,7 @@ class Blobs:
             self._ended(target, flight)  # committed: from now on requests find the blob in the store
         except BaseException as exc:
             if not flight.role.done():  # cancelled while claiming: it fails like a fetch of its own
-                flight.role.set_result(LEAD)
+                _decide(flight, LEAD)
             self._ended(target, flight)  # before any await: nobody may join a fill that is failing
             if isinstance(exc, UpstreamNotFound):
                 self._missing.remember(target, str(digest), exc)
@@ -332,7 +339,8 @@ class Blobs:
         key = _flight_key(target, flight.fill.digest)
         if self._fills.get(key) is flight:
             del self._fills[key]
-            metrics.inflight_fetches.dec()
+            if flight.role.result() == LEAD:
+                metrics.inflight_fetches.dec()
 
     async def close(self) -> None:
         """Cancel fetches still running (shutdown); their readers see a failed fill."""
@@ -342,8 +350,8 @@ class Blobs:
         await asyncio.gather(*tasks, return_exceptions=True)
         for flight in list(self._fills.values()):  # a task cancelled before its first step never failed its fill
             if not flight.role.done():
-                flight.role.set_result(LEAD)
+                _decide(flight, LEAD)
+            self._ended(flight.target, flight)
             await flight.fill.fail(asyncio.CancelledError())
-        self._fills.clear()
         if self._leases is not None:
             await self._leases.close()
