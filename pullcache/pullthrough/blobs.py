@@ -20,7 +20,8 @@ Processes sharing a store (several on one storage.path, or replicas on one bucke
 `cluster.advertise` is set (fill_leases.py): a fill first takes the blob's lease, or finds the process
 holding it and relays that process's fill (counted `coalesced`), and that one serves its fills to its peers
 (peer_reader, api/peer_fills.py). A relayed fill verifies the digest like any other before its last byte
-goes out, and is cut when the relay breaks. Until a fill knows which it is, nobody reads it (its role).
+goes out, and is cut when the relay breaks. A new fill's requests wait for its role (fetch, relay, or
+nothing to do: the blob was committed meanwhile) before they read it.
 
 A blob larger than storage.max_size could only be cached by evicting everything and still not fit,
 so its fetch ends as soon as the upstream's headers announce its size (BlobTooLarge, answered 507),
