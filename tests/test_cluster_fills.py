@@ -123,12 +123,8 @@ async def blob_results(proc: PullcacheProcess, session: aiohttp.ClientSession) -
     """pullcache_cache_requests_total for blobs of docker.io, by result, from the process's /metrics."""
     async with session.get(f"{proc.url}/metrics") as response:
         text = await response.text()
-    pattern = r'^pullcache_cache_requests_total\{kind="blob",result="(\w+)",upstream="docker.io"\} (\S+)$'
-    found = {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
-    if not found:  # label order as the client library writes it
-        pattern = r'^pullcache_cache_requests_total\{kind="blob",upstream="docker.io",result="(\w+)"\} (\S+)$'
-        found = {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
-    return found
+    pattern = r'^pullcache_cache_requests_total\{kind="blob",upstream="docker.io",result="(\w+)"\} (\S+)$'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
 async def test_a_herd_over_two_processes_makes_one_upstream_fetch(
