@@ -123,7 +123,7 @@ async def blob_results(proc: PullcacheProcess, session: aiohttp.ClientSession) -
     """pullcache_cache_requests_total for blobs of docker.io, by result, from the process's /metrics."""
     async with session.get(f"{proc.url}/metrics") as response:
         text = await response.text()
-    pattern = r'^pullcache_cache_requests_total\{kind="blob",upstream="docker.io",result="(\w+)"\} (\S+)$'
+    pattern = r'^pullcache_cache_requests_total\{kind="blob",result="(\w+)",upstream="docker.io"\} (\S+)$'
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
