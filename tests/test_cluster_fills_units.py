@@ -1,8 +1,10 @@
 """The parts of cross-process fills below HTTP: who holds a lease (Coordinator.holder, both
-implementations), the signature on requests between peers, and when fills are shared at all."""
+implementations), the signature on requests between peers, when fills are shared at all, and a relayed
+fill in the process that follows another's."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -10,12 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from pullcache.cache.fill import FillFailed, FillReader
+from pullcache.cache.index import CACHED
+from pullcache.cache.store import Store
+from pullcache.cache.writer import DigestMismatch
 from pullcache.cluster import Coordinator
 from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.cluster.redis_backend import RedisCoordinator
 from pullcache.cluster.signing import VALID_FOR, BadSignature, RequestSigner, Unsigned
 from pullcache.config import ConfigError, build_config
+from pullcache.digests import Digest
 from pullcache.pullthrough.fill_leases import fill_leases
+from pullcache.pullthrough.relayed_fill import RelayableFill
 
 Make = Callable[[], Coordinator]
 
@@ -150,3 +158,56 @@ def test_an_advertise_address_without_a_cluster_secret_is_a_config_error(tmp_pat
     config = build_config({"storage": {"path": str(tmp_path)}, "cluster": {"advertise": "http://10.0.0.1:5000"}})
     with pytest.raises(ConfigError, match=r"^cluster\.secret_env: "):
         fill_leases(config, EmbeddedCoordinator(tmp_path))
+
+
+# ---------------------------------------------------------------------- a relayed fill, in the follower
+
+DATA = os.urandom(256 * 1024 + 3)
+DATA_DIGEST = Digest.of(DATA)
+
+
+async def relay(fill: RelayableFill, data: bytes) -> None:
+    fill.relayed = True
+    await fill.begin(len(data))
+    await fill.write(data)
+
+
+async def read_spans(reader: FillReader, into: bytearray, all_but_last: asyncio.Event) -> None:
+    """Read the fill into `into`; `all_but_last` is set once every byte but the blob's last arrived."""
+    async for offset, count in reader.spans():
+        into += os.pread(reader.fileno(), count, offset)
+        if len(into) == len(DATA) - 1:
+            all_but_last.set()
+
+
+async def test_a_relayed_fill_is_verified_but_left_to_its_holder_to_commit(store: Store) -> None:
+    fill = RelayableFill(store, DATA_DIGEST, origin=CACHED)
+    received = bytearray()
+    async with fill.reader() as reader:
+        all_but_last = asyncio.Event()
+        reading = asyncio.create_task(read_spans(reader, received, all_but_last))
+        await relay(fill, DATA)
+        await all_but_last.wait()  # the last byte waits for the verdict
+        await fill.commit()
+        await reading
+    assert bytes(received) == DATA
+    assert store.blob_size(DATA_DIGEST) is None, "the process that fetched it commits it, not a follower"
+    assert os.listdir(store.layout.tmp) == []
+
+
+async def test_a_relay_of_wrong_bytes_never_hands_out_its_last_byte(store: Store) -> None:
+    wrong = DATA[:-1] + bytes([DATA[-1] ^ 1])
+    fill = RelayableFill(store, DATA_DIGEST, origin=CACHED)
+    received = bytearray()
+    async with fill.reader() as reader:
+        all_but_last = asyncio.Event()
+        reading = asyncio.create_task(read_spans(reader, received, all_but_last))
+        await relay(fill, wrong)
+        await all_but_last.wait()
+        with pytest.raises(DigestMismatch):
+            await fill.commit()
+        await fill.fail(DigestMismatch(DATA_DIGEST, Digest.of(wrong)))
+        with pytest.raises(FillFailed):
+            await reading
+    assert len(received) < len(DATA)
+    assert os.listdir(store.layout.tmp) == []
