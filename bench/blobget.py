@@ -1,4 +1,4 @@
-"""`python -m bench.blobget [--clients N] [-H HEADER]... URL`: concurrent GETs, bodies dropped.
+"""`python -m bench.blobget [--clients N] [--follow] [-H HEADER]... URL`: concurrent GETs, bodies dropped.
 
 The benchmark's blob client: N threads in one process, each with its own connection,
 released together. Per client it prints what curl's
@@ -10,6 +10,11 @@ than the TCP stack itself and the server's own cost decides the figure. curl's 1
 one process per client took about twice the CPU for the same bytes, and on two cores that
 CPU is taken from the server being measured (`loadgen.ceiling` shows both). Times start
 before connecting, like curl's.
+
+With `--follow` a redirect is followed (as `curl -L`, without passing the headers on): the
+time to first byte is then the final response's, counted from the first connect. Two more
+fields follow curl's four: the bytes received on the connection to URL itself, heads
+included (what the cache's own port sent), and the redirects followed.
 """
 
 from __future__ import annotations
@@ -19,34 +24,65 @@ import socket
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 from bench.httptap import Framing, MessageStream
 
 BUFFER = 4 * 1024 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def get(url: str, headers: list[str], timeout: float = 600) -> tuple[int, float, float, int]:
-    """(status, seconds to first byte, seconds in all, body bytes) of one GET."""
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    ttfb: float  # from `start` to the first byte of this answer
+    size: int  # body bytes
+    received: int  # every byte read off the connection, head included
+    location: str | None
+
+    @property
+    def redirect(self) -> str | None:
+        return self.location if self.status in REDIRECTS else None
+
+
+def get(url: str, headers: list[str], timeout: float = 600, *,
+        follow: bool = False) -> tuple[int, float, float, int, int, int]:
+    """(status, seconds to first byte, seconds in all, body bytes, bytes from URL's connection, redirects
+    followed) of one GET."""
+    start = time.monotonic()
+    answer = _exchange(url, headers, timeout, start)
+    from_origin, hops = answer.received, 0
+    while follow and answer.redirect is not None and hops < MAX_REDIRECTS:
+        hops += 1
+        url = urllib.parse.urljoin(url, answer.redirect)
+        answer = _exchange(url, [], timeout, start)
+    return answer.status, answer.ttfb, time.monotonic() - start, answer.size, from_origin, hops
+
+
+def _exchange(url: str, headers: list[str], timeout: float, start: float) -> Answer:
+    """One GET on its own connection, the body counted (and dropped) as it arrives."""
     parts = urllib.parse.urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    start = time.monotonic()
-    status, size, done = 0, 0, False
+    status, size, received_all, done = 0, 0, 0, False
+    location: str | None = None
 
     length: int | None = None  # the body's Content-Length, once the head is in
 
     def on_head(lines: list[str]) -> tuple[Framing, int]:
-        nonlocal status, length
+        nonlocal status, length, location
         status = int(lines[0].split()[1])
-        framing, body_length = Framing.UNTIL_CLOSE, 0
+        fields = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                framing, body_length = Framing.LENGTH, int(value)
-            elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
-                return Framing.CHUNKED, 0
-        if framing is Framing.LENGTH:
-            length = body_length
-        return framing, body_length
+            fields[name.strip().lower()] = value.strip()
+        location = fields.get("location")
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            return Framing.CHUNKED, 0
+        if "content-length" not in fields:
+            return Framing.UNTIL_CLOSE, 0
+        length = int(fields["content-length"])
+        return Framing.LENGTH, length
 
     def on_body(count: int) -> None:
         nonlocal size
@@ -67,20 +103,23 @@ def get(url: str, headers: list[str], timeout: float = 600) -> tuple[int, float,
             if length is not None:  # the rest of a known-length body: counted, never copied
                 received = sock.recv_into(buffer, min(BUFFER, length - size), socket.MSG_TRUNC)
                 size += received
+                received_all += received
                 done = not received or size >= length
                 continue
             received = sock.recv_into(buffer)
+            received_all += received
             if not ttfb:
                 ttfb = time.monotonic() - start
             if not received:
                 break
             stream.feed(view[:received])
-    return status, ttfb, time.monotonic() - start, size
+    return Answer(status, ttfb, size, received_all, location)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.blobget", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--follow", action="store_true", help="follow redirects, as curl -L")
     parser.add_argument("-H", dest="headers", action="append", default=[])
     parser.add_argument("url")
     args = parser.parse_args(argv)
@@ -90,10 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     def client(i: int) -> None:
         go.wait()
         try:
-            status, ttfb, total, size = get(args.url, args.headers)
-            results[i] = f"{status} {ttfb:.6f} {total:.6f} {size}"
+            status, ttfb, total, size, from_origin, hops = get(args.url, args.headers, follow=args.follow)
+            results[i] = f"{status} {ttfb:.6f} {total:.6f} {size} {from_origin} {hops}"
         except OSError as err:
-            results[i] = f"0 0 0 0 {err}"
+            results[i] = f"0 0 0 0 0 0 {err}"
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for thread in threads:

@@ -35,6 +35,8 @@ class Fetch:
     ttfb: float
     total: float
     size: int
+    from_origin: int = 0  # bytes received from the URL's own host, heads included (blobget only)
+    redirects: int = 0  # redirects followed (blobget --follow)
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,17 @@ def _children_cpu() -> float:
 
 
 def herd(url: str, clients: int, *, headers: Sequence[str] = (), client: str = "blobget",
-         timeout: float = 600) -> Herd:
+         timeout: float = 600, follow: bool = False) -> Herd:
     """`clients` concurrent GETs of `url`, started together: blobget threads in one
-    process, or (`client="curl"`) one curl process each."""
+    process, or (`client="curl"`) one curl process each. `follow`: follow redirects."""
     if client == "blobget":
         argv = [sys.executable, "-m", "bench.blobget", "--clients", str(clients)]
+        argv += ["--follow"] if follow else []
         argv += [arg for header in headers for arg in ("-H", header)]
         commands = [[*argv, url]]
     else:
         argv = [CURL, "-s", "-o", "/dev/null", "-w", _CURL_FORMAT + "\n", "--max-time", str(timeout)]
+        argv += ["-L"] if follow else []
         argv += [arg for header in headers for arg in ("-H", header)]
         commands = [[*argv, url]] * clients
     cpu_before = _children_cpu()
@@ -97,8 +101,9 @@ def herd(url: str, clients: int, *, headers: Sequence[str] = (), client: str = "
     wall = time.monotonic() - start
     fetches = []
     for line in lines:
-        code, ttfb, total, size = (line.split() + ["0"] * 4)[:4]
-        fetches.append(Fetch(int(code), float(ttfb), float(total), int(float(size))))
+        code, ttfb, total, size, from_origin, redirects = (line.split() + ["0"] * 6)[:6]
+        fetches.append(Fetch(int(code), float(ttfb), float(total), int(float(size)), int(from_origin),
+                             int(redirects)))
     return Herd(tuple(fetches), wall, _children_cpu() - cpu_before)
 
 

@@ -98,13 +98,13 @@ def notes(results: Results) -> str:
     return "\n".join(f"- {line}" for line in out)
 
 
-def write(results: Results, directory: Path, stamp: str) -> dict[str, Path]:
-    """Write `<stamp>.json/.md/.png` and the same as `latest.*`; returns the paths."""
+def write(results: Results, directory: Path, stamp: str, latest: str = "latest") -> dict[str, Path]:
+    """Write `<stamp>.json/.md/.png` and the same as `<latest>.*`; returns the paths by name."""
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     text = f"{table(results)}\n\n{notes(results)}\n"
     payload = json.dumps(results.json(), indent=2, default=str)
-    for name in (stamp, "latest"):
+    for name in (stamp, latest):
         (directory / f"{name}.json").write_text(payload)
         (directory / f"{name}.md").write_text(text)
         chart(results, directory / f"{name}.png")
@@ -161,7 +161,8 @@ def chart(results: Results, path: Path) -> None:
                         Patch(color="darkorange", label="pullcache, short of target"),
                         Patch(color="steelblue", label="Distribution")],
                loc="lower right", fontsize=8, ncols=3)
-    fig.suptitle(f"pullcache vs CNCF Distribution (proxy mode), {results.extra.get('rounds')} rounds")
+    fig.suptitle(f"pullcache vs CNCF Distribution (proxy mode), storage: {results.extra.get('storage', 'filesystem')}, "
+                 f"{results.extra.get('rounds')} rounds")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -17,12 +17,20 @@ from tests.support.images import BigLayer
 
 from . import loadgen, report, scenarios
 from .results import Results
-from .stack import Cache, Sizes, Stack
+from .stack import STORAGES, Cache, Sizes, Stack, StorageKind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CEILING_TRIES = 3  # the machine is shared: the best of a few runs is the ceiling
-SCENARIOS = ("ceiling", "skopeo", "cached", "manifests", "herd", "memory", "scale")
+SCENARIOS = ("ceiling", "skopeo", "cached", "redirect", "manifests", "herd", "memory", "scale")
+# redirect needs an object store to redirect to; scale is bench/scale.py's, on disk only
+NOT_ON = {"filesystem": frozenset({"redirect"}), "s3": frozenset({"scale"})}
+S3_NOTE = ("Storage: S3, both caches on one SeaweedFS 4.48 (`weed server -s3`, GOMEMLIMIT=512MiB) on loopback, "
+           "each in its own bucket. pullcache: `storage.backend: s3`, `local_cache` at its default (10GiB). "
+           "Distribution: `storage.s3` (regionendpoint, secure: false, v4auth: true) with "
+           "`storage.redirect.disable: true`, started without AWS_CA_BUNDLE. In the redirect rows both run with "
+           "redirects on (pullcache `storage.s3.redirect: true`; Distribution's default), and the client follows "
+           "the 307 to SeaweedFS. \"object store CPU\" is the weed process's.")
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,12 @@ class Options:
     only: frozenset[str]
     out: Path
     profile: bool
+    storage: StorageKind = "filesystem"
+
+    @property
+    def latest(self) -> str:
+        """The name of the results kept in git: latest.* (filesystem) or s3-latest.*."""
+        return "latest" if self.storage == "filesystem" else f"{self.storage}-latest"
 
 
 def log(message: str) -> None:
@@ -61,20 +75,24 @@ class Runner:
         self.settings = scenarios.Settings(wrk_seconds=3 if options.quick else 10)
         self.results = Results()
         self.results.extra.update(rounds=options.rounds, quick=options.quick, machine=machine(),
-                                  notes=[])
+                                  storage=options.storage, notes=[])
+        if options.storage == "s3":
+            self.results.extra["notes"].append(S3_NOTE)
         if options.quick:
             self.results.extra["notes"].append(
                 f"--quick: layers shrunk to {self.sizes}, wrk {self.settings.wrk_seconds:g} s; "
                 "a smoke run whose figures are not comparable to the targets.")
 
     def wanted(self, scenario: str) -> bool:
+        if scenario in NOT_ON[self.options.storage]:
+            return False
         return not self.options.only or scenario in self.options.only
 
     def run(self) -> Results:
         rounds = self.options.rounds
         self.results.extra["load_average"] = {"start": os.getloadavg()[0]}
-        log(f"starting upstream, seeding ({self.sizes}), throttles and both caches")
-        stack = Stack(self.sizes, rounds)
+        log(f"starting upstream, seeding ({self.sizes}), throttles and both caches on {self.options.storage}")
+        stack = Stack(self.sizes, rounds, storage=self.options.storage)
         stack.start()
         try:
             seeded = stack.seeded
@@ -88,6 +106,8 @@ class Runner:
                     self._each(stack, "skopeo", lambda c: scenarios.skopeo_pull(c, seeded, self.settings))
                 if self.wanted("cached"):
                     self._each(stack, "cached", lambda c: scenarios.cached_layer(c, seeded, self.settings))
+                if self.wanted("redirect"):
+                    self._each(stack, "redirect", lambda c: scenarios.redirected_layer(c, seeded, self.settings))
                 if self.wanted("manifests"):
                     self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
                 if self.wanted("herd"):
@@ -134,7 +154,7 @@ class Runner:
 
     def _profiler(self, cache: Cache, scenario: str) -> subprocess.Popen[bytes] | None:
         """py-spy on pullcache for the scenarios that keep its process (first round only)."""
-        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "memory"):
+        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "redirect", "memory"):
             return None
         out = self.options.out / f"profile-{scenario}.svg"
         if out.exists():
@@ -182,6 +202,7 @@ class Runner:
 def _keys_of(scenario: str) -> tuple[str, ...]:
     return {
         "cached": ("cached_1", "cached_8"),
+        "redirect": ("redirect_1", "redirect_8", "redirect_body_bytes_served"),
         "manifests": ("manifest_tag", "manifest_digest"),
         "herd": ("herd_fetches", "herd_ttfb_median", "herd_ttfb_worst", "herd_done"),
         "skopeo": ("skopeo_cold", "skopeo_warm"),
@@ -197,11 +218,13 @@ def main(options: Options) -> int:
         return 2
     results = Runner(options).run()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    written = report.write(results, options.out, stamp)
+    if options.storage != "filesystem":
+        stamp = f"{options.storage}-{stamp}"
+    written = report.write(results, options.out, stamp, options.latest)
     print(report.table(results))
     print()
     print(report.notes(results))
-    log(f"wrote {written['latest'].with_suffix('.*')} and {written[stamp].with_suffix('.*')}")
+    log(f"wrote {written[options.latest].with_suffix('.*')} and {written[stamp].with_suffix('.*')}")
     return 0
 
 
@@ -213,6 +236,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--quick", action="store_true",
                         help="small layers and 3 s wrk runs: a smoke run, figures not comparable")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--storage", choices=STORAGES, default="filesystem",
+                        help="where both caches keep content: filesystem (default; results in latest.*) or s3 "
+                             "(one SeaweedFS; results in s3-latest.*)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go (bench/results)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy flame graphs of pullcache per scenario (first round) into --out; "
@@ -221,7 +247,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     only = frozenset(s for s in args.only.split(",") if s)
     if unknown := only - set(SCENARIOS):
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    if unavailable := only & NOT_ON[args.storage]:
+        parser.error(f"{', '.join(sorted(unavailable))} not available with --storage {args.storage}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    return Options(args.rounds, args.quick, only, args.out, args.profile)
+    return Options(args.rounds, args.quick, only, args.out, args.profile, args.storage)
 

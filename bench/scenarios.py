@@ -48,11 +48,28 @@ def _checked(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
     return result
 
 
-def _busy(cache: Cache, body: Callable[[], T]) -> tuple[T, float]:
-    """Run `body`; also return the cores the cache process kept busy meanwhile."""
-    start, cpu_before = time.monotonic(), cpu_seconds(cache.pid)
+@dataclass(frozen=True)
+class Busy:
+    """Cores kept busy while a body ran: the cache's, and its object store's (None on disk)."""
+
+    cache: float
+    store: float | None
+
+    def figures(self, suffix: str) -> dict[str, float]:
+        figures = {f"cpu_{suffix}": self.cache}
+        if self.store is not None:
+            figures[f"store_cpu_{suffix}"] = self.store
+        return figures
+
+
+def _busy(cache: Cache, body: Callable[[], T]) -> tuple[T, Busy]:
+    """Run `body`; also return the cores the cache process (and its object store) kept busy meanwhile."""
+    pids = [cache.pid] + ([cache.store_pid] if cache.store_pid is not None else [])
+    start, before = time.monotonic(), [cpu_seconds(pid) for pid in pids]
     result = body()
-    return result, (cpu_seconds(cache.pid) - cpu_before) / (time.monotonic() - start)
+    wall = time.monotonic() - start
+    cores = [(cpu_seconds(pid) - b) / wall for pid, b in zip(pids, before, strict=True)]
+    return result, Busy(cores[0], cores[1] if len(cores) > 1 else None)
 
 
 def warm_blob(cache: Cache, layer: Layer, attempts: int = 10) -> None:
@@ -91,14 +108,59 @@ def cached_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, 
     eights = []
     for _ in range(settings.repeats):
         eights.append(_busy(cache, lambda: _checked(loadgen.herd(url, 8), seeded.cached, "8 clients")))
-    cpu_seconds_per_gb = [cores * h.wall / (h.bytes / 1e9) for h, cores in eights]
+    cpu_seconds_per_gb = [busy.cache * h.wall / (h.bytes / 1e9) for h, busy in eights]
     return {
         "cpu_per_gb_cached": statistics.median(cpu_seconds_per_gb),
         "cached_1": max(h.throughput for h in singles),
         "cached_8": max(h.throughput for h, _ in eights),
-        "cpu_cached_8": statistics.median(cores for _, cores in eights),
+        **_median_busy([busy for _, busy in eights]).figures("cached_8"),
         "loadgen_cpu_cached_8": statistics.median(h.client_cpu / h.wall for h, _ in eights),
     }
+
+
+def _median_busy(runs: list[Busy]) -> Busy:
+    stores = [b.store for b in runs if b.store is not None]
+    return Busy(statistics.median(b.cache for b in runs), statistics.median(stores) if stores else None)
+
+
+def redirected_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
+    """The cached layer with redirects on (S3 only): each client follows the 307 to the object store.
+
+    What the cache's own port sent is measured twice: by the clients (every byte received on the
+    connection to the cache, heads included) and, where the cache counts them, its own count of
+    body bytes served (pullcache's `pullcache_bytes_served_total`). The cache restarts with
+    redirects on for this scenario and off again after it.
+    """
+    warm_blob(cache, seeded.cached)
+    cache.redirecting(True)
+    try:
+        url = cache.url + seeded.cached.path
+        served_before = cache.body_bytes_served()
+        singles = [_redirected(loadgen.herd(url, 1, follow=True), seeded.cached, "1 client")
+                   for _ in range(settings.repeats)]
+        eights = [_busy(cache, lambda: _redirected(loadgen.herd(url, 8, follow=True), seeded.cached, "8 clients"))
+                  for _ in range(settings.repeats)]
+        served_after = cache.body_bytes_served()
+    finally:
+        cache.redirecting(False)
+    herds = singles + [h for h, _ in eights]
+    figures = {
+        "redirect_1": max(h.throughput for h in singles),
+        "redirect_8": max(h.throughput for h, _ in eights),
+        **_median_busy([busy for _, busy in eights]).figures("redirect_8"),
+        "redirect_origin_bytes": max(f.from_origin for h in herds for f in h.fetches),
+    }
+    if served_before is not None and served_after is not None:
+        figures["redirect_body_bytes_served"] = served_after - served_before
+    return figures
+
+
+def _redirected(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
+    _checked(result, layer, what)
+    if not all(f.redirects == 1 for f in result.fetches):
+        raise ScenarioError(f"{what}: {sorted({f.redirects for f in result.fetches})} redirects followed, "
+                            "expected 1 per GET")
+    return result
 
 
 def manifests(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
@@ -107,13 +169,13 @@ def manifests(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, flo
     base = f"{cache.url}/v2/{seeded.multi.repo}/manifests/"
     figures: dict[str, float] = {}
     upstream_before = cache.throttle.manifest_requests()
-    tag, cores = _busy(cache, lambda: loadgen.wrk(base + "v1", seconds=settings.wrk_seconds, headers=[ACCEPT]))
+    tag, busy = _busy(cache, lambda: loadgen.wrk(base + "v1", seconds=settings.wrk_seconds, headers=[ACCEPT]))
     upstream_after = cache.throttle.manifest_requests()
     if tag.failure():
         raise ScenarioError(f"tag: {tag.failure()}")
     figures["manifest_tag"] = tag.requests_per_second
     figures["manifest_tag_upstream"] = upstream_after - upstream_before
-    figures["cpu_manifest_tag"] = cores
+    figures.update(busy.figures("manifest_tag"))
     figures["loadgen_cpu_manifest_tag"] = tag.client_cpu / settings.wrk_seconds
     digest = loadgen.wrk(base + seeded.multi.digest, seconds=settings.wrk_seconds, headers=[ACCEPT])
     if digest.failure():
@@ -126,10 +188,10 @@ def cold_herd(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float
     """16 clients at once on one uncached layer over the rate-capped upstream path."""
     before = cache.throttle.blob_gets(layer.digest)
     bytes_before = cache.throttle.blob_bytes(layer.digest)
-    result, cores = _busy(cache, lambda: _checked(loadgen.herd(cache.url + layer.path, settings.herd),
-                                                   layer, "cold herd"))
+    result, busy = _busy(cache, lambda: _checked(loadgen.herd(cache.url + layer.path, settings.herd),
+                                                  layer, "cold herd"))
     return {
-        "cpu_herd": cores,
+        **busy.figures("herd"),
         "herd_fetches": cache.throttle.blob_gets(layer.digest) - before,
         "herd_upstream_mib": (cache.throttle.blob_bytes(layer.digest) - bytes_before) / MiB,
         "herd_ttfb_median": result.ttfb_median,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ssl
 import sys
 import tempfile
@@ -26,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", default="proxy.yml", help="path to proxy.yml (default: %(default)s)")
         return sub
 
-    command("serve", "run the registry")
+    serve = command("serve", "run the registry")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="processes sharing the port and the store (default: the config's workers, 1)")
     gc = command("gc", "run one garbage-collection sweep now (safe while a server runs on the same storage)")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
     warm = command("warm", "pre-fill the cache with images")
@@ -107,12 +110,18 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 def _serve(config: Config) -> int:
-    from aiohttp import web
-
-    from pullcache.app import build_app
     from pullcache.logs import configure_logging
 
     configure_logging(config.log)
+    if config.workers > 1:
+        from pullcache.workers import metrics_directory, serve_workers
+
+        with metrics_directory():  # before anything imports prometheus_client
+            return serve_workers(config, _ssl_context(config), _check_storage)
+    from aiohttp import web
+
+    from pullcache.app import build_app
+
     _check_storage(config)
     ssl_context = _ssl_context(config)
     app = build_app(config)  # reads auth.htpasswd: a bad file is a config error, not a traceback
@@ -147,7 +156,8 @@ def _check_config(config: Config, path: str) -> int:
     check_target(config.log)
     _ssl_context(config)
     print(f"{path}: OK")
-    print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'})")
+    workers = f", {config.workers} workers" if config.workers > 1 else ""
+    print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'}{workers})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
     print(f"  backend {_backend(config)}")
     for upstream in config.upstreams:
@@ -205,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "token":
         return _token_command(config, args)
     if args.command == "serve":
-        return _serve(config)
+        return _serve(config if args.workers is None else dataclasses.replace(config, workers=args.workers))
     if args.command == "check-config":
         return _check_config(config, args.config)
     if args.command == "gc":
@@ -221,6 +231,8 @@ class UsageError(Exception):
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """What argparse cannot check, before any config or storage is opened."""
+    if args.command == "serve" and args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} is not a positive integer")
     if args.command == "warm" and args.platform is not None:
         from pullcache.warm import WarmError, check_platform
         try:

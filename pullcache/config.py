@@ -250,6 +250,7 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class Config:
     listen: str = "0.0.0.0:5000"
+    workers: int = 1  # processes on this host sharing the listening port and the store (pullcache.workers)
     tls: TLSConfig = field(default_factory=TLSConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     gc: GCConfig = field(default_factory=GCConfig)
@@ -660,13 +661,15 @@ def build_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"proxy.yml: {raw!r} is not a mapping of sections")
-    known = {"listen", "upstreams", *_SECTIONS}
+    known = {"listen", "workers", "upstreams", *_SECTIONS}
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in known:
             raise ConfigError(f"{name}: unknown key (expected one of {', '.join(sorted(known))})")
         if name == "listen":
             values[name] = _listen(value, name)
+        elif name == "workers":
+            values[name] = _positive_int(value, name)
         elif name == "upstreams":
             values[name] = _build_upstreams(value)
         else:
@@ -682,6 +685,8 @@ def _checker_at(path: list[str]) -> Checker | None:
     """The checker of the key an override names; None for a whole section or list, or an unknown key."""
     if path == ["listen"]:
         return _listen
+    if path == ["workers"]:
+        return _positive_int
     if len(path) == 3 and path[:2] == ["storage", "s3"]:
         return _S3_KEYS.get(path[2])
     if len(path) == 3 and path[0] == "upstreams":

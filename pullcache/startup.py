@@ -50,14 +50,15 @@ def _addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
     return list(dict.fromkeys((info[0], str(info[4][0])) for info in resolved))  # each address once
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for `host:port`, all on one port."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for `host:port`, all on one port; reuse_port: with SO_REUSEPORT, so that each worker
+    of `workers: N` may have a set of its own on the same port (pullcache.workers)."""
     sockets: list[socket.socket] = []
     try:
         for family, ip in _addresses(host, port):
             # Port 0 picks a port once: every other address then listens on that one.
             chosen = port or (int(sockets[0].getsockname()[1]) if sockets else 0)
-            sockets.append(socket.create_server((ip, chosen), family=family, backlog=BACKLOG,
+            sockets.append(socket.create_server((ip, chosen), family=family, backlog=BACKLOG, reuse_port=reuse_port,
                                                 dualstack_ipv6=ip == "::" and socket.has_dualstack_ipv6()))
     except OSError as exc:
         for sock in sockets:
@@ -89,7 +90,7 @@ def fallbacks(upstream: UpstreamConfig) -> str:
 
 
 def summary(config: Config, sockets: list[socket.socket]) -> str:
-    """The one start-up line: version, addresses, storage, upstreams, pushes."""
+    """The one start-up line: version, addresses, storage, upstreams, pushes (and the workers, when several)."""
     scheme = "https" if config.tls.enabled else "http"
     listening = ", ".join(f"{scheme}://{address(*sock.getsockname()[:2])}" for sock in sockets)
     if any(sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
@@ -99,22 +100,25 @@ def summary(config: Config, sockets: list[socket.socket]) -> str:
                           for u in config.upstreams)
     return (f"pullcache {__version__} listening on {listening}; storage {config.storage.path} "
             f"(cached content up to {config.storage.max_size / GiB:.1f} GiB); upstreams {upstreams or 'none'}; "
-            f"{push_policy(config)}")
+            f"{push_policy(config)}{f'; {config.workers} workers' if config.workers > 1 else ''}")
+
+
+def say_started(config: Config, sockets: list[socket.socket]) -> None:
+    """Log the start-up line, and the anonymous-push warning: once, whatever the number of workers."""
+    log.info("%s", summary(config, sockets))
+    reachable = address(config.host, sockets[0].getsockname()[1]) if sockets else config.listen
+    if config.local.anonymous_push and config.auth.access:
+        log.warning("local.anonymous_push has no effect: auth.access decides who may push (grant push to "
+                    "anonymous in a rule to allow anonymous pushes)")
+    elif config.local.anonymous_push:
+        log.warning("local.anonymous_push is true: anyone who can reach %s may push and delete images, and a "
+                    "pushed bare name (such as team/app) hides the default upstream's image of that name",
+                    reachable)
 
 
 def announce(app: web.Application, config: Config, sockets: list[socket.socket]) -> None:
-    """Log the start-up line (and the anonymous-push warning) once the app's resources are open."""
-    line = summary(config, sockets)
-    reachable = address(config.host, sockets[0].getsockname()[1]) if sockets else config.listen
-
+    """Say it has started (say_started) once the app's resources are open."""
     async def on_startup(_app: web.Application) -> None:
-        log.info("%s", line)
-        if config.local.anonymous_push and config.auth.access:
-            log.warning("local.anonymous_push has no effect: auth.access decides who may push (grant push to "
-                        "anonymous in a rule to allow anonymous pushes)")
-        elif config.local.anonymous_push:
-            log.warning("local.anonymous_push is true: anyone who can reach %s may push and delete images, and a "
-                        "pushed bare name (such as team/app) hides the default upstream's image of that name",
-                        reachable)
+        say_started(config, sockets)
 
     app.on_startup.append(on_startup)

@@ -126,10 +126,9 @@ async def test_delete_of_unknown_blob_is_404_and_changes_nothing(registry: TestC
     assert await store_snapshot(registry) == before
 
 
-@pytest.mark.parametrize("storage_backend", ["filesystem"], indirect=True)
 async def test_blob_removed_after_the_link_check_is_blob_unknown(registry: TestClient) -> None:
-    """Eviction or GC may remove a file between a handler's look at the links and the open: no 500, no half
-    answer (filesystem backend: the file is removed through the backend, behind the store's back)."""
+    """Eviction or GC may remove a blob between a handler's look at the links and the open: no 500, no half
+    answer (the blob is removed through the backend, behind the store's back: the links and the index stay)."""
     digest = await push_blob(registry, "team/app", DATA)
     registry.app[STORE].blobs.remove_blocking(Digest.parse(digest))
     response = await registry.get(f"/v2/team/app/blobs/{digest}")

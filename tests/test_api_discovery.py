@@ -1,7 +1,6 @@
 """Content discovery: /v2/, tags/list and _catalog with n/last paging and Link headers."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -100,10 +99,10 @@ async def test_catalog_lists_repositories_with_paging(registry: TestClient) -> N
     assert "Link" not in rest.headers
 
 
-async def test_upstream_names_list_what_is_cached(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_upstream_names_list_what_is_cached(aiohttp_client: Any, storage: dict[str, Any]) -> None:
     """tags/list and _catalog never contact an upstream: they answer from the cache (referrers do ask it:
     tests/test_pullthrough_referrers.py)."""
-    config = build_config({"storage": {"path": str(tmp_path / "data")},
+    config = build_config({"storage": storage,
                            "upstreams": [{"name": "docker.io", "url": "http://127.0.0.1:9"}]})
     app = build_app(config)
     client = await aiohttp_client(app)

@@ -3,7 +3,6 @@ cancel, cross-repository mount, and every way an upload can be wrong (each leave
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,16 @@ async def patch(registry: TestClient, location: str, chunk: bytes, first: int) -
         "Content-Type": "application/octet-stream", "Content-Range": f"{first}-{first + len(chunk) - 1}"})
 
 
-def sessions(config: Config) -> list[Path]:
-    return list((Path(config.storage.path) / "uploads").iterdir())
+async def sessions(registry: TestClient) -> list[str]:
+    """The ids of the upload sessions the registry's store holds, read through it."""
+    return [folder.upload_id for folder in await registry.app[STORE].uploads.folders()]
+
+
+async def remove_behind_the_servers_back(registry: TestClient) -> None:
+    """Remove the one upload session's storage as `pullcache gc` in another process does: the server's live
+    session object is not told."""
+    (upload_id,) = await sessions(registry)
+    await registry.app[STORE].uploads.remove_folder(upload_id)
 
 
 # ------------------------------------------------------------------ monolithic
@@ -187,14 +194,14 @@ async def test_malformed_content_range_is_400(registry: TestClient) -> None:
 # ------------------------------------------------------------------ endings
 
 async def test_wrong_digest_on_put_is_digest_invalid_and_ends_the_session(
-        registry: TestClient, registry_config: Config) -> None:
+        registry: TestClient) -> None:
     location = await start(registry)
     await patch(registry, location, BLOB, 0)
     response = await registry.put(location, params={"digest": sha256(b"not it")})
     assert response.status == 400
     assert await error_code(response) == "DIGEST_INVALID"
     assert await blob_files(registry) == set()
-    assert sessions(registry_config) == []
+    assert await sessions(registry) == []
     gone = await registry.get(location)
     assert gone.status == 404
     assert await error_code(gone) == "BLOB_UPLOAD_UNKNOWN"
@@ -215,11 +222,11 @@ async def test_put_with_malformed_digest_is_digest_invalid(registry: TestClient)
     assert await error_code(response) == "DIGEST_INVALID"
 
 
-async def test_cancel_removes_the_session_and_its_bytes(registry: TestClient, registry_config: Config) -> None:
+async def test_cancel_removes_the_session_and_its_bytes(registry: TestClient) -> None:
     location = await start(registry)
     await patch(registry, location, BLOB, 0)
     assert (await registry.delete(location)).status == 204
-    assert sessions(registry_config) == []
+    assert await sessions(registry) == []
     assert (await registry.get(location)).status == 404
     assert (await registry.put(location, params={"digest": DIGEST})).status == 404
 
@@ -235,10 +242,10 @@ async def test_unknown_session_is_404_blob_upload_unknown_for_every_method(regis
 
 
 async def test_a_chunk_for_a_session_removed_on_disk_is_blob_upload_unknown(
-        registry: TestClient, registry_config: Config) -> None:
+        registry: TestClient) -> None:
     location = await start(registry)
     await patch(registry, location, BLOB[:100], 0)
-    shutil.rmtree(sessions(registry_config)[0])  # what `pullcache gc` in another process does
+    await remove_behind_the_servers_back(registry)
 
     response = await patch(registry, location, BLOB[100:], 100)
 
@@ -246,7 +253,7 @@ async def test_a_chunk_for_a_session_removed_on_disk_is_blob_upload_unknown(
 
 
 async def test_a_chunk_whose_session_is_removed_while_it_streams_is_blob_upload_unknown(
-        registry: TestClient, registry_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+        registry: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     location = await start(registry)
     uploads, writing = registry.server.app[STORE].uploads, asyncio.Event()
     real_writer = uploads.writer
@@ -260,7 +267,7 @@ async def test_a_chunk_whose_session_is_removed_while_it_streams_is_blob_upload_
     async def body() -> AsyncIterator[bytes]:
         yield BLOB[:100]
         await writing.wait()  # the server is appending this chunk
-        shutil.rmtree(sessions(registry_config)[0])
+        await remove_behind_the_servers_back(registry)
         yield BLOB[100:]
     response = await registry.patch(location, data=body())
 
@@ -268,10 +275,10 @@ async def test_a_chunk_whose_session_is_removed_while_it_streams_is_blob_upload_
 
 
 async def test_closing_a_session_removed_on_disk_is_blob_upload_unknown(
-        registry: TestClient, registry_config: Config) -> None:
+        registry: TestClient) -> None:
     location = await start(registry)
     await patch(registry, location, BLOB, 0)
-    shutil.rmtree(sessions(registry_config)[0])
+    await remove_behind_the_servers_back(registry)
 
     response = await registry.put(location, params={"digest": DIGEST})
 
@@ -334,7 +341,7 @@ async def test_post_to_a_session_url_is_unsupported(registry: TestClient) -> Non
     assert await error_code(response) == "UNSUPPORTED"
 
 
-async def test_failed_uploads_leave_the_store_unchanged(registry: TestClient, registry_config: Config) -> None:
+async def test_failed_uploads_leave_the_store_unchanged(registry: TestClient) -> None:
     await push_blob(registry, "team/app", b"already here")
     before = await store_snapshot(registry)
     location = await start(registry)

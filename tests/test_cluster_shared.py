@@ -177,6 +177,17 @@ async def test_an_upstream_404_remembered_by_one_replica_answers_on_the_other(
     assert upstream_requests(upstream_name) == asked
 
 
+async def test_an_upstream_blob_404_remembered_by_one_replica_answers_on_the_other(
+        replica: Replica, upstream_name: str) -> None:
+    a, b = await replica(), await replica()
+    missing = f"/v2/{upstream_name}/library/alpine/blobs/sha256:{'0' * 64}"
+    assert (await a.get(missing)).status == 404
+    asked = upstream_requests(upstream_name)
+
+    assert (await b.get(missing)).status == 404
+    assert upstream_requests(upstream_name) == asked
+
+
 # ---------------------------------------------------------------------- Redis loses its data
 
 async def test_after_redis_loses_its_data_replicas_answer_from_the_bucket_and_refill_it(

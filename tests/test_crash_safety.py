@@ -2,7 +2,8 @@
 and check that what completed survived, what did not is absent (never partial), and an interrupted
 chunked upload can be resumed from the Range the restarted server reports.
 
-The filesystem backend's own test: it looks at temp files, upload folders and renamed blob files on disk."""
+It looks at the local spool (temp files, upload folders) under storage.path, and at committed blobs through
+the Store."""
 from __future__ import annotations
 
 import asyncio
@@ -109,9 +110,11 @@ async def test_completed_uploads_survive_the_crash(crashed: Crashed) -> None:
 
 
 async def test_interrupted_uploads_are_absent_not_partial(crashed: Crashed) -> None:
-    blob_names = {path.name for path in files_under(crashed.server.data_dir / "blobs")}
-    assert hashlib.sha256(CHUNKED).hexdigest() not in blob_names
-    assert hashlib.sha256(MONOLITHIC).hexdigest() not in blob_names
+    async with crashed.server.store() as store:
+        stored = await store.stored_blobs()
+    assert sha256(LAYER) in stored  # the completed one: stored_blobs names blobs as the digests here do
+    assert sha256(CHUNKED) not in stored
+    assert sha256(MONOLITHIC) not in stored
     async with aiohttp.ClientSession() as http:
         for blob in (CHUNKED, MONOLITHIC):
             missing = await http.get(f"{crashed.server.url}/v2/team/app/blobs/{sha256(blob)}")

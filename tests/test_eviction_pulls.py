@@ -2,12 +2,12 @@
 
 Each test pushes its own images to the shared upstream (under a repository name of its own),
 runs pullcache with a bound of a few MiB, and looks at the store as an operator would: /metrics and a
-Store opened beside the server (as `pullcache gc` does). Only the crash test edits the local SQLite index.
+Store opened beside the server (as `pullcache gc` does); the crash test drops an index row through it.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +18,7 @@ from tests.support.images import Image, build_image, push_image
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient, RegistryError, sha256_digest
 from tests.support.seed import ADMIN_PASSWORD, ADMIN_USER, Upstream
+from tests.support.store_view import lose_index_row
 from tests.support.tmpfs import tmpfs
 
 MiB = 1024 * 1024
@@ -57,6 +58,12 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         time.sleep(0.05)
+
+
+async def lose_row(pullcache: PullcacheProcess, digest: str) -> bool:
+    """Drop a blob's index row through a Store opened on the stopped server's storage."""
+    async with pullcache.store() as store:
+        return await lose_index_row(store, digest)
 
 
 def metric(pullcache: PullcacheProcess, name: str) -> float:
@@ -137,9 +144,7 @@ def test_a_crash_between_file_and_index_write_is_repaired_at_restart(
     pull(client, image)
     cached = metric(pullcache, 'pullcache_store_blobs{origin="cached"}')
     pullcache.kill()
-    # the crash itself (filesystem backend's own: both backends keep the SQLite index on local disk)
-    with sqlite3.connect(pullcache.data_dir / "index.sqlite") as db:  # the file landed, its row did not
-        assert db.execute("DELETE FROM blobs WHERE digest = ?", (data_layer(image),)).rowcount == 1
+    assert asyncio.run(lose_row(pullcache, data_layer(image)))  # the crash itself: the file landed, its row did not
 
     pullcache.start()
 

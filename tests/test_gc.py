@@ -1,16 +1,14 @@
 """GC over a real Store: mark from local manifests, sweep what a DELETE left, reconcile, dry run.
 
-Tests observe the store through its interface; only the crash set-up (forget_row edits the local SQLite
-index) and the temp-file and upload-folder cases (the local spool under storage.path) touch files.
+Tests observe the store through its interface; only the temp-file and upload-folder cases (the local spool
+under storage.path) touch files.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from pullcache.cache.store import Store
 from pullcache.config import Config, GCConfig, StorageConfig
 from pullcache.digests import Digest
 from pullcache.eviction.gc import BLOB_GRACE, collect_garbage, run_gc_command
-from tests.support.store_view import store_contents
+from tests.support.store_view import lose_index_row, store_contents
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -64,11 +62,8 @@ async def push_image(store: Store, repo: str, tag: str, layers: list[bytes]) -> 
 
 
 async def forget_row(store: Store, digest: Digest) -> None:
-    """A crash between a blob's rename and its index write: the file is there, its row is not. Edits the
-    local SQLite index as another process would (both backends keep it on local disk)."""
-    with closing(sqlite3.connect(store.layout.index)) as db, db:
-        db.execute("DELETE FROM blobs WHERE digest = ?", (str(digest),))
-    await store.refresh_totals()  # as the server notices another process's writes
+    """A crash between a blob's rename and its index write: the file is there, its row is not."""
+    assert await lose_index_row(store, str(digest))
 
 
 async def contents_and_rows(store: Store) -> tuple[dict[str, object], set[tuple[str, str]]]:

@@ -1,6 +1,8 @@
 """Real clients pulling through a real pullcache from a real upstream (CNCF Distribution behind a token
 server): dockerd's registry-mirrors with bare names, containerd's hosts.toml (?ns=docker.io), skopeo by
-path prefix and from a credentialed upstream. Digests always equal the upstream's."""
+path prefix (every platform of multi-platform images) and from a credentialed upstream. Digests always
+equal the upstream's. Every test that stores what it pulls runs on both backends (`storage_backend`);
+the credentialed-upstream one is about upstream auth alone and runs on the filesystem."""
 from __future__ import annotations
 
 import json
@@ -61,8 +63,8 @@ def test_containerd_pulls_through_a_hosts_toml_mirror_with_ns(
 
 def test_skopeo_pulls_by_path_prefix_in_docker_and_oci_types(
         pullcache_factory: Callable[..., PullcacheProcess], skopeo: Skopeo, upstream: Upstream,
-        tmp_path: Path) -> None:
-    server = pullcache_factory()
+        tmp_path: Path, storage_backend: dict[str, Any]) -> None:
+    server = pullcache_factory({"storage": storage_backend})
     for image in (upstream.seed.alpine, upstream.seed.busybox, upstream.seed.ocitest, upstream["library/single:oci"]):
         reference = f"docker://{server.host}/docker.io/{image.ref}"
         assert skopeo.inspect_raw(reference) == image.top.data  # byte-for-byte, so the digest is the upstream's
@@ -97,9 +99,10 @@ def test_skopeo_pulls_a_private_repository_from_a_credentialed_upstream(
 
 def test_cached_images_are_still_pulled_while_the_upstream_is_down(
         pullcache_factory: Callable[..., PullcacheProcess], upstream_factory: Callable[[], Upstream],
-        skopeo: Skopeo, tmp_path: Path) -> None:
+        skopeo: Skopeo, tmp_path: Path, storage_backend: dict[str, Any]) -> None:
     own = upstream_factory()
-    server = pullcache_factory({"upstreams": [docker_hub_upstream(own.url, manifest_ttl="0s")]}, upstream=own)
+    server = pullcache_factory({"upstreams": [docker_hub_upstream(own.url, manifest_ttl="0s")],
+                                "storage": storage_backend}, upstream=own)
     reference = f"docker://{server.host}/docker.io/{own.seed.busybox.ref}"
     skopeo.copy(reference, f"dir:{tmp_path / 'first'}")
     own.distribution.halt()

@@ -5,7 +5,8 @@
 - dockerd 20.10 logs in with htpasswd credentials, pushes an image it pulled from the seeded
   upstream, forgets it, and pulls it back from pullcache.
 pullcache runs as a real process with htpasswd auth and the default (docker.io) upstream, the
-configuration of a mirror that also takes internal images.
+configuration of a mirror that also takes internal images. The pushes that are pulled back and compared
+run on both backends (`pullcache_on_each_backend`); the tests of who may push run on the filesystem.
 """
 from __future__ import annotations
 
@@ -96,9 +97,10 @@ def test_skopeo_pushes_a_multi_platform_image_and_pulls_it_back_unchanged(
 
 
 def test_skopeo_pushes_images_sharing_layers_to_new_repositories(
-        pullcache: PullcacheProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+        pullcache_on_each_backend: PullcacheProcess, skopeo: Skopeo, tmp_path: Path) -> None:
     """The second push finds the shared layer already in the registry (its HEAD is answered 200 by
     the store) and skips it; the manifest push must still succeed and the layer be served."""
+    pullcache = pullcache_on_each_backend
     first = build_image("internal/app", "v1")
     second = build_image("internal/app", "v2")  # same OS layer per platform, new data layers
     shared = {b.digest for b in first.blobs()} & {b.digest for b in second.blobs()}

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pullcache import metrics
 from pullcache.api import status_page
@@ -83,7 +83,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_exposition(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """One process's registry in memory; with workers, every worker's files (read in a thread: disk)."""
+    body = await asyncio.to_thread(metrics.exposition) if metrics.MULTIPROCESS else metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from cachetools import LRUCache
 
 from pullcache.cache.backends import BlobBackend, FilesystemBlobs, OpenedBlob
 from pullcache.cache.files import StoreFullError
+from pullcache.cache.in_use import UsageMarkers
 from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Totals, TotalsListener
 from pullcache.cache.layout import Layout
 from pullcache.cache.repo_files import LocalFiles, RepositoryFiles
@@ -27,7 +28,7 @@ from pullcache.cache.writer import BlobWriter
 from pullcache.cluster.shared_state import ProcessState, SharedState
 from pullcache.digests import Digest
 
-CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once a server stopped cleanly, "0" while one runs
+CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once the last server stopped cleanly, "0" while one runs
 MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep their bytes in memory
 
 
@@ -43,6 +44,7 @@ class Store:
         self.state = state or ProcessState()
         self.index = BlobIndex(self.layout.index)
         self.uploads = Uploads(self.layout.uploads, self.layout.tmp)
+        self.users = UsageMarkers(self.layout.root)
         self._small: LRUCache[Digest, bytes] = LRUCache(maxsize=MANIFEST_CACHE_BYTES, getsizeof=len)
         self._accesses: dict[str, float] = {}
         self.index_was_missing = False
@@ -60,6 +62,7 @@ class Store:
         await self.files.close()
         await self.blobs.close()
         await self.state.close()
+        self.users.close()  # still marked in use: not a clean stop
 
     @property
     def backend(self) -> str:
@@ -240,12 +243,22 @@ class Store:
         self.index.off_disk_full(on_disk_full)
 
     async def was_shut_down_cleanly(self) -> bool:
-        """Whether the last server using the store stopped cleanly; if not, reconcile the index with the blobs."""
-        return not self.index_was_missing and await self.index.get_meta(CLEAN_SHUTDOWN) == "1"
+        """Whether every server that used the store stopped cleanly, or still runs; if not, reconcile the index
+        with the blobs. Other servers running now keep the flag at "0": their marks (cache/in_use.py) say
+        they are alive."""
+        live, dead = await asyncio.to_thread(self.users.others)
+        if self.index_was_missing or dead:
+            return False
+        return live > 0 or await self.index.get_meta(CLEAN_SHUTDOWN) == "1"
 
     async def mark_in_use(self, in_use: bool) -> None:
-        """Record that a server uses the store (True) or stopped cleanly (False). May raise StoreFullError."""
-        await self.index.set_meta(CLEAN_SHUTDOWN, "0" if in_use else "1")
+        """Record that this server uses the store (True) or stopped cleanly (False): the flag turns "1" only
+        when the last server stops. May raise StoreFullError."""
+        if in_use:
+            await asyncio.to_thread(self.users.claim)
+            await self.index.set_meta(CLEAN_SHUTDOWN, "0")
+        elif await asyncio.to_thread(self.users.release):
+            await self.index.set_meta(CLEAN_SHUTDOWN, "1")
 
     async def check_index(self) -> None:
         """One trivial query: the index is open and answers (readiness)."""

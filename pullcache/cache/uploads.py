@@ -1,7 +1,8 @@
 """Upload sessions: uploads/<id>/data grows chunk by chunk, info.json says whose it is.
 
-The running hash lives in memory so a chunked push is hashed once; after a restart it is rebuilt
-from the data file the first time the session is touched. A session lock serialises chunks,
+The running hash lives in memory so a chunked push is hashed once; after a restart, or when another
+process on the store (a worker) appended a chunk, it is rebuilt from the data file the next time the
+session is touched. A session lock serialises chunks,
 so two PATCHes of one session can never interleave, and GC removes a session under that lock.
 There is one UploadSession object per session id (`_live`), so a removal by GC ends the very object
 the requests hold. A `pullcache gc` in another process cannot reach it: a session whose folder
@@ -69,6 +70,13 @@ class UploadSession:
             return 0
 
 
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def _rehash(path: Path, algorithm: str) -> Hasher:
     hasher = Hasher(algorithm)
     with open(path, "rb") as handle:
@@ -115,6 +123,11 @@ class Uploads:
     async def get(self, upload_id: str, repository: str) -> UploadSession | None:
         """The session if it exists and belongs to this repository (ids are not shared across names)."""
         session = self._live.get(upload_id)
+        if session is not None and session.hasher is not None and not session.lock.locked() \
+                and await asyncio.to_thread(_file_size, session.data) not in (None, session.hasher.size):
+            # Another process on this store (a worker of `workers: N`) appended since: the running hash is
+            # stale, and the file says how far the upload got. A file gone is the folder gone: UploadGone.
+            session.hasher = None
         if session is None:
             session = await asyncio.to_thread(self._load, upload_id)
             if session is not None:

@@ -1,15 +1,12 @@
 """Upstream 404s remembered for the upstream's `not_found_ttl`, per upstream repository and reference
 (a tag or a digest), so a storm of requests for something missing does not become a storm upstream.
 
-Missing keeps them in this process's memory, asked without waiting (blobs). SharedMissing keeps them in
-the store's state (cluster/shared_state.py), so that with replicas on one bucket a 404 one replica got
-answers on every other (manifests).
+They are kept in the store's state (cluster/shared_state.py): this process's memory, or with replicas on one
+bucket Redis, so that a 404 one replica got answers on every other. Manifests and blobs each keep their own.
 """
 from __future__ import annotations
 
 import json
-
-from cachetools import TTLCache
 
 from pullcache.cluster.shared_state import ExpiringMap, SharedState
 from pullcache.resolver import Target
@@ -20,28 +17,6 @@ ENTRIES = 10_000  # upstream 404s remembered per upstream
 
 def _remembered(known: UpstreamNotFound) -> UpstreamNotFound:
     return UpstreamNotFound(known.upstream, f"{known.message} (remembered)", known.status)
-
-
-class Missing:
-    def __init__(self) -> None:
-        self._by_upstream: dict[str, TTLCache[tuple[str, str], UpstreamNotFound]] = {}
-
-    def _for(self, target: Target) -> TTLCache[tuple[str, str], UpstreamNotFound]:
-        assert target.upstream is not None
-        missing = self._by_upstream.get(target.upstream.name)
-        if missing is None:
-            missing = TTLCache(ENTRIES, target.upstream.config.not_found_ttl)
-            self._by_upstream[target.upstream.name] = missing
-        return missing
-
-    def remember(self, target: Target, reference: str, exc: UpstreamNotFound) -> None:
-        self._for(target)[(target.repository, reference)] = exc
-
-    def raise_if_known(self, target: Target, reference: str) -> None:
-        """Raise the remembered 404 of `reference` in target's repository, if its ttl has not run out."""
-        known = self._for(target).get((target.repository, reference))
-        if known is not None:
-            raise _remembered(known)
 
 
 class SharedMissing:

@@ -18,3 +18,9 @@ async def store_contents(store: Store) -> dict[str, object]:
                 sorted(str(digest) for digest in await repository.manifests()),
                 sorted(str(digest) for digest in await repository.blob_links()))
     return contents
+
+
+async def lose_index_row(store: Store, digest: str) -> bool:
+    """What a crash between a blob's commit and its index write leaves: the blob stored, its index row not.
+    Done through the index's interface, not its file, so it holds for any index; False if there was no row."""
+    return bool(await store.index.remove_missing([digest], lambda _digest: True))
