@@ -3,13 +3,24 @@
 Structured fields travel as `extra=` on the log call (the access log passes method, path, status, ...).
 The text format shows the message, which already says everything; the JSON format adds those fields
 as keys so that a log pipeline can filter on them without parsing the message.
+
+Lines are formatted and written by a thread of their own (Writer), in the order they were logged: the
+access log writes one per request, and a write to a slow pipe or disk must not stop the event loop, nor
+formatting take its time. The message is merged with its arguments when logged. Every line is written
+before the process exits (atexit), and a forked child gets a writer of its own.
 """
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import os
 import sys
+import threading
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler
+from queue import SimpleQueue
 
 from pullcache.config import LogConfig
 
@@ -46,20 +57,109 @@ def formatter_for(config: LogConfig) -> logging.Formatter:
     return JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
 
 
+FLUSH_SECONDS = 5.0  # how long flush_logs() and exiting wait for a stuck stream
+
+
+class Writer:
+    """Hands records to `target` (the stream handler) on a thread of its own, one at a time, in order."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        self.target = target
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: SimpleQueue[logging.LogRecord | threading.Event | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pullcache-log-writer", daemon=True)
+        self._thread.start()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:  # QueueHandler's side of a queue
+        self._queue.put(record)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                self.target.handle(item)
+
+    def flush(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Wait until every record put so far is written."""
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def stop(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Write what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self.target.close()
+
+    def restart_in_child(self) -> None:
+        """After fork: the parent's thread did not come along, and its queue is the parent's."""
+        self._start()
+
+
+class Enqueue(QueueHandler):
+    """Puts a copy of each record on the Writer's queue, its message merged with the arguments now (they may
+    change once the call returns) and a traceback rendered while it is current."""
+
+    def __init__(self, writer: Writer) -> None:
+        super().__init__(writer)  # type: ignore[arg-type]  # a Writer has the put_nowait a queue needs
+        self.writer = writer
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = copy.copy(record)  # other handlers (pytest's) see the record as logged
+        prepared.msg, prepared.args = record.getMessage(), None
+        if record.exc_info:
+            prepared.exc_text = self.writer.target.formatter.formatException(record.exc_info) \
+                if self.writer.target.formatter else None
+            prepared.exc_info = None
+        return prepared
+
+
+_active: Writer | None = None
+
+
+def flush_logs() -> None:
+    """Wait until every line logged so far is written (tests read the stream; a child flushes before _exit)."""
+    if _active is not None:
+        _active.flush()
+
+
+def _stop_writer() -> None:
+    global _active
+    if _active is not None:
+        _active.stop()
+        _active = None
+
+
+def _after_fork_in_child() -> None:
+    if _active is not None:
+        _active.restart_in_child()
+
+
+atexit.register(_stop_writer)  # after logging's own: atexit runs the last registered first
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure_logging(config: LogConfig) -> None:
     """Send every logger's records to stderr in the configured format at the configured level.
 
-    Calling it again replaces the handler it installed before (so no line prints twice) and leaves
-    handlers others installed alone. Python warnings become log records too: printed raw they would
-    break a JSON log stream.
+    Calling it again replaces the handler it installed before (so no line prints twice; what it queued is
+    written first) and leaves handlers others installed alone. Python warnings become log records too:
+    printed raw they would break a JSON log stream.
     """
+    global _active
     root = logging.getLogger()
     for earlier in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(earlier)
         earlier.close()
-    handler = logging.StreamHandler(sys.stderr)
+    _stop_writer()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(formatter_for(config))
+    _active = Writer(stream)
+    handler = Enqueue(_active)
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(formatter_for(config))
     root.addHandler(handler)
     root.setLevel(config.level.upper())
     logging.captureWarnings(True)
