@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from pullcache import metrics
 from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, ROUTE, SERVED_FROM
 from pullcache.api.targets import TARGET
+from pullcache.metric_children import child
 
 ROUTE_OTHER = "other"
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before an answer went out"
@@ -101,13 +102,13 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     aborted = response is not None and not completed  # headers (may have) said 200; the body stopped short
     route = request.get(ROUTE, ROUTE_OTHER)
     method = request.method if request.method in _METHODS else "other"
-    metrics.http_requests.labels(method, route, str(status)).inc()
-    metrics.http_request_duration.labels(route).observe(seconds)
+    child(metrics.http_requests, method, route, str(status)).inc()
+    child(metrics.http_request_duration, route).observe(seconds)
 
     answered = 200 <= status < 300
     # Handlers of local repositories mark their content; proxied bodies are counted where they are streamed.
     if answered and request.get(SERVED_FROM) == "local" and sent:
-        metrics.bytes_served.labels("local").inc(sent)
+        child(metrics.bytes_served, "local").inc(sent)
     target = request.get(TARGET)  # as the handler resolved it: a push since then may resolve the name otherwise
     if answered and target is not None and route == "manifest" and request.method == "GET":
         request.app[PULL_COUNTS].add(target.store_name)

@@ -7,6 +7,7 @@ upstream failed is one `stale`; a tag whose ttl passed and that upstream confirm
 from __future__ import annotations
 
 from pullcache import metrics
+from pullcache.metric_children import child
 
 HIT = "hit"
 MISS = "miss"
@@ -22,9 +23,9 @@ FROM_UPSTREAM = "upstream"  # body bytes streamed from a fill or a manifest just
 
 
 def count(kind: str, upstream: str, result: str) -> None:
-    metrics.cache_requests.labels(kind, upstream, result).inc()
+    child(metrics.cache_requests, kind, upstream, result).inc()
 
 
 def served(source: str, size: int) -> None:
     if size:
-        metrics.bytes_served.labels(source).inc(size)
+        child(metrics.bytes_served, source).inc(size)
