@@ -383,3 +383,25 @@ def test_a_forked_child_keeps_logging(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     messages = [line.split(": ", 1)[1] for line in done.stderr.splitlines()]
     assert messages == ["parent before fork", "from the child", "parent after the child"]
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_in_a_burst_go_out_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write, and one wake-up of the writer thread, per request was the access log's cost under load."""
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(LogConfig(level="info", format="text"))
+    for i in range(500):
+        logging.getLogger("pullcache.access").info("GET /v2/ 200 #%d", i)
+    flush_logs()
+    assert len(stream.getvalue().splitlines()) == 500
+    assert stream.writes < 100
