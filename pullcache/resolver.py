@@ -89,22 +89,28 @@ class LocalCheck:
 
     A name a push here is writing to is not remembered as absent (only found), so the read that follows
     the push sees the new repository at once; pushes through other processes are seen within the interval.
+    A plain dict, not a TTLCache: this runs twice per request, and the oldest entry goes when it is full.
     """
 
     def __init__(self, exists: Callable[[str], bool], clock: Callable[[], float]) -> None:
         self._exists = exists
-        self._known: TTLCache[str, bool] = TTLCache(CHECKED_NAMES, LOCAL_CHECK_SECONDS, timer=clock)
+        self._clock = clock
+        self._known: dict[str, tuple[bool, float]] = {}  # name -> (exists, until)
         self._pushing: TTLCache[str, bool] = TTLCache(CHECKED_NAMES, PUSH_WINDOW_SECONDS, timer=clock)
 
     def __call__(self, name: str) -> bool:
+        now = self._clock()
         known = self._known.get(name)
-        if known is not None:
-            return known
+        if known is not None and now < known[1]:
+            return known[0]
         exists = self._exists(name)
         if exists:
             self._pushing.pop(name, None)
         if exists or name not in self._pushing:
-            self._known[name] = exists
+            self._known.pop(name, None)  # re-inserted last: the dict stays in order of checking
+            if len(self._known) >= CHECKED_NAMES:
+                del self._known[next(iter(self._known))]
+            self._known[name] = (exists, now + LOCAL_CHECK_SECONDS)
         return exists
 
     def pushing(self, name: str) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pullcache import resolver as resolver_module
 from pullcache.config import build_config
 from pullcache.resolver import LOCAL_CHECK_SECONDS, PushDenied, Resolver, Target, UnknownNamespace
 from pullcache.upstream.pool import Upstreams
@@ -243,3 +244,16 @@ def test_a_name_being_pushed_is_checked_on_every_read_until_it_exists() -> None:
     checks = disk.checks
     assert routes.resolve("team/app").is_local
     assert disk.checks == checks  # found: remembered again
+
+
+def test_the_names_remembered_are_bounded_and_the_oldest_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolver_module, "CHECKED_NAMES", 3)
+    disk = Disk()
+    routes = checked_resolver(disk, Clock())
+    for name in ("a/one", "a/two", "a/three", "a/four"):  # clients choose names: memory must not
+        routes.resolve(name)
+    assert disk.checks == 4
+    routes.resolve("a/four")
+    assert disk.checks == 4  # the newest is still known
+    routes.resolve("a/one")
+    assert disk.checks == 5  # the oldest was let go
