@@ -128,21 +128,28 @@ class Writer:
         self._start()
 
 
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
 class Enqueue(QueueHandler):
-    """Puts a copy of each record on the Writer's queue, its message merged with the arguments now (they may
-    change once the call returns) and a traceback rendered while it is current."""
+    """Puts each record on the Writer's queue. One whose message or arguments could change once the call
+    returns (anything but strings and numbers: the access log passes only those) is copied with its message
+    merged now, and a traceback is rendered while it is current; the rest is left to the writer."""
 
     def __init__(self, writer: Writer) -> None:
         super().__init__(writer)  # type: ignore[arg-type]  # a Writer has the put_nowait a queue needs
         self.writer = writer
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if record.exc_info is None and type(record.msg) is str and (
+                not args or (type(args) is tuple and all(isinstance(arg, _IMMUTABLE) for arg in args))):
+            return record
         prepared = copy.copy(record)  # other handlers (pytest's) see the record as logged
         prepared.msg, prepared.args = record.getMessage(), None
         if record.exc_info:
-            prepared.exc_text = self.writer.target.formatter.formatException(record.exc_info) \
-                if self.writer.target.formatter else None
-            prepared.exc_info = None
+            formatter = self.writer.target.formatter or logging.Formatter()
+            prepared.exc_text, prepared.exc_info = formatter.formatException(record.exc_info), None
         return prepared
 
 

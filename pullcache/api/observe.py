@@ -113,17 +113,24 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     if answered and target is not None and route == "manifest" and request.method == "GET":
         request.app[PULL_COUNTS].add(target.store_name)
 
-    upstream = target.upstream.name if target is not None and target.upstream is not None else None
+    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+    if access_log.isEnabledFor(level):  # debug lines are off by default: nothing to build for them
+        upstream = target.upstream.name if target is not None and target.upstream is not None else None
+        _log_line(request, level, route, status, sent, aborted, seconds, upstream)
+
+
+def _log_line(request: web.Request, level: int, route: str, status: int, sent: int, aborted: bool,
+              seconds: float, upstream: str | None) -> None:
     cache = request.get(CACHE_RESULT)
     user_agent = request.headers.get("User-Agent", "")
-    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+    method, path, remote = request.method, request.raw_path, request.remote
     access_log.log(
         level, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
-        request.method, request.raw_path, status, sent, " aborted" if aborted else "", seconds * 1000,
-        cache or "-", upstream or "-", request.remote, json.dumps(user_agent),
-        extra={"method": request.method, "path": request.raw_path, "route": route, "status": status,
+        method, path, status, sent, " aborted" if aborted else "", seconds * 1000,
+        cache or "-", upstream or "-", remote, json.dumps(user_agent),
+        extra={"method": method, "path": path, "route": route, "status": status,
                "bytes": sent, "aborted": aborted, "duration_ms": round(seconds * 1000, 3), "cache": cache,
-               "upstream": upstream, "remote": request.remote, "user_agent": user_agent})
+               "upstream": upstream, "remote": remote, "user_agent": user_agent})
 
 
 @web.middleware
