@@ -53,9 +53,8 @@ def body_bytes_sent(request: web.BaseRequest, response: web.StreamResponse, mete
     """
     if request.method == "HEAD" or response.status < 200 or response.status in (204, 304):
         return 0  # answers that never carry a body, whatever their Content-Length says
-    if completed and response.content_length is not None:
-        return response.content_length
-    return metered
+    length = response.content_length if completed else None  # read once: an isinstance against an ABC each time
+    return metered if length is None else length
 
 
 def _status(response: web.StreamResponse | None, error: BaseException | None) -> int:
