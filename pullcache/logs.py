@@ -198,4 +198,6 @@ def configure_logging(config: LogConfig) -> None:
     handler.set_name(HANDLER_NAME)
     root.addHandler(handler)
     root.setLevel(config.level.upper())
+    # Neither format names a thread or process: records skip looking them up (logging HOWTO, "Optimization").
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.captureWarnings(True)
