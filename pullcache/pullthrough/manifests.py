@@ -167,7 +167,7 @@ class Manifests:
         else:
             return None
         cached = await self._cached(target, state.digest)
-        return None if cached is None else replace(cached, result=result)
+        return cached if cached is None or result == stats.HIT else replace(cached, result=result)
 
     # ------------------------------------------------------------------ upstream work (one per reference)
     async def _fetch_digest(self, target: Target, digest: Digest, accept: Sequence[str],
