@@ -15,14 +15,14 @@ from pathlib import Path
 
 from tests.support.images import BigLayer
 
-from . import loadgen, report, scenarios
+from . import efficiency, loadgen, report, scenarios
 from .results import Results
 from .stack import Cache, Sizes, Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CEILING_TRIES = 3  # the machine is shared: the best of a few runs is the ceiling
-SCENARIOS = ("ceiling", "skopeo", "cached", "manifests", "herd", "memory", "scale")
+SCENARIOS = ("ceiling", "skopeo", "cached", "manifests", "efficiency", "herd", "memory", "scale")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class Runner:
                     self._each(stack, "cached", lambda c: scenarios.cached_layer(c, seeded, self.settings))
                 if self.wanted("manifests"):
                     self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
+                if self.wanted("efficiency"):
+                    efficiency.run_round(stack.caches[0], seeded, self.settings, self.results, stack.workdir)
                 if self.wanted("herd"):
                     layer = seeded.herd[r]
                     self._each(stack, "herd", lambda c, layer=layer: scenarios.cold_herd(c, layer, self.settings))
