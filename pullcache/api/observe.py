@@ -123,14 +123,16 @@ def _log_line(request: web.Request, level: int, route: str, status: int, sent: i
     cache = request.get(CACHE_RESULT)
     user_agent = request.headers.get("User-Agent", "")
     method, path, remote = request.method, request.raw_path, request.remote
-    # makeRecord + handle is what log() does, less finding the caller's frame, which no format shows.
-    access_log.handle(access_log.makeRecord(
-        access_log.name, level, __file__, 0, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
+    # What log() does, less finding the caller's frame (no format shows it) and checking each extra key
+    # against the record's attributes (these never clash).
+    record = logging.LogRecord(
+        access_log.name, level, "", 0, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
         (method, path, status, sent, " aborted" if aborted else "", seconds * 1000,
-         cache or "-", upstream or "-", remote, json.dumps(user_agent)), None,
-        extra={"method": method, "path": path, "route": route, "status": status,
-               "bytes": sent, "aborted": aborted, "duration_ms": round(seconds * 1000, 3), "cache": cache,
-               "upstream": upstream, "remote": remote, "user_agent": user_agent}))
+         cache or "-", upstream or "-", remote, json.dumps(user_agent)), None)
+    record.__dict__.update(
+        method=method, path=path, route=route, status=status, bytes=sent, aborted=aborted,
+        duration_ms=round(seconds * 1000, 3), cache=cache, upstream=upstream, remote=remote, user_agent=user_agent)
+    access_log.handle(record)
 
 
 @web.middleware
