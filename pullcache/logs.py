@@ -7,9 +7,9 @@ as keys so that a log pipeline can filter on them without parsing the message.
 Lines are formatted and written by a thread of their own (Writer), in the order they were logged: the
 access log writes one per request, and a write to a slow pipe or disk must not stop the event loop, nor
 formatting take its time. Under load the writer gathers the lines of BATCH_PAUSE into one write: woken
-for every line, it cost more than the line itself (each wake-up takes the GIL from the event loop). The
-message is merged with its arguments when logged. Every line is written before the process exits
-(atexit), and a forked child gets a writer of its own.
+for every line, it cost more than the line itself (each wake-up takes the GIL from the event loop). A
+record whose arguments could change after the call has its message merged when logged (Enqueue). Every
+line is written before the process exits (atexit), and a forked child gets a writer of its own.
 """
 from __future__ import annotations
 
