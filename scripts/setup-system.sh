@@ -13,6 +13,7 @@ packages=(
   redis-server        # cluster.redis: the tests start their own, in memory, on loopback ports
   tinyproxy           # the outbound HTTP(S) proxy the upstream-proxy tests send through
   wrk                 # manifest requests/s in the benchmark
+  nginx               # the benchmark's static-file ceiling for manifests (bench/efficiency.py starts its own)
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules
   debootstrap         # a Debian base image for building deploy/Dockerfile offline (cached, see tests/support/baseimage.py)

@@ -176,7 +176,7 @@ class Manifests:
         else:
             return None
         cached = await self._held(state.digest, state.media_type)  # _tag() just read the media type
-        return None if cached is None else replace(cached, result=result)
+        return cached if cached is None or result == stats.HIT else replace(cached, result=result)
 
     # ------------------------------------------------------------------ upstream work (one per reference)
     async def _fetch_digest(self, target: Target, digest: Digest, accept: Sequence[str],
