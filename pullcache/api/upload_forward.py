@@ -39,6 +39,7 @@ _REQUEST_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "User-Age
 _HOP_BY_HOP = frozenset(h.lower() for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length",
                                             "Date", "Server"))
 FORWARDED = web.RequestKey("upload_forwarded", bool)  # set on the owner: answer here, never forward again
+_FORWARDED_METHODS = frozenset({"GET", "PATCH", "PUT", "DELETE"})  # a session's requests; HEAD is answered as GET
 
 
 class UploadForwarder:
@@ -102,7 +103,8 @@ def _owner_handler(signer: RequestSigner, handlers: Mapping[tuple[str, str], Han
             raise web.HTTPForbidden(text=str(exc)) from exc
         found = match_endpoint(request.raw_path.split("?", 1)[0][len(UPLOADS_PATH + "/v2/"):])
         method = "GET" if request.method == "HEAD" else request.method
-        handler = handlers.get(("upload", method)) if found is not None and found[0] == "upload" else None
+        handler = handlers.get(("upload", method)) if found is not None and found[0] == "upload" \
+            and method in _FORWARDED_METHODS else None
         if found is None or handler is None:
             raise web.HTTPNotFound(text="no upload endpoint at this path")
         request[FORWARDED] = True
