@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,24 @@ async def test_a_chunked_push_alternating_over_two_replicas_completes(http: aioh
         async with http.get(f"{proc.url}/v2/{REPO}/blobs/{sha256(data)}") as pulled:
             assert pulled.status == 200
             assert await pulled.read() == data
+
+
+async def test_a_streamed_chunk_sent_to_the_other_replica_reaches_the_owner_whole(
+        http: aiohttp.ClientSession, replicas: Replicas) -> None:
+    a, b = replicas
+    data = os.urandom(5 * 1024 * 1024 + 3)
+
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length, no Content-Range: chunked, as Docker sends
+        for i in range(0, len(data), 256 * 1024):
+            yield data[i:i + 256 * 1024]
+    location = await start_upload(http, a, REPO)
+    async with http.patch(f"{b.url}{location}", data=body()) as patched:
+        assert patched.status == 202, await patched.text()
+        assert patched.headers["Range"] == f"0-{len(data) - 1}"
+    async with http.put(f"{b.url}{location}", params={"digest": sha256(data)}) as finished:
+        assert finished.status == 201, await finished.text()
+    async with http.get(f"{b.url}/v2/{REPO}/blobs/{sha256(data)}") as pulled:
+        assert await pulled.read() == data
 
 
 async def test_an_out_of_order_chunk_on_the_other_replica_gets_the_owners_error(
