@@ -120,13 +120,14 @@ def _check_cluster(config: Config) -> None:
 def _serve(config: Config) -> int:
     from pullcache.logs import configure_logging
 
-    _check_cluster(config)
     configure_logging(config.log)
     if config.workers > 1:
         from pullcache.workers import metrics_directory, serve_workers
 
-        with metrics_directory():  # before anything imports prometheus_client
+        with metrics_directory():  # before anything imports prometheus_client (pullcache.cluster does)
+            _check_cluster(config)
             return serve_workers(config, _ssl_context(config), _check_storage)
+    _check_cluster(config)
     from aiohttp import web
 
     from pullcache.app import build_app
