@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from pullcache.cluster.base import CoordinationUnavailable
 from pullcache.cluster.members import LAPSE, Member, Roster
-from pullcache.cluster.redis_client import close_client, redacted, redis_client
+from pullcache.cluster.redis_client import redacted, redis_client
 
 KEY_PREFIX = "pullcache:members:"
 MAX_CONNECTIONS = 2  # one heartbeat at a time, and a clean stop
@@ -67,4 +67,4 @@ class RedisRoster(Roster):
             raise CoordinationUnavailable(f"cluster.redis: {exc}") from exc
 
     async def close(self) -> None:
-        await close_client(self._client)
+        await self._client.aclose()

@@ -1,26 +1,24 @@
 """One way to open a Redis client for `cluster.redis`: a bounded, blocking connection pool (redis-py's default
 pool fails beyond its size instead of waiting) with the timeouts that make a silent Redis count as down.
-The limits are redis_backend's, so every client of pullcache's Redis behaves alike."""
+Every Redis caller in pullcache (leases, shared state, members) opens its client here, so all behave alike."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from pullcache.cluster.redis_backend import MAX_CONNECTIONS, POOL_WAIT, SOCKET_TIMEOUT
+MAX_CONNECTIONS = 32
+POOL_WAIT = 5.0  # seconds a caller waits for a free connection
+SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is down, for the caller
 
 
 def redis_client(url: str, max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
-    """A client of `url`; close it with close_client()."""
+    """A client of `url` owning its pool: `await client.aclose()` disconnects both. It connects on first use,
+    so a Redis that is down at start-up does not keep a process from starting."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT,
         socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT)
-    return aioredis.Redis(connection_pool=pool)
-
-
-async def close_client(client: aioredis.Redis) -> None:
-    await client.aclose()
-    await client.connection_pool.disconnect()
+    return aioredis.Redis.from_pool(pool)
 
 
 def redacted(url: str) -> str:
