@@ -55,10 +55,17 @@ def status_page(proc: PullcacheProcess) -> str:
         return response.read().decode()
 
 
+SECRET_ENV = "TEST_PULLCACHE_CLUSTER_SECRET"
+SECRET = "members-test-secret-0123456789abcdef"
+
+
 def replica(factory: Callable[..., PullcacheProcess], config: dict[str, Any]) -> PullcacheProcess:
-    """A pullcache process advertising its own URL (as a replica behind a balancer would), started."""
-    proc = factory(config, start=False)
-    proc.config.setdefault("cluster", {})["advertise"] = proc.url
+    """A pullcache process advertising its own URL (as a replica behind a balancer would), with the cluster
+    secret an advertised process needs, started."""
+    proc = factory(config, env={SECRET_ENV: SECRET}, start=False)
+    cluster = proc.config.setdefault("cluster", {})
+    cluster["advertise"] = proc.url
+    cluster.setdefault("secret_env", SECRET_ENV)
     return proc.start()
 
 
