@@ -21,19 +21,17 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler as WebHandler
 from multidict import CIMultiDict
-from yarl import URL
 
 from pullcache.api.appkeys import CONFIG, ROUTE
 from pullcache.api.errors import BLOB_UPLOAD_UNKNOWN
 from pullcache.api.routes import Handler, match_endpoint
+from pullcache.cluster.peers import PeerSession
 from pullcache.cluster.secret import peer_signing_key
 from pullcache.cluster.signing import BadSignature, RequestSigner, Unsigned
 from pullcache.cluster.upload_owners import UPLOADS_PATH, UploadOwners, upload_owners
 
 log = logging.getLogger("pullcache.cluster")
-CONNECT_TIMEOUT = 5.0  # a replica on the same network answers at once, or is gone
 READ_TIMEOUT = 600.0  # the owner is silent while it commits the blob to the bucket: minutes for a big one
-MAX_CONNECTIONS = 64
 # What the owner needs of the client's request; Authorization is not sent: this replica checked it.
 _REQUEST_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "User-Agent")
 _HOP_BY_HOP = frozenset(h.lower() for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length",
@@ -47,15 +45,7 @@ class UploadForwarder:
 
     def __init__(self, owners: UploadOwners, signer: RequestSigner) -> None:
         self.owners = owners
-        self._signer = signer
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created on the serving loop, on first use
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT))
-        return self._session
+        self._peers = PeerSession(signer, read_timeout=READ_TIMEOUT)
 
     def elsewhere(self, request: web.Request, upload_id: str) -> str | None:
         """The other replica `upload_id` names as its owner; None if it names this one or none, or if this
@@ -65,11 +55,9 @@ class UploadForwarder:
     async def forward(self, request: web.Request, owner: str, upload_id: str) -> web.Response:
         path = UPLOADS_PATH + request.raw_path
         headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
-        headers.update(self._signer.headers(request.method, path))
         body = _streamed(request) if request.body_exists else None
         try:
-            async with self._client().request(request.method, URL(owner + path, encoded=True), headers=headers,
-                                              data=body, allow_redirects=False) as response:
+            async with self._peers.request(request.method, owner, path, headers=headers, data=body) as response:
                 answer = await response.read()
                 relayed = CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP)
                 return web.Response(status=response.status, headers=relayed, body=answer or None)
@@ -81,9 +69,7 @@ class UploadForwarder:
                 "it; start the upload again", detail={"uuid": upload_id, "owner": owner}) from exc
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._peers.close()
 
 
 async def _streamed(request: web.Request) -> AsyncIterator[bytes]:

@@ -12,14 +12,12 @@ from typing import Self
 from urllib.parse import quote
 
 import aiohttp
-from yarl import URL
 
+from pullcache.cluster.peers import PeerSession
 from pullcache.cluster.signing import FILLS_PATH, RequestSigner
 from pullcache.digests import Digest
 
-CONNECT_TIMEOUT = 5.0  # a peer on the same network answers at once, or is gone
 READ_TIMEOUT = 60.0  # a peer silent this long is cut off (a hung process may keep its lease alive)
-MAX_CONNECTIONS = 64
 
 
 def fill_path(upstream: str, digest: Digest) -> str:
@@ -67,23 +65,14 @@ class PeerStream:
 
 class PeerClient:
     def __init__(self, signer: RequestSigner) -> None:
-        self._signer = signer
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created on the serving loop, on first use
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT))
-        return self._session
+        self._peers = PeerSession(signer, read_timeout=READ_TIMEOUT)
 
     async def open(self, address: str, upstream: str, digest: Digest) -> PeerStream | None:
         """The fill of `digest` from `upstream` that the peer at `address` runs; None if it runs none (it ended,
         or never began there). Raises PeerUnavailable."""
         path = fill_path(upstream, digest)
-        url = URL(address.rstrip("/") + path, encoded=True)
         try:
-            response = await self._client().get(url, headers=self._signer.headers("GET", path))
+            response = await self._peers.request("GET", address, path)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnavailable(f"{address}: {exc or type(exc).__name__}") from exc
         if response.status == 200:
@@ -94,6 +83,4 @@ class PeerClient:
         raise PeerUnavailable(f"{address} answered {response.status} for {path}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._peers.close()
