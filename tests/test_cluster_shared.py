@@ -125,6 +125,19 @@ async def test_an_image_pushed_through_one_replica_is_pulled_through_the_other(r
         assert await blob(b, "team/app", sha256(data)) == (200, data)
 
 
+async def test_a_manifest_put_on_one_replica_finds_the_blobs_uploaded_through_another(replica: Replica) -> None:
+    """A client whose blob uploads landed on one replica and whose manifest PUT lands on another (a
+    round-robin balancer), right away: the blobs are in the bucket, not yet in the second one's memory."""
+    a, b = await replica(), await replica()  # both started before the blobs exist
+    config, layer = b'{"architecture": "amd64", "os": "linux"}', os.urandom(4096)
+    for data in (config, layer):
+        await push_blob(a, "team/fresh", data)
+    document = image_manifest(config, [layer])
+
+    digest = await push_manifest(b, "team/fresh", "v1", document, OCI_MANIFEST)
+    assert await manifest(a, "team/fresh", "v1") == (200, digest, document)
+
+
 async def test_a_tag_moved_or_deleted_through_one_replica_is_seen_by_the_other_at_once(replica: Replica) -> None:
     a = await replica()
     first = await push_image(a, "team/app", "latest", seed="a")

@@ -154,13 +154,13 @@ async def _link_references(store: Store, repo: Repository, parsed: ParsedManifes
     Anything the registry lacks is MANIFEST_BLOB_UNKNOWN, listing every such digest, and then nothing
     is linked.
     """
-    def stored() -> list[Digest]:
-        return [d for d in dict.fromkeys(parsed.blobs) if store.blob_size(d) is not None]
     def blob_unknown(unknown: list[str]) -> RegistryError:
         return MANIFEST_BLOB_UNKNOWN.error(f"manifest references {len(unknown)} blob(s) or manifest(s) "
                                            f"repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
                                            detail={"digests": unknown})
-    held = await asyncio.to_thread(stored)
+    wanted = list(dict.fromkeys(parsed.blobs))
+    sizes = await asyncio.gather(*(store.find_blob_size(d) for d in wanted))
+    held = [d for d, size in zip(wanted, sizes, strict=True) if size is not None]
     to_link = await repo.unlinked_blobs(held)
     lost = [d for d in parsed.blobs if d not in held] + await repo.absent_manifests(parsed.manifests)
     unknown = [str(d) for d in dict.fromkeys(lost)]

@@ -137,7 +137,7 @@ async def _mountable(request: web.Request, digest: Digest, source: str | None) -
     """Whether `digest` may be linked in without an upload: the source repository has it (a local
     one by its link, an upstream one if the blob is cached), or, without `from`, the store does."""
     store = request.app[STORE]
-    if store.blob_size(digest) is None:
+    if await store.find_blob_size(digest) is None:
         return False
     if source is None:
         return True  # the spec lets a registry find the blob by itself

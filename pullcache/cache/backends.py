@@ -61,6 +61,10 @@ class BlobBackend(Protocol):
     def size(self, digest: Digest) -> int | None:
         """A committed blob's size, None if absent; inline, so it answers from memory or a stat."""
 
+    async def find_size(self, digest: Digest) -> int | None:
+        """Like size(), but also sees a blob another process committed since this one looked (S3: a stat of
+        the object when memory says absent): for a client that was told the blob is there."""
+
     async def publish(self, writer: BlobWriter, digest: Digest) -> None:
         """Make a verified writer's bytes the blob `digest`; the same bytes already there is a success."""
 
@@ -145,6 +149,9 @@ class FilesystemBlobs:
             return os.stat(self.layout.blob(digest)).st_size
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    async def find_size(self, digest: Digest) -> int | None:
+        return await asyncio.to_thread(self.size, digest)
 
     async def publish(self, writer: BlobWriter, digest: Digest) -> None:
         if self.size(digest) is not None:

@@ -22,7 +22,7 @@ class LocalRepository:
         """A pushed repository serves the blobs linked to it; a cached blob is linked to no repository (one
         fetch serves every repository of its upstream), so the cached copy holds whatever the store has."""
         if self._cached:
-            return self._store.blob_size(digest) is not None
+            return await self._store.find_blob_size(digest) is not None
         return await self._links.has_blob_link(digest)
 
     async def blob(self, digest: Digest, *, head: bool = False) -> BlobBody | None:

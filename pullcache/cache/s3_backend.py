@@ -157,11 +157,9 @@ class S3Blobs:
         remove_quietly(self.layout.blob(digest))
 
     async def open_blob(self, digest: Digest, *, body: bool) -> OpenedBlob | None:
-        size = self.size(digest)
+        size = await self.find_size(digest)
         if size is None:
-            size = await self._stat(digest)
-            if size is None:
-                return None
+            return None
         if not body:
             return OpenedBlob(size)
         if self._redirect_ttl is not None:  # this host sends no byte of it
@@ -182,6 +180,10 @@ class S3Blobs:
         def read(offset: int, length: int) -> AsyncIterator[bytes]:
             return self.objects.read(key, offset, length)
         return OpenedBlob(size, read=read)
+
+    async def find_size(self, digest: Digest) -> int | None:
+        size = self.size(digest)
+        return size if size is not None else await self._stat(digest)
 
     async def _stat(self, digest: Digest) -> int | None:
         """Ask the bucket for a blob the size map lacks: another replica may have committed it since the

@@ -83,6 +83,11 @@ class Store:
         """Size of a committed blob or None: a stat or a look in memory, so it runs inline."""
         return self.blobs.size(digest)
 
+    async def find_blob_size(self, digest: Digest) -> int | None:
+        """Size of a committed blob or None, including one another process (a replica) committed since this
+        one looked: for checks a client's earlier answer relies on (a manifest's blobs, a mount)."""
+        return await self.blobs.find_size(digest)
+
     async def open_blob(self, digest: Digest, *, body: bool = True) -> OpenedBlob | None:
         """A committed blob to send (None if absent, evicted since the caller looked included): a local file
         for sendfile, a presigned URL to redirect to, or a stream, whichever the backend gives; body=False
@@ -319,7 +324,7 @@ class Store:
         A local repository must never lose a blob to eviction, so the blob becomes pushed content
         even when it first arrived as a cached layer of an upstream image.
         """
-        size = self.blob_size(digest)
+        size = await self.find_blob_size(digest)
         if size is None:
             return False
         await self.index.add(str(digest), size, PUSHED)
