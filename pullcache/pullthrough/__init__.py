@@ -8,6 +8,7 @@ from pullcache.cluster import Coordinator
 from pullcache.config import Config
 from pullcache.pullthrough.blobs import Blobs, BlobTooLarge
 from pullcache.pullthrough.fill_leases import fill_leases
+from pullcache.pullthrough.manifest_leases import ManifestLeases
 from pullcache.pullthrough.manifests import Manifests
 
 
@@ -20,8 +21,9 @@ class PullThrough:
     """
 
     def __init__(self, store: Store, config: Config, coordinator: Coordinator | None = None) -> None:
-        self.manifests = Manifests(store)
         leases = None if coordinator is None else fill_leases(config, coordinator)  # blobs fetched once per cluster
+        self.manifests = Manifests(store, leases=None if leases is None or coordinator is None
+                                   else ManifestLeases(coordinator, leases.holder))  # and manifests asked once
         self.blobs = Blobs(store, max_size=config.storage.max_size, leases=leases)
 
     async def close(self) -> None:

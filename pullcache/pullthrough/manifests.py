@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -36,6 +36,7 @@ from pullcache.digests import Digest
 from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, check_manifest
 from pullcache.pullthrough import stats
 from pullcache.pullthrough.flight import SingleFlight
+from pullcache.pullthrough.manifest_leases import ManifestLeases
 from pullcache.pullthrough.missing import SharedMissing
 from pullcache.resolver import Target
 from pullcache.upstream.client import ManifestResponse
@@ -75,8 +76,11 @@ class _Tag:
 
 
 class Manifests:
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time,
+                 leases: ManifestLeases | None = None) -> None:
+        """leases: share upstream exchanges with the other processes on the store (None: within this one)."""
         self._store = store
+        self._leases = leases
         self._clock = clock
         self._tags: MutableMapping[tuple[str, str], _Tag] = store.state.memo(MEMORY_ENTRIES)
         self._media_types: MutableMapping[tuple[str, Digest], str] = store.state.memo(MEMORY_ENTRIES)
@@ -113,6 +117,8 @@ class Manifests:
             return answer
         await self._missing.raise_if_known(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
+        if self._leases is not None:
+            work = partial(self._across_processes, target, reference, head, work)
         answer, leader = await self._flights.run(key, work)
         if not leader:
             answer = replace(answer, result=stats.STALE if answer.result == stats.STALE else stats.COALESCED)
@@ -121,6 +127,22 @@ class Manifests:
         if count:
             stats.count(stats.MANIFEST, target.upstream.name, answer.result)
         return answer
+
+    async def _across_processes(self, target: Target, reference: str | Digest, head: bool,
+                                work: Callable[[], Awaitable[ManifestAnswer]]) -> ManifestAnswer:
+        """`work` once across the processes on the store: another process's exchange counts as coalesced."""
+        assert self._leases is not None and target.upstream is not None
+        key = f"manifest/{target.upstream.name}/{target.repository}/{reference}/{'head' if head else 'get'}"
+        answer, led = await self._leases.run(key, work, partial(self._settled, target, reference))
+        return answer if led else replace(answer, result=stats.COALESCED)
+
+    async def _settled(self, target: Target, reference: str | Digest) -> ManifestAnswer | None:
+        """What another process's exchange left in the store: the manifest, or its remembered 404 (raised)."""
+        await self._missing.raise_if_known(target, str(reference))
+        if isinstance(reference, Digest):
+            return await self._cached(target, reference)
+        self._tags.pop((target.store_name, reference), None)  # this process's memo predates that exchange
+        return await self._cached_tag(target, reference)
 
     # ------------------------------------------------------------------ cache reads
     def _repository(self, target: Target) -> Repository:
