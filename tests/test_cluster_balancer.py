@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.throttle import Throttle
@@ -58,6 +59,16 @@ def pull(skopeo: Skopeo, host: str, image: Image, into: Path) -> None:
     target = into / f"{image.repo.replace('/', '_')}-{uuid.uuid4().hex[:6]}"
     skopeo.copy(f"docker://{host}/{image.ref}", f"dir:{target}")
     assert (target / "manifest.json").read_bytes() == image.top.data
+
+
+async def test_the_balancer_sends_requests_on_one_connection_to_every_replica(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for n in range(3 * len(cluster.replicas)):
+            async with session.get(f"{cluster.url}/v2/balancer/spread-{n}/tags/list") as response:
+                assert response.status == 404
+    for replica in cluster.replicas:
+        replica.process.wait_until(lambda r=replica: "GET /v2/balancer/spread-" in r.log_text(), timeout=10,
+                                   what="logging a request sent through the balancer")
 
 
 def test_pulls_go_on_through_the_balancer_with_a_replica_killed(
