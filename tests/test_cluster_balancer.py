@@ -7,6 +7,7 @@ own. The cases that kill a replica or stop Redis come last and leave the cluster
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from bench.throttle import Throttle
 from tests.support.htpasswd import write_htpasswd
 from tests.support.images import Image, build_image, push_image
 from tests.support.procs import http_status
+from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient
 from tests.support.replicas import Cluster, running_cluster
 from tests.support.seaweed import SeaweedFS
@@ -61,13 +63,17 @@ def pull(skopeo: Skopeo, host: str, image: Image, into: Path) -> None:
     assert (target / "manifest.json").read_bytes() == image.top.data
 
 
+def logged_a_spread_request(replica: PullcacheProcess) -> bool:
+    return "GET /v2/balancer/spread-" in replica.log_text()
+
+
 async def test_the_balancer_sends_requests_on_one_connection_to_every_replica(cluster: Cluster) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for n in range(3 * len(cluster.replicas)):
             async with session.get(f"{cluster.url}/v2/balancer/spread-{n}/tags/list") as response:
                 assert response.status == 404
     for replica in cluster.replicas:
-        replica.process.wait_until(lambda r=replica: "GET /v2/balancer/spread-" in r.log_text(), timeout=10,
+        replica.process.wait_until(functools.partial(logged_a_spread_request, replica), timeout=10,
                                    what="logging a request sent through the balancer")
 
 
