@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pullcache.api.sendfile import send_file
+from pullcache.cache import backends, s3_backend
 from tests.registry_api import push_blob
 
 pytest_plugins = ["tests.registry_api"]
@@ -52,6 +53,26 @@ async def test_a_client_leaving_mid_transfer_does_not_disturb_the_next_one(regis
             assert len(await response.content.readexactly(64 * 1024)) == 64 * 1024
             response.close()  # hang up with most of the body unsent
     assert await download(registry, digest) == BLOB
+
+
+async def test_a_blob_file_found_short_cuts_the_transfer_and_is_logged_as_damage(
+        registry: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file that loses bytes after it was opened (a damaged store): the client must see a broken transfer
+    at once, not a response that ends short on a connection kept open until its own timeout."""
+    digest = await push_blob(registry, "team/app", BLOB)
+    real_open = backends.open_file
+
+    def open_then_truncated(path: Path) -> tuple[BinaryIO, int] | None:
+        opened = real_open(path)
+        if opened is not None:
+            os.truncate(path, opened[1] // 2)
+        return opened
+    monkeypatch.setattr(backends, "open_file", open_then_truncated)
+    monkeypatch.setattr(s3_backend, "open_file", open_then_truncated)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with asyncio.timeout(30):
+            await download(registry, digest)
+    assert f"blob {digest} is damaged" in caplog.text
 
 
 async def test_a_cancelled_transfer_never_writes_to_a_reused_fd(tmp_path: Path) -> None:

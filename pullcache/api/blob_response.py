@@ -8,6 +8,7 @@ counted by where they came from (note_served), for manifests too.
 """
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -17,13 +18,15 @@ from aiohttp.abc import AbstractStreamWriter
 
 from pullcache import metrics
 from pullcache.api.appkeys import CACHE_RESULT, SERVED_FROM
-from pullcache.api.sendfile import send_body
+from pullcache.api.sendfile import FileShort, send_body
 from pullcache.api.upstream_errors import fill_error
 from pullcache.cache.backends import OpenedBlob
 from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.cache.registry import LOCAL, BlobBody
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
+
+log = logging.getLogger("pullcache.api")
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -141,8 +144,14 @@ async def send_blob(request: web.Request, body: BlobBody, digest: Digest) -> web
     response = blob_file_response(request, body.blob, digest)
     try:
         await response.prepare(request)  # sends it all while the file is open; counted once it went out
-    except ConnectionError:
-        return response  # the client went away mid-file
+    except ConnectionError as exc:
+        # The client went away mid-file, or the file came up short: the headers are gone, so only cutting
+        # the connection tells a client still there that the body is not whole.
+        if isinstance(exc, FileShort):
+            log.error("blob %s is damaged: %s; the transfer was cut", digest, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     if request.method == "GET" and response.status in (200, 206) and response.content_length:
         note_served(request, body.source, response.content_length)
     return response

@@ -34,6 +34,11 @@ class SendTimeout(ConnectionError):
     """The client accepted no byte for SEND_TIMEOUT seconds; its connection was reset."""
 
 
+class FileShort(ConnectionError):
+    """The file ended before the bytes its recorded size promised (a damaged store): the response cannot be
+    completed, so the connection must be cut like one whose client went away."""
+
+
 def _burst(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     """sendfile until `count` bytes went or the socket stayed full for STALL_WAIT_MS; returns bytes sent."""
     poller = select.poll()
@@ -47,7 +52,7 @@ def _burst(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
                 return sent
             continue
         if n == 0:
-            raise ConnectionError("blob file is shorter than its recorded size")
+            raise FileShort("the file is shorter than its recorded size")
         sent += n
     return sent
 
@@ -144,10 +149,12 @@ async def _send_fallback(transport: asyncio.Transport, file_fd: int, offset: int
             piece = min(end - offset, FALLBACK_PIECE)
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
-                    await loop.sendfile(transport, file, offset, piece)
+                    sent = await loop.sendfile(transport, file, offset, piece)
             except TimeoutError:
                 _reset(transport)
                 raise SendTimeout(f"the client accepted less than {piece} bytes in {SEND_TIMEOUT:g}s") from None
+            if sent < piece:
+                raise FileShort("the file is shorter than its recorded size")
             offset += piece
 
 

@@ -32,7 +32,7 @@ class LocalRepository:
         if opened is None:
             return None
         self._store.note_access(digest)
-        return BlobBody(self._source, blob=opened, holds=opened)
+        return BlobBody(self._source, blob=opened)
 
     async def manifest(self, reference: str | Digest, accept: Sequence[str] = (), *, head: bool = False,
                        count: bool = True) -> ManifestBody | None:

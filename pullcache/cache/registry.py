@@ -12,7 +12,6 @@ upstream that failed with nothing cached to answer raises its UpstreamError; api
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
@@ -40,14 +39,15 @@ class BlobBody:
     blob: OpenedBlob | None = None
     reader: FillReader | None = None
     size: int | None = None     # set when neither blob nor reader is
-    holds: AbstractAsyncContextManager[Any] | None = None  # closed on leaving: the blob's or the reader's owner
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.holds is not None:
-            await self.holds.__aexit__(None, None, None)
+        if self.reader is not None:
+            self.reader.close()
+        if self.blob is not None:
+            await self.blob.close()
 
 
 @dataclass(frozen=True)

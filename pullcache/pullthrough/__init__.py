@@ -5,8 +5,8 @@ repository.py puts them behind the repository interface every read handler uses 
 """
 from pullcache.cache.store import Store
 from pullcache.config import Config
-from pullcache.pullthrough.blobs import Blobs, BlobSource, BlobTooLarge
-from pullcache.pullthrough.manifests import ManifestAnswer, Manifests
+from pullcache.pullthrough.blobs import Blobs, BlobTooLarge
+from pullcache.pullthrough.manifests import Manifests
 
 
 class PullThrough:
@@ -26,4 +26,4 @@ class PullThrough:
         await self.blobs.close()
 
 
-__all__ = ["BlobSource", "BlobTooLarge", "Blobs", "ManifestAnswer", "Manifests", "PullThrough"]
+__all__ = ["BlobTooLarge", "Blobs", "Manifests", "PullThrough"]

@@ -51,7 +51,7 @@ class ProxiedRepository:
             return BlobBody(CACHE if result == stats.HIT else UPSTREAM, result, size=size)
         source = await blobs.open(self._target, digest)
         return BlobBody(UPSTREAM if source.reader is not None else CACHE, source.result, blob=source.blob,
-                        reader=source.reader, holds=source)
+                        reader=source.reader)
 
     def holds_blob(self, digest: Digest) -> bool:
         return self._cached.holds_blob(digest)
