@@ -32,8 +32,8 @@ def build_app(config: Config) -> web.Application:
     app[STORE] = store
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
     app[SHADOW_WARNINGS] = ShadowWarnings(app[RESOLVER])
-    app[PULLTHROUGH] = PullThrough(store, config)
     coordinator = open_coordinator(config)
+    app[PULLTHROUGH] = PullThrough(store, config, coordinator)
     app[EVICTION] = EvictionService(store, config, coordinator)
     metrics.store_max_bytes.set(config.storage.max_size)
 

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from pullcache.api import blobs, manifests, referrers, routes, tags, uploads
+from pullcache.api import blobs, manifests, peer_fills, referrers, routes, tags, uploads
 from pullcache.api.appkeys import CONFIG, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
@@ -88,3 +88,4 @@ def setup(app: web.Application) -> None:
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
     app.router.add_get(TOKEN_PATH, authenticator.token)
     routes.setup(app, HANDLERS, base, catalog, authenticator.authorize)
+    peer_fills.setup(app)

@@ -6,7 +6,8 @@ storage.s3.prefix, so `blobs/sha256/ab/ab..` and `repositories/<name>/_manifests
 - Blobs (S3Blobs): a fill or an upload is spooled and hashed under storage.path/tmp as on disk, verified,
   then committed by one multipart upload (aborted if it fails: no half-object is visible). An object
   already there is the same bytes: a commit that lost a race is a success. The sizes of every blob are
-  listed from the bucket at start-up and kept in memory, so a stat costs no request. Hot blobs are also
+  listed from the bucket at start-up and kept in memory, so a stat costs no request; opening one the map
+  lacks asks the bucket (another replica's commit since the listing). Hot blobs are also
   kept in storage.path/blobs, bounded by storage.s3.local_cache (LRU), and served from there with
   sendfile; one not there is copied in first when it fits, else streamed from the bucket. With
   storage.s3.redirect a GET gets a presigned URL instead, and this host sends no byte of it.
@@ -157,7 +158,9 @@ class S3Blobs:
     async def open_blob(self, digest: Digest, *, body: bool) -> OpenedBlob | None:
         size = self.size(digest)
         if size is None:
-            return None
+            size = await self._stat(digest)
+            if size is None:
+                return None
         if not body:
             return OpenedBlob(size)
         if self._redirect_ttl is not None:  # this host sends no byte of it
@@ -178,6 +181,16 @@ class S3Blobs:
         def read(offset: int, length: int) -> AsyncIterator[bytes]:
             return self.objects.read(key, offset, length)
         return OpenedBlob(size, read=read)
+
+    async def _stat(self, digest: Digest) -> int | None:
+        """Ask the bucket for a blob the size map lacks: another replica may have committed it since the
+        listing (a fill it fetched while this one waited), and asking costs less than fetching it again.
+        Found, it joins the map; the callers asked to open it, so a miss here is about to cost a fetch."""
+        info = await self.objects.stat(blob_key(digest))
+        if info is None:
+            return None
+        self._sizes[str(digest)] = (info.size, info.modified)
+        return info.size
 
     async def _copy_in(self, digest: Digest) -> bool:
         """Copy a blob from the bucket into the local cache, once however many ask; False if it is gone."""

@@ -8,10 +8,11 @@ one is in use.
 from __future__ import annotations
 
 from pullcache.cluster.base import CoordinationUnavailable, Coordinator
-from pullcache.cluster.lease import LeaseKeeper, holder_id
+from pullcache.cluster.lease import HeldLease, LeaseKeeper, address_of, holder_id
 from pullcache.config import Config
 
-__all__ = ["CoordinationUnavailable", "Coordinator", "LeaseKeeper", "holder_id", "open_coordinator"]
+__all__ = ["CoordinationUnavailable", "Coordinator", "HeldLease", "LeaseKeeper", "address_of", "holder_id",
+           "open_coordinator"]
 
 
 def open_coordinator(config: Config) -> Coordinator:

@@ -32,3 +32,8 @@ class Coordinator(ABC):
     @abstractmethod
     async def release(self, key: str, holder: str) -> bool:
         """Give the lease up if `holder` holds it; False (and nothing changes) if it does not."""
+
+    @abstractmethod
+    async def holder(self, key: str) -> str | None:
+        """Who holds the lease now (what acquire() was given), None if nobody does: how a process finds the
+        one doing the work it wants (the replica fetching a blob)."""

@@ -31,6 +31,46 @@ def holder_id(config: Config) -> str:
     return f"{config.cluster.advertise or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
+def address_of(holder: str) -> str:
+    """The advertised address in a holder_id: where its process answers its peers."""
+    return holder.rsplit("/", 2)[0]
+
+
+class HeldLease:
+    """A lease just taken for one piece of work (a fill), renewed every ttl/3 until released.
+
+    A renewal that cannot reach the coordination service is retried at the next turn; one that finds the
+    lease gone (lapsed, or Redis lost it) stops renewing and lets the work carry on: its result is the same
+    whoever else starts the work meanwhile.
+    """
+
+    def __init__(self, coordinator: Coordinator, key: str, holder: str, ttl: float) -> None:
+        self.coordinator = coordinator
+        self.key = key
+        self.holder = holder
+        self.ttl = ttl
+        self._task = asyncio.create_task(self._renew(), name=f"pullcache-lease-{key}")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                if not await self.coordinator.renew(self.key, self.holder, self.ttl):
+                    log.warning("lost the %r lease while holding it: another process may do the same work", self.key)
+                    return
+            except CoordinationUnavailable as exc:
+                log.debug("cannot renew the %r lease (%s): trying again", self.key, exc)
+
+    async def release(self) -> None:
+        """Stop renewing and release the lease; if that cannot be done now it lapses by itself."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.coordinator.release(self.key, self.holder)
+        except CoordinationUnavailable as exc:
+            log.debug("could not release the %r lease (%s): it lapses by itself", self.key, exc)
+
+
 class LeaseKeeper:
     def __init__(self, coordinator: Coordinator, key: str, holder: str, ttl: float = LEASE_TTL, *,
                  on_taken: Callable[[], None] | None = None) -> None:

@@ -70,6 +70,13 @@ class RedisCoordinator(Coordinator):
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
+    async def holder(self, key: str) -> str | None:
+        try:
+            value = await self._client.get(KEY_PREFIX + key)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
+
     async def close(self) -> None:
         await self._client.aclose()
         await self._pool.disconnect()

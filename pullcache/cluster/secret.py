@@ -11,6 +11,7 @@ from pullcache.config import ClusterConfig, ConfigError
 
 MIN_SECRET_LENGTH = 32  # characters: a secret anyone could guess lets them sign tokens
 TOKEN_KEY_LABEL = b"pullcache bearer token signing key v1"
+PEER_KEY_LABEL = b"pullcache peer request signing key v1"
 
 
 def cluster_secret(cluster: ClusterConfig, environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -34,3 +35,10 @@ def token_signing_key(cluster: ClusterConfig) -> bytes | None:
     """The key /auth/token signs with, the same in every process sharing the secret; None: a random one."""
     secret = cluster_secret(cluster)
     return None if secret is None else derive_key(secret, TOKEN_KEY_LABEL)
+
+
+def peer_signing_key(cluster: ClusterConfig) -> bytes | None:
+    """The key requests between peers (a fill streamed from the replica fetching it) are signed with;
+    None when the cluster has no secret."""
+    secret = cluster_secret(cluster)
+    return None if secret is None else derive_key(secret, PEER_KEY_LABEL)

@@ -4,8 +4,10 @@ repository.py puts them behind the repository interface every read handler uses 
 `pullcache warm` reads through the same, so a warmed cache and a pulled one are filled by one code path.
 """
 from pullcache.cache.store import Store
+from pullcache.cluster import Coordinator
 from pullcache.config import Config
 from pullcache.pullthrough.blobs import Blobs, BlobTooLarge
+from pullcache.pullthrough.fill_leases import fill_leases
 from pullcache.pullthrough.manifests import Manifests
 
 
@@ -17,9 +19,10 @@ class PullThrough:
     the largest blob it will try to cache.
     """
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, coordinator: Coordinator | None = None) -> None:
         self.manifests = Manifests(store)
-        self.blobs = Blobs(store, max_size=config.storage.max_size)
+        leases = None if coordinator is None else fill_leases(config, coordinator)  # blobs fetched once per cluster
+        self.blobs = Blobs(store, max_size=config.storage.max_size, leases=leases)
 
     async def close(self) -> None:
         await self.manifests.close()
