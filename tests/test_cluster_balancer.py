@@ -7,13 +7,18 @@ own. The cases that kill a replica or stop Redis come last and leave the cluster
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
+import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from bench.throttle import Throttle
 from tests.support.htpasswd import write_htpasswd
@@ -28,8 +33,8 @@ from tests.support.skopeo import Skopeo
 
 PASSWORDS = {"alice": "alice-password"}
 UPSTREAM_RATE = 2_000_000  # bytes/s per upstream connection: a cold layer takes seconds to fill
-
-
+HERD_LAYER_SIZE = 6 * 1024 * 1024 + 7
+HERD = 15
 @pytest.fixture(scope="module")
 def throttle(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Throttle]:
     """The replicas' path to the upstream: capped per connection, and the record of every request."""
@@ -75,6 +80,72 @@ async def test_the_balancer_sends_requests_on_one_connection_to_every_replica(cl
     for replica in cluster.replicas:
         replica.process.wait_until(functools.partial(logged_a_spread_request, replica), timeout=10,
                                    what="logging a request sent through the balancer")
+
+
+def push_layer(upstream: Upstream, name: str) -> tuple[str, bytes, str]:
+    """(repository, bytes, digest) of a random layer of HERD_LAYER_SIZE pushed to the upstream under a repository
+    of its own: cold everywhere, and seconds to fill over UPSTREAM_RATE."""
+    repo = f"balancer/{name}-{uuid.uuid4().hex[:8]}"
+    data = os.urandom(HERD_LAYER_SIZE)
+    digest = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD).upload_blob(repo, data)
+    return repo, data, digest
+
+
+async def get_blob(session: aiohttp.ClientSession, url: str,
+                   first_bytes: asyncio.Event | None = None) -> tuple[float, bytes]:
+    """GET a blob: (seconds until its first body bytes came, the body); `first_bytes` is set when they came."""
+    started = time.monotonic()
+    waited: float | None = None
+    body = bytearray()
+    async with session.get(url) as response:
+        assert response.status == 200, await response.text()
+        async for chunk in response.content.iter_any():
+            if waited is None:
+                waited = time.monotonic() - started
+                if first_bytes is not None:
+                    first_bytes.set()
+            body += chunk
+    assert waited is not None, "an empty body"
+    return waited, bytes(body)
+
+
+async def test_a_herd_on_a_cold_layer_through_the_balancer_makes_one_upstream_get(
+        cluster: Cluster, upstream: Upstream, throttle: Throttle) -> None:
+    repo, data, digest = push_layer(upstream, "herd")
+    url = f"{cluster.url}/v2/{repo}/blobs/{digest}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as session:
+        results = await asyncio.gather(*(get_blob(session, url) for _ in range(HERD)))
+    assert all(body == data for _, body in results), "every copy is the layer, byte for byte"
+    assert throttle.blob_gets(digest) == 1, [f"{r.method} {r.path} {r.status}" for r in throttle.requests()
+                                              if r.path.endswith(digest)]
+    first_bytes = sorted(seconds for seconds, _ in results)
+    assert statistics.median(first_bytes) < 1.0, first_bytes
+
+
+async def test_the_fill_holder_killed_mid_fill_sends_no_wrong_bytes_and_the_next_pull_succeeds(
+        cluster: Cluster, upstream: Upstream) -> None:
+    repo, data, digest = push_layer(upstream, "holder")
+    url = f"{cluster.url}/v2/{repo}/blobs/{digest}"
+    started = [asyncio.Event() for _ in range(2 * len(cluster.replicas))]
+    redis = aioredis.from_url(cluster.redis.redis_url, decode_responses=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        pulls = [asyncio.create_task(get_blob(session, url, event)) for event in started]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 60)  # all stream the fill
+        holder = await redis.get(f"pullcache:lease:fill/docker.io/{digest}")
+        await redis.aclose()
+        assert isinstance(holder, str), "a replica holds the fill's lease"
+        victim = next(r for r in cluster.replicas if holder.startswith(r.url + "/"))
+        victim.kill()
+        try:
+            for outcome in await asyncio.gather(*pulls, return_exceptions=True):
+                assert isinstance(outcome, aiohttp.ClientError) or (isinstance(outcome, tuple)
+                                                                     and len(outcome[1]) < len(data)), \
+                    "a client of a fill whose holder died sees a cut transfer, never a complete one"
+            assert cluster.balancer is not None
+            cluster.balancer.wait_for_state(cluster.server_name(victim), "DOWN")
+            assert (await get_blob(session, url))[1] == data, "the next pull fetches it again"
+        finally:
+            cluster.restart(victim)
 
 
 def test_pulls_go_on_through_the_balancer_with_a_replica_killed(
