@@ -18,10 +18,9 @@ from pullcache.api.appkeys import CONFIG, PULLTHROUGH, ROUTE
 from pullcache.api.sendfile import send_body
 from pullcache.cache.fill import FillFailed
 from pullcache.cluster.secret import peer_signing_key
-from pullcache.cluster.signing import BadSignature, RequestSigner, Unsigned
+from pullcache.cluster.signing import FILLS_PATH, BadSignature, RequestSigner, Unsigned
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
-from pullcache.pullthrough.peer_client import FILLS_PATH
 
 
 def _handler(signer: RequestSigner | None) -> Handler:

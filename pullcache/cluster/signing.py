@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 EXPIRES_HEADER = "X-Pullcache-Expires"
 SIGNATURE_HEADER = "X-Pullcache-Signature"
+FILLS_PATH = "/_pullcache/fills"  # the internal endpoint a fill's holder serves it to its peers on (signed)
 VALID_FOR = 30.0  # seconds a signed request stays good: far less than a capture is worth, more than clocks drift
 
 

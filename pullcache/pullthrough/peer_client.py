@@ -14,10 +14,9 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from pullcache.cluster.signing import RequestSigner
+from pullcache.cluster.signing import FILLS_PATH, RequestSigner
 from pullcache.digests import Digest
 
-FILLS_PATH = "/_pullcache/fills"
 CONNECT_TIMEOUT = 5.0  # a peer on the same network answers at once, or is gone
 READ_TIMEOUT = 60.0  # a peer silent this long is cut off (a hung process may keep its lease alive)
 MAX_CONNECTIONS = 64
