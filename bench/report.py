@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import efficiency
 from .results import BY_KEY, CACHES, METRICS, PULLCACHE, Results, Summary
 
 RATIO_KEYS = ("cached_1", "cached_8", "manifest_tag", "manifest_digest")
@@ -57,6 +58,7 @@ def table(results: Results) -> str:
             f"{f'{ratio:.2f}×' if ratio is not None else '—'} | "
             f"{metric.target.text(metric.unit) if metric.target else ''} | {verdict} |"
         )
+    lines += efficiency.rows(results)
     scale = results.extra.get("scale")
     if isinstance(scale, dict):
         for key, value in scale.items():

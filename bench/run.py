@@ -15,14 +15,14 @@ from pathlib import Path
 
 from tests.support.images import BigLayer
 
-from . import loadgen, report, scenarios
+from . import efficiency, loadgen, report, scenarios
 from .results import Results
 from .stack import STORAGES, Cache, Sizes, Stack, StorageKind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CEILING_TRIES = 3  # the machine is shared: the best of a few runs is the ceiling
-SCENARIOS = ("ceiling", "skopeo", "cached", "redirect", "manifests", "herd", "memory", "scale")
+SCENARIOS = ("ceiling", "skopeo", "cached", "redirect", "manifests", "efficiency", "herd", "memory", "scale")
 # redirect needs an object store to redirect to; scale is bench/scale.py's, on disk only
 NOT_ON = {"filesystem": frozenset({"redirect"}), "s3": frozenset({"scale"})}
 S3_NOTE = ("Storage: S3, both caches on one SeaweedFS 4.48 (`weed server -s3`, GOMEMLIMIT=512MiB) on loopback, "
@@ -110,6 +110,8 @@ class Runner:
                     self._each(stack, "redirect", lambda c: scenarios.redirected_layer(c, seeded, self.settings))
                 if self.wanted("manifests"):
                     self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
+                if self.wanted("efficiency"):
+                    efficiency.run_round(stack.caches[0], seeded, self.settings, self.results, stack.workdir)
                 if self.wanted("herd"):
                     layer = seeded.herd[r]
                     self._each(stack, "herd", lambda c, layer=layer: scenarios.cold_herd(c, layer, self.settings))

@@ -27,7 +27,7 @@ def build_app(config: Config) -> web.Application:
     """An Application whose resources open on startup and close on cleanup, in dependency order."""
     app = web.Application(middlewares=[observe.access, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
     app[CONFIG] = config
-    store = store_for(config.storage)
+    store = store_for(config.storage, config.cluster)
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
     app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())

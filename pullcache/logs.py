@@ -3,13 +3,28 @@
 Structured fields travel as `extra=` on the log call (the access log passes method, path, status, ...).
 The text format shows the message, which already says everything; the JSON format adds those fields
 as keys so that a log pipeline can filter on them without parsing the message.
+
+Lines are formatted and written by a thread of their own (Writer), in the order they were logged: the
+access log writes one per request, and a write to a slow pipe or disk must not stop the event loop, nor
+formatting take its time. Under load the writer gathers the lines of BATCH_PAUSE into one write: woken
+for every line, it cost more than the line itself (each wake-up takes the GIL from the event loop). A
+record whose arguments could change after the call has its message merged when logged (Enqueue). Every
+line is written before the process exits (atexit), and a forked child gets a writer of its own.
 """
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import os
 import sys
+import threading
+import time
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler
+from queue import SimpleQueue
+from typing import TextIO
 
 from pullcache.config import LogConfig
 
@@ -46,20 +61,143 @@ def formatter_for(config: LogConfig) -> logging.Formatter:
     return JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
 
 
+FLUSH_SECONDS = 5.0   # how long flush_logs() and exiting wait for a stuck stream
+BATCH_PAUSE = 0.01    # after a write, lines gather this long before the next (a line is late by at most this)
+
+
+class Writer:
+    """Formats and writes records for `target` (a StreamHandler: its formatter and stream) on a thread of its
+    own, in order. A line logged while the thread waits goes out at once; under load the lines logged
+    during one BATCH_PAUSE go out in one write, so the thread wakes, and takes the GIL, once per pause
+    rather than once per request."""
+
+    def __init__(self, target: logging.StreamHandler[TextIO]) -> None:
+        self.target = target
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: SimpleQueue[logging.LogRecord | threading.Event | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pullcache-log-writer", daemon=True)
+        self._thread.start()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:  # QueueHandler's side of a queue
+        self._queue.put(record)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get())
+            records = [item for item in batch if isinstance(item, logging.LogRecord)]
+            if records:
+                self._write(records)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()  # a flush: everything before it is written
+            if None in batch:
+                return
+            time.sleep(BATCH_PAUSE)
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        target, lines = self.target, []
+        for record in records:
+            try:
+                lines.append(target.format(record) + target.terminator)
+            except Exception:  # noqa: BLE001 - logging's rule: a line that cannot be written is reported, not raised
+                target.handleError(record)
+        try:
+            target.stream.write("".join(lines))
+            target.stream.flush()
+        except Exception:  # noqa: BLE001 - as above
+            target.handleError(records[-1])
+
+    def flush(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Wait until every record put so far is written."""
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def stop(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Write what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self.target.close()
+
+    def restart_in_child(self) -> None:
+        """After fork: the parent's thread did not come along, and its queue is the parent's."""
+        self._start()
+
+
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+class Enqueue(QueueHandler):
+    """Puts each record on the Writer's queue. One whose message or arguments could change once the call
+    returns (anything but strings and numbers: the access log passes only those) is copied with its message
+    merged now, and a traceback is rendered while it is current; the rest is left to the writer."""
+
+    def __init__(self, writer: Writer) -> None:
+        super().__init__(writer)  # type: ignore[arg-type]  # a Writer has the put_nowait a queue needs
+        self.writer = writer
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if record.exc_info is None and type(record.msg) is str and (
+                not args or (type(args) is tuple and all(isinstance(arg, _IMMUTABLE) for arg in args))):
+            return record
+        prepared = copy.copy(record)  # other handlers (pytest's) see the record as logged
+        prepared.msg, prepared.args = record.getMessage(), None
+        if record.exc_info:
+            formatter = self.writer.target.formatter or logging.Formatter()
+            prepared.exc_text, prepared.exc_info = formatter.formatException(record.exc_info), None
+        return prepared
+
+
+_active: Writer | None = None
+
+
+def flush_logs() -> None:
+    """Wait until every line logged so far is written (tests read the stream; a child flushes before _exit)."""
+    if _active is not None:
+        _active.flush()
+
+
+def _stop_writer() -> None:
+    global _active
+    if _active is not None:
+        _active.stop()
+        _active = None
+
+
+def _after_fork_in_child() -> None:
+    if _active is not None:
+        _active.restart_in_child()
+
+
+atexit.register(_stop_writer)  # after logging's own: atexit runs the last registered first
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure_logging(config: LogConfig) -> None:
     """Send every logger's records to stderr in the configured format at the configured level.
 
-    Calling it again replaces the handler it installed before (so no line prints twice) and leaves
-    handlers others installed alone. Python warnings become log records too: printed raw they would
-    break a JSON log stream.
+    Calling it again replaces the handler it installed before (so no line prints twice; what it queued is
+    written first) and leaves handlers others installed alone. Python warnings become log records too:
+    printed raw they would break a JSON log stream.
     """
+    global _active
     root = logging.getLogger()
     for earlier in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(earlier)
         earlier.close()
-    handler = logging.StreamHandler(sys.stderr)
+    _stop_writer()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(formatter_for(config))
+    _active = Writer(stream)
+    handler = Enqueue(_active)
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(formatter_for(config))
     root.addHandler(handler)
     root.setLevel(config.level.upper())
+    # Neither format names a thread or process: records skip looking them up (logging HOWTO, "Optimization").
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.captureWarnings(True)

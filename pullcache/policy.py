@@ -23,6 +23,7 @@ from .config import PullRule, PullRules
 from .names import matches_glob
 
 MAX_VOUCHED = 200_000  # (upstream, repository, digest) entries, ~100 bytes each
+MAX_PARSED = 10_000    # manifests whose references are remembered: a cached tag is served without parsing it again
 
 
 class PullDenied(Exception):
@@ -81,6 +82,7 @@ class PullPolicy:
 
     def __init__(self) -> None:
         self._vouched: LRUCache[tuple[str, str, str], bool] = LRUCache(MAX_VOUCHED)
+        self._references: LRUCache[str, list[str]] = LRUCache(MAX_PARSED)  # by manifest digest: bytes never change
 
     def check(self, upstream: str, rules: PullRules, repository: str, reference: str) -> None:
         """PullDenied unless the rules allow repository@reference (a tag, or a digest `alg:hex`)."""
@@ -99,6 +101,14 @@ class PullPolicy:
 
     def vouch(self, upstream: str, repository: str, digest: str | None, body: bytes | None) -> None:
         """An allowed manifest was served: it and what it references may be pulled by digest."""
-        digests = ([digest] if digest else []) + (referenced_digests(body) if body else [])
+        digests = ([digest] if digest else []) + (self._referenced(digest, body) if body else [])
         for each in digests:
             self._vouched[(upstream, repository, each)] = True
+
+    def _referenced(self, digest: str | None, body: bytes) -> list[str]:
+        if digest is None:
+            return referenced_digests(body)
+        found = self._references.get(digest)
+        if found is None:
+            found = self._references[digest] = referenced_digests(body)
+        return found

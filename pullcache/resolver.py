@@ -6,6 +6,10 @@ Docker Hub's one-component names get `library/`. Pushes go only to local names t
 with an upstream's name, do not match `local.deny_push` and, when `local.allow_push` is set, match it.
 A pushed bare name shadows the default upstream's image of that name for every mirror client.
 
+Whether a bare name exists locally is asked of the store once per LOCAL_CHECK_SECONDS, not on every
+request (LocalCheck): a repository another process on the same store creates is seen within that time, and
+one pushed through this process at once.
+
 Pulls from an upstream are checked against its `rules` (policy.py) before anything is fetched.
 
 A refusal is one of this module's exceptions (or policy.PullDenied); api/targets.py says it in HTTP,
@@ -13,9 +17,12 @@ A refusal is one of this module's exceptions (or policy.PullDenied); api/targets
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from cachetools import TTLCache
 
 from pullcache.config import Config, UpstreamConfig
 from pullcache.names import matches_glob
@@ -24,6 +31,11 @@ from pullcache.policy import PullPolicy
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
     from pullcache.upstream.pool import Upstreams
+
+
+LOCAL_CHECK_SECONDS = 1.0   # how long a local repository's existence, or absence, is taken as known
+PUSH_WINDOW_SECONDS = 600   # a name pushed to within this long is asked about on every read until it exists
+CHECKED_NAMES = 100_000     # names remembered (clients choose them: bounded)
 
 
 class UnknownNamespace(LookupError):
@@ -67,11 +79,48 @@ def upstream_repository(config: UpstreamConfig, name: str) -> str:
     return name
 
 
+class LocalCheck:
+    """Whether a local repository exists, remembered for LOCAL_CHECK_SECONDS: asking the store means building
+    its paths and a stat on the event loop, on every request for a bare name, twice with auth.
+
+    A name a push here is writing to is not remembered as absent (only found), so the read that follows
+    the push sees the new repository at once; pushes through other processes are seen within the interval.
+    A plain dict, not a TTLCache: this runs twice per request, and the oldest entry goes when it is full.
+    """
+
+    def __init__(self, exists: Callable[[str], bool], clock: Callable[[], float]) -> None:
+        self._exists = exists
+        self._clock = clock
+        self._known: dict[str, tuple[bool, float]] = {}  # name -> (exists, until)
+        self._pushing: TTLCache[str, bool] = TTLCache(CHECKED_NAMES, PUSH_WINDOW_SECONDS, timer=clock)
+
+    def __call__(self, name: str) -> bool:
+        now = self._clock()
+        known = self._known.get(name)
+        if known is not None and now < known[1]:
+            return known[0]
+        exists = self._exists(name)
+        if exists:
+            self._pushing.pop(name, None)
+        if exists or name not in self._pushing:
+            self._known.pop(name, None)  # re-inserted last: the dict stays in order of checking
+            if len(self._known) >= CHECKED_NAMES:
+                del self._known[next(iter(self._known))]
+            self._known[name] = (exists, now + LOCAL_CHECK_SECONDS)
+        return exists
+
+    def pushing(self, name: str) -> None:
+        """A write to `name` is under way: its repository may exist by the next read."""
+        self._known.pop(name, None)
+        self._pushing[name] = True
+
+
 class Resolver:
-    def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool]) -> None:
+    def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._upstreams = upstreams
-        self._local_exists = local_exists
+        self._local_exists = LocalCheck(local_exists, clock)
         self.policy = PullPolicy()
 
     def check_pull(self, target: Target, reference: str) -> None:
@@ -114,6 +163,7 @@ class Resolver:
         if allowed and not any(matches_glob(name, pattern) for pattern in allowed):
             raise PushDenied(name, f"pushing to {name!r} is not allowed: local.allow_push admits only "
                                    f"{', '.join(allowed)}")
+        self._local_exists.pushing(name)
         return Target(name, None, name)
 
     def default_target(self, name: str) -> Target | None:

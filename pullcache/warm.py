@@ -244,7 +244,7 @@ async def run_warm_command(config: Config, images: Sequence[str], platform: str 
                            out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
     """Warm each image; 0 if all were warmed, 1 if any failed (each failure is reported, the rest go on)."""
     configure_logging(replace(config.log, level="warning"))  # progress bars, not debug lines
-    store = store_for(config.storage)
+    store = store_for(config.storage, config.cluster)
     await store.open()
     upstreams = Upstreams(config.upstreams)
     await upstreams.start()

@@ -14,6 +14,7 @@ packages=(
   haproxy             # the round-robin balancer, health-checked on /readyz, in front of the replica tests' three pullcaches
   tinyproxy           # the outbound HTTP(S) proxy the upstream-proxy tests send through
   wrk                 # manifest requests/s in the benchmark
+  nginx               # the benchmark's static-file ceiling for manifests (bench/efficiency.py starts its own)
   apache2-utils       # htpasswd -B for the auth tests
   prometheus          # promtool checks the shipped alert rules
   debootstrap         # a Debian base image for building deploy/Dockerfile offline (cached, see tests/support/baseimage.py)

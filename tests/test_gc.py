@@ -171,7 +171,7 @@ async def test_the_revision_of_an_evicted_cached_manifest_is_pruned(store: Store
     report = await collect_garbage(store, GC, dry_run=False)
 
     assert [(r.kind, r.name) for r in report.removals] == [("revision", f"{repository.name}@{evicted}")]
-    assert not repository.has_manifest(evicted) and repository.has_manifest(held)
+    assert not await repository.has_manifest(evicted) and await repository.has_manifest(held)
 
 
 async def test_a_cached_tag_stays_when_its_manifest_is_evicted(store: Store) -> None:
@@ -181,7 +181,7 @@ async def test_a_cached_tag_stays_when_its_manifest_is_evicted(store: Store) -> 
 
     await collect_garbage(store, GC, dry_run=False)
 
-    assert (await repository.get_tag("3.20")).digest == tagged and repository.has_manifest(tagged)
+    assert (await repository.get_tag("3.20")).digest == tagged and await repository.has_manifest(tagged)
 
 
 async def test_a_legacy_blob_link_in_a_cached_repository_goes_with_its_blob(store: Store) -> None:

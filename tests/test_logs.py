@@ -3,9 +3,14 @@ and an upstream failure logged once with its cause however many clients were wai
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -19,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import LogConfig, build_config
-from pullcache.logs import configure_logging
+from pullcache.logs import configure_logging, flush_logs
 from tests.fault_upstream import FakeRegistry, Stall
 from tests.registry_api import push_image
 from tests.support.pullcache_proc import PullcacheProcess
@@ -99,6 +104,7 @@ async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
 def test_json_line_has_ts_level_logger_msg_and_the_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogConfig(level="info", format="json"))
     logging.getLogger("pullcache.test").info("fetched %s", "alpine", extra={"upstream": "docker.io", "bytes": 42})
+    flush_logs()
     [entry] = json_lines(capsys.readouterr().err)
     assert entry["level"] == "info"
     assert entry["logger"] == "pullcache.test"
@@ -114,6 +120,7 @@ def test_json_traceback_stays_inside_its_line(capsys: pytest.CaptureFixture[str]
         raise ValueError("bad\nvalue")
     except ValueError:
         logging.getLogger("pullcache.test").exception("it broke")
+    flush_logs()
     [entry] = json_lines(capsys.readouterr().err)
     assert entry["level"] == "error"
     assert entry["msg"] == "it broke"
@@ -123,6 +130,7 @@ def test_json_traceback_stays_inside_its_line(capsys: pytest.CaptureFixture[str]
 def test_python_warnings_become_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogConfig(level="info", format="json"))
     warnings.warn("something looks wrong", UserWarning, stacklevel=1)
+    flush_logs()
     [entry] = json_lines(capsys.readouterr().err)
     assert entry["logger"] == "py.warnings"
     assert "something looks wrong" in entry["msg"]
@@ -131,6 +139,7 @@ def test_python_warnings_become_json_lines_too(capsys: pytest.CaptureFixture[str
 def test_text_format_is_one_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogConfig(level="info", format="text"))
     logging.getLogger("pullcache.test").warning("upstream %s is slow", "docker.io")
+    flush_logs()
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING pullcache.test: upstream docker.io is slow")
 
@@ -139,6 +148,7 @@ def test_level_comes_from_the_config(capsys: pytest.CaptureFixture[str]) -> None
     configure_logging(LogConfig(level="warning", format="text"))
     logging.getLogger("pullcache.test").info("not shown")
     logging.getLogger("pullcache.test").warning("shown")
+    flush_logs()
     assert [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()] == ["shown"]
 
 
@@ -146,6 +156,7 @@ def test_configuring_twice_does_not_print_twice(capsys: pytest.CaptureFixture[st
     configure_logging(LogConfig(level="info", format="text"))
     configure_logging(LogConfig(level="info", format="json"))
     logging.getLogger("pullcache.test").info("once")
+    flush_logs()
     assert len(json_lines(capsys.readouterr().err)) == 1
 
 
@@ -158,6 +169,7 @@ async def test_each_request_gets_one_access_line_with_its_fields(
     await client.head("/healthz")
     await client.get("/v2/library/alpine/manifests/latest?ns=docker.io")
     await access_lines.wait_for(4)
+    flush_logs()
     entries = access_entries(capsys.readouterr().err)
     assert [(e["method"], e["path"], e["route"]) for e in entries] == [
         ("GET", "/", "status"), ("GET", "/no/such/page?x=1", "other"), ("HEAD", "/healthz", "healthz"),
@@ -190,6 +202,7 @@ async def test_access_lines_of_proxied_pulls_name_the_upstream_and_cache_result(
         async with client.get(f"/v2/library/app/blobs/{digest}") as response:
             assert await response.read() == data
     await access_lines.wait_for(2)
+    flush_logs()
     lines = [entry for entry in access_entries(capsys.readouterr().err) if entry["route"] == "blob"]
     assert [(e["cache"], e["upstream"], e["status"], e["bytes"], e["aborted"]) for e in lines] == [
         ("miss", "docker.io", 200, len(data), False), ("hit", "docker.io", 200, len(data), False)]
@@ -216,6 +229,7 @@ async def test_the_access_line_names_the_upstream_the_handler_used_though_a_push
     async with await pulling as response:
         assert response.status == 200
     await access_lines.wait_until(lambda: access_lines.logged("GET", "/v2/team/app/manifests/v1"))
+    flush_logs()
     [pull] = [entry for entry in access_entries(capsys.readouterr().err)
               if entry["method"] == "GET" and entry["path"] == "/v2/team/app/manifests/v1"]
     assert (pull["upstream"], pull["cache"]) == ("docker.io", "miss")
@@ -301,3 +315,93 @@ async def test_a_transfer_cut_short_logs_the_bytes_it_sent_and_says_aborted(
     assert (line.status, line.aborted) == (200, True)
     assert 0 < line.bytes == len(received) < len(data)
     assert f" 200 {len(received)}B aborted " in line.getMessage()
+
+
+class StuckStream(io.StringIO):
+    """stderr on a full pipe or a stalled disk: each write waits until `flowing` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flowing = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.flowing.wait(5)
+        return super().write(text)
+
+
+def test_a_stalled_log_stream_does_not_hold_up_the_code_that_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = StuckStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(LogConfig(level="info", format="json"))
+    started = time.monotonic()
+    logging.getLogger("pullcache.access").info("GET /v2/ 200", extra={"status": 200})
+    assert time.monotonic() - started < 1  # the event loop would have stood still meanwhile
+    stream.flowing.set()
+    flush_logs()
+    [entry] = json_lines(stream.getvalue())
+    assert (entry["msg"], entry["status"]) == ("GET /v2/ 200", 200)
+
+
+def test_lines_keep_the_arguments_as_they_were_when_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(level="info", format="text"))
+    names = ["alpine"]
+    logging.getLogger("pullcache.test").info("pulled %s", names)
+    names.append("later")
+    flush_logs()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith(" pullcache.test: pulled ['alpine']")
+
+
+def test_every_line_is_written_before_the_process_exits(tmp_path: Path) -> None:
+    script = ("import logging\n"
+              "from pullcache.config import LogConfig\n"
+              "from pullcache.logs import configure_logging\n"
+              "configure_logging(LogConfig(level='info', format='json'))\n"
+              "for i in range(2000):\n"
+              "    logging.getLogger('pullcache.test').info('line %d', i)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert [entry["msg"] for entry in json_lines(done.stderr)] == [f"line {i}" for i in range(2000)]
+
+
+def test_a_forked_child_keeps_logging(tmp_path: Path) -> None:
+    script = ("import logging, os\n"
+              "from pullcache.config import LogConfig\n"
+              "from pullcache.logs import configure_logging, flush_logs\n"
+              "configure_logging(LogConfig(level='info', format='text'))\n"
+              "logging.getLogger('pullcache.test').info('parent before fork')\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    logging.getLogger('pullcache.test').info('from the child')\n"
+              "    flush_logs()\n"
+              "    os._exit(0)\n"
+              "os.waitpid(pid, 0)\n"
+              "logging.getLogger('pullcache.test').info('parent after the child')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    messages = [line.split(": ", 1)[1] for line in done.stderr.splitlines()]
+    assert messages == ["parent before fork", "from the child", "parent after the child"]
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_in_a_burst_go_out_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write, and one wake-up of the writer thread, per request was the access log's cost under load."""
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(LogConfig(level="info", format="text"))
+    for i in range(500):
+        logging.getLogger("pullcache.access").info("GET /v2/ 200 #%d", i)
+    flush_logs()
+    assert len(stream.getvalue().splitlines()) == 500
+    assert stream.writes < 100

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from pullcache import resolver as resolver_module
 from pullcache.config import build_config
-from pullcache.resolver import PushDenied, Resolver, Target, UnknownNamespace
+from pullcache.resolver import LOCAL_CHECK_SECONDS, PushDenied, Resolver, Target, UnknownNamespace
 from pullcache.upstream.pool import Upstreams
 
 HUB = {"name": "docker.io", "url": "https://registry-1.docker.io", "default": True, "aliases": ["index.docker.io"]}
@@ -178,3 +179,81 @@ def test_the_image_a_pushed_bare_name_hides_is_the_default_upstreams() -> None:
     assert where(resolver().default_target("myorg/oci-app")) == ("docker.io", "myorg/oci-app")  # type: ignore[arg-type]
     assert where(resolver().default_target("busybox")) == ("docker.io", "library/busybox")  # type: ignore[arg-type]
     assert resolver(GHCR).default_target("myorg/oci-app") is None
+
+
+# ---------------------------------------------------------------------- the local-repository check
+
+class Disk:
+    """Local repositories as a resolver sees them through its existence check, which it counts."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.checks = 0
+
+    def exists(self, name: str) -> bool:
+        self.checks += 1
+        return name in self.names
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def checked_resolver(disk: Disk, clock: Clock) -> Resolver:
+    config = build_config({"upstreams": [HUB, GHCR]})
+    return Resolver(config, Upstreams(config.upstreams), disk.exists, clock=clock)
+
+
+def test_whether_a_bare_name_is_local_is_remembered_between_requests() -> None:
+    disk = Disk()
+    routes = checked_resolver(disk, Clock())
+    for _ in range(3):
+        assert routes.resolve("team/app").upstream is not None
+    assert disk.checks == 1
+
+
+def test_a_repository_created_elsewhere_is_seen_once_the_check_interval_passed() -> None:
+    disk, clock = Disk(), Clock()
+    routes = checked_resolver(disk, clock)
+    assert routes.resolve("team/app").upstream is not None
+    disk.names.add("team/app")  # another process on the same store pushed it
+    clock.now += LOCAL_CHECK_SECONDS
+    assert routes.resolve("team/app").upstream is None
+
+
+def test_a_push_here_is_seen_by_the_next_read_at_once() -> None:
+    disk = Disk()
+    routes = checked_resolver(disk, Clock())
+    assert routes.resolve("team/app").upstream is not None
+    routes.resolve_push("team/app")
+    disk.names.add("team/app")  # the push's write
+    assert routes.resolve("team/app").upstream is None
+
+
+def test_a_name_being_pushed_is_checked_on_every_read_until_it_exists() -> None:
+    disk = Disk()
+    routes = checked_resolver(disk, Clock())
+    routes.resolve_push("team/app")
+    assert routes.resolve("team/app").upstream is not None  # a client's blob HEAD before it uploads
+    disk.names.add("team/app")
+    assert routes.resolve("team/app").upstream is None
+    checks = disk.checks
+    assert routes.resolve("team/app").upstream is None
+    assert disk.checks == checks  # found: remembered again
+
+
+def test_the_names_remembered_are_bounded_and_the_oldest_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolver_module, "CHECKED_NAMES", 3)
+    disk = Disk()
+    routes = checked_resolver(disk, Clock())
+    for name in ("a/one", "a/two", "a/three", "a/four"):  # clients choose names: memory must not
+        routes.resolve(name)
+    assert disk.checks == 4
+    routes.resolve("a/four")
+    assert disk.checks == 4  # the newest is still known
+    routes.resolve("a/one")
+    assert disk.checks == 5  # the oldest was let go

@@ -107,7 +107,7 @@ async def test_a_mount_of_a_blob_evicted_meanwhile_fails_and_leaves_no_row(
     assert not await store.mount_blob("team/app", DIGEST)
 
     assert await store.blob_row(DIGEST) is None
-    assert not store.repository("team/app").has_blob_link(DIGEST)
+    assert not await store.repository("team/app").has_blob_link(DIGEST)
 
 
 async def test_an_evicted_manifest_is_not_served_from_memory(store: Store) -> None:

@@ -25,6 +25,7 @@ from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.cache.registry import LOCAL, BlobBody
 from pullcache.digests import Digest
 from pullcache.mediatypes import OCTET_STREAM
+from pullcache.metric_children import child
 
 log = logging.getLogger("pullcache.api")
 
@@ -128,7 +129,7 @@ def note_served(request: web.Request, source: str, size: int) -> None:
     if source == LOCAL:
         request[SERVED_FROM] = LOCAL
     elif size:
-        metrics.bytes_served.labels(source).inc(size)
+        child(metrics.bytes_served, source).inc(size)
 
 
 async def send_blob(request: web.Request, body: BlobBody, digest: Digest) -> web.StreamResponse:

@@ -154,16 +154,16 @@ async def _link_references(store: Store, repo: Repository, parsed: ParsedManifes
     Anything the registry lacks is MANIFEST_BLOB_UNKNOWN, listing every such digest, and then nothing
     is linked.
     """
-    def classify() -> tuple[list[Digest], list[str]]:
-        to_link = [d for d in parsed.blobs if store.blob_size(d) is not None and not repo.has_blob_link(d)]
-        lost = [d for d in parsed.blobs if store.blob_size(d) is None]
-        lost += [d for d in parsed.manifests if not repo.has_manifest(d)]
-        return list(dict.fromkeys(to_link)), [str(d) for d in dict.fromkeys(lost)]
+    def stored() -> list[Digest]:
+        return [d for d in dict.fromkeys(parsed.blobs) if store.blob_size(d) is not None]
     def blob_unknown(unknown: list[str]) -> RegistryError:
         return MANIFEST_BLOB_UNKNOWN.error(f"manifest references {len(unknown)} blob(s) or manifest(s) "
                                            f"repository {repo.name!r} does not have: {', '.join(unknown[:5])}",
                                            detail={"digests": unknown})
-    to_link, unknown = await asyncio.to_thread(classify)
+    held = await asyncio.to_thread(stored)
+    to_link = await repo.unlinked_blobs(held)
+    lost = [d for d in parsed.blobs if d not in held] + await repo.absent_manifests(parsed.manifests)
+    unknown = [str(d) for d in dict.fromkeys(lost)]
     if unknown:
         raise blob_unknown(unknown)
     for digest in to_link:

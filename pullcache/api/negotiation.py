@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from pullcache.api.errors import MANIFEST_UNKNOWN
@@ -47,6 +48,11 @@ def _quality(params: list[str]) -> float:
 
 def parse_accept(values: list[str]) -> Accepted:
     """All `Accept` headers of a request (clients send one per type or one comma list); q=0 excludes."""
+    return _parse_accept(tuple(values))
+
+
+@lru_cache(maxsize=256)  # a client sends the same Accept with every manifest request
+def _parse_accept(values: tuple[str, ...]) -> Accepted:
     types, named = set(), False
     for value in values:
         for item in value.split(","):

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from pullcache import metrics
 from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, ROUTE, SERVED_FROM
 from pullcache.api.targets import TARGET
+from pullcache.metric_children import child
 
 ROUTE_OTHER = "other"
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before an answer went out"
@@ -52,9 +53,8 @@ def body_bytes_sent(request: web.BaseRequest, response: web.StreamResponse, mete
     """
     if request.method == "HEAD" or response.status < 200 or response.status in (204, 304):
         return 0  # answers that never carry a body, whatever their Content-Length says
-    if completed and response.content_length is not None:
-        return response.content_length
-    return metered
+    length = response.content_length if completed else None  # read once: an isinstance against an ABC each time
+    return metered if length is None else length
 
 
 def _status(response: web.StreamResponse | None, error: BaseException | None) -> int:
@@ -101,28 +101,38 @@ def _record(request: web.Request, response: web.StreamResponse | None, error: Ba
     aborted = response is not None and not completed  # headers (may have) said 200; the body stopped short
     route = request.get(ROUTE, ROUTE_OTHER)
     method = request.method if request.method in _METHODS else "other"
-    metrics.http_requests.labels(method, route, str(status)).inc()
-    metrics.http_request_duration.labels(route).observe(seconds)
+    child(metrics.http_requests, method, route, str(status)).inc()
+    child(metrics.http_request_duration, route).observe(seconds)
 
     answered = 200 <= status < 300
     # Handlers of local repositories mark their content; proxied bodies are counted where they are streamed.
     if answered and request.get(SERVED_FROM) == "local" and sent:
-        metrics.bytes_served.labels("local").inc(sent)
+        child(metrics.bytes_served, "local").inc(sent)
     target = request.get(TARGET)  # as the handler resolved it: a push since then may resolve the name otherwise
     if answered and target is not None and route == "manifest" and request.method == "GET":
         request.app[PULL_COUNTS].add(target.store_name)
 
-    upstream = target.upstream.name if target is not None and target.upstream is not None else None
+    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+    if access_log.isEnabledFor(level):  # debug lines are off by default: nothing to build for them
+        upstream = target.upstream.name if target is not None and target.upstream is not None else None
+        _log_line(request, level, route, status, sent, aborted, seconds, upstream)
+
+
+def _log_line(request: web.Request, level: int, route: str, status: int, sent: int, aborted: bool,
+              seconds: float, upstream: str | None) -> None:
     cache = request.get(CACHE_RESULT)
     user_agent = request.headers.get("User-Agent", "")
-    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
-    access_log.log(
-        level, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
-        request.method, request.raw_path, status, sent, " aborted" if aborted else "", seconds * 1000,
-        cache or "-", upstream or "-", request.remote, json.dumps(user_agent),
-        extra={"method": request.method, "path": request.raw_path, "route": route, "status": status,
-               "bytes": sent, "aborted": aborted, "duration_ms": round(seconds * 1000, 3), "cache": cache,
-               "upstream": upstream, "remote": request.remote, "user_agent": user_agent})
+    method, path, remote = request.method, request.raw_path, request.remote
+    # What log() does, less finding the caller's frame (no format shows it) and checking each extra key
+    # against the record's attributes (these never clash).
+    record = logging.LogRecord(
+        access_log.name, level, "", 0, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
+        (method, path, status, sent, " aborted" if aborted else "", seconds * 1000,
+         cache or "-", upstream or "-", remote, json.dumps(user_agent)), None)
+    record.__dict__.update(
+        method=method, path=path, route=route, status=status, bytes=sent, aborted=aborted,
+        duration_ms=round(seconds * 1000, 3), cache=cache, upstream=upstream, remote=remote, user_agent=user_agent)
+    access_log.handle(record)
 
 
 @web.middleware

@@ -18,7 +18,7 @@ from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import DENIED, NAME_INVALID, NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from pullcache.api.names import check_name
-from pullcache.api.notify import notify
+from pullcache.api.notify import notify, wants
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -73,8 +73,9 @@ def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
     elif endpoint == "manifest" and request.method == "GET" and response.status == 200:
         if request.app[AUDIT].pulls:
             audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
-        notify(request, "pull", name, digest, tag=None if argument == digest else argument,
-               media_type=response.content_type, size=response.content_length)
+        if wants(request, "pull"):  # content_length costs an ABC isinstance: a share of a cached pull
+            notify(request, "pull", name, digest, tag=None if argument == digest else argument,
+                   media_type=response.content_type, size=response.content_length)
 
 
 def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],

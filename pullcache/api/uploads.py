@@ -137,7 +137,7 @@ async def _mountable(request: web.Request, digest: Digest, source: str | None) -
     if not NAME_PATTERN.match(source):
         return False  # like Distribution: a bad `from` means no mount, and an ordinary upload starts
     source_target = request.app[RESOLVER].resolve(source)
-    return repository_of(request, source_target).holds_blob(digest)
+    return await repository_of(request, source_target).holds_blob(digest)
 
 
 async def start_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:

@@ -1,12 +1,19 @@
-"""The Store that storage.backend names: the filesystem under storage.path, or an S3 bucket beside it."""
+"""The Store that storage.backend names: the filesystem under storage.path, or an S3 bucket beside it; with
+cluster.redis, one whose repository files and pull-through state every replica on the bucket shares."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from pullcache.cache.bucket_files import BucketFiles
+from pullcache.cache.layout import Layout
+from pullcache.cache.repo_files import LocalFiles
 from pullcache.cache.s3 import S3Objects, S3Settings
 from pullcache.cache.s3_backend import BucketMirror, S3Blobs
 from pullcache.cache.store import Store
-from pullcache.config import S3Config, StorageConfig
+from pullcache.cluster.redis_pool import shared_redis
+from pullcache.cluster.shared_state import RedisState
+from pullcache.config import ClusterConfig, S3Config, StorageConfig
 
 SETTLE = 0.1  # seconds for obstore to wind down a failed request before the process exits
 
@@ -35,12 +42,23 @@ async def check_bucket(s3: S3Config) -> str:
     return objects.where
 
 
-def store_for(storage: StorageConfig) -> Store:
+def store_for(storage: StorageConfig, cluster: ClusterConfig | None = None) -> Store:
+    """The store; `cluster` (its redis) only for a process that shares the store with others."""
+    redis_url = cluster.redis if cluster is not None else None
     if storage.backend == "filesystem":
-        return Store(storage.path)
+        if redis_url is None:
+            return Store(storage.path)
+        namespace = f"pullcache:{Path(storage.path).resolve()}:"
+        return Store(storage.path, state=RedisState(shared_redis(redis_url, namespace)))
     s3 = storage.s3
     objects = objects_for(s3)
     redirect_ttl = s3.redirect_ttl if s3.redirect else None
-    return Store(storage.path,
-                 backend=lambda layout: S3Blobs(objects, layout, local_cache=s3.local_cache, redirect_ttl=redirect_ttl),
-                 mirror=lambda layout: BucketMirror(objects, layout))
+
+    def blobs(layout: Layout) -> S3Blobs:
+        return S3Blobs(objects, layout, local_cache=s3.local_cache, redirect_ttl=redirect_ttl)
+    if redis_url is None:
+        return Store(storage.path, backend=blobs,
+                     files=lambda layout: LocalFiles(layout, BucketMirror(objects, layout)))
+    redis = shared_redis(redis_url, f"pullcache:{objects.where}:")
+    return Store(storage.path, backend=blobs, files=lambda layout: BucketFiles(objects, layout, redis),
+                 state=RedisState(redis))

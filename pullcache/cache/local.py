@@ -18,15 +18,15 @@ class LocalRepository:
         self._cached = cached
         self._source = CACHE if cached else LOCAL
 
-    def holds_blob(self, digest: Digest) -> bool:
+    async def holds_blob(self, digest: Digest) -> bool:
         """A pushed repository serves the blobs linked to it; a cached blob is linked to no repository (one
         fetch serves every repository of its upstream), so the cached copy holds whatever the store has."""
         if self._cached:
             return self._store.blob_size(digest) is not None
-        return self._links.has_blob_link(digest)
+        return await self._links.has_blob_link(digest)
 
     async def blob(self, digest: Digest, *, head: bool = False) -> BlobBody | None:
-        if not self.holds_blob(digest):
+        if not await self.holds_blob(digest):
             return None
         opened = await self._store.open_blob(digest, body=not head)
         if opened is None:
@@ -54,7 +54,7 @@ class LocalRepository:
 
     async def tags(self) -> list[str]:
         tags = await self._links.tags()
-        if not tags and not self._links.exists():
+        if not tags and not await self._links.known():
             raise RepositoryUnknown("is not known to this registry")
         return list(tags)
 

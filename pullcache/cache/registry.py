@@ -70,7 +70,7 @@ class RegistryRepository(Protocol):
         does not serve it."""
         ...
 
-    def holds_blob(self, digest: Digest) -> bool:
+    async def holds_blob(self, digest: Digest) -> bool:
         """Whether a cross-repository mount from this repository may link the blob (the store has it)."""
         ...
 

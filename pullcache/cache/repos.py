@@ -1,24 +1,19 @@
-"""A repository on disk: tags, manifest revisions, blob links and referrers, all as small files.
+"""A repository: tags, manifest revisions, blob links and referrers, all as small files (cache/layout.py),
+kept where cache/repo_files.py says: under storage.path, or in the bucket read through Redis.
 
 Link files make a repository's content explicit, so a local repository only serves blobs that
-were pushed or mounted into it, and GC can mark from them. Each write is atomic (files.write_atomic).
+were pushed or mounted into it, and GC can mark from them. Each write replaces a whole file.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from pullcache.cache.files import (
-    remove_empty_parents,
-    remove_quietly,
-    unlink_if_present,
-    write_atomic,
-)
+from pullcache.cache.repo_files import LAYERS, MANIFESTS, RepositoryFiles
 from pullcache.digests import Digest
 
 
@@ -28,67 +23,38 @@ class TagLink:
     confirmed_at: float  # when the tag was written or last confirmed by its upstream
 
 
-def _parse_tag(data: bytes, mtime: Callable[[], float]) -> TagLink | None:
+async def _parse_tag(data: bytes, mtime: Callable[[], Awaitable[float]]) -> TagLink | None:
     """A tag file: {"digest", "confirmed_at"}; or, as older versions wrote it, the bare digest, last
     confirmed at the file's mtime. None for anything else."""
     try:
         if data.lstrip().startswith(b"{"):
             record = json.loads(data)
             return TagLink(Digest.parse(record["digest"]), float(record["confirmed_at"]))
-        return TagLink(Digest.parse(data.decode().strip()), mtime())
+        return TagLink(Digest.parse(data.decode().strip()), await mtime())
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _digest_dirs(root: Path) -> list[Digest]:
-    """Digests stored as <alg>/<hex> files under root."""
+def _digests(relative: list[str]) -> list[Digest]:
+    """Digests stored as <alg>/<hex> files, from their paths relative to the folder holding them."""
     found: list[Digest] = []
-    if not root.is_dir():
-        return found
-    for alg_dir in root.iterdir():
-        if alg_dir.is_dir():
-            for entry in alg_dir.iterdir():
-                try:
-                    found.append(Digest.parse(f"{alg_dir.name}:{entry.name}"))
-                except ValueError:
-                    continue
+    for path in relative:
+        algorithm, _, hex_ = path.partition("/")
+        try:
+            found.append(Digest.parse(f"{algorithm}:{hex_}"))
+        except ValueError:
+            continue
     return found
 
 
-def _remove_files(paths: list[Path]) -> None:
-    for path in paths:
-        remove_quietly(path)
-
-
-class Mirror(Protocol):
-    """Where repository files are also kept (the S3 backend's bucket): written before the local file, so a
-    write that fails there (StorageUnavailable) changes nothing."""
-
-    async def put(self, path: Path, data: bytes) -> None: ...
-
-    async def delete(self, paths: list[Path]) -> None: ...
-
-    async def restore(self) -> int: ...
-
-
 class Repository:
-    """One repository's links (local ones under repositories/<name>, cached ones under proxied/<upstream>/<name>)."""
+    """One repository's links (local ones under repositories/<name>, cached ones under proxied/<upstream>/<name>),
+    as files wherever `files` keeps them (cache/repo_files.py)."""
 
-    def __init__(self, path: Path, tmp_dir: Path, name: str, mirror: Mirror | None = None) -> None:
+    def __init__(self, path: Path, name: str, files: RepositoryFiles) -> None:
         self.path = path
         self.name = name
-        self._tmp = tmp_dir
-        self._mirror = mirror
-
-    async def _write(self, path: Path, data: bytes) -> None:
-        if self._mirror is not None:
-            await self._mirror.put(path, data)
-        await asyncio.to_thread(write_atomic, path, data, self._tmp)
-
-    async def _remove(self, paths: list[Path]) -> None:
-        if self._mirror is not None and paths:
-            await self._mirror.delete(paths)
-        await asyncio.to_thread(_remove_files, paths)
+        self._files = files
 
     # ------------------------------------------------------------------ paths
     def _tag(self, tag: str) -> Path:
@@ -105,120 +71,114 @@ class Repository:
 
     # ------------------------------------------------------------------ existence
     def exists(self) -> bool:
-        return (self.path / "_manifests").is_dir() or (self.path / "_layers").is_dir()
+        """Answered from memory, for the resolver: a repository another replica just made may not be in it."""
+        return self._files.holds_repository(self.path)
+
+    async def known(self) -> bool:
+        """exists(), or else asked of the files themselves."""
+        if self.exists():
+            return True
+        for folder in (MANIFESTS, LAYERS):
+            if await self._files.listing(self.path / folder):
+                return True
+        return False
 
     # ------------------------------------------------------------------ tags
-    def _get_tag(self, tag: str) -> TagLink | None:
-        path = self._tag(tag)
-        try:
-            return _parse_tag(path.read_bytes(), lambda: path.stat().st_mtime)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    async def _parse(self, path: Path, data: bytes) -> TagLink | None:
+        return await _parse_tag(data, lambda: self._files.modified(path))
 
     async def get_tag(self, tag: str) -> TagLink | None:
-        return await asyncio.to_thread(self._get_tag, tag)
+        data = await self._files.read(self._tag(tag))
+        return None if data is None else await self._parse(self._tag(tag), data)
 
     async def set_tag(self, tag: str, digest: Digest, *, confirmed_at: float | None = None) -> None:
         """Point the tag at digest, recording when that was last true (now, unless the caller learned it
         earlier): an upstream tag's ttl counts from there, on any backend and across restarts."""
         record = {"digest": str(digest), "confirmed_at": time.time() if confirmed_at is None else confirmed_at}
-        await self._write(self._tag(tag), json.dumps(record).encode())
+        await self._files.write(self._tag(tag), json.dumps(record).encode())
 
     async def delete_tag(self, tag: str) -> bool:
-        if self._mirror is not None and await asyncio.to_thread(self._tag(tag).exists):
-            await self._mirror.delete([self._tag(tag)])
-        return await asyncio.to_thread(unlink_if_present, self._tag(tag))
-
-    def _tags(self) -> dict[str, Digest]:
-        tags_dir = self.path / "_manifests" / "tags"
-        if not tags_dir.is_dir():
-            return {}
-        result = {}
-        for entry in tags_dir.iterdir():
-            link = self._get_tag(entry.name)
-            if link is not None:
-                result[entry.name] = link.digest
-        return result
+        return bool(await self._files.remove([self._tag(tag)]))
 
     async def tags(self) -> dict[str, Digest]:
         """Every tag and the digest it names."""
-        return await asyncio.to_thread(self._tags)
+        found = await self._files.read_folder(self.path / "_manifests" / "tags")
+        result = {}
+        for tag, data in found.items():
+            link = await self._parse(self._tag(tag), data)
+            if link is not None and "/" not in tag:
+                result[tag] = link.digest
+        return result
 
     # ------------------------------------------------------------------ manifests
-    def _media_type(self, digest: Digest) -> str | None:
-        try:
-            return self._revision(digest).read_text()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    async def has_manifest(self, digest: Digest) -> bool:
+        return await self._files.exists(self._revision(digest))
 
-    def has_manifest(self, digest: Digest) -> bool:
-        return self._revision(digest).exists()
+    async def absent_manifests(self, digests: list[Digest]) -> list[Digest]:
+        """Those of `digests` the repository holds no revision of."""
+        present = await self._files.existing([self._revision(digest) for digest in digests])
+        return [digest for digest, there in zip(digests, present, strict=True) if not there]
 
     async def manifest_media_type(self, digest: Digest) -> str | None:
         """The media type the manifest was stored with, or None if the repository lacks it."""
-        return await asyncio.to_thread(self._media_type, digest)
+        data = await self._files.read(self._revision(digest))
+        return None if data is None else data.decode()
 
     async def link_manifest(self, digest: Digest, media_type: str) -> None:
-        await self._write(self._revision(digest), media_type.encode())
+        await self._files.write(self._revision(digest), media_type.encode())
 
-    def _manifest_files(self, digest: Digest) -> list[Path]:
+    async def _manifest_files(self, digest: Digest) -> list[Path]:
         """The manifest's revision file, the tags naming it and its referrer entries; [] if it is absent."""
-        path = self._revision(digest)
-        if not path.exists():
+        if not await self.has_manifest(digest):
             return []
-        files = [self._tag(tag) for tag, tagged in self._tags().items() if tagged == digest]
+        files = [self._tag(tag) for tag, tagged in (await self.tags()).items() if tagged == digest]
+        entry = f"{digest.algorithm}-{digest.hex}"
         referrers_root = self.path / "_referrers"
-        if referrers_root.is_dir():
-            files += referrers_root.glob(f"*/*/{digest.algorithm}-{digest.hex}")
-        return [*files, path]
+        files += [referrers_root / found for found in await self._files.listing(referrers_root)
+                  if found.count("/") == 2 and found.rsplit("/", 1)[1] == entry]
+        return [*files, self._revision(digest)]
 
     async def unlink_manifest(self, digest: Digest) -> bool:
         """Remove a manifest, every tag naming it and its referrer entries; False if it was absent."""
-        files = await asyncio.to_thread(self._manifest_files, digest)
-        await self._remove(files)
-        referrers_root = self.path / "_referrers"
-        for entry in files:
-            if entry.is_relative_to(referrers_root):
-                await asyncio.to_thread(remove_empty_parents, entry.parent, referrers_root)
+        files = await self._manifest_files(digest)
+        await self._files.remove(files, prune_up_to=self.path / "_referrers")
         return bool(files)
 
     async def manifests(self) -> list[Digest]:
-        return await asyncio.to_thread(_digest_dirs, self.path / "_manifests" / "revisions")
+        return _digests(await self._files.listing(self.path / "_manifests" / "revisions"))
 
     # ------------------------------------------------------------------ blob links
-    def has_blob_link(self, digest: Digest) -> bool:
-        return self._layer(digest).exists()
+    async def has_blob_link(self, digest: Digest) -> bool:
+        return await self._files.exists(self._layer(digest))
+
+    async def unlinked_blobs(self, digests: list[Digest]) -> list[Digest]:
+        """Those of `digests` not linked into the repository."""
+        present = await self._files.existing([self._layer(digest) for digest in digests])
+        return [digest for digest, there in zip(digests, present, strict=True) if not there]
 
     async def link_blob(self, digest: Digest) -> None:
-        if not self.has_blob_link(digest):
-            await self._write(self._layer(digest), b"")
+        if not await self.has_blob_link(digest):
+            await self._files.write(self._layer(digest), b"")
 
     async def unlink_blob(self, digest: Digest) -> bool:
-        if self._mirror is not None and self.has_blob_link(digest):
-            await self._mirror.delete([self._layer(digest)])
-        return await asyncio.to_thread(unlink_if_present, self._layer(digest))
+        return bool(await self._files.remove([self._layer(digest)]))
 
     async def blob_links(self) -> list[Digest]:
-        return await asyncio.to_thread(_digest_dirs, self.path / "_layers")
+        return _digests(await self._files.listing(self.path / "_layers"))
 
     # ------------------------------------------------------------------ referrers
     async def add_referrer(self, subject: Digest, descriptor: dict[str, Any]) -> None:
         referrer = Digest.parse(descriptor["digest"])
         path = self._referrers(subject) / f"{referrer.algorithm}-{referrer.hex}"
-        await self._write(path, json.dumps(descriptor).encode())
-
-    def _referrers_of(self, subject: Digest) -> list[dict[str, Any]]:
-        folder = self._referrers(subject)
-        if not folder.is_dir():
-            return []
-        descriptors = []
-        for entry in sorted(folder.iterdir()):
-            try:
-                descriptors.append(json.loads(entry.read_bytes()))
-            except (OSError, ValueError):
-                continue
-        return descriptors
+        await self._files.write(path, json.dumps(descriptor).encode())
 
     async def referrers(self, subject: Digest) -> list[dict[str, Any]]:
         """Descriptors of the manifests whose subject is `subject`, in a stable order."""
-        return await asyncio.to_thread(self._referrers_of, subject)
+        found = await self._files.read_folder(self._referrers(subject))
+        descriptors = []
+        for name in sorted(found):
+            try:
+                descriptors.append(json.loads(found[name]))
+            except ValueError:
+                continue
+        return descriptors

@@ -11,10 +11,11 @@ storage.s3.prefix, so `blobs/sha256/ab/ab..` and `repositories/<name>/_manifests
   kept in storage.path/blobs, bounded by storage.s3.local_cache (LRU), and served from there with
   sendfile; one not there is copied in first when it fits, else streamed from the bucket. With
   storage.s3.redirect a GET gets a presigned URL instead, and this host sends no byte of it.
-- Repository files (BucketMirror): each write of a tag, revision, link or referrer goes to the bucket
-  first and then to the same file under storage.path, which serves the reads. A storage.path with no
-  repositories is filled from the bucket at start-up, and the index is rebuilt by the reconcile that an
-  absent index triggers (in the background, while serving), from the listing above.
+- Repository files (BucketMirror, for one node): each write of a tag, revision, link or referrer goes to
+  the bucket first and then to the same file under storage.path, which serves the reads. A storage.path
+  with no repositories is filled from the bucket at start-up, and the index is rebuilt by the reconcile
+  that an absent index triggers (in the background, while serving), from the listing above. Replicas
+  (cluster.redis) keep no local copy: they read the bucket through Redis (cache/bucket_files.py).
 """
 from __future__ import annotations
 
@@ -229,9 +230,13 @@ class S3Blobs:
         return True
 
     async def read_bytes(self, digest: Digest) -> bytes | None:
+        """A small blob (a manifest) from the local copy, else the bucket, asked also when the size map lacks
+        it: a repository names it, and another replica may have committed it since the listing."""
         data = await asyncio.to_thread(read_file, self.layout.blob(digest))
-        if data is None and self.size(digest) is not None:
+        if data is None:
             data = await self.objects.get_content(blob_key(digest))
+            if data is not None:
+                self._sizes.setdefault(str(digest), (len(data), time.time()))
         return data
 
     def read_blocking(self, digest: Digest) -> bytes | None:

@@ -20,10 +20,12 @@ from pullcache.cache.files import StoreFullError
 from pullcache.cache.in_use import UsageMarkers
 from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Totals, TotalsListener
 from pullcache.cache.layout import Layout
-from pullcache.cache.repos import Mirror, Repository
+from pullcache.cache.repo_files import LocalFiles, RepositoryFiles
+from pullcache.cache.repos import Repository
 from pullcache.cache.scan import StaleFile, orphaned_files, remove_orphans
 from pullcache.cache.uploads import Uploads, UploadSession
 from pullcache.cache.writer import BlobWriter
+from pullcache.cluster.shared_state import ProcessState, SharedState
 from pullcache.digests import Digest
 
 CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once the last server stopped cleanly, "0" while one runs
@@ -32,12 +34,14 @@ MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep the
 
 class Store:
     def __init__(self, root: str | Path, *, backend: Callable[[Layout], BlobBackend] = FilesystemBlobs,
-                 mirror: Callable[[Layout], Mirror] | None = None) -> None:
-        """A store under root (storage.path); blobs in the backend it names, the filesystem by default, and
-        repository files also written through `mirror` (the S3 backend's bucket)."""
+                 files: Callable[[Layout], RepositoryFiles] = LocalFiles, state: SharedState | None = None) -> None:
+        """A store under root (storage.path); blobs in the backend it names, the filesystem by default,
+        repository files where `files` keeps them (under root by default), and the pull-through's state in
+        `state` (this process's memory by default; Redis for replicas)."""
         self.layout = Layout(Path(root).resolve())
         self.blobs = backend(self.layout)
-        self.mirror = mirror(self.layout) if mirror is not None else None
+        self.files = files(self.layout)
+        self.state = state or ProcessState()
         self.index = BlobIndex(self.layout.index)
         self.uploads = Uploads(self.layout.uploads, self.layout.tmp)
         self.users = UsageMarkers(self.layout.root)
@@ -48,15 +52,16 @@ class Store:
     async def open(self) -> None:
         await asyncio.to_thread(self.layout.make_dirs)
         await self.blobs.open()
-        if self.mirror is not None:
-            await self.mirror.restore()
+        await self.files.open()
         self.index_was_missing = await self.index.open()
 
     async def close(self) -> None:
         with contextlib.suppress(StoreFullError):  # the last hits are lost on a full disk: only recency
             await self.flush_accesses()
         await self.index.close()
+        await self.files.close()
         await self.blobs.close()
+        await self.state.close()
         self.users.close()  # still marked in use: not a clean stop
 
     @property
@@ -67,20 +72,11 @@ class Store:
     # ------------------------------------------------------------------ repositories
     def repository(self, name: str, *, cached: bool = False) -> Repository:
         """A local repository, or with cached=True one cached from an upstream (name = '<upstream>/<repo>')."""
-        return Repository(self.layout.repository(name, cached), self.layout.tmp, name, self.mirror)
+        return Repository(self.layout.repository(name, cached), name, self.files)
 
     async def repository_names(self, *, cached: bool = False) -> list[str]:
         """Every repository name holding manifests or blobs, sorted (the _catalog)."""
-        root = self.layout.repositories(cached)
-
-        def walk() -> list[str]:
-            names = []
-            for dirpath, dirnames, _ in os.walk(root):
-                if "_manifests" in dirnames or "_layers" in dirnames:
-                    names.append(os.path.relpath(dirpath, root))
-                dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-            return sorted(names)
-        return await asyncio.to_thread(walk)
+        return await self.files.repository_names(self.layout.repositories(cached))
 
     # ------------------------------------------------------------------ blobs
     def blob_size(self, digest: Digest) -> int | None:

@@ -188,7 +188,7 @@ async def run_gc_command(config: Config, dry_run: bool) -> int:
     if not await asyncio.to_thread(root.is_dir):
         print(f"pullcache gc: storage.path {str(root)!r} does not exist; nothing to collect")
         return 1
-    store = store_for(config.storage)
+    store = store_for(config.storage, config.cluster)
     await store.open()
     try:
         report = await collect_garbage(store, config.gc, dry_run=dry_run)

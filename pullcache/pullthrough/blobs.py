@@ -44,7 +44,7 @@ from pullcache.cache.store import Store
 from pullcache.digests import Digest
 from pullcache.pullthrough import stats
 from pullcache.pullthrough.fill_leases import Claim, FillLeases, Follow, Lead, Stored
-from pullcache.pullthrough.missing import Missing
+from pullcache.pullthrough.missing import SharedMissing
 from pullcache.pullthrough.relayed_fill import RelayableFill
 from pullcache.resolver import Target
 from pullcache.upstream.errors import (
@@ -137,7 +137,7 @@ class Blobs:
         self._leases = leases  # None: fills are shared within this process only
         self._fills: dict[tuple[str, Digest], _Flight] = {}  # by _flight_key: fetches never cross upstreams
         self._tasks: set[asyncio.Task[None]] = set()
-        self._missing = Missing()  # upstream 404s, per upstream repository
+        self._missing = SharedMissing(store.state)  # upstream 404s, per upstream repository (shared by replicas)
 
     async def open(self, target: Target, digest: Digest) -> BlobSource:
         """The blob, counted once: its committed file, opened, or a reader of its fill (joined, or started now).
@@ -158,10 +158,11 @@ class Blobs:
                     self._store.note_access(digest)
                     stats.count(stats.BLOB, target.upstream.name, stats.HIT)
                     return BlobSource(stats.HIT, blob=opened)
-            flight = self._fills.get(_flight_key(target, digest))
+            if _flight_key(target, digest) not in self._fills:  # a remembered 404 (maybe another replica's)
+                await self._missing.raise_if_known(target, str(digest))
+            flight = self._fills.get(_flight_key(target, digest))  # looked up again: the look above may wait
             started = flight is None
             if flight is None:
-                self._missing.raise_if_known(target, str(digest))
                 flight = self._start(target, digest)
             reader = flight.fill.reader()
             role = await self._role(flight, reader)
@@ -290,7 +291,7 @@ class Blobs:
                 _decide(flight, LEAD)
             self._ended(target, flight)  # before any await: nobody may join a fill that is failing
             if isinstance(exc, UpstreamNotFound):
-                self._missing.remember(target, str(digest), exc)
+                await self._missing.remember(target, str(digest), exc)
             await fill.fail(exc)
             if isinstance(exc, StoreFullError):  # whether or not a request is still there to say so
                 await fill.closed()  # until then the failed fill still holds its space: eviction could not even write

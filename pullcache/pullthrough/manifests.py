@@ -10,20 +10,24 @@
   not become a storm upstream; concurrent misses and revalidations of one reference share one
   upstream exchange.
 
-Tag state (digest, media type, last confirmation) lives in memory, seeded from the store on first
-use, so a cached tag within its ttl costs no upstream request and no disk access.
+Tag state (digest, media type, last confirmation) is the store's: in memory, seeded from the store on
+first use, so a cached tag within its ttl costs no upstream request and no disk access; for replicas on
+one bucket, read through the cache they share on each request (the store's `state` says which). Tags
+learned from a HEAD and awaiting their manifest live in the store's state too, with their ttl, so a HEAD
+on one replica and the GET by digest on another are linked.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from pullcache.cache.index import CACHED
 from pullcache.cache.repos import Repository
@@ -32,7 +36,7 @@ from pullcache.digests import Digest
 from pullcache.manifest_check import CHECK_INLINE_BYTES, ManifestInvalid, check_manifest
 from pullcache.pullthrough import stats
 from pullcache.pullthrough.flight import SingleFlight
-from pullcache.pullthrough.missing import Missing
+from pullcache.pullthrough.missing import SharedMissing
 from pullcache.resolver import Target
 from pullcache.upstream.client import ManifestResponse
 from pullcache.upstream.errors import (
@@ -59,6 +63,10 @@ class ManifestAnswer:
     result: str         # stats.HIT / MISS / STALE / REVALIDATED / COALESCED
 
 
+def _pending_key(target: Target, digest: Digest) -> str:
+    return f"{target.store_name}@{digest}"
+
+
 @dataclass(frozen=True)
 class _Tag:
     digest: Digest
@@ -70,12 +78,11 @@ class Manifests:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        self._tags: LRUCache[tuple[str, str], _Tag] = LRUCache(MEMORY_ENTRIES)
-        self._media_types: LRUCache[tuple[str, Digest], str] = LRUCache(MEMORY_ENTRIES)
-        self._missing = Missing()
+        self._tags: MutableMapping[tuple[str, str], _Tag] = store.state.memo(MEMORY_ENTRIES)
+        self._media_types: MutableMapping[tuple[str, Digest], str] = store.state.memo(MEMORY_ENTRIES)
+        self._missing = SharedMissing(store.state)
         # containerd resolves a tag with HEAD, then GETs the digest: remember the tag to link it then.
-        self._pending_tags: TTLCache[tuple[str, Digest], tuple[str, float]] = TTLCache(
-            MEMORY_ENTRIES, PENDING_TAG_SECONDS)
+        self._pending_tags = store.state.expiring("pending-tags", PENDING_TAG_SECONDS, MEMORY_ENTRIES)
         # Tags whose revalidation just failed: served stale without making every pull wait on a sick upstream.
         self._failing: TTLCache[tuple[str, str, str], bool] = TTLCache(MEMORY_ENTRIES, STALE_RETRY_SECONDS,
                                                                        timer=clock)
@@ -104,7 +111,7 @@ class Manifests:
             if count:
                 stats.count(stats.MANIFEST, target.upstream.name, answer.result)
             return answer
-        self._missing.raise_if_known(target, str(reference))
+        await self._missing.raise_if_known(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
         answer, leader = await self._flights.run(key, work)
         if not leader:
@@ -131,8 +138,10 @@ class Manifests:
     async def _cached(self, target: Target, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the store if this repository holds it (and eviction left its bytes)."""
         media_type = await self._media_type(target, digest)
-        if media_type is None:
-            return None
+        return None if media_type is None else await self._held(digest, media_type)
+
+    async def _held(self, digest: Digest, media_type: str) -> ManifestAnswer | None:
+        """A linked manifest with its bytes, unless eviction took them."""
         body = await self._store.read_small(digest)
         if body is None:
             return None
@@ -166,14 +175,14 @@ class Manifests:
             result = stats.STALE
         else:
             return None
-        cached = await self._cached(target, state.digest)
-        return None if cached is None else replace(cached, result=result)
+        cached = await self._held(state.digest, state.media_type)  # _tag() just read the media type
+        return cached if cached is None or result == stats.HIT else replace(cached, result=result)
 
     # ------------------------------------------------------------------ upstream work (one per reference)
     async def _fetch_digest(self, target: Target, digest: Digest, accept: Sequence[str],
                             head: bool) -> ManifestAnswer:
         assert target.upstream is not None
-        with self._upstream_failures(target, str(digest)):
+        async with self._upstream_failures(target, str(digest)):
             if head:
                 remote = await target.upstream.head_manifest(target.repository, str(digest), accept)
                 return ManifestAnswer(digest, remote.media_type, remote.size, None, stats.MISS)
@@ -187,7 +196,7 @@ class Manifests:
         state = await self._tag(target, tag)
         cached = await self._cached(target, state.digest) if state is not None else None
         try:
-            with self._upstream_failures(target, tag):
+            async with self._upstream_failures(target, tag):
                 if cached is not None or head:
                     remote = await upstream.head_manifest(target.repository, tag, accept)
                     remote_digest = Digest.parse(remote.digest)
@@ -198,7 +207,8 @@ class Manifests:
                         # revalidated: the upstream confirmed the digest we had; a tag that moved is a miss
                         return replace(held, result=stats.REVALIDATED if unchanged else stats.MISS)
                     if head:
-                        self._pending_tags[(target.store_name, remote_digest)] = (tag, self._clock())
+                        await self._pending_tags.put(_pending_key(target, remote_digest),
+                                                     json.dumps([tag, self._clock()]))
                         return ManifestAnswer(remote_digest, remote.media_type, remote.size, None, stats.MISS)
                 response = await upstream.get_manifest(target.repository, tag, accept)
                 answer = await self._keep(target, response, "sha256")
@@ -232,10 +242,10 @@ class Manifests:
         await self._repository(target).link_manifest(digest, media_type)
         self._media_types[(target.store_name, digest)] = media_type
         answer = ManifestAnswer(digest, media_type, len(response.body), response.body, stats.MISS)
-        pending = self._pending_tags.pop((target.store_name, digest), None)
+        pending = await self._pending_tags.pop(_pending_key(target, digest))
         if pending is not None:
-            tag, learned_at = pending
-            current = self._tags.get((target.store_name, tag))
+            tag, learned_at = json.loads(pending)
+            current = await self._tag(target, tag)
             if current is None or current.confirmed_at < learned_at:
                 await self._set_tag(target, tag, answer, confirmed_at=learned_at)
         return answer
@@ -254,13 +264,13 @@ class Manifests:
         await self._repository(target).delete_tag(tag)
 
     # ------------------------------------------------------------------ upstream failures
-    @contextmanager
-    def _upstream_failures(self, target: Target, reference: str) -> Iterator[None]:
+    @asynccontextmanager
+    async def _upstream_failures(self, target: Target, reference: str) -> AsyncIterator[None]:
         """Around one upstream exchange: remember a 404; log any other failure once, not per waiting client."""
         try:
             yield
         except UpstreamNotFound as exc:
-            self._missing.remember(target, reference, exc)
+            await self._missing.remember(target, reference, exc)
             log.debug("manifest %s:%s not found upstream: %s", target.store_name, reference, exc)
             raise
         except UpstreamError as exc:

@@ -1,35 +1,44 @@
 """Upstream 404s remembered for the upstream's `not_found_ttl`, per upstream repository and reference
 (a tag or a digest), so a storm of requests for something missing does not become a storm upstream.
 
-Shared by manifests and blobs: each keeps its own Missing, and the shape of the memory is the same.
+They are kept in the store's state (cluster/shared_state.py): this process's memory, or with replicas on one
+bucket Redis, so that a 404 one replica got answers on every other. Manifests and blobs each keep their own.
 """
 from __future__ import annotations
 
-from cachetools import TTLCache
+import json
 
+from pullcache.cluster.shared_state import ExpiringMap, SharedState
 from pullcache.resolver import Target
 from pullcache.upstream.errors import UpstreamNotFound
 
 ENTRIES = 10_000  # upstream 404s remembered per upstream
 
 
-class Missing:
-    def __init__(self) -> None:
-        self._by_upstream: dict[str, TTLCache[tuple[str, str], UpstreamNotFound]] = {}
+def _remembered(known: UpstreamNotFound) -> UpstreamNotFound:
+    return UpstreamNotFound(known.upstream, f"{known.message} (remembered)", known.status)
 
-    def _for(self, target: Target) -> TTLCache[tuple[str, str], UpstreamNotFound]:
+
+class SharedMissing:
+    def __init__(self, state: SharedState) -> None:
+        self._state = state
+        self._by_upstream: dict[str, ExpiringMap] = {}
+
+    def _for(self, target: Target) -> ExpiringMap:
         assert target.upstream is not None
         missing = self._by_upstream.get(target.upstream.name)
         if missing is None:
-            missing = TTLCache(ENTRIES, target.upstream.config.not_found_ttl)
+            missing = self._state.expiring(f"missing:{target.upstream.name}", target.upstream.config.not_found_ttl,
+                                           ENTRIES)
             self._by_upstream[target.upstream.name] = missing
         return missing
 
-    def remember(self, target: Target, reference: str, exc: UpstreamNotFound) -> None:
-        self._for(target)[(target.repository, reference)] = exc
+    async def remember(self, target: Target, reference: str, exc: UpstreamNotFound) -> None:
+        await self._for(target).put(f"{target.repository}:{reference}",
+                                    json.dumps([exc.upstream, exc.message, exc.status]))
 
-    def raise_if_known(self, target: Target, reference: str) -> None:
+    async def raise_if_known(self, target: Target, reference: str) -> None:
         """Raise the remembered 404 of `reference` in target's repository, if its ttl has not run out."""
-        known = self._for(target).get((target.repository, reference))
+        known = await self._for(target).get(f"{target.repository}:{reference}")
         if known is not None:
-            raise UpstreamNotFound(known.upstream, f"{known.message} (remembered)", known.status)
+            raise _remembered(UpstreamNotFound(*json.loads(known)))

@@ -53,8 +53,8 @@ class ProxiedRepository:
         return BlobBody(UPSTREAM if source.reader is not None else CACHE, source.result, blob=source.blob,
                         reader=source.reader)
 
-    def holds_blob(self, digest: Digest) -> bool:
-        return self._cached.holds_blob(digest)
+    async def holds_blob(self, digest: Digest) -> bool:
+        return await self._cached.holds_blob(digest)
 
     async def manifest(self, reference: str | Digest, accept: Sequence[str] = (), *, head: bool = False,
                        count: bool = True) -> ManifestBody:

@@ -7,6 +7,7 @@ upstream failed is one `stale`; a tag whose ttl passed and that upstream confirm
 from __future__ import annotations
 
 from pullcache import metrics
+from pullcache.metric_children import child
 
 HIT = "hit"
 MISS = "miss"
@@ -19,4 +20,4 @@ BLOB = "blob"
 
 
 def count(kind: str, upstream: str, result: str) -> None:
-    metrics.cache_requests.labels(kind, upstream, result).inc()
+    child(metrics.cache_requests, kind, upstream, result).inc()

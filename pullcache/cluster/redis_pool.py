@@ -1,0 +1,55 @@
+"""One Redis client per use, on the bounded, blocking pool the leases use (redis_backend's settings), so
+every Redis caller in pullcache waits for a free connection instead of failing past the pool's size, and
+gives up on a Redis that does not answer within the same timeout."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from pullcache.cluster.redis_backend import MAX_CONNECTIONS, POOL_WAIT, SOCKET_TIMEOUT
+
+log = logging.getLogger("pullcache.cluster")
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A client owning its pool: `await client.aclose()` disconnects both. Connects on first use, so a
+    Redis that is down at start-up does not keep a process from starting."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT,
+        socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT)
+    return aioredis.Redis.from_pool(pool)
+
+
+class RedisTrouble:
+    """Says once that Redis cannot be reached and once that it answers again, however many callers notice:
+    each falls back on the bucket (or on asking the upstream) and the log does not repeat per request."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, exc: Exception) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("cluster.redis unreachable (%s): repository files are read from the bucket, and pending "
+                        "tags and upstream 404s are not shared, until it answers", exc)
+
+    def answered(self) -> None:
+        if self.down:
+            self.down = False
+            log.info("cluster.redis answers again: replicas share repository files and pull-through state")
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    """What one store's shared state uses of Redis: the client, the prefix of the store's keys (clusters on
+    other buckets may share the Redis) and the one log of its outages."""
+
+    client: aioredis.Redis
+    namespace: str
+    trouble: RedisTrouble
+
+
+def shared_redis(url: str, namespace: str) -> SharedRedis:
+    return SharedRedis(redis_client(url), namespace, RedisTrouble())
