@@ -12,6 +12,8 @@ import functools
 import os
 import statistics
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.throttle import Throttle
+from pullcache.cache.bucket_files import NAMES_REFRESH
+from pullcache.resolver import LOCAL_CHECK_SECONDS
 from tests.support.htpasswd import write_htpasswd
-from tests.support.images import Image, build_image, push_image
+from tests.support.images import DOCKER_MANIFEST, Image, build_image, push_image
 from tests.support.procs import http_status
 from tests.support.pullcache_proc import PullcacheProcess
 from tests.support.registry_client import RegistryClient
@@ -120,6 +124,33 @@ async def test_a_herd_on_a_cold_layer_through_the_balancer_makes_one_upstream_ge
                                               if r.path.endswith(digest)]
     first_bytes = sorted(seconds for seconds, _ in results)
     assert statistics.median(first_bytes) < 1.0, first_bytes
+
+
+def manifest_served(replica: PullcacheProcess, name: str, tag: str) -> bool:
+    """`replica` answers a GET of the manifest `name:tag` with 200."""
+    request = urllib.request.Request(f"{replica.url}/v2/{name}/manifests/{tag}", headers={"Accept": DOCKER_MANIFEST})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_each_replica_asked_directly_serves_an_image_pushed_to_one(
+        cluster: Cluster, upstream: Upstream, skopeo: Skopeo, tmp_path: Path) -> None:
+    """With a default upstream a bare name is routed as local once the replica knows it exists: at once on the
+    replica that was pushed to, on the others within the documented refresh of the shared names (the set read
+    again every NAMES_REFRESH, each answer kept LOCAL_CHECK_SECONDS)."""
+    source = upstream["library/single:v1"]
+    name = f"team/shared-{uuid.uuid4().hex[:8]}"
+    skopeo.copy(f"docker://{upstream.host}/{source.ref}", f"docker://{cluster.replicas[0].host}/{name}:v1",
+                dest_creds=f"alice:{PASSWORDS['alice']}")
+    pushed = Image(name, "v1", source.index, source.platforms)
+    assert manifest_served(cluster.replicas[0], name, "v1"), "the replica pushed to serves it at once"
+    for replica in cluster.replicas:
+        replica.process.wait_until(functools.partial(manifest_served, replica, name, "v1"),
+                                   timeout=NAMES_REFRESH + LOCAL_CHECK_SECONDS + 2, what=f"serving {name}:v1")
+        pull(skopeo, replica.host, pushed, tmp_path)
 
 
 async def test_the_fill_holder_killed_mid_fill_sends_no_wrong_bytes_and_the_next_pull_succeeds(
