@@ -11,6 +11,7 @@ packages=(
   skopeo              # multi-platform copies by path prefix and with credentials
   podman              # pulls through deploy/clients/podman/registries.conf (vfs, private root; 4.3)
   redis-server        # cluster.redis: the tests start their own, in memory, on loopback ports
+  haproxy             # the round-robin balancer, health-checked on /readyz, in front of the replica tests' three pullcaches
   tinyproxy           # the outbound HTTP(S) proxy the upstream-proxy tests send through
   wrk                 # manifest requests/s in the benchmark
   nginx               # the benchmark's static-file ceiling for manifests (bench/efficiency.py starts its own)
@@ -32,7 +33,7 @@ done
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # Keep the packages' own services (a docker-registry on :5000, dockerd, prometheus, redis-server) from starting:
+  # Keep the packages' own services (a docker-registry on :5000, dockerd, prometheus, redis-server, haproxy) from starting:
   # the tests start every daemon themselves, on their own ports and paths.
   policy=/usr/sbin/policy-rc.d
   had_policy=0; [ -e "$policy" ] && had_policy=1

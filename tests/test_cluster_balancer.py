@@ -1,0 +1,212 @@
+"""Three replicas behind haproxy (round-robin, health-checked on /readyz), as an operator runs them: one
+SeaweedFS bucket, one redis-server, the seeded Distribution upstream reached through a rate-capped path that
+counts what crosses it (bench/throttle.py). Real clients: skopeo, dockerd, aiohttp.
+
+The cluster is started once for the module (tests/support/replicas.py); each test uses image names of its
+own. The cases that kill a replica or stop Redis come last and leave the cluster as they found it.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import statistics
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from bench.throttle import Throttle
+from pullcache.cache.bucket_files import NAMES_REFRESH
+from pullcache.resolver import LOCAL_CHECK_SECONDS
+from tests.support.htpasswd import write_htpasswd
+from tests.support.images import DOCKER_MANIFEST, Image, build_image, push_image
+from tests.support.procs import http_status
+from tests.support.pullcache_proc import PullcacheProcess
+from tests.support.registry_client import RegistryClient
+from tests.support.replicas import Cluster, running_cluster
+from tests.support.seaweed import SeaweedFS
+from tests.support.seed import ADMIN_PASSWORD, ADMIN_USER, Upstream
+from tests.support.skopeo import Skopeo
+
+PASSWORDS = {"alice": "alice-password"}
+UPSTREAM_RATE = 2_000_000  # bytes/s per upstream connection: a cold layer takes seconds to fill
+HERD_LAYER_SIZE = 6 * 1024 * 1024 + 7
+HERD = 15
+@pytest.fixture(scope="module")
+def throttle(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Throttle]:
+    """The replicas' path to the upstream: capped per connection, and the record of every request."""
+    path = Throttle(upstream.host, tmp_path_factory.mktemp("throttle"), rate=UPSTREAM_RATE).start()
+    yield path
+    path.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(throttle: Throttle, seaweed_server: SeaweedFS,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three replicas (htpasswd users push, anyone pulls) behind haproxy, upstream through `throttle`."""
+    htpasswd = write_htpasswd(tmp_path_factory.mktemp("auth") / "htpasswd", PASSWORDS)
+    config = {"auth": {"htpasswd": str(htpasswd)}, "local": {"anonymous_push": False}}
+    with running_cluster(tmp_path_factory.mktemp("cluster"), upstream_url=throttle.url,
+                         seaweed_server=seaweed_server, config=config) as started:
+        yield started
+
+
+def fresh_image(upstream: Upstream, name: str) -> Image:
+    """A small single-platform image pushed to the upstream under a repository no other test uses."""
+    image = build_image(f"balancer/{name}-{uuid.uuid4().hex[:8]}", "v1", multi=False)
+    push_image(RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD), image)
+    return image
+
+
+def pull(skopeo: Skopeo, host: str, image: Image, into: Path) -> None:
+    """skopeo copies `image` from `host` (verifying every blob's digest); the manifest is the upstream's."""
+    target = into / f"{image.repo.replace('/', '_')}-{uuid.uuid4().hex[:6]}"
+    skopeo.copy(f"docker://{host}/{image.ref}", f"dir:{target}")
+    assert (target / "manifest.json").read_bytes() == image.top.data
+
+
+def logged_a_spread_request(replica: PullcacheProcess) -> bool:
+    return "GET /v2/balancer/spread-" in replica.log_text()
+
+
+async def test_the_balancer_sends_requests_on_one_connection_to_every_replica(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for n in range(3 * len(cluster.replicas)):
+            async with session.get(f"{cluster.url}/v2/balancer/spread-{n}/tags/list") as response:
+                assert response.status == 404
+    for replica in cluster.replicas:
+        replica.process.wait_until(functools.partial(logged_a_spread_request, replica), timeout=10,
+                                   what="logging a request sent through the balancer")
+
+
+def push_layer(upstream: Upstream, name: str) -> tuple[str, bytes, str]:
+    """(repository, bytes, digest) of a random layer of HERD_LAYER_SIZE pushed to the upstream under a repository
+    of its own: cold everywhere, and seconds to fill over UPSTREAM_RATE."""
+    repo = f"balancer/{name}-{uuid.uuid4().hex[:8]}"
+    data = os.urandom(HERD_LAYER_SIZE)
+    digest = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD).upload_blob(repo, data)
+    return repo, data, digest
+
+
+async def get_blob(session: aiohttp.ClientSession, url: str,
+                   first_bytes: asyncio.Event | None = None) -> tuple[float, bytes]:
+    """GET a blob: (seconds until its first body bytes came, the body); `first_bytes` is set when they came."""
+    started = time.monotonic()
+    waited: float | None = None
+    body = bytearray()
+    async with session.get(url) as response:
+        assert response.status == 200, await response.text()
+        async for chunk in response.content.iter_any():
+            if waited is None:
+                waited = time.monotonic() - started
+                if first_bytes is not None:
+                    first_bytes.set()
+            body += chunk
+    assert waited is not None, "an empty body"
+    return waited, bytes(body)
+
+
+async def test_a_herd_on_a_cold_layer_through_the_balancer_makes_one_upstream_get(
+        cluster: Cluster, upstream: Upstream, throttle: Throttle) -> None:
+    repo, data, digest = push_layer(upstream, "herd")
+    url = f"{cluster.url}/v2/{repo}/blobs/{digest}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as session:
+        results = await asyncio.gather(*(get_blob(session, url) for _ in range(HERD)))
+    assert all(body == data for _, body in results), "every copy is the layer, byte for byte"
+    assert throttle.blob_gets(digest) == 1, [f"{r.method} {r.path} {r.status}" for r in throttle.requests()
+                                              if r.path.endswith(digest)]
+    first_bytes = sorted(seconds for seconds, _ in results)
+    assert statistics.median(first_bytes) < 1.0, first_bytes
+
+
+def manifest_served(replica: PullcacheProcess, name: str, tag: str) -> bool:
+    """`replica` answers a GET of the manifest `name:tag` with 200."""
+    request = urllib.request.Request(f"{replica.url}/v2/{name}/manifests/{tag}", headers={"Accept": DOCKER_MANIFEST})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_each_replica_asked_directly_serves_an_image_pushed_to_one(
+        cluster: Cluster, upstream: Upstream, skopeo: Skopeo, tmp_path: Path) -> None:
+    """With a default upstream a bare name is routed as local once the replica knows it exists: at once on the
+    replica that was pushed to, on the others within the documented refresh of the shared names (the set read
+    again every NAMES_REFRESH, each answer kept LOCAL_CHECK_SECONDS)."""
+    source = upstream["library/single:v1"]
+    name = f"team/shared-{uuid.uuid4().hex[:8]}"
+    skopeo.copy(f"docker://{upstream.host}/{source.ref}", f"docker://{cluster.replicas[0].host}/{name}:v1",
+                dest_creds=f"alice:{PASSWORDS['alice']}")
+    pushed = Image(name, "v1", source.index, source.platforms)
+    assert manifest_served(cluster.replicas[0], name, "v1"), "the replica pushed to serves it at once"
+    for replica in cluster.replicas:
+        replica.process.wait_until(functools.partial(manifest_served, replica, name, "v1"),
+                                   timeout=NAMES_REFRESH + LOCAL_CHECK_SECONDS + 2, what=f"serving {name}:v1")
+        pull(skopeo, replica.host, pushed, tmp_path)
+
+
+async def test_the_fill_holder_killed_mid_fill_sends_no_wrong_bytes_and_the_next_pull_succeeds(
+        cluster: Cluster, upstream: Upstream) -> None:
+    repo, data, digest = push_layer(upstream, "holder")
+    url = f"{cluster.url}/v2/{repo}/blobs/{digest}"
+    started = [asyncio.Event() for _ in range(2 * len(cluster.replicas))]
+    redis = aioredis.from_url(cluster.redis.redis_url, decode_responses=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        pulls = [asyncio.create_task(get_blob(session, url, event)) for event in started]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 60)  # all stream the fill
+        holder = await redis.get(f"pullcache:lease:fill/docker.io/{digest}")
+        await redis.aclose()
+        assert isinstance(holder, str), "a replica holds the fill's lease"
+        victim = next(r for r in cluster.replicas if holder.startswith(r.url + "/"))
+        victim.kill()
+        try:
+            for outcome in await asyncio.gather(*pulls, return_exceptions=True):
+                assert isinstance(outcome, aiohttp.ClientError) or (isinstance(outcome, tuple)
+                                                                     and len(outcome[1]) < len(data)), \
+                    "a client of a fill whose holder died sees a cut transfer, never a complete one"
+            assert cluster.balancer is not None
+            cluster.balancer.wait_for_state(cluster.server_name(victim), "DOWN")
+            assert (await get_blob(session, url))[1] == data, "the next pull fetches it again"
+        finally:
+            cluster.restart(victim)
+
+
+def test_pulls_go_on_through_the_balancer_with_a_replica_killed(
+        cluster: Cluster, upstream: Upstream, skopeo: Skopeo, tmp_path: Path) -> None:
+    cached = fresh_image(upstream, "before-kill")
+    pull(skopeo, cluster.host, cached, tmp_path)
+    victim = cluster.replicas[1]
+    victim.kill()
+    try:
+        assert cluster.balancer is not None
+        cluster.balancer.wait_for_state(cluster.server_name(victim), "DOWN")
+        pull(skopeo, cluster.host, cached, tmp_path)
+        for n in range(3):
+            pull(skopeo, cluster.host, fresh_image(upstream, f"after-kill{n}"), tmp_path)
+    finally:
+        cluster.restart(victim)
+
+
+def test_pulls_go_on_through_the_balancer_with_redis_stopped_and_after_it_returns(
+        cluster: Cluster, upstream: Upstream, skopeo: Skopeo, tmp_path: Path) -> None:
+    cached = fresh_image(upstream, "before-redis-stop")
+    pull(skopeo, cluster.host, cached, tmp_path)
+    cluster.redis.stop()
+    try:
+        for _ in range(len(cluster.replicas)):
+            pull(skopeo, cluster.host, cached, tmp_path)
+        assert [http_status(f"{r.url}/readyz", timeout=10) for r in cluster.replicas] == [200] * 3
+        assert cluster.balancer is not None
+        assert set(cluster.balancer.states().values()) == {"UP"}
+    finally:
+        cluster.redis.start()
+    for n in range(2):
+        pull(skopeo, cluster.host, fresh_image(upstream, f"after-redis{n}"), tmp_path)
