@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from bench.throttle import Throttle
 from pullcache.cache.bucket_files import NAMES_REFRESH
 from pullcache.resolver import LOCAL_CHECK_SECONDS
+from tests.support.dockerd import Dockerd
 from tests.support.htpasswd import write_htpasswd
 from tests.support.images import DOCKER_MANIFEST, Image, build_image, push_image
 from tests.support.procs import http_status
@@ -39,6 +40,16 @@ PASSWORDS = {"alice": "alice-password"}
 UPSTREAM_RATE = 2_000_000  # bytes/s per upstream connection: a cold layer takes seconds to fill
 HERD_LAYER_SIZE = 6 * 1024 * 1024 + 7
 HERD = 15
+TAG_PULLS = 300
+TAG_CONCURRENCY = 16
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+
+
 @pytest.fixture(scope="module")
 def throttle(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Throttle]:
     """The replicas' path to the upstream: capped per connection, and the record of every request."""
@@ -70,6 +81,13 @@ def pull(skopeo: Skopeo, host: str, image: Image, into: Path) -> None:
     target = into / f"{image.repo.replace('/', '_')}-{uuid.uuid4().hex[:6]}"
     skopeo.copy(f"docker://{host}/{image.ref}", f"dir:{target}")
     assert (target / "manifest.json").read_bytes() == image.top.data
+
+
+def upstream_manifest_requests(throttle: Throttle, repo: str) -> list[str]:
+    """Manifest requests for `repo` that reached the upstream ("GET /v2/... 200"), token challenges (401) left
+    out."""
+    return [f"{r.method} {r.path} {r.status}" for r in throttle.requests()
+            if r.path.startswith(f"/v2/{repo}/manifests/") and r.status != 401]
 
 
 def logged_a_spread_request(replica: PullcacheProcess) -> bool:
@@ -113,6 +131,23 @@ async def get_blob(session: aiohttp.ClientSession, url: str,
     return waited, bytes(body)
 
 
+async def test_300_pulls_of_one_tag_through_the_balancer_make_at_most_2_upstream_requests(
+        cluster: Cluster, upstream: Upstream, throttle: Throttle) -> None:
+    image = fresh_image(upstream, "tag")
+    url = f"{cluster.url}/v2/{image.repo}/manifests/{image.tag}"
+    gate = asyncio.Semaphore(TAG_CONCURRENCY)
+
+    async def get(session: aiohttp.ClientSession) -> tuple[int, bytes]:
+        async with gate, session.get(url, headers={"Accept": MANIFEST_ACCEPT}) as response:
+            return response.status, await response.read()
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        answers = await asyncio.gather(*(get(session) for _ in range(TAG_PULLS)))
+    assert all(answer == (200, image.top.data) for answer in answers), {a[0] for a in answers}
+    requests = upstream_manifest_requests(throttle, image.repo)
+    assert len(requests) <= 2, requests
+
+
 async def test_a_herd_on_a_cold_layer_through_the_balancer_makes_one_upstream_get(
         cluster: Cluster, upstream: Upstream, throttle: Throttle) -> None:
     repo, data, digest = push_layer(upstream, "herd")
@@ -134,6 +169,21 @@ def manifest_served(replica: PullcacheProcess, name: str, tag: str) -> bool:
             return response.status == 200
     except urllib.error.HTTPError:
         return False
+
+
+def test_docker_logs_in_pushes_and_pulls_through_the_balancer(
+        cluster: Cluster, upstream: Upstream, dockerd_factory: Callable[..., Dockerd]) -> None:
+    daemon = dockerd_factory()
+    source = f"{upstream.host}/library/single:v1"
+    daemon.docker("pull", source)
+    ref = f"{cluster.host}/team/app-{uuid.uuid4().hex[:8]}:v1"
+    daemon.docker("tag", source, ref)
+    daemon.docker("login", "-u", "alice", "--password-stdin", cluster.host, input=PASSWORDS["alice"] + "\n")
+    daemon.docker("push", ref)
+    daemon.docker("rmi", ref)
+    daemon.docker("pull", ref)
+    pulled = daemon.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+    assert pulled == daemon.docker("image", "inspect", "--format", "{{.Id}}", source).stdout.strip()
 
 
 def test_each_replica_asked_directly_serves_an_image_pushed_to_one(

@@ -230,6 +230,8 @@ class Blobs:
             flight = self._fills.get(_flight_key(target, digest))
             size = flight.fill.size if flight is not None else None
             result = stats.COALESCED
+        if size is None:  # committed by another process since this one looked (a replica on the bucket)?
+            size, result = await self._store.find_blob_size(digest), stats.HIT
         if size is None and not ask_upstream:
             return None
         if size is None:
