@@ -26,7 +26,7 @@ from cachetools import TTLCache
 
 from pullcache.config import Config, UpstreamConfig
 from pullcache.names import matches_glob
-from pullcache.policy import PullPolicy
+from pullcache.policy import PullPolicy, applies
 
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 LOCAL_CHECK_SECONDS = 1.0   # how long a local repository's existence, or absence, is taken as known
 PUSH_WINDOW_SECONDS = 600   # a name pushed to within this long is asked about on every read until it exists
 CHECKED_NAMES = 100_000     # names remembered (clients choose them: bounded)
+_DEFAULT = "\0default"      # the memo key's `ns` for a bare name's default-upstream target (no ns has a NUL)
 
 
 class UnknownNamespace(LookupError):
@@ -121,31 +122,41 @@ class Resolver:
         self._config = config
         self._upstreams = upstreams
         self._local_exists = LocalCheck(local_exists, clock)
-        self.policy = PullPolicy()
+        self.policy = PullPolicy(ruled=[u.name for u in config.upstreams if applies(u.rules)])
+        # Targets of upstream names (and bare names' default-upstream ones), which no push changes: made once
+        # per name, not per request.
+        self._upstream_targets: dict[tuple[str, str | None], Target] = {}
 
     def check_pull(self, target: Target, reference: str) -> None:
         """PullDenied when the target's upstream rules refuse this manifest or blob (policy.py)."""
         if target.upstream is not None:
             self.policy.check(target.upstream.name, target.upstream.config.rules, target.repository, reference)
 
-    def _upstream_target(self, name: str, client: UpstreamClient, remote: str) -> Target:
-        return Target(name, client, upstream_repository(client.config, remote))
-
     def resolve(self, name: str, ns: str | None = None) -> Target:
         """Where to read `name` from."""
+        known = self._upstream_targets.get((name, ns))
+        if known is not None:
+            return known
         if ns is not None:
             client = self._upstreams.by_ns(ns)
             if client is None:
                 raise UnknownNamespace(ns)
-            return self._upstream_target(name, client, name)
+            return self._remember((name, ns), Target(name, client, upstream_repository(client.config, name)))
         first, _, rest = name.partition("/")
         client = self._upstreams.by_name(first) if rest else None
         if client is not None:
-            return self._upstream_target(name, client, rest)
+            return self._remember((name, ns), Target(name, client, upstream_repository(client.config, rest)))
         shadowed = self.default_target(name)
         if shadowed is None or self._local_exists(name):
             return Target(name, None, name)
         return shadowed
+
+    def _remember(self, key: tuple[str, str | None], target: Target) -> Target:
+        """Keep an upstream name's target (clients choose names: bounded, the oldest goes first)."""
+        if len(self._upstream_targets) >= CHECKED_NAMES:
+            del self._upstream_targets[next(iter(self._upstream_targets))]
+        self._upstream_targets[key] = target
+        return target
 
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
         """The local target a push may write to, or PushDenied saying why not."""
@@ -169,7 +180,11 @@ class Resolver:
     def default_target(self, name: str) -> Target | None:
         """The default upstream's repository for a bare name: where it is pulled from while nothing local has
         that name, and so the image a push of that name hides from every mirror client."""
+        known = self._upstream_targets.get((name, _DEFAULT))
+        if known is not None:
+            return known
         default = self._upstreams.default
         if default is None:
             return None
-        return Target(name, default, upstream_repository(default.config, name), via_default=True)
+        return self._remember((name, _DEFAULT),
+                              Target(name, default, upstream_repository(default.config, name), via_default=True))
