@@ -19,7 +19,7 @@ from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import DENIED, NAME_INVALID, NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from pullcache.api.names import check_name
-from pullcache.api.notify import notify, wants
+from pullcache.api.notify import NOTIFIER, notify
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -63,7 +63,7 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
 
 
 def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
-                  response: web.StreamResponse) -> None:
+                  response: web.StreamResponse, audit_pulls: bool, notify_pulls: bool) -> None:
     """Audit and notify what manifests.py does not see: blob deletes and manifest pulls (local or proxied;
     audited with log.audit_pulls, sent to endpoints that ask for pull events)."""
     if endpoint == "blob" and request.method == "DELETE" and response.status == 202:
@@ -72,7 +72,6 @@ def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
             audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
             notify(request, "delete", name, digest)
     elif endpoint == "manifest" and request.method == "GET" and response.status == 200:
-        audit_pulls, notify_pulls = request.app[AUDIT].pulls, wants(request, "pull")
         digest = response.headers.get("Docker-Content-Digest") if audit_pulls or notify_pulls else None
         if digest is None:
             return  # nobody records pulls (the common case): nothing to look up
@@ -90,6 +89,9 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
 
     Every request is authorized before a handler sees it (only a malformed name is answered first).
     """
+    # Whether pulls are audited or sent as events is configuration: asked here once, not per pull.
+    notifier = app.get(NOTIFIER)
+    audit_pulls, notify_pulls = app[AUDIT].pulls, notifier is not None and notifier.wants("pull")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw_tail = request.raw_path.split("?", 1)[0][len("/v2/"):]
@@ -111,7 +113,7 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
                 audit(request, access_of(request.method, endpoint).value, "denied", repository=name,
                       reason=exc.message)
             raise
-        _audit_answer(request, endpoint, name, argument, response)
+        _audit_answer(request, endpoint, name, argument, response, audit_pulls, notify_pulls)
         return response
 
     async def base_route(request: web.Request) -> web.StreamResponse:
