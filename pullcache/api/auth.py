@@ -299,11 +299,11 @@ class Authenticator:
         an authenticated user is refused by a rule. `name` is the repository the request is about."""
         if name is None or access is Access.LOGIN:
             return await self._authorize_service(request, access)
-        action = access.value
         header = request.headers.get("Authorization")
         if self._policy is None and not self._required(access):
             # Anyone may, whatever the repository (no rules to match its name against): not resolved at all.
             return await self._let_anyone(request, access, header)
+        action = access.value
         repo = self._repo(request, name, action)
         anonymous_refusal = self._refusal(None, repo, action)
         if anonymous_refusal is None:
