@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cachetools import TTLCache
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 LOCAL_CHECK_SECONDS = 1.0   # how long a local repository's existence, or absence, is taken as known
 PUSH_WINDOW_SECONDS = 600   # a name pushed to within this long is asked about on every read until it exists
 CHECKED_NAMES = 100_000     # names remembered (clients choose them: bounded)
-_DEFAULT = "\0default"      # the memo key's `ns` for a bare name's default-upstream target (no ns has a NUL)
 
 
 class UnknownNamespace(LookupError):
@@ -116,6 +115,17 @@ class LocalCheck:
         self._pushing[name] = True
 
 
+K = TypeVar("K")
+
+
+def _remember(targets: dict[K, Target], key: K, target: Target) -> Target:
+    """Keep a name's target; clients choose names, so at most CHECKED_NAMES are kept, the oldest going first."""
+    if len(targets) >= CHECKED_NAMES:
+        del targets[next(iter(targets))]
+    targets[key] = target
+    return target
+
+
 class Resolver:
     def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -123,9 +133,10 @@ class Resolver:
         self._upstreams = upstreams
         self._local_exists = LocalCheck(local_exists, clock)
         self.policy = PullPolicy(ruled=[u.name for u in config.upstreams if applies(u.rules)])
-        # Targets of upstream names (and bare names' default-upstream ones), which no push changes: made once
-        # per name, not per request.
+        # Targets of upstream names (name, ns) and bare names' default-upstream ones (name), which no push
+        # changes: made once per name, not per request.
         self._upstream_targets: dict[tuple[str, str | None], Target] = {}
+        self._default_targets: dict[str, Target] = {}
 
     def check_pull(self, target: Target, reference: str) -> None:
         """PullDenied when the target's upstream rules refuse this manifest or blob (policy.py)."""
@@ -141,22 +152,17 @@ class Resolver:
             client = self._upstreams.by_ns(ns)
             if client is None:
                 raise UnknownNamespace(ns)
-            return self._remember((name, ns), Target(name, client, upstream_repository(client.config, name)))
+            return _remember(self._upstream_targets, (name, ns),
+                             Target(name, client, upstream_repository(client.config, name)))
         first, _, rest = name.partition("/")
         client = self._upstreams.by_name(first) if rest else None
         if client is not None:
-            return self._remember((name, ns), Target(name, client, upstream_repository(client.config, rest)))
+            return _remember(self._upstream_targets, (name, ns),
+                             Target(name, client, upstream_repository(client.config, rest)))
         shadowed = self.default_target(name)
         if shadowed is None or self._local_exists(name):
             return Target(name, None, name)
         return shadowed
-
-    def _remember(self, key: tuple[str, str | None], target: Target) -> Target:
-        """Keep an upstream name's target (clients choose names: bounded, the oldest goes first)."""
-        if len(self._upstream_targets) >= CHECKED_NAMES:
-            del self._upstream_targets[next(iter(self._upstream_targets))]
-        self._upstream_targets[key] = target
-        return target
 
     def resolve_push(self, name: str, ns: str | None = None) -> Target:
         """The local target a push may write to, or PushDenied saying why not."""
@@ -180,11 +186,11 @@ class Resolver:
     def default_target(self, name: str) -> Target | None:
         """The default upstream's repository for a bare name: where it is pulled from while nothing local has
         that name, and so the image a push of that name hides from every mirror client."""
-        known = self._upstream_targets.get((name, _DEFAULT))
+        known = self._default_targets.get(name)
         if known is not None:
             return known
         default = self._upstreams.default
         if default is None:
             return None
-        return self._remember((name, _DEFAULT),
-                              Target(name, default, upstream_repository(default.config, name), via_default=True))
+        return _remember(self._default_targets, name,
+                         Target(name, default, upstream_repository(default.config, name), via_default=True))
