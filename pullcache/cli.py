@@ -109,6 +109,14 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _check_cluster(config: Config) -> None:
+    """The cluster section's one-line refusals; its warnings on stderr."""
+    from pullcache.cluster.settings import check_cluster
+
+    for warning in check_cluster(config):
+        print(f"pullcache: warning: {warning}", file=sys.stderr)
+
+
 def _serve(config: Config) -> int:
     from pullcache.logs import configure_logging
 
@@ -116,8 +124,10 @@ def _serve(config: Config) -> int:
     if config.workers > 1:
         from pullcache.workers import metrics_directory, serve_workers
 
-        with metrics_directory():  # before anything imports prometheus_client
+        with metrics_directory():  # before anything imports prometheus_client (pullcache.cluster does)
+            _check_cluster(config)
             return serve_workers(config, _ssl_context(config), _check_storage)
+    _check_cluster(config)
     from aiohttp import web
 
     from pullcache.app import build_app
@@ -148,8 +158,10 @@ def _check_config(config: Config, path: str) -> int:
     """Everything serve checks before it starts, without starting (storage.path is created if absent)."""
     from pullcache.api.auth import Authenticator
     from pullcache.audit import check_target
+    from pullcache.cluster.settings import describe_cluster
     from pullcache.tokens import RobotTokens
 
+    _check_cluster(config)
     _check_storage(config)
     # The htpasswd file must exist and hold only bcrypt entries; rules and groups must name known users.
     Authenticator(config.auth, robots=RobotTokens(config.storage.path))
@@ -160,6 +172,7 @@ def _check_config(config: Config, path: str) -> int:
     print(f"  listen {config.listen} ({'https' if config.tls.enabled else 'http'}{workers})")
     print(f"  storage {config.storage.path}, cached content bounded at {config.storage.max_size} bytes")
     print(f"  backend {_backend(config)}")
+    print(f"  {describe_cluster(config)}")
     for upstream in config.upstreams:
         marker = " (default)" if upstream.default else ""
         print(f"  upstream {upstream.name}{marker} -> {upstream.url}{fallbacks(upstream)}, "

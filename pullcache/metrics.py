@@ -4,8 +4,9 @@ With `workers: N` (N > 1) every worker writes its values to files in PROMETHEUS_
 sets it before this module is imported) and /metrics reads them all (exposition()): counters and histograms
 are summed over the workers, and each gauge says how its workers' values combine (multiprocess_mode, which
 prometheus_client ignores in one process). The store gauges follow the index every worker shares: the
-most recent value, not one per worker summed; the gauges of one process's own work are summed over the
-live workers.
+most recent value, not one per worker summed, and so does the members count, which every worker reads
+from the shared roster; the gauges of one process's own work are summed over the live workers; coordination
+is up only while every live worker has it (the minimum).
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ evicted_bytes = Counter("pullcache_evicted_bytes_total", "Bytes evicted by the L
 cluster_lease_held = Gauge("pullcache_cluster_lease_held",
                            "1 in the process holding the lease (eviction: runs eviction passes and GC)",
                            ["lease"], registry=REGISTRY, multiprocess_mode="livesum")
+cluster_members = Gauge(
+    "pullcache_cluster_members", "pullcache processes (replicas, workers) serving this store, as the last heartbeat "
+    "saw them", registry=REGISTRY, multiprocess_mode="livemostrecent")
+cluster_coordination_up = Gauge(
+    "pullcache_cluster_coordination_up", "1 while coordination works (Redis answers; always 1 embedded unless "
+    "storage.path fails), 0 while degraded", registry=REGISTRY, multiprocess_mode="livemin")
 gc_runs = Counter("pullcache_gc_runs_total", "Garbage-collection sweeps completed", registry=REGISTRY)
 gc_reclaimed_bytes = Counter("pullcache_gc_reclaimed_bytes_total", "Bytes removed by garbage collection",
                              registry=REGISTRY)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pullcache import __version__
 from pullcache.config import Config, UpstreamConfig
+from pullcache.logs import flush_logs
 
 if TYPE_CHECKING:  # the CLI imports this module for every command; aiohttp only for serve
     from aiohttp import web
@@ -114,6 +115,7 @@ def say_started(config: Config, sockets: list[socket.socket]) -> None:
         log.warning("local.anonymous_push is true: anyone who can reach %s may push and delete images, and a "
                     "pushed bare name (such as team/app) hides the default upstream's image of that name",
                     reachable)
+    flush_logs()  # out before the first request is answered (nothing is served yet: waiting blocks no one)
 
 
 def announce(app: web.Application, config: Config, sockets: list[socket.socket]) -> None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from pullcache.config import Config, ConfigError
+from pullcache.logs import flush_logs
 from pullcache.startup import address, bind, say_started
 
 log = logging.getLogger("pullcache.workers")
@@ -280,6 +281,7 @@ class Supervisor:
     def _fork(self, slot: Slot) -> None:
         ready_r, ready_w = os.pipe()
         supervisor = os.getpid()
+        flush_logs()  # what the supervisor said (a worker died...) is written before the new worker says anything
         pid = os.fork()
         if pid == 0:  # the worker: it never returns into the supervisor's frames
             code = 1
@@ -289,6 +291,7 @@ class Supervisor:
             except BaseException:  # said in the log; the exit code tells the supervisor
                 log.exception("worker %d (pid %d) failed", slot.number, os.getpid())
             finally:
+                flush_logs()  # the log writer's thread: os._exit skips atexit, which would write what is queued
                 logging.shutdown()
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -32,7 +32,8 @@ async def test_healthz_answers_while_the_process_runs(client: TestClient) -> Non
 async def test_readyz_is_ready_with_writable_storage_and_open_index(client: TestClient) -> None:
     response = await client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready", "checks": {"storage": "ok", "index": "ok", "backend": "ok"}}
+    assert await response.json() == {"status": "ready", "checks": {"storage": "ok", "index": "ok", "backend": "ok"},
+                                     "coordination": "ok"}
 
 
 async def test_readyz_leaves_no_probe_file_behind(client: TestClient) -> None:

@@ -2,8 +2,9 @@
 
 /healthz says the process answers (a liveness probe: restart me if not). /readyz says it can do its job:
 the store accepts writes and the index answers (a readiness probe: send me no traffic if not), with the
-reason when it cannot. /metrics is the Prometheus exposition of pullcache.metrics, absent when
-metrics.enabled is false.
+reason when it cannot. It also says whether coordination works (`coordination`: ok, or degraded with
+`coordination_reason` while Redis is down), without failing for it: a replica without Redis still serves.
+/metrics is the Prometheus exposition of pullcache.metrics, absent when metrics.enabled is false.
 
 The status page names the most pulled images (private local repositories among them) and /metrics
 carries the same figures, so both are pulls to the Authenticator: with `auth.pull: authenticated` they
@@ -12,7 +13,7 @@ need credentials (Prometheus scrapes with basic_auth). The probes never do: kube
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,6 +23,9 @@ from pullcache.api import status_page
 from pullcache.api.appkeys import CONFIG, PULL_COUNTS, ROUTE, STORE
 from pullcache.api.auth import AUTHENTICATOR, Access
 from pullcache.cache.store import Store
+from pullcache.cluster.members import ClusterView, Membership, open_membership
+
+MEMBERSHIP = web.AppKey("membership", Membership)
 
 PROBE_TIMEOUT = 5.0  # a hung disk or a busy index must make /readyz fail, not hang
 STATUS_PAGE_HEADERS = {
@@ -75,11 +79,19 @@ async def readyz(request: web.Request) -> web.Response:
         _probe(_storage_writable, store, "storage not writable"), _probe(_index_open, store, "index not open"),
         _probe(_backend_ready, store, "blob storage not available"))
     checks = {"storage": storage or "ok", "index": index or "ok", "backend": backend or "ok"}
+    coordination = _coordination(request.app[MEMBERSHIP].view)
     reasons = [reason for reason in (storage, index, backend) if reason]
     if reasons:
-        return web.json_response({"status": "unavailable", "reason": "; ".join(reasons), "checks": checks},
-                                 status=503)
-    return web.json_response({"status": "ready", "checks": checks})
+        return web.json_response({"status": "unavailable", "reason": "; ".join(reasons), "checks": checks,
+                                  **coordination}, status=503)
+    return web.json_response({"status": "ready", "checks": checks, **coordination})
+
+
+def _coordination(view: ClusterView) -> dict[str, str]:
+    """`coordination` ok or degraded, and while degraded the reason: the last heartbeat's (cluster.members)."""
+    if view.problem is None:
+        return {"coordination": "ok"}
+    return {"coordination": "degraded", "coordination_reason": view.problem}
 
 
 async def metrics_exposition(request: web.Request) -> web.Response:
@@ -89,7 +101,8 @@ async def metrics_exposition(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    figures = status_page.read_figures(request.app[CONFIG], request.app[PULL_COUNTS])
+    cluster = await request.app[MEMBERSHIP].beat()  # the roster now, not as of this process's last heartbeat
+    figures = status_page.read_figures(request.app[CONFIG], request.app[PULL_COUNTS], cluster)
     return web.Response(text=status_page.render_page(figures), content_type="text/html",
                         headers=STATUS_PAGE_HEADERS)
 
@@ -105,9 +118,21 @@ def _named(route: str, handler: Handler, access: Access | None = None) -> Handle
     return labelled
 
 
+async def _membership(app: web.Application) -> AsyncIterator[None]:
+    """On the members roster while serving (after the store opened, before it closes): what /readyz and the
+    status page report of the cluster."""
+    await app[MEMBERSHIP].start()
+    try:
+        yield
+    finally:
+        await app[MEMBERSHIP].stop()
+
+
 def setup(app: web.Application) -> None:
     """Register the operator endpoints (HEAD too); the protected ones use the Authenticator v2.setup put on app."""
     app[PULL_COUNTS] = status_page.PullCounts()  # this server's pulls, not every app's in the process
+    app[MEMBERSHIP] = open_membership(app[CONFIG])
+    app.cleanup_ctx.append(_membership)
     app.router.add_get("/healthz", _named("healthz", healthz))
     app.router.add_get("/readyz", _named("readyz", readyz))
     if app[CONFIG].metrics.enabled:

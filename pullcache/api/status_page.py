@@ -5,7 +5,9 @@ error, the most pulled images. Server-rendered HTML with inline SVG charts and i
 and no other request. Every figure comes from the Prometheus objects in pullcache.metrics (the same
 numbers /metrics exports), except the pull counts: each application keeps its own PullCounts (ops.setup
 puts it under appkeys.PULL_COUNTS, the access middleware adds every manifest pull to it), and each
-upstream's last error, which pullcache.upstream.health keeps.
+upstream's last error, which pullcache.upstream.health keeps, and the cluster: the members and the
+coordination state of the last heartbeat (pullcache.cluster.members), read from the roster every process
+shares, so that with `workers: N` or replicas each process's page lists the same members.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from html import escape
 from prometheus_client.metrics import MetricWrapperBase
 
 from pullcache import __version__, metrics
+from pullcache.cluster.members import ClusterView
 from pullcache.config import Config, UpstreamConfig
 from pullcache.startup import push_policy
 from pullcache.upstream import budget
@@ -171,6 +174,7 @@ class Figures:
     health_window: float
     top_images: list[tuple[str, int]]
     push_policy: str
+    cluster: ClusterView
 
     @property
     def cache_requests(self) -> float:
@@ -182,7 +186,7 @@ class Figures:
         return self.cache_results.get("hit", 0.0) / self.cache_requests if self.cache_requests else None
 
 
-def read_figures(config: Config, pulls: PullCounts, now: float | None = None) -> Figures:
+def read_figures(config: Config, pulls: PullCounts, cluster: ClusterView, now: float | None = None) -> Figures:
     now = time.time() if now is None else now
     remaining = {labels["upstream"]: value for labels, value in _samples(metrics.upstream_ratelimit_remaining)}
     recent, window = _health.recent(now, _upstream_tallies())
@@ -211,6 +215,7 @@ def read_figures(config: Config, pulls: PullCounts, now: float | None = None) ->
         health_window=window,
         top_images=pulls.top(TOP_IMAGES),
         push_policy=push_policy(config),
+        cluster=cluster,
     )
 
 
@@ -326,6 +331,7 @@ td.last-error{color:#822727;font-size:12px;padding-top:0;word-break:break-word}
 .healthy{background:#c6f6d5;color:#22543d}.idle{background:#e2e8f0;color:#4a5568}
 .degraded,.rate-limited{background:#feebc8;color:#7b341e}.down{background:#fed7d7;color:#822727}
 .empty{color:#718096;font-style:italic}
+.cluster{margin-top:20px}
 .facts{display:flex;gap:28px;flex-wrap:wrap;margin-top:20px;color:#4a5568;font-size:13px}
 .facts b{color:#1a202c}
 """
@@ -410,6 +416,23 @@ def _images_section(f: Figures) -> str:
             f'<th class="num">manifest pulls</th></tr></thead><tbody>{body}</tbody></table></section>')
 
 
+def _cluster_section(f: Figures) -> str:
+    view = f.cluster
+    state = f"coordination {view.coordination}"
+    pill = f'<span class="pill {"healthy" if view.problem is None else "degraded"}">{escape(state)}</span>'
+    reason = "" if view.problem is None else f'<p class="sub last-error">{escape(view.problem)}</p>'
+    rows = []
+    for member in sorted(view.members, key=lambda m: (m.address or m.host, m.pid)):
+        seen = human_duration(max(member.seen_ago + f.now - view.at, 0.0))
+        rows.append(f'<tr><td><b>{escape(member.address or "not advertised")}</b></td><td>{escape(member.host)}</td>'
+                    f'<td>pid {member.pid}</td><td class="num">{seen} ago</td></tr>')
+    body = "".join(rows) or '<tr><td colspan="4" class="empty">no member seen yet</td></tr>'
+    return (f'<section id="cluster"><h2>Cluster</h2><p class="sub">{pill} {escape(view.kind)} '
+            f'<span class="url">{escape(view.where)}</span> · <b>{len(view.members)}</b> members</p>{reason}'
+            f'<table><thead><tr><th>address (cluster.advertise)</th><th>host</th><th>process</th>'
+            f'<th class="num">last seen</th></tr></thead><tbody>{body}</tbody></table></section>')
+
+
 def render_page(f: Figures) -> str:
     stamp = datetime.fromtimestamp(f.now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     facts = (f'<div class="facts"><span>upstream fetches in flight <b>{human_count(f.inflight_fetches)}</b></span>'
@@ -426,5 +449,6 @@ def render_page(f: Figures) -> str:
         f'<header><h1>pullcache</h1><p>registry mirror status · version {escape(__version__)} · '
         f'up {human_duration(f.now - STARTED)} · {stamp}</p></header><main>'
         f'<div class="grid">{_hit_section(f)}{_bytes_section(f)}{_store_section(f)}</div>'
-        f'<div class="wide">{_upstreams_section(f)}{_images_section(f)}</div>{facts}'
+        f'<div class="wide">{_upstreams_section(f)}{_images_section(f)}</div>'
+        f'<div class="cluster">{_cluster_section(f)}</div>{facts}'
         '</main></body></html>')

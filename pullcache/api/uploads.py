@@ -3,9 +3,14 @@
 Bodies are streamed into the store chunk by chunk, never read whole. A chunk either lands
 completely or not at all (the store rolls a failed chunk back), so after any error the session's
 `Range` is still the truth and the client can resume from it.
+
+A session lives on the replica that started it. With `cluster.advertise`, its id names that replica, and a
+request of it that reaches another replica is forwarded there (api/upload_forward.py, `_at_owner`). Every
+Location is relative, so it works through whatever balancer the client came through.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +28,9 @@ from pullcache.api.errors import (
     RegistryError,
 )
 from pullcache.api.names import NAME_PATTERN, check_digest
+from pullcache.api.routes import Handler
 from pullcache.api.targets import push_target, repository_of
+from pullcache.api.upload_forward import FORWARDER
 from pullcache.cache.uploads import UploadGone, UploadSession
 from pullcache.cache.writer import DigestMismatch
 from pullcache.digests import Digest
@@ -140,6 +147,19 @@ async def _mountable(request: web.Request, digest: Digest, source: str | None) -
     return await repository_of(request, source_target).holds_blob(digest)
 
 
+def _at_owner(handler: Handler) -> Handler:
+    """Serve a request of a session here when this store holds it (whichever worker of this host started
+    it); forward it when its id names another replica as its owner."""
+    @functools.wraps(handler)
+    async def at_owner(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+        forwarder = request.app.get(FORWARDER)
+        owner = forwarder.elsewhere(request, upload_id) if forwarder is not None else None
+        if forwarder is not None and owner is not None and not await request.app[STORE].uploads.holds(upload_id):
+            return await forwarder.forward(request, owner, upload_id)
+        return await handler(request, name, upload_id)
+    return at_owner
+
+
 async def start_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """POST /v2/<name>/blobs/uploads/ [?digest= | ?mount=&from=]."""
     if upload_id:
@@ -162,10 +182,12 @@ async def start_upload(request: web.Request, name: str, upload_id: str) -> web.S
             raise SIZE_INVALID.error(f"blob {exc}",
                                      detail={"contentLength": request.content_length}) from exc
         return _blob_created(target, digest)
-    session = await store.uploads.create(target.store_name)
+    forwarder = request.app.get(FORWARDER)
+    session = await store.uploads.create(target.store_name, forwarder.owners.suffix if forwarder else "")
     return web.Response(status=202, headers=_progress_headers(target, session))
 
 
+@_at_owner
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """PATCH /v2/<name>/blobs/uploads/<uuid>: one more chunk (Content-Range) or a streamed body."""
     target = push_target(request, name)
@@ -175,6 +197,7 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.S
     return web.Response(status=202, headers=_progress_headers(target, session))
 
 
+@_at_owner
 async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """PUT /v2/<name>/blobs/uploads/<uuid>?digest=: the last chunk, if any, then verify and commit.
 
@@ -196,6 +219,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     return _blob_created(target, digest)
 
 
+@_at_owner
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """GET /v2/<name>/blobs/uploads/<uuid>: 204 with the Range received so far."""
     target = push_target(request, name)
@@ -203,6 +227,7 @@ async def upload_status(request: web.Request, name: str, upload_id: str) -> web.
     return web.Response(status=204, headers=_progress_headers(target, session))
 
 
+@_at_owner
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """DELETE /v2/<name>/blobs/uploads/<uuid>: abandon the upload and its bytes."""
     target = push_target(request, name)

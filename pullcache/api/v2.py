@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from pullcache.api import blobs, manifests, peer_fills, referrers, routes, tags, uploads
+from pullcache.api import blobs, manifests, peer_fills, referrers, routes, tags, upload_forward, uploads
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
@@ -91,3 +91,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get(TOKEN_PATH, authenticator.token)
     routes.setup(app, HANDLERS, base, catalog, authenticator.authorize)
     peer_fills.setup(app)
+    upload_forward.setup(app, HANDLERS)

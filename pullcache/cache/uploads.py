@@ -7,12 +7,16 @@ so two PATCHes of one session can never interleave, and GC removes a session und
 There is one UploadSession object per session id (`_live`), so a removal by GC ends the very object
 the requests hold. A `pullcache gc` in another process cannot reach it: a session whose folder
 went raises UploadGone.
+
+A session's id is a UUID, followed by a suffix its creator may give it (`.`-separated base64url parts: the
+replica that holds it, cluster/upload_owners.py); the folder is named by the whole id.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,6 +30,7 @@ from pullcache.cache.writer import BlobWriter
 from pullcache.digests import Hasher
 
 HASH_READ_SIZE = 4 * 1024 * 1024
+_SUFFIX = re.compile(r"(?:\.[A-Za-z0-9_-]+)*")  # never a `/` nor a `..`: the id names a folder
 
 
 class UploadGone(Exception):
@@ -77,6 +82,16 @@ def _file_size(path: Path) -> int | None:
         return None
 
 
+def _well_formed(upload_id: str) -> bool:
+    """A UUID in its canonical form, then a suffix create() accepts."""
+    head, dot, tail = upload_id.partition(".")
+    try:
+        canonical = str(uuid.UUID(head)) == head
+    except ValueError:
+        return False
+    return canonical and _SUFFIX.fullmatch(dot + tail) is not None
+
+
 def _rehash(path: Path, algorithm: str) -> Hasher:
     hasher = Hasher(algorithm)
     with open(path, "rb") as handle:
@@ -102,8 +117,11 @@ class Uploads:
         self._tmp = tmp_dir
         self._live: dict[str, UploadSession] = {}
 
-    async def create(self, repository: str) -> UploadSession:
-        upload_id = str(uuid.uuid4())
+    async def create(self, repository: str, suffix: str = "") -> UploadSession:
+        """A new session, its id a fresh UUID followed by `suffix`."""
+        if not _SUFFIX.fullmatch(suffix):
+            raise ValueError(f"upload id suffix {suffix!r} is not .-separated base64url parts")
+        upload_id = str(uuid.uuid4()) + suffix
         path = self.root / upload_id
         info = json.dumps({"repository": repository, "started": time.time()}).encode()
 
@@ -136,10 +154,12 @@ class Uploads:
             return None
         return session
 
+    async def holds(self, upload_id: str) -> bool:
+        """Whether this store has the session, whichever process on it started it."""
+        return upload_id in self._live or await asyncio.to_thread(self._load, upload_id) is not None
+
     def _load(self, upload_id: str) -> UploadSession | None:
-        try:
-            uuid.UUID(upload_id)
-        except ValueError:
+        if not _well_formed(upload_id):
             return None
         path = self.root / upload_id
         try:

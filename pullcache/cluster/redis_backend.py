@@ -3,19 +3,16 @@
 Taking a lease is `SET key holder NX PX ttl`; renewing and releasing compare the holder first, in one Lua
 script each, so a holder whose lease lapsed and was taken by another can neither extend nor delete the
 new holder's. Redis errors become CoordinationUnavailable: callers decide what a lost Redis means.
-The pool is bounded and blocking (redis-py's default pool fails beyond its size instead of waiting).
+The client is cluster/redis_client.py's: a bounded, blocking pool.
 """
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pullcache.cluster.base import CoordinationUnavailable, Coordinator
+from pullcache.cluster.redis_client import redis_client
 
 KEY_PREFIX = "pullcache:lease:"
-MAX_CONNECTIONS = 32
-POOL_WAIT = 5.0  # seconds a caller waits for a free connection
-SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is down, for the caller
 
 # Extend the lease only if this holder still has it.
 _RENEW = """
@@ -40,10 +37,7 @@ def _ms(ttl: float) -> int:
 class RedisCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
         self._url = url
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT,
-            socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT)
-        self._client = aioredis.Redis(connection_pool=self._pool)
+        self._client = redis_client(url)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
 
@@ -79,4 +73,3 @@ class RedisCoordinator(Coordinator):
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._pool.disconnect()

@@ -1,6 +1,5 @@
-"""One Redis client per use, on the bounded, blocking pool the leases use (redis_backend's settings), so
-every Redis caller in pullcache waits for a free connection instead of failing past the pool's size, and
-gives up on a Redis that does not answer within the same timeout."""
+"""The Redis a store's shared state uses (cluster/shared_state.py, cache/bucket_files.py): its client, the
+prefix of its keys, and the one log of its outages."""
 from __future__ import annotations
 
 import logging
@@ -8,18 +7,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from pullcache.cluster.redis_backend import MAX_CONNECTIONS, POOL_WAIT, SOCKET_TIMEOUT
+from pullcache.cluster.redis_client import redis_client
 
 log = logging.getLogger("pullcache.cluster")
-
-
-def redis_client(url: str) -> aioredis.Redis:
-    """A client owning its pool: `await client.aclose()` disconnects both. Connects on first use, so a
-    Redis that is down at start-up does not keep a process from starting."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT,
-        socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT)
-    return aioredis.Redis.from_pool(pool)
 
 
 class RedisTrouble:
