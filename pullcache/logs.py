@@ -9,7 +9,8 @@ access log writes one per request, and a write to a slow pipe or disk must not s
 formatting take its time. Under load the writer gathers the lines of BATCH_PAUSE into one write: woken
 for every line, it cost more than the line itself (each wake-up takes the GIL from the event loop). A
 record whose arguments could change after the call has its message merged when logged (Enqueue). Every
-line is written before the process exits (atexit), and a forked child gets a writer of its own.
+line is written before the process exits (atexit) and before it forks, and a forked child gets a writer of
+its own.
 """
 from __future__ import annotations
 
@@ -57,8 +58,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the local time of a second formatted once for all its lines (the access log writes
+    hundreds a second, and `strftime` was a share of each)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second, known = int(record.created), self._second
+        if known[0] != second:
+            known = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{known[1]},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
+
+
 def formatter_for(config: LogConfig) -> logging.Formatter:
-    return JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if config.format == "json" else TextFormatter()
 
 
 FLUSH_SECONDS = 5.0   # how long flush_logs() and exiting wait for a stuck stream
@@ -128,7 +144,7 @@ class Writer:
         self._start()
 
 
-_IMMUTABLE = (str, int, float, bool, type(None))
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})  # exact types: a subclass may be anything
 
 
 class Enqueue(QueueHandler):
@@ -143,7 +159,7 @@ class Enqueue(QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         args = record.args
         if record.exc_info is None and type(record.msg) is str and (
-                not args or (type(args) is tuple and all(isinstance(arg, _IMMUTABLE) for arg in args))):
+                not args or (type(args) is tuple and _IMMUTABLE.issuperset(map(type, args)))):
             return record
         prepared = copy.copy(record)  # other handlers (pytest's) see the record as logged
         prepared.msg, prepared.args = record.getMessage(), None
@@ -175,7 +191,8 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(_stop_writer)  # after logging's own: atexit runs the last registered first
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# Lines logged before a fork are written before it: else the parent's writer could write them after the child's.
+os.register_at_fork(before=flush_logs, after_in_child=_after_fork_in_child)
 
 
 def configure_logging(config: LogConfig) -> None:

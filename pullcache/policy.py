@@ -14,6 +14,7 @@ vouches for them again.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -77,16 +78,26 @@ def referenced_digests(body: bytes) -> list[str]:
     return [entry["digest"] for entry in found if isinstance(entry, dict) and isinstance(entry.get("digest"), str)]
 
 
-class PullPolicy:
-    """The rules of every upstream plus the digests their allowed manifests vouch for."""
+def applies(rules: PullRules) -> bool:
+    """Whether the rules could refuse anything (without them every pull is allowed, and nothing need be checked)."""
+    return bool(rules.rules) or rules.default_deny
 
-    def __init__(self) -> None:
+
+class PullPolicy:
+    """The rules of every upstream plus the digests their allowed manifests vouch for.
+
+    `ruled` names the upstreams that have rules (None: any may): vouching for another's manifests would be
+    work for nothing, a JSON parse per manifest served, since every pull from it is allowed anyway.
+    """
+
+    def __init__(self, ruled: Collection[str] | None = None) -> None:
+        self._ruled = None if ruled is None else frozenset(ruled)
         self._vouched: LRUCache[tuple[str, str, str], bool] = LRUCache(MAX_VOUCHED)
         self._references: LRUCache[str, list[str]] = LRUCache(MAX_PARSED)  # by manifest digest: bytes never change
 
     def check(self, upstream: str, rules: PullRules, repository: str, reference: str) -> None:
         """PullDenied unless the rules allow repository@reference (a tag, or a digest `alg:hex`)."""
-        if not rules.rules and not rules.default_deny:
+        if not applies(rules):
             return
         is_digest = ":" in reference
         if is_digest and (upstream, repository, reference) in self._vouched:
@@ -101,6 +112,8 @@ class PullPolicy:
 
     def vouch(self, upstream: str, repository: str, digest: str | None, body: bytes | None) -> None:
         """An allowed manifest was served: it and what it references may be pulled by digest."""
+        if self._ruled is not None and upstream not in self._ruled:
+            return
         digests = ([digest] if digest else []) + (self._referenced(digest, body) if body else [])
         for each in digests:
             self._vouched[(upstream, repository, each)] = True

@@ -20,13 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cachetools import TTLCache
 
 from pullcache.config import Config, UpstreamConfig
 from pullcache.names import matches_glob
-from pullcache.policy import PullPolicy
+from pullcache.policy import PullPolicy, applies
 
 if TYPE_CHECKING:
     from pullcache.upstream.client import UpstreamClient
@@ -115,33 +115,50 @@ class LocalCheck:
         self._pushing[name] = True
 
 
+K = TypeVar("K")
+
+
+def _remember(targets: dict[K, Target], key: K, target: Target) -> Target:
+    """Keep a name's target; clients choose names, so at most CHECKED_NAMES are kept, the oldest going first."""
+    if len(targets) >= CHECKED_NAMES:
+        del targets[next(iter(targets))]
+    targets[key] = target
+    return target
+
+
 class Resolver:
     def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._upstreams = upstreams
         self._local_exists = LocalCheck(local_exists, clock)
-        self.policy = PullPolicy()
+        self.policy = PullPolicy(ruled=[u.name for u in config.upstreams if applies(u.rules)])
+        # Targets of upstream names (name, ns) and bare names' default-upstream ones (name), which no push
+        # changes: made once per name, not per request.
+        self._upstream_targets: dict[tuple[str, str | None], Target] = {}
+        self._default_targets: dict[str, Target] = {}
 
     def check_pull(self, target: Target, reference: str) -> None:
         """PullDenied when the target's upstream rules refuse this manifest or blob (policy.py)."""
         if target.upstream is not None:
             self.policy.check(target.upstream.name, target.upstream.config.rules, target.repository, reference)
 
-    def _upstream_target(self, name: str, client: UpstreamClient, remote: str) -> Target:
-        return Target(name, client, upstream_repository(client.config, remote))
-
     def resolve(self, name: str, ns: str | None = None) -> Target:
         """Where to read `name` from."""
+        known = self._upstream_targets.get((name, ns))
+        if known is not None:
+            return known
         if ns is not None:
             client = self._upstreams.by_ns(ns)
             if client is None:
                 raise UnknownNamespace(ns)
-            return self._upstream_target(name, client, name)
+            return _remember(self._upstream_targets, (name, ns),
+                             Target(name, client, upstream_repository(client.config, name)))
         first, _, rest = name.partition("/")
         client = self._upstreams.by_name(first) if rest else None
         if client is not None:
-            return self._upstream_target(name, client, rest)
+            return _remember(self._upstream_targets, (name, ns),
+                             Target(name, client, upstream_repository(client.config, rest)))
         shadowed = self.default_target(name)
         if shadowed is None or self._local_exists(name):
             return Target(name, None, name)
@@ -169,7 +186,11 @@ class Resolver:
     def default_target(self, name: str) -> Target | None:
         """The default upstream's repository for a bare name: where it is pulled from while nothing local has
         that name, and so the image a push of that name hides from every mirror client."""
+        known = self._default_targets.get(name)
+        if known is not None:
+            return known
         default = self._upstreams.default
         if default is None:
             return None
-        return Target(name, default, upstream_repository(default.config, name), via_default=True)
+        return _remember(self._default_targets, name,
+                         Target(name, default, upstream_repository(default.config, name), via_default=True))

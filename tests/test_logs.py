@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import LogConfig, build_config
-from pullcache.logs import configure_logging, flush_logs
+from pullcache.logs import TEXT_FORMAT, TextFormatter, configure_logging, flush_logs
 from tests.fault_upstream import FakeRegistry, Stall
 from tests.registry_api import push_image
 from tests.support.pullcache_proc import PullcacheProcess
@@ -405,3 +405,12 @@ def test_lines_logged_in_a_burst_go_out_in_few_writes(monkeypatch: pytest.Monkey
     flush_logs()
     assert len(stream.getvalue().splitlines()) == 500
     assert stream.writes < 100
+
+
+@pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.0425, 1_700_003_600.5])
+def test_text_lines_carry_the_time_logging_itself_would_write(created: float) -> None:
+    formatter = TextFormatter()
+    record = logging.LogRecord("pullcache.test", logging.INFO, "", 0, "at %s", ("once",), None)
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    for _ in range(2):  # the second line of a second reuses its formatted time
+        assert formatter.format(record) == logging.Formatter(TEXT_FORMAT).format(record)

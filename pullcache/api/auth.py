@@ -299,14 +299,15 @@ class Authenticator:
         an authenticated user is refused by a rule. `name` is the repository the request is about."""
         if name is None or access is Access.LOGIN:
             return await self._authorize_service(request, access)
+        header = request.headers.get("Authorization")
+        if self._policy is None and not self._required(access):
+            # Anyone may, whatever the repository (no rules to match its name against): not resolved at all.
+            return await self._let_anyone(request, access, header)
         action = access.value
         repo = self._repo(request, name, action)
         anonymous_refusal = self._refusal(None, repo, action)
-        header = request.headers.get("Authorization")
-        if anonymous_refusal is None:  # anyone may: credentials decide nothing, only the record needs a name
-            if header and self._recorded(request, access):
-                await self._note_user(request)
-            return
+        if anonymous_refusal is None:
+            return await self._let_anyone(request, access, header)
         if self._policy is None and not self._has_users():  # no user could ever be right
             raise self._denied(request, access, name, self._unauthorized(request, PUSH_NEEDS_USERS, access))
         caller = await self._caller(request)
@@ -327,6 +328,11 @@ class Authenticator:
             raise self._denied(request, access, name, self._unauthorized(
                 request, f"the token does not grant {action} on {name!r}; ask /auth/token for scope {scope}",
                 access, scope=scope, error="insufficient_scope"))
+
+    async def _let_anyone(self, request: web.Request, access: Access, header: str | None) -> None:
+        """What anyone may do: credentials decide nothing, only the audit log or events need a name."""
+        if header and self._recorded(request, access):
+            await self._note_user(request)
 
     async def _authorize_service(self, request: web.Request, access: Access) -> None:
         """A request about no repository (/v2/, the status page, /metrics, an unknown endpoint)."""

@@ -8,10 +8,11 @@ MANIFEST_INVALID before anything is written. Schema1 manifests are neither conve
 from __future__ import annotations
 
 import asyncio
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from pullcache.api.appkeys import CACHE_RESULT, SHADOW_WARNINGS, STORE
 from pullcache.api.audited import audit
@@ -86,12 +87,19 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     except UpstreamError as exc:
         raise upstream_error(exc, MANIFEST_UNKNOWN, f"manifest {reference} of {target.repository}") from exc
     repository.answered(manifest, head=head)
-    headers = {**digest_headers(manifest.digest), "Content-Type": manifest.media_type}
+    headers = CIMultiDict(_manifest_headers(manifest.digest, manifest.media_type))  # a Response keeps this copy
     if head:
-        return web.Response(headers={**headers, "Content-Length": str(manifest.size)})
+        headers["Content-Length"] = str(manifest.size)
+        return web.Response(headers=headers)
     assert manifest.body is not None, "a GET loads the body"
     note_served(request, manifest.source, len(manifest.body))
     return web.Response(body=manifest.body, headers=headers)
+
+
+@lru_cache(maxsize=1024)  # the same few manifests are asked for over and over
+def _manifest_headers(digest: Digest, media_type: str) -> CIMultiDict[str]:
+    """The headers a manifest goes out with, built once; each response copies them."""
+    return CIMultiDict({**digest_headers(digest), "Content-Type": media_type})
 
 
 # ---------------------------------------------------------------------- writing

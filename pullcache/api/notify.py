@@ -12,12 +12,6 @@ from pullcache.notifications import Notifier
 NOTIFIER = web.AppKey("notifier", Notifier)  # set by v2.setup
 
 
-def wants(request: web.Request, action: str) -> bool:
-    """Whether any endpoint wants `action` events: a caller may skip gathering an event's details."""
-    notifier = request.app.get(NOTIFIER)
-    return notifier is not None and notifier.wants(action)
-
-
 def notify(request: web.Request, action: str, repository: str, digest: str, *, tag: str | None = None,
            media_type: str | None = None, size: int | None = None) -> None:
     """Queue a push, delete or pull event of `repository` for every endpoint that wants it; returns at once."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import unquote
 
@@ -18,7 +19,7 @@ from pullcache.api.audited import AUDIT, audit
 from pullcache.api.auth import Access
 from pullcache.api.errors import DENIED, NAME_INVALID, NAME_UNKNOWN, UNSUPPORTED, RegistryError
 from pullcache.api.names import check_name
-from pullcache.api.notify import notify, wants
+from pullcache.api.notify import NOTIFIER, notify
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -47,6 +48,7 @@ def access_of(method: str, endpoint: str | None) -> Access:
     return Access.PUSH
 
 
+@lru_cache(maxsize=4096)  # clients ask for the same few paths over and over; a refused name raises, uncached
 def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
     """(endpoint, name, argument) for the raw path after /v2/, or None if it is no endpoint."""
     for pattern, endpoint in _ENDPOINTS:
@@ -61,19 +63,21 @@ def match_endpoint(raw_tail: str) -> tuple[str, str, str] | None:
 
 
 def _audit_answer(request: web.Request, endpoint: str, name: str, argument: str,
-                  response: web.StreamResponse) -> None:
+                  response: web.StreamResponse, audit_pulls: bool, notify_pulls: bool) -> None:
     """Audit and notify what manifests.py does not see: blob deletes and manifest pulls (local or proxied;
     audited with log.audit_pulls, sent to endpoints that ask for pull events)."""
-    digest = response.headers.get("Docker-Content-Digest")
-    if digest is None:
-        return
     if endpoint == "blob" and request.method == "DELETE" and response.status == 202:
-        audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
-        notify(request, "delete", name, digest)
+        digest = response.headers.get("Docker-Content-Digest")
+        if digest is not None:
+            audit(request, "delete", "success", repository=name, reference=argument, digest=digest)
+            notify(request, "delete", name, digest)
     elif endpoint == "manifest" and request.method == "GET" and response.status == 200:
-        if request.app[AUDIT].pulls:
+        digest = response.headers.get("Docker-Content-Digest") if audit_pulls or notify_pulls else None
+        if digest is None:
+            return  # nobody records pulls (the common case): nothing to look up
+        if audit_pulls:
             audit(request, "pull", "success", repository=name, reference=argument, digest=digest)
-        if wants(request, "pull"):  # content_length costs an ABC isinstance: a share of a cached pull
+        if notify_pulls:  # content_length costs an ABC isinstance: a share of a cached pull
             notify(request, "pull", name, digest, tag=None if argument == digest else argument,
                    media_type=response.content_type, size=response.content_length)
 
@@ -85,6 +89,9 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
 
     Every request is authorized before a handler sees it (only a malformed name is answered first).
     """
+    # Whether pulls are audited or sent as events is configuration: asked here once, not per pull.
+    notifier = app.get(NOTIFIER)
+    audit_pulls, notify_pulls = app[AUDIT].pulls, notifier is not None and notifier.wants("pull")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw_tail = request.raw_path.split("?", 1)[0][len("/v2/"):]
@@ -106,7 +113,7 @@ def setup(app: web.Application, handlers: dict[tuple[str, str], Handler],
                 audit(request, access_of(request.method, endpoint).value, "denied", repository=name,
                       reason=exc.message)
             raise
-        _audit_answer(request, endpoint, name, argument, response)
+        _audit_answer(request, endpoint, name, argument, response, audit_pulls, notify_pulls)
         return response
 
     async def base_route(request: web.Request) -> web.StreamResponse:

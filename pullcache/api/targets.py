@@ -8,13 +8,17 @@ no handler asks which it is.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
-from pullcache.api.appkeys import PULLTHROUGH, RESOLVER, STORE
+from pullcache.api.appkeys import RESOLVER
 from pullcache.api.errors import DENIED, NAME_UNKNOWN
 from pullcache.api.routes import match_endpoint
 from pullcache.cache.registry import RegistryRepository
-from pullcache.policy import PullDenied
+from pullcache.cache.store import Store
+from pullcache.policy import PullDenied, PullPolicy, applies
+from pullcache.pullthrough import PullThrough
 from pullcache.pullthrough.repository import repository_for
 from pullcache.resolver import PushDenied, Target, UnknownNamespace
 
@@ -31,6 +35,8 @@ def read_target(request: web.Request, name: str) -> Target:
     except UnknownNamespace as exc:
         raise NAME_UNKNOWN.error(str(exc), detail={"ns": exc.ns}) from exc
     request[TARGET] = target
+    if target.upstream is None or not applies(target.upstream.config.rules):
+        return target  # nothing to check: no need to know which endpoint this is
     found = match_endpoint(request.raw_path.split("?", 1)[0][len("/v2/"):])
     if found is not None and found[0] in ("manifest", "blob"):
         try:
@@ -56,7 +62,29 @@ def push_target(request: web.Request, name: str) -> Target:
     return target
 
 
+class Repositories:
+    """The repository each target reads from, made once per target rather than per request (making one builds
+    its paths). A repository object holds no state of its own, only where its links and bytes live, so one
+    serves every request; clients choose names, so at most MAX_REMEMBERED are kept, the oldest going first."""
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, store: Store, pullthrough: PullThrough, policy: PullPolicy) -> None:
+        self._make = partial(repository_for, store, pullthrough, policy)
+        self._known: dict[Target, RegistryRepository] = {}
+
+    def __call__(self, target: Target) -> RegistryRepository:
+        repository = self._known.get(target)
+        if repository is None:
+            if len(self._known) >= self.MAX_REMEMBERED:
+                del self._known[next(iter(self._known))]
+            repository = self._known[target] = self._make(target)
+        return repository
+
+
+REPOSITORIES = web.AppKey("repositories", Repositories)  # set by v2.setup
+
+
 def repository_of(request: web.Request, target: Target) -> RegistryRepository:
     """The repository a resolved name reads from: pushed here, or an upstream's through the cache."""
-    app = request.app
-    return repository_for(app[STORE], app[PULLTHROUGH], app[RESOLVER].policy, target)
+    return request.app[REPOSITORIES](target)

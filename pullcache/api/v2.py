@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pullcache.api import blobs, manifests, peer_fills, referrers, routes, tags, upload_forward, uploads
-from pullcache.api.appkeys import CONFIG, STORE
+from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
 from pullcache.api.notify import NOTIFIER
+from pullcache.api.targets import REPOSITORIES, Repositories
 from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
 from pullcache.cluster.secret import token_signing_key
 from pullcache.notifications import Notifier
@@ -84,6 +85,7 @@ def setup(app: web.Application) -> None:
                                   robots=RobotTokens(config.storage.path),
                                   signing_key=token_signing_key(config.cluster))
     app[AUTHENTICATOR] = authenticator
+    app[REPOSITORIES] = Repositories(app[STORE], app[PULLTHROUGH], app[RESOLVER].policy)
     app.on_response_prepare.append(_announce_api_version)
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
     app.router.add_get(TOKEN_PATH, authenticator.token)

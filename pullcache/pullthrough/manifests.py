@@ -106,15 +106,17 @@ class Manifests:
         assert target.upstream is not None, "Manifests serves upstream targets only"
         if isinstance(reference, Digest):
             answer = await self._cached(target, reference)
-            work = partial(self._fetch_digest, target, reference, accept, head)
         else:
             answer = await self._cached_tag(target, reference)
-            work = partial(self._refresh_tag, target, reference, accept, head)
-        if answer is not None:
+        if answer is not None:  # a hit: no upstream work to prepare
             self._store.note_access(answer.digest)
             if count:
                 stats.count(stats.MANIFEST, target.upstream.name, answer.result)
             return answer
+        if isinstance(reference, Digest):
+            work = partial(self._fetch_digest, target, reference, accept, head)
+        else:
+            work = partial(self._refresh_tag, target, reference, accept, head)
         await self._missing.raise_if_known(target, str(reference))
         key = (target.upstream.name, target.repository, str(reference), head)
         if self._leases is not None:
