@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,34 +15,15 @@ from pullcache.cache.fill import FillFailed, FillReader
 from pullcache.cache.index import CACHED
 from pullcache.cache.store import Store
 from pullcache.cache.writer import DigestMismatch
-from pullcache.cluster import Coordinator
 from pullcache.cluster.embedded import EmbeddedCoordinator
-from pullcache.cluster.redis_backend import RedisCoordinator
 from pullcache.cluster.signing import VALID_FOR, BadSignature, RequestSigner, Unsigned
 from pullcache.config import ConfigError, build_config
 from pullcache.digests import Digest
 from pullcache.pullthrough.fill_leases import fill_leases
 from pullcache.pullthrough.relayed_fill import RelayableFill
+from tests.support.coordinators import Make
 
-Make = Callable[[], Coordinator]
-
-
-@pytest.fixture(params=["embedded", "redis"])
-async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
-    """Coordinators that share leases as separate processes (or replicas) would."""
-    made: list[Coordinator] = []
-
-    def factory() -> Coordinator:
-        if request.param == "embedded":
-            coordinator: Coordinator = EmbeddedCoordinator(tmp_path / "data")
-        else:
-            coordinator = RedisCoordinator(request.getfixturevalue("redis_server").redis_url)
-        made.append(coordinator)
-        return coordinator
-
-    yield factory
-    for coordinator in made:
-        await coordinator.close()
+pytest_plugins = ["tests.support.coordinators"]
 
 
 @pytest.fixture

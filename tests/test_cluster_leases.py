@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -14,27 +13,10 @@ import pytest
 from pullcache.cluster import CoordinationUnavailable, Coordinator, LeaseKeeper
 from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.cluster.redis_backend import RedisCoordinator
+from tests.support.coordinators import Make
 from tests.support.redis import RedisServer
 
-Make = Callable[[], Coordinator]
-
-
-@pytest.fixture(params=["embedded", "redis"])
-async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
-    """A factory of coordinators that share leases as separate processes (or replicas) would."""
-    made: list[Coordinator] = []
-
-    def factory() -> Coordinator:
-        if request.param == "embedded":
-            coordinator: Coordinator = EmbeddedCoordinator(tmp_path / "data")
-        else:
-            coordinator = RedisCoordinator(request.getfixturevalue("redis_server").redis_url)
-        made.append(coordinator)
-        return coordinator
-
-    yield factory
-    for coordinator in made:
-        await coordinator.close()
+pytest_plugins = ["tests.support.coordinators"]
 
 
 @pytest.fixture
