@@ -33,13 +33,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from typing import Self
 
 from pullcache import metrics
-from pullcache.cache.backends import OpenedBlob
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.fill import Fill, FillFailed, FillReader
 from pullcache.cache.index import CACHED
+from pullcache.cache.registry import CACHE, UPSTREAM, BlobBody
 from pullcache.cache.store import Store
 from pullcache.digests import Digest
 from pullcache.pullthrough import stats
@@ -63,27 +62,6 @@ class BlobTooLarge(Exception):
         what = f"is {size} bytes" if size is not None else "sent no size and passed it"
         super().__init__(f"blob {digest} {what}, more than storage.max_size ({max_size} bytes) allows to cache")
         self.digest = digest
-
-
-@dataclass(frozen=True)
-class BlobSource:
-    """Where a blob request reads from: the committed blob, already open (blob), or a fill (reader).
-
-    Use `async with`: leaving it closes the blob or the reader.
-    """
-
-    result: str
-    blob: OpenedBlob | None = None
-    reader: FillReader | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.reader is not None:
-            self.reader.close()
-        if self.blob is not None:
-            await self.blob.close()
 
 
 LEAD = "lead"  # this process fetches from the upstream
@@ -139,7 +117,7 @@ class Blobs:
         self._tasks: set[asyncio.Task[None]] = set()
         self._missing = SharedMissing(store.state)  # upstream 404s, per upstream repository (shared by replicas)
 
-    async def open(self, target: Target, digest: Digest) -> BlobSource:
+    async def open(self, target: Target, digest: Digest) -> BlobBody:
         """The blob, counted once: its committed file, opened, or a reader of its fill (joined, or started now).
 
         A cached file is a hit only once it is open: eviction may remove it at any moment, and an open
@@ -157,7 +135,7 @@ class Blobs:
                 if opened is not None:
                     self._store.note_access(digest)
                     stats.count(stats.BLOB, target.upstream.name, stats.HIT)
-                    return BlobSource(stats.HIT, blob=opened)
+                    return BlobBody(CACHE, stats.HIT, blob=opened)
             if _flight_key(target, digest) not in self._fills:  # a remembered 404 (maybe another replica's)
                 await self._missing.raise_if_known(target, str(digest))
             flight = self._fills.get(_flight_key(target, digest))  # looked up again: the look above may wait
@@ -171,11 +149,11 @@ class Blobs:
             if started:
                 result = stats.MISS if role == LEAD else stats.COALESCED
                 stats.count(stats.BLOB, target.upstream.name, result)
-                return BlobSource(result, reader=reader)
+                return BlobBody(UPSTREAM, result, reader=reader)
             if flight.target.store_name == target.store_name or not await self._refused_elsewhere(
                     reader, flight.target, target):
                 stats.count(stats.BLOB, target.upstream.name, stats.COALESCED)
-                return BlobSource(stats.COALESCED, reader=reader)
+                return BlobBody(UPSTREAM, stats.COALESCED, reader=reader)
             # That fetch has ended (it is no longer in _fills): look again, and fetch for ourselves.
 
     @staticmethod

@@ -49,9 +49,7 @@ class ProxiedRepository:
                 return None
             size, result = found
             return BlobBody(CACHE if result == stats.HIT else UPSTREAM, result, size=size)
-        source = await blobs.open(self._target, digest)
-        return BlobBody(UPSTREAM if source.reader is not None else CACHE, source.result, blob=source.blob,
-                        reader=source.reader)
+        return await blobs.open(self._target, digest)
 
     async def holds_blob(self, digest: Digest) -> bool:
         return await self._cached.holds_blob(digest)
