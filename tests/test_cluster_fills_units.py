@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from pullcache.config import ConfigError, build_config
 from pullcache.digests import Digest
 from pullcache.pullthrough.fill_leases import fill_leases
 from pullcache.pullthrough.relayed_fill import RelayableFill
-from tests.support.coordinators import Make
+from tests.support.coordinators import Make, hold_in_child
 
 pytest_plugins = ["tests.support.coordinators"]
 
@@ -64,25 +62,10 @@ async def test_embedded_lease_files_go_with_their_release(tmp_path: Path) -> Non
         await b.close()
 
 
-HOLD_IN_CHILD = """
-import asyncio, sys
-from pullcache.cluster.embedded import EmbeddedCoordinator
-async def main():
-    coordinator = EmbeddedCoordinator(sys.argv[1])
-    assert await coordinator.acquire(sys.argv[2], "http://child:1/2/3", 30)
-    print("held", flush=True)
-    await asyncio.sleep(3600)
-asyncio.run(main())
-"""
-
-
 async def test_embedded_holder_of_a_killed_process_is_nobody(tmp_path: Path) -> None:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLD_IN_CHILD, str(tmp_path / "data"), "fill/x", stdout=subprocess.PIPE)
+    child = await hold_in_child(tmp_path / "data", "fill/x", "http://child:1/2/3")
     coordinator = EmbeddedCoordinator(tmp_path / "data")
     try:
-        assert child.stdout is not None
-        assert await child.stdout.readline() == b"held\n"
         assert await coordinator.holder("fill/x") == "http://child:1/2/3"
         child.kill()
         await child.wait()

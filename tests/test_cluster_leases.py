@@ -3,8 +3,6 @@ storage.path) and Redis (a real redis-server on loopback)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from pullcache.cluster import CoordinationUnavailable, Coordinator, LeaseKeeper
 from pullcache.cluster.embedded import EmbeddedCoordinator
 from pullcache.cluster.redis_backend import RedisCoordinator
-from tests.support.coordinators import Make
+from tests.support.coordinators import Make, hold_in_child
 from tests.support.redis import RedisServer
 
 pytest_plugins = ["tests.support.coordinators"]
@@ -60,25 +58,10 @@ async def _acquired_within(coordinator: Coordinator, key: str, holder: str, seco
     return None
 
 
-HOLD_IN_CHILD = """
-import asyncio, sys
-from pullcache.cluster.embedded import EmbeddedCoordinator
-async def main():
-    coordinator = EmbeddedCoordinator(sys.argv[1])
-    assert await coordinator.acquire(sys.argv[2], "child", 30)
-    print("held", flush=True)
-    await asyncio.sleep(3600)
-asyncio.run(main())
-"""
-
-
 async def test_embedded_lease_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLD_IN_CHILD, str(tmp_path / "data"), "eviction", stdout=subprocess.PIPE)
+    child = await hold_in_child(tmp_path / "data", "eviction", "child")
     coordinator = EmbeddedCoordinator(tmp_path / "data")
     try:
-        assert child.stdout is not None
-        assert await child.stdout.readline() == b"held\n"
         assert not await coordinator.acquire("eviction", "parent", 30)
         child.kill()  # SIGKILL: no chance to release anything
         await child.wait()

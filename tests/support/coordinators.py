@@ -2,6 +2,9 @@
 lease tests (`pytest_plugins = ["tests.support.coordinators"]`)."""
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -30,3 +33,24 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     yield factory
     for coordinator in made:
         await coordinator.close()
+
+
+_HOLD = """
+import asyncio, sys
+from pullcache.cluster.embedded import EmbeddedCoordinator
+async def main():
+    coordinator = EmbeddedCoordinator(sys.argv[1])
+    assert await coordinator.acquire(sys.argv[2], sys.argv[3], 30)
+    print("held", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+async def hold_in_child(data_dir: Path, key: str, holder: str) -> asyncio.subprocess.Process:
+    """Another process holding the embedded lease `key` as `holder`, returned once it holds it; kill it."""
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", _HOLD, str(data_dir), key, holder,
+                                                 stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert await child.stdout.readline() == b"held\n"
+    return child
