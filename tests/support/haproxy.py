@@ -34,6 +34,9 @@ def _config(port: int, stats_socket: Path, servers: Mapping[str, str]) -> str:
         "    timeout client 300s",
         "    timeout server 300s",
         "    timeout http-request 30s",
+        # A /readyz answer may take longer than the 500 ms check interval on a loaded machine (it asks the
+        # bucket): a slow good answer is a good one, not a failed check.
+        "    timeout check 3s",
         # A request that found a server gone (refused before the check saw it) is tried on another.
         "    retries 2",
         "    option redispatch",
