@@ -77,6 +77,20 @@ def formatter_for(config: LogConfig) -> logging.Formatter:
     return JsonFormatter() if config.format == "json" else TextFormatter()
 
 
+class StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever sys.stderr is when a line goes out, as logging's own last-resort handler does, not to
+    the stream that was sys.stderr when logging was configured: a stream replaced and closed since (a test
+    runner's capture) must not turn the writer's next lines into errors."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+
+
 FLUSH_SECONDS = 5.0   # how long flush_logs() and exiting wait for a stuck stream
 BATCH_PAUSE = 0.01    # after a write, lines gather this long before the next (a line is late by at most this)
 
@@ -208,7 +222,7 @@ def configure_logging(config: LogConfig) -> None:
         root.removeHandler(earlier)
         earlier.close()
     _stop_writer()
-    stream = logging.StreamHandler(sys.stderr)
+    stream = StderrHandler()
     stream.setFormatter(formatter_for(config))
     _active = Writer(stream)
     handler = Enqueue(_active)
