@@ -349,6 +349,12 @@ def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, r
         def stop_once() -> None:
             if not stopping:
                 stopping.append(True)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    # Ignored from here on, not just handled once: closing the loop would put back the
+                    # default action, and a late signal (the supervisor's, passed on) would kill the worker
+                    # before it says it stopped.
+                    loop.remove_signal_handler(signum)
+                    signal.signal(signum, signal.SIG_IGN)
                 raise web.GracefulExit()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop_once)

@@ -26,11 +26,12 @@ import pytest
 
 from pullcache.cache.store import CLEAN_SHUTDOWN
 from tests.registry_api import OCI_MANIFEST, image_manifest
+from tests.support.gated_front import GatedFront
 from tests.support.htpasswd import write_htpasswd
 from tests.support.procs import ManagedProcess, free_port
-from tests.support.pullcache_proc import PullcacheProcess
+from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.registry_client import RegistryClient
-from tests.support.seed import Upstream
+from tests.support.seed import ADMIN_PASSWORD, ADMIN_USER, Upstream
 from tests.test_auth_tls import self_signed
 from tests.test_metrics_endpoint import Scrape
 
@@ -210,8 +211,8 @@ def test_a_killed_worker_is_replaced(two_workers: PullcacheProcess) -> None:
 
     wait_for(lambda: len(workers_of(two_workers)) == 2 and victim not in workers_of(two_workers),
              "a new worker in place of the killed one")
-    assert re.search(rf"worker \d+ \(pid {victim}\) died \(killed by SIGKILL\); starting another",
-                     two_workers.log_text())
+    wait_for(lambda: re.search(rf"worker \d+ \(pid {victim}\) died \(killed by SIGKILL\); starting another",
+                               two_workers.log_text()), "the supervisor's line on it (written soon, not at once)")
     wait_for(lambda: len(peer_addresses(two_workers)) == 3, "the new worker's start")
     pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers))
     assert set(pids) == workers_of(two_workers)
@@ -432,3 +433,36 @@ def test_workers_signalled_with_their_supervisor_stop_once_and_cleanly(
     log = two_workers.log_text()
     assert "Traceback" not in log and len(re.findall(r"worker \d+ \(pid \d+\) stopped", log)) == 2
     assert index_meta(two_workers, CLEAN_SHUTDOWN) == "1"
+
+
+def ignored_signals(pid: int) -> int:
+    """The process's ignored-signals mask (/proc's SigIgn)."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:"))
+    return int(line.split()[1], 16)
+
+
+def test_a_stopping_worker_ignores_later_stop_signals_until_it_has_said_it_stopped(
+        pullcache_factory: Callable[..., PullcacheProcess], upstream: Upstream) -> None:
+    """Closing the event loop puts a signal's default action back: a late SIGTERM (the supervisor's, passed
+    on) must not kill a worker that is already stopping. A layer held at the upstream's gate keeps the
+    worker in its graceful shutdown while its signals are read."""
+    repo, data = "workers/held", os.urandom(300_000)
+    digest = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD).upload_blob(repo, data)
+    front = GatedFront(upstream.url, upstream.token_server.realm).start()
+    try:
+        proc = pullcache_factory({"workers": 2, "upstreams": [docker_hub_upstream(front.url)]})
+        wait_for(lambda: len(peer_addresses(proc)) == 2, "two workers")
+        pid, address = next(iter(peer_addresses(proc).items()))
+        with urllib.request.urlopen(f"{address}/v2/{repo}/blobs/{digest}", timeout=30) as pull:
+            assert pull.status == 200  # the handler is under way: the shutdown waits for it
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: ignored_signals(pid) & (1 << (signal.SIGTERM - 1)), "SIGTERM ignored while stopping")
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+            assert alive(pid)
+            front.open_gate()
+            assert pull.read() == data
+        wait_for(lambda: re.search(rf"worker \d+ \(pid {pid}\) stopped", proc.log_text()), "the stopped line")
+    finally:
+        front.open_gate()
+        front.stop()
