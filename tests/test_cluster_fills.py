@@ -230,10 +230,11 @@ async def test_without_redis_fills_are_local_and_said_once_and_coordination_resu
             for _ in range(2):
                 repo, data, digest = push_layer(upstream)
                 assert await Pull(session, proc, repo, digest).task == data, "never fail the request"
-            assert proc.log_text().count("coordination unavailable") == 1, "said once per outage"
+            assert proc.wait_for_log("coordination unavailable").count("coordination unavailable") == 1, \
+                "said once per outage"
             redis.start()
             repo, data, digest = push_layer(upstream)
             assert await Pull(session, proc, repo, digest).task == data
-            assert "coordination is back" in proc.log_text()
+            proc.wait_for_log("coordination is back")
     finally:
         redis.close()

@@ -69,7 +69,7 @@ def test_a_process_serves_while_redis_is_down_and_leads_once_it_is_back(
         redis.start()
         _wait_for(lambda: _metric(proc, 'pullcache_cluster_lease_held{lease="eviction"}') == 1, 10,
                   "the lease taken once Redis is back")
-        assert "cannot take or renew the 'eviction' lease" in proc.log_text()
-        assert "took the 'eviction' lease" in proc.log_text()
+        proc.wait_for_log("cannot take or renew the 'eviction' lease")
+        proc.wait_for_log("took the 'eviction' lease")
     finally:
         redis.close()

@@ -11,6 +11,7 @@ state alone. (The Docker daemon.json is used by tests/test_deploy_image.py's doc
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import urllib.request
 from collections.abc import Callable
@@ -69,7 +70,7 @@ def test_containerd_pulls_through_the_shipped_hosts_toml(
              "--platform", "linux/amd64", image)
     listing = " ".join(node.ctr("images", "ls").stdout.split())
     assert f"{image} {DOCKER_LIST} {upstream.seed.alpine.digest}" in listing
-    assert f"/v2/library/alpine/manifests/latest?ns={registry}" in server.log_text()
+    server.wait_for_log(re.escape(f"/v2/library/alpine/manifests/latest?ns={registry}"))
 
 
 def installed_registries_conf(path: Path, mirror_host: str) -> Path:
@@ -110,7 +111,7 @@ def test_podman_pulls_through_the_shipped_registries_conf(
         digest, image_id = _pulled(podman, f"{registry}/library/alpine:latest")
     alpine = mapped.seed.alpine
     assert (digest, image_id) == (alpine.digest, alpine.platforms["linux/amd64"].config.digest)
-    assert f"GET /v2/{registry}/library/alpine/manifests/latest 200" in server.log_text()
+    server.wait_for_log(re.escape(f"GET /v2/{registry}/library/alpine/manifests/latest 200"))
     assert any(r.uri == "/v2/library/alpine/manifests/latest" for r in mapped.distribution.requests())
     assert _cache_requests(f"{server.url}/metrics", registry) > 0
 
@@ -124,7 +125,7 @@ def test_podman_resolves_a_short_name_through_the_mirror_of_the_search_registry(
     with Podman(tmp_path / "podman", conf) as podman:
         digest, _ = _pulled(podman, "team/app:v1")
     assert digest == upstream["team/app:v1"].digest
-    assert f"GET /v2/{search}/team/app/manifests/v1 200" in server.log_text()
+    server.wait_for_log(re.escape(f"GET /v2/{search}/team/app/manifests/v1 200"))
 
 
 

@@ -10,6 +10,7 @@ rule is compared with alerts.yml, which promtool checks, and the monitor with th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_node_hosts_step_makes_containerd_pull_through_the_nodes_pullcache(
              "--platform", "linux/amd64", "docker.io/library/alpine:latest")
     listing = " ".join(node.ctr("images", "ls").stdout.split())
     assert f"docker.io/library/alpine:latest {DOCKER_LIST} {upstream.seed.alpine.digest}" in listing
-    assert "/v2/library/alpine/manifests/latest?ns=docker.io" in server.log_text()
+    server.wait_for_log(re.escape("/v2/library/alpine/manifests/latest?ns=docker.io"))
 
 
 def test_node_hosts_step_rewrites_the_files_when_run_again(

@@ -6,6 +6,7 @@ the credentialed-upstream one is about upstream auth alone and runs on the files
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_containerd_pulls_through_a_hosts_toml_mirror_with_ns(
     listing = " ".join(daemon.ctr("images", "ls").stdout.split())
     assert f"docker.io/library/alpine:latest {DOCKER_LIST} {upstream.seed.alpine.digest}" in listing
     assert f"docker.io/library/ocitest:v1 {OCI_INDEX} {upstream.seed.ocitest.digest}" in listing
-    assert "/v2/library/alpine/manifests/latest?ns=docker.io" in server.log_text()
+    server.wait_for_log(re.escape("/v2/library/alpine/manifests/latest?ns=docker.io"))
 
 
 def test_skopeo_pulls_by_path_prefix_in_docker_and_oci_types(

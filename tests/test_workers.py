@@ -211,8 +211,7 @@ def test_a_killed_worker_is_replaced(two_workers: PullcacheProcess) -> None:
 
     wait_for(lambda: len(workers_of(two_workers)) == 2 and victim not in workers_of(two_workers),
              "a new worker in place of the killed one")
-    wait_for(lambda: re.search(rf"worker \d+ \(pid {victim}\) died \(killed by SIGKILL\); starting another",
-                               two_workers.log_text()), "the supervisor's line on it (written soon, not at once)")
+    two_workers.wait_for_log(rf"worker \d+ \(pid {victim}\) died \(killed by SIGKILL\); starting another")
     wait_for(lambda: len(peer_addresses(two_workers)) == 3, "the new worker's start")
     pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers))
     assert set(pids) == workers_of(two_workers)
@@ -448,7 +447,8 @@ def test_a_stopping_worker_ignores_later_stop_signals_until_it_has_said_it_stopp
     worker in its graceful shutdown while its signals are read."""
     repo, data = "workers/held", os.urandom(300_000)
     digest = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD).upload_blob(repo, data)
-    front = GatedFront(upstream.url, upstream.token_server.realm).start()
+    front = GatedFront(upstream.url, upstream.token_server.realm)
+    front.start()
     try:
         proc = pullcache_factory({"workers": 2, "upstreams": [docker_hub_upstream(front.url)]})
         wait_for(lambda: len(peer_addresses(proc)) == 2, "two workers")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -114,8 +113,7 @@ async def test_the_worker_holding_the_fill_killed_mid_fill_is_replaced_and_the_n
             assert cut, f"every client must see a cut transfer, never a complete one: {outcome!r}"
         wait_for(lambda: len(children(proc.process.pid)) == 2 and holder not in children(proc.process.pid),
                  "a new worker in place of the killed one")
-        assert re.search(rf"worker \d+ \(pid {holder}\) died \(killed by SIGKILL\); starting another",
-                         proc.log_text())
+        proc.wait_for_log(rf"worker \d+ \(pid {holder}\) died \(killed by SIGKILL\); starting another")
         wait_for(lambda: len(peer_addresses(proc)) == 3, "the new worker's start")
         front.open_gate()
         for pid in children(proc.process.pid):  # on each worker's own address: the survivor and the new one

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -174,6 +175,14 @@ class PullcacheProcess(OnLoopback):
 
     def log_text(self) -> str:
         return self.process.log_text()
+
+    def wait_for_log(self, pattern: str, *, count: int = 1, timeout: float = 15.0) -> str:
+        """The log once `pattern` (a regular expression) is in it `count` times. pullcache writes its lines
+        from a thread of its own, soon after they are logged rather than at once: a line about what a
+        response just showed may not be written yet when the response arrives."""
+        self.process.wait_until(lambda: len(re.findall(pattern, self.log_text())) >= count, timeout=timeout,
+                                what=f"{pattern!r} in the log")
+        return self.log_text()
 
     def __enter__(self) -> PullcacheProcess:
         return self.start()
