@@ -43,6 +43,14 @@ FIRST = 256 * 1024
 
 @pytest.fixture
 async def proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
+    """A proxy patient with a held upstream: a loaded machine may take seconds between a gate's first bytes
+    and the test's release."""
+    return await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="10s")
+
+
+@pytest.fixture
+async def impatient_proxy(aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> Proxy:
+    """A proxy that gives up on an upstream silent for 500 ms: for the stalled-upstream tests."""
     return await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="500ms")
 
 
@@ -60,11 +68,7 @@ async def test_a_cold_blob_is_fetched_once_cached_and_then_served_from_disk(prox
     assert (proxy.count("blob", "miss"), proxy.count("blob", "hit")) == (1, 1)
 
 
-async def test_many_clients_on_one_cold_layer_cause_one_upstream_get(
-        aiohttp_client: Any, fake: FakeRegistry, tmp_path: Path) -> None:
-    # The gate holds the upstream until 16 clients have their first bytes: a loaded machine may take
-    # longer than the shared fixture's 500 ms stall rule for that.
-    proxy = await start_proxy(aiohttp_client, fake, tmp_path / "data", read_timeout="10s")
+async def test_many_clients_on_one_cold_layer_cause_one_upstream_get(proxy: Proxy) -> None:
     digest = proxy.fake.add_blob(LAYER)
     gate = Gate(LAYER, FIRST)
     proxy.fake.faults[blob_path(digest)] = gate
@@ -320,7 +324,8 @@ async def test_wrong_bytes_never_reach_a_client_whole(proxy: Proxy) -> None:
     await assert_nothing_cached_then_recovers(proxy, digest)
 
 
-async def test_a_stalled_upstream_times_out_and_caches_nothing(proxy: Proxy) -> None:
+async def test_a_stalled_upstream_times_out_and_caches_nothing(impatient_proxy: Proxy) -> None:
+    proxy = impatient_proxy
     digest = proxy.fake.add_blob(LAYER)
     stall = Stall(LAYER, FIRST)
     proxy.fake.faults[blob_path(digest)] = stall
@@ -334,10 +339,10 @@ async def test_a_stalled_upstream_times_out_and_caches_nothing(proxy: Proxy) -> 
 async def test_an_upstream_429_is_passed_on_with_retry_after(proxy: Proxy) -> None:
     digest = proxy.fake.add_blob(LAYER)
     proxy.fake.faults[blob_path(digest)] = answer(429, {"errors": [{"code": "TOOMANYREQUESTS"}]},
-                                                  headers={"Retry-After": "17"})
+                                                  headers={"Retry-After": "120"})  # past request_timeout: no retry
     async with proxy.client.get(blob_path(digest)) as response:
         assert response.status == 429
-        assert response.headers["Retry-After"] == "17"
+        assert response.headers["Retry-After"] == "120"
         assert (await response.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
     await assert_nothing_cached_then_recovers(proxy, digest)
 
@@ -353,7 +358,8 @@ async def test_an_upstream_5xx_is_an_unavailable_answer(proxy: Proxy) -> None:
     await assert_nothing_cached_then_recovers(proxy, digest)
 
 
-async def test_clients_waiting_on_a_failing_fill_all_see_it_fail(proxy: Proxy) -> None:
+async def test_clients_waiting_on_a_failing_fill_all_see_it_fail(impatient_proxy: Proxy) -> None:
+    proxy = impatient_proxy
     digest = proxy.fake.add_blob(LAYER)
     stall = Stall(LAYER, FIRST)
     proxy.fake.faults[blob_path(digest)] = stall
