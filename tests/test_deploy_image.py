@@ -9,6 +9,8 @@ deploy/clients/docker/daemon.json and the test's address put in for pullcache.in
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 import urllib.parse
 import urllib.request
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import kustomize
+from tests.support import kustomize, seaweed
 from tests.support.compose import COMPOSE_FILE, compose, stack_on_loopback
 from tests.support.deploy_image import (
     JUNK_SIZE,
@@ -274,11 +276,45 @@ def test_compose_runs_pullcache_and_prometheus_scrapes_it(
 
 # ------------------------------------------------------------- Kubernetes pod specs, in the image
 
+def pod_env(spec: dict, secret_values: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The container's environment as a kubelet makes it on this host: the pod's IP is 127.0.0.1, a
+    secretKeyRef reads `secret_values[(secret, key)]`, and $(VAR) names an earlier variable."""
+    env: dict[str, str] = {}
+    for variable in spec["env"]:
+        source = variable.get("valueFrom")
+        if source is None:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), variable["value"])
+        elif source.get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            value = "127.0.0.1"
+        else:
+            ref = source["secretKeyRef"]
+            value = secret_values[(ref["name"], ref["key"])]
+        env[variable["name"]] = value
+    return env
+
+
+def shared_parts_env(config: dict, request: pytest.FixtureRequest) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """For an overlay on a bucket and Redis: the variables that point its proxy.yml at the session's SeaweedFS
+    (a fresh prefix) and Redis, and the values of the Secrets its pod reads."""
+    if config["storage"].get("backend") != "s3":
+        return {}, {}
+    server = request.getfixturevalue("seaweed_server")
+    redis = request.getfixturevalue("redis_server")
+    env = {"PULLCACHE_STORAGE__S3__ENDPOINT": server.url, "PULLCACHE_STORAGE__S3__REGION": seaweed.REGION,
+           "PULLCACHE_STORAGE__S3__BUCKET": seaweed.BUCKET,
+           "PULLCACHE_STORAGE__S3__PREFIX": f"pod{secrets.token_hex(6)}", "PULLCACHE_CLUSTER__REDIS": redis.redis_url}
+    values = {("pullcache-cluster", "secret"): secrets.token_hex(32),
+              ("pullcache-s3", "access-key"): seaweed.ACCESS_KEY, ("pullcache-s3", "secret-key"): seaweed.SECRET_KEY}
+    return env, values
+
+
 @pytest.mark.parametrize("name", sorted(kustomize.KUSTOMIZATIONS))
-def test_k8s_pod_spec_runs_in_the_image_and_its_probes_answer(name: str, built: Built, tmp_path: Path) -> None:
+def test_k8s_pod_spec_runs_in_the_image_and_its_probes_answer(name: str, built: Built, tmp_path: Path,
+                                                              request: pytest.FixtureRequest) -> None:
     """pullcache's container of deploy/NAME as a kubelet would run it: the image's entrypoint with
     the manifest's args, env, user and read-only root, the ConfigMap's proxy.yml mounted where the
-    manifest mounts it, emptyDirs for the other volumes. Only the listen port differs (host network)."""
+    manifest mounts it, emptyDirs for the other volumes. Only the listen port differs (host network),
+    and an overlay on a bucket and Redis is pointed at the session's SeaweedFS and Redis."""
     spec = kustomize.container(name)
     pod = kustomize.workload(name)["spec"]["template"]["spec"]
     port = free_port()
@@ -293,8 +329,9 @@ def test_k8s_pod_spec_runs_in_the_image_and_its_probes_answer(name: str, built: 
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", f"PULLCACHE_LISTEN=127.0.0.1:{port}"]
     if security.get("readOnlyRootFilesystem"):
         args.append("--read-only")
-    for variable in spec["env"]:
-        args += ["-e", f"{variable['name']}={variable['value']}"]
+    shared, secret_values = shared_parts_env(yaml.safe_load(configmap["data"]["proxy.yml"]), request)
+    for variable, value in {**pod_env(spec, secret_values), **shared}.items():
+        args += ["-e", f"{variable}={value}"]
     for mount in spec["volumeMounts"]:
         volume = volumes[mount["name"]]
         if "configMap" in volume:

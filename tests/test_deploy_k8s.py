@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,6 +166,50 @@ def run_node_hosts_step(certs_d: Path, mirror: str) -> None:
     script = init["args"][0].replace(mount["mountPath"], str(certs_d))
     env = clean_env(**{**_node_hosts_env(), "MIRROR": mirror})
     subprocess.run([*init["command"], script], env=env, check=True, capture_output=True, text=True, timeout=30)
+
+
+def _env(name: str) -> dict[str, dict]:
+    return {variable["name"]: variable for variable in container(name)["env"]}
+
+
+def test_replicas_keep_the_store_in_a_bucket_and_only_spool_and_cache_on_the_pod() -> None:
+    config = _proxy_yml("k8s-replicas")
+    assert config["storage"]["backend"] == "s3" and config["storage"]["path"] == STORAGE_PATH
+    assert "emptyDir" in _mounted("k8s-replicas", STORAGE_PATH)
+    spec = workload("k8s-replicas")["spec"]
+    assert spec["replicas"] > 1 and spec["strategy"]["type"] == "RollingUpdate"
+    budget = resource("k8s-replicas", "PodDisruptionBudget", "pullcache")["spec"]
+    assert budget["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert budget["maxUnavailable"] < spec["replicas"]
+
+
+def test_replicas_share_state_through_the_overlays_redis_without_persistence() -> None:
+    redis_url = urllib.parse.urlsplit(_proxy_yml("k8s-replicas")["cluster"]["redis"])
+    service = resource("k8s-replicas", "Service", "pullcache-redis")
+    (port,) = service["spec"]["ports"]
+    assert (redis_url.scheme, redis_url.hostname, redis_url.port) == ("redis", "pullcache-redis", port["port"])
+    pod = resource("k8s-replicas", "Deployment", "pullcache-redis")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (redis,) = pod["spec"]["containers"]
+    assert port["targetPort"] == redis["ports"][0]["name"]
+    args = redis["args"]
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    # The pullcache Service must not select Redis.
+    pullcache_service = resource("k8s-replicas", "Service", "pullcache")
+    assert not pullcache_service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_each_replica_advertises_its_pod_address_and_reads_its_secrets_from_secrets() -> None:
+    env, names = _env("k8s-replicas"), [variable["name"] for variable in container("k8s-replicas")["env"]]
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    port = container("k8s-replicas")["ports"][0]["containerPort"]
+    assert env["PULLCACHE_CLUSTER__ADVERTISE"]["value"] == f"http://$(POD_IP):{port}"
+    assert names.index("POD_IP") < names.index("PULLCACHE_CLUSTER__ADVERTISE")  # $(VAR) sees earlier ones only
+    config = _proxy_yml("k8s-replicas")
+    named = (config["cluster"]["secret_env"], config["storage"]["s3"]["secret_key_env"])
+    assert not any(variable.startswith("PULLCACHE_") for variable in named)  # those are read as config keys
+    for variable in (*named, "PULLCACHE_STORAGE__S3__ACCESS_KEY"):
+        assert set(env[variable]["valueFrom"]["secretKeyRef"]) == {"name", "key"}, variable
 
 
 def test_node_hosts_step_makes_containerd_pull_through_the_nodes_pullcache(

@@ -16,7 +16,8 @@ import yaml
 from .procs import clean_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-KUSTOMIZATIONS = {"k8s": DEPLOY / "k8s", "k8s-nodes": DEPLOY / "k8s-nodes"}
+KUSTOMIZATIONS = {"k8s": DEPLOY / "k8s", "k8s-nodes": DEPLOY / "k8s-nodes", "k8s-replicas": DEPLOY / "k8s-replicas"}
+WORKLOAD_KINDS = {"k8s": "Deployment", "k8s-nodes": "DaemonSet", "k8s-replicas": "Deployment"}
 
 
 @functools.cache
@@ -42,8 +43,9 @@ def resource(name: str, kind: str, resource_name: str | None = None) -> dict[str
 
 
 def workload(name: str) -> dict[str, Any]:
-    """pullcache's own workload: the Deployment of deploy/k8s, the DaemonSet of deploy/k8s-nodes."""
-    return resource(name, "Deployment" if name == "k8s" else "DaemonSet", "pullcache")
+    """pullcache's own workload: the Deployment of deploy/k8s and deploy/k8s-replicas, the DaemonSet of
+    deploy/k8s-nodes."""
+    return resource(name, WORKLOAD_KINDS[name], "pullcache")
 
 
 def container(name: str) -> dict[str, Any]:
