@@ -61,7 +61,8 @@ async def _backend_ready(store: Store) -> None:
 async def _probe(check: Callable[[Store], Awaitable[None]], store: Store, what: str) -> str | None:
     """None if the check passed, else why not."""
     try:
-        await asyncio.wait_for(check(store), PROBE_TIMEOUT)
+        async with asyncio.timeout(PROBE_TIMEOUT):  # not wait_for: on 3.11 it can drop a cancellation
+            await check(store)
     except TimeoutError:
         return f"{what}: no answer within {PROBE_TIMEOUT:g}s"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer: reported, not raised

@@ -107,7 +107,8 @@ class Membership:
 
     async def _beat(self) -> ClusterView:
         try:
-            seen = await asyncio.wait_for(self.roster.announce(self.me), BEAT_TIMEOUT)
+            async with asyncio.timeout(BEAT_TIMEOUT):  # not wait_for: on 3.11 it can drop a cancellation
+                seen = await self.roster.announce(self.me)
         except (CoordinationUnavailable, TimeoutError) as exc:
             problem = str(exc) or f"{self.roster.kind}: no answer within {BEAT_TIMEOUT:g}s"
             if problem != self.view.problem:
