@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import redis
 
 from tests.support import seaweed
 from tests.support.pullcache_proc import PullcacheProcess
@@ -88,3 +89,35 @@ async def test_gc_and_eviction_run_once_across_three_replicas(
     assert (cached_bytes, cached_blobs) == (sum(stored.values()), len(stored))
     assert evictions == BLOBS - len(stored) > 0
     assert [url for url, runs in gc_runs.items() if runs > 0] == [leader.url]
+
+
+async def test_after_redis_loses_its_data_the_leader_rebuilds_the_index_while_the_replicas_serve(
+        upstream: Upstream, seaweed_server: SeaweedFS, tmp_path: Path) -> None:
+    repo = f"evict/rebuild-{uuid.uuid4().hex[:8]}"
+    client = RegistryClient(upstream.url, username=ADMIN_USER, password=ADMIN_PASSWORD)
+    digests = [client.upload_blob(repo, os.urandom(BLOB)) for _ in range(3)]
+    config = {"gc": {"interval": 0}, "local": {"anonymous_push": True}}  # no GC: its reconcile would rebuild too
+    with running_cluster(tmp_path / "cluster", upstream_url=upstream.url, seaweed_server=seaweed_server,
+                         config=config) as cluster:
+        replicas = cluster.replicas
+        async with aiohttp.ClientSession() as session:
+            for n, digest in enumerate(digests):
+                async with session.get(f"{replicas[n].url}/v2/{repo}/blobs/{digest}") as response:
+                    assert response.status == 200
+        RegistryClient(replicas[1].url).upload_blob("team/app", os.urandom(BLOB // 2))  # a pushed blob
+
+        def gauges(replica: PullcacheProcess) -> tuple[float, ...]:
+            return tuple(metric(replica, f'pullcache_store_{what}{{origin="{origin}"}}')
+                         for origin in ("cached", "pushed") for what in ("bytes", "blobs"))
+        expected = (3 * BLOB, 3, BLOB // 2, 1)
+        await asyncio.to_thread(wait_for, lambda: all(gauges(r) == expected for r in replicas), "the totals")
+
+        redis.Redis.from_url(cluster.redis.redis_url).flushall()  # a Redis restarted without persistence
+        async with aiohttp.ClientSession() as session:  # the replicas go on serving
+            async with session.get(f"{replicas[2].url}/v2/{repo}/blobs/{digests[0]}") as response:
+                assert response.status == 200
+
+        await asyncio.to_thread(wait_for, lambda: any("rebuilding it from the blobs" in r.log_text() for r in replicas),
+                                "the leader rebuilding the index")
+        await asyncio.to_thread(wait_for, lambda: all(gauges(r) == expected for r in replicas),
+                                "every replica showing the rebuilt totals, the pushed blob as pushed")
