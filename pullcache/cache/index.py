@@ -1,5 +1,8 @@
 """The blob index: size, origin (pushed or cached) and last access of every blob, in SQLite.
 
+`Index` is what the store and eviction use of an index; BlobIndex below keeps it in SQLite under
+storage.path, and replicas on one bucket share one in Redis instead (cache/redis_index.py).
+
 The files are the truth and this index is derived from them (eviction/reconcile rebuilds it).
 All SQLite work runs on one dedicated thread, so the event loop never waits on the database
 and the connection is only ever used by the thread that made it. WAL mode and a busy timeout
