@@ -15,6 +15,7 @@ import pytest
 from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED, OriginTotals, Totals
 from pullcache.cache.redis_index import RedisIndex
+from pullcache.cache.s3_backend import blob_key
 from pullcache.cache.store import Store
 from pullcache.cluster.redis_client import redis_client
 from pullcache.cluster.redis_pool import SharedRedis, shared_redis
@@ -231,3 +232,57 @@ async def test_after_redis_loses_the_index_it_is_rebuilt_from_the_bucket_with_th
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+@pytest.fixture
+async def replicas(seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[list[Store]]:
+    """Two replicas' stores on one bucket prefix, sharing the index in the session's Redis."""
+    prefix = f"t{os.urandom(6).hex()}"
+    opened = []
+    for name in ("a", "b"):
+        config = replica_config(seaweed_server, tmp_path, prefix, redis_server.redis_url, name)
+        store = store_for(config.storage, config.cluster)
+        await store.open()
+        opened.append(store)
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+async def test_a_blob_committed_on_one_replica_while_another_evicts_it_keeps_its_bytes_and_row(
+        replicas: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader (a) evicts a blob and is about to delete its object when replica b commits the same bytes.
+    a is released as soon as b either waits for it or finished its commit: waiting, b uploads after a's delete;
+    had b finished first, a's delete would leave b's row without bytes."""
+    evictor, committer = replicas
+    data = os.urandom(1000)
+    digest = await evictor.put_small(data, origin=CACHED)
+    (row,) = await evictor.least_recent(1)
+    about_to_delete, release = threading.Event(), threading.Event()
+    remove_blocking = evictor.blobs.remove_blocking
+
+    def held_remove(found: Digest) -> None:
+        about_to_delete.set()
+        release.wait(10)
+        remove_blocking(found)
+    monkeypatch.setattr(evictor.blobs, "remove_blocking", held_remove)
+    index = committer.index
+    assert isinstance(index, RedisIndex)
+    upsert = index._upsert
+
+    async def watched_upsert(**kwargs: Any) -> Any:
+        done, totals = await upsert(**kwargs)
+        if done == [0]:
+            release.set()  # b waits for the eviction: let it finish
+        return done, totals
+    monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    eviction = asyncio.create_task(evictor.remove_unchanged([row]))
+    await asyncio.to_thread(about_to_delete.wait, 10)
+    committed = await committer.write_blob(_one(data), digest, origin=CACHED)
+    release.set()  # b finished without waiting (the race this guards against): let a delete now
+    removed = await eviction
+
+    assert committed == digest and removed == [row]
+    assert await committer.blob_row(digest) is not None
+    assert await evictor.blobs.objects.stat(blob_key(digest)) is not None  # type: ignore[attr-defined]

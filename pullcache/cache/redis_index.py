@@ -17,6 +17,7 @@ An eviction (remove_unchanged) marks each row that is still exactly as chosen (e
 deletes the object, then deletes each row still carrying its token. A commit (add) of a marked digest waits
 until the mark is gone (or its deadline passed: the evictor died), as SQLite's writer waits for the lock, and
 only then writes its row; Store._keep publishes after add, so its bytes land after the evictor's delete.
+Blobs are evicted one at a time, so a mark lasts one delete; one whose evictor died lapses after MARK_TTL.
 
 Redis holds derived state only: the bucket is the truth. Redis down: a commit, a hit or a meta write is not
 recorded (said once, by the store's RedisTrouble) and goes on; reads for eviction and GC raise, so nothing is
@@ -36,7 +37,7 @@ from redis.exceptions import RedisError
 from pullcache.cache.index import CACHED, ORIGINS, BlobRow, Index, OriginTotals, Totals
 from pullcache.cluster.redis_pool import SharedRedis
 
-MARK_TTL = 300.0    # seconds an eviction's mark holds off commits of its digests if the evictor dies meanwhile
+MARK_TTL = 60.0     # seconds an eviction's mark holds off a commit of its digest if the evictor died meanwhile
 MARK_WAIT = 0.05    # seconds between two looks of a commit waiting for an eviction of its digest
 SCAN_BATCH = 1000   # rows read per round trip (rows(), least_recent())
 
@@ -320,31 +321,25 @@ class RedisIndex(Index):
         return added
 
     async def remove_unchanged(self, rows: Iterable[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
-        """Mark the rows still as given, delete their objects (remove_file in a thread), then drop the rows
-        still marked; an object that could not go keeps its row (unmarked). Raises when Redis is down."""
-        chosen = {row.digest: row for row in rows}
-        if not chosen:
-            return []
-        token = secrets.token_hex(8)
-        args: list[Any] = [self._prefix, token, time.time() + MARK_TTL, time.time()]
-        for row in chosen.values():
-            args += [row.digest, row.size, row.origin, _time(row.last_access)]
-        marked = [_text(digest) for digest in await self._mark(args=args)]
-        gone, kept = [], []
-        for digest in marked:
+        """For each row: mark it if still as given, delete its object (remove_file, in a thread), then drop the
+        row if still marked; an object that could not go keeps its row (unmarked). One blob at a time, so a
+        mark lasts one delete, not a batch's. Raises when Redis is down: nothing is evicted blind."""
+        removed = []
+        for row in rows:
+            token = secrets.token_hex(8)
+            if not await self._mark(args=[self._prefix, token, time.time() + MARK_TTL, time.time(), row.digest,
+                                          row.size, row.origin, _time(row.last_access)]):
+                continue  # used, re-added or promoted since it was chosen (or being evicted already)
             try:
-                await asyncio.to_thread(remove_file, digest)
+                await asyncio.to_thread(remove_file, row.digest)
             except OSError:
-                kept.append(digest)
+                await self._unmark(args=[self._prefix, token, row.digest])
                 continue
-            gone.append(digest)
-        if kept:
-            await self._unmark(args=[self._prefix, token, *kept])
-        if not gone:
-            return []
-        dropped, totals = await self._drop_marked(args=[self._prefix, token, *gone])
-        self._took(totals)
-        return [chosen[_text(digest)] for digest in dropped]
+            dropped, totals = await self._drop_marked(args=[self._prefix, token, row.digest])
+            self._took(totals)
+            if dropped:
+                removed.append(row)
+        return removed
 
     async def promote(self, digests: Iterable[str]) -> list[str]:
         digests = list(digests)
