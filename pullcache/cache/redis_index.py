@@ -35,6 +35,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from pullcache.cache.index import CACHED, ORIGINS, BlobRow, Index, OriginTotals, Totals
+from pullcache.cache.layout import Layout
 from pullcache.cluster.redis_pool import SharedRedis
 
 MARK_TTL = 60.0     # seconds an eviction's mark holds off a commit of its digest if the evictor died meanwhile
@@ -290,7 +291,7 @@ class RedisIndex(Index):
         """Drop each row whose blob still_missing() says is gone, unless the row changed (a commit) since it
         was read; Redis down: nothing is dropped (the next GC does it)."""
         try:
-            found = await self._read_rows(list(digests), with_version=True)
+            found = await self._read_rows(list(digests))
             gone = [(row, version) for row, version in found if still_missing(row.digest)]
             if not gone:
                 return []
@@ -350,7 +351,7 @@ class RedisIndex(Index):
         return [_text(digest) for digest in promoted]
 
     # ------------------------------------------------------------------ reads
-    async def _read_rows(self, digests: list[str], *, with_version: bool = False) -> list[tuple[BlobRow, str]]:
+    async def _read_rows(self, digests: list[str]) -> list[tuple[BlobRow, str]]:
         """The rows of those digests that have one, each with its version."""
         found: list[tuple[BlobRow, str]] = []
         for start in range(0, len(digests), SCAN_BATCH):
@@ -400,7 +401,7 @@ class RedisIndex(Index):
         return [row for row, _ in found if row.origin == CACHED]
 
 
-def redis_index(redis: SharedRedis) -> Callable[[Any], Index]:
+def redis_index(redis: SharedRedis) -> Callable[[Layout], Index]:
     """Store's `index` factory for replicas on one bucket (the layout is not used: nothing is kept locally)."""
     return lambda _layout: RedisIndex(redis)
 
