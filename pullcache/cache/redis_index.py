@@ -171,6 +171,22 @@ end
 return finish(promoted)
 """
 
+# ARGV: prefix, origin, first rank, last rank -> (digest, size, origin, last access) of each row in that range
+_PAGE = """
+local p = ARGV[1]
+local found = {}
+for _, d in ipairs(redis.call('ZRANGE', p..'r:'..ARGV[2], ARGV[3], ARGV[4])) do
+  local row = redis.call('HMGET', p..'b:'..d, 's', 'o', 'a')
+  if row[1] then
+    found[#found + 1] = d
+    found[#found + 1] = row[1]
+    found[#found + 1] = row[2]
+    found[#found + 1] = row[3]
+  end
+end
+return found
+"""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -205,6 +221,7 @@ class RedisIndex(Index):
         self._unmark = client.register_script(_UNMARK)
         self._drop_unchanged = client.register_script(_DROP_UNCHANGED)
         self._promote = client.register_script(_PROMOTE)
+        self._page = client.register_script(_PAGE)
 
     def _key(self, digest: str) -> str:
         return f"{self._prefix}b:{digest}"
@@ -382,23 +399,23 @@ class RedisIndex(Index):
             return None
         return None if value is None else _text(value)
 
-    async def _ranked(self, origin: str, start: int, stop: int) -> list[str]:
-        return [_text(digest) for digest in await self._client.zrange(f"{self._prefix}r:{origin}", start, stop)]
+    async def _ranked(self, origin: str, start: int, stop: int) -> list[BlobRow]:
+        """The rows ranked start..stop (inclusive) by last access in an origin's sorted set, in one script."""
+        flat = await self._page(args=[self._prefix, origin, start, stop])
+        return [BlobRow(_text(flat[i]), int(flat[i + 1]), _text(flat[i + 2]), float(flat[i + 3]))
+                for i in range(0, len(flat), 4)]
 
     async def rows(self, origin: str | None = None) -> list[BlobRow]:
         rows: list[BlobRow] = []
         for each in (origin,) if origin else ORIGINS:
             start = 0
-            while digests := await self._ranked(each, start, start + SCAN_BATCH - 1):
-                rows += [row for row, _ in await self._read_rows(digests)]
+            while page := await self._ranked(each, start, start + SCAN_BATCH - 1):
+                rows += page
                 start += SCAN_BATCH
         return rows
 
     async def least_recent(self, limit: int) -> list[BlobRow]:
-        if limit <= 0:
-            return []
-        found = await self._read_rows(await self._ranked(CACHED, 0, limit - 1))
-        return [row for row, _ in found if row.origin == CACHED]
+        return await self._ranked(CACHED, 0, limit - 1) if limit > 0 else []
 
 
 def redis_index(redis: SharedRedis) -> Callable[[Layout], Index]:
