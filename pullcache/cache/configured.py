@@ -1,5 +1,6 @@
 """The Store that storage.backend names: the filesystem under storage.path, or an S3 bucket beside it; with
-cluster.redis, one whose repository files and pull-through state every replica on the bucket shares."""
+cluster.redis, one whose repository files, pull-through state and blob index every replica on the bucket
+shares (processes on one storage.path share its SQLite index already)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from pullcache.cache.bucket_files import BucketFiles
 from pullcache.cache.layout import Layout
+from pullcache.cache.redis_index import redis_index
 from pullcache.cache.repo_files import LocalFiles
 from pullcache.cache.s3 import S3Objects, S3Settings
 from pullcache.cache.s3_backend import BucketMirror, S3Blobs
@@ -61,4 +63,4 @@ def store_for(storage: StorageConfig, cluster: ClusterConfig | None = None) -> S
                      files=lambda layout: LocalFiles(layout, BucketMirror(objects, layout)))
     redis = shared_redis(redis_url, f"pullcache:{objects.where}:")
     return Store(storage.path, backend=blobs, files=lambda layout: BucketFiles(objects, layout, redis),
-                 state=RedisState(redis))
+                 state=RedisState(redis), index=redis_index(redis))

@@ -1,5 +1,8 @@
 """The blob index: size, origin (pushed or cached) and last access of every blob, in SQLite.
 
+`Index` is what the store and eviction use of an index; BlobIndex below keeps it in SQLite under
+storage.path, and replicas on one bucket share one in Redis instead (cache/redis_index.py).
+
 The files are the truth and this index is derived from them (eviction/reconcile rebuilds it).
 All SQLite work runs on one dedicated thread, so the event loop never waits on the database
 and the connection is only ever used by the thread that made it. WAL mode and a busy timeout
@@ -22,6 +25,7 @@ import asyncio
 import errno
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -85,17 +89,115 @@ def _empty_totals() -> Totals:
     return {origin: OriginTotals(0, 0) for origin in ORIGINS}
 
 
-class BlobIndex:
+class Index(ABC):
+    """What the store and eviction need of a blob index: SQLite under storage.path (BlobIndex) or, for replicas
+    on one bucket, Redis (cache/redis_index.py). It keeps the totals per origin in memory and tells listeners."""
+
+    def __init__(self) -> None:
+        self._totals: Totals = _empty_totals()
+        self._listeners: list[TotalsListener] = []
+        self._disk_full_listeners: list[Callable[[int], None]] = []
+
+    def subscribe(self, listener: TotalsListener) -> None:
+        """Call listener(totals) on the event loop after every change of the index."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: TotalsListener) -> None:
+        self._listeners.remove(listener)
+
+    def on_disk_full(self, listener: Callable[[int], None]) -> None:
+        """Call listener(bytes needed, 0 if unknown) whenever a write reports a full disk."""
+        self._disk_full_listeners.append(listener)
+
+    def off_disk_full(self, listener: Callable[[int], None]) -> None:
+        self._disk_full_listeners.remove(listener)
+
+    def report_disk_full(self, needed: int = 0) -> None:
+        """Tell the listeners a write failed with ENOSPC; callers go through Store.report_disk_full."""
+        for listener in list(self._disk_full_listeners):
+            listener(needed)
+
+    def _notify(self) -> None:
+        totals = self.totals()
+        for listener in list(self._listeners):
+            listener(totals)
+
+    def totals(self) -> Totals:
+        """Bytes and blobs per origin, from the running totals (no query)."""
+        return dict(self._totals)
+
+    def needs_rebuild(self) -> bool:
+        """Whether the index lost its rows since it was built (Redis lost its data) and must be rebuilt from
+        the blobs (eviction/reconcile.py), after which rebuilt() says so."""
+        return False
+
+    async def rebuilt(self) -> None:
+        """The index was rebuilt from the blobs (SQLite needs no marker: its file is the marker)."""
+        return None
+
+    @abstractmethod
+    async def open(self) -> bool:
+        """Open the index; True if it was missing and must be rebuilt from the blobs."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def refresh_if_changed(self) -> None:
+        """Re-read the totals if another process changed the index, and tell the listeners."""
+
+    @abstractmethod
+    async def add(self, digest: str, size: int, origin: str) -> None:
+        """Index a committed blob; it counts as used now. Pushed wins over cached; recency only moves forward."""
+
+    @abstractmethod
+    async def add_many(self, rows: Iterable[BlobRow], still_there: Callable[[str], bool]) -> list[BlobRow]:
+        """Index blobs found stored (reconcile), each only if still_there(digest); returns those added."""
+
+    @abstractmethod
+    async def touch_many(self, accesses: dict[str, float]) -> None:
+        """Record many accesses (digest -> time) at once."""
+
+    @abstractmethod
+    async def remove_unchanged(self, rows: Iterable[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
+        """Remove each blob whose row is still exactly as given, its bytes (remove_file, blocking) before its
+        row; a commit of the same digest meanwhile keeps its bytes and its row. Returns the rows removed."""
+
+    @abstractmethod
+    async def remove_missing(self, digests: Iterable[str], still_missing: Callable[[str], bool]) -> list[BlobRow]:
+        """Drop the rows whose blob is gone (still_missing(digest) re-checked); returns those dropped."""
+
+    @abstractmethod
+    async def promote(self, digests: Iterable[str]) -> list[str]:
+        """Mark cached blobs as pushed (never evicted); returns those changed."""
+
+    @abstractmethod
+    async def get(self, digest: str) -> BlobRow | None: ...
+
+    @abstractmethod
+    async def rows(self, origin: str | None = None) -> list[BlobRow]:
+        """Every row (of one origin)."""
+
+    @abstractmethod
+    async def least_recent(self, limit: int) -> list[BlobRow]:
+        """Cached blobs, least recently used first: eviction's candidates."""
+
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+class BlobIndex(Index):
     """Async facade over the SQLite index; every call runs on the index's own thread."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullcache-index")
         self._db: sqlite3.Connection | None = None
-        self._totals: Totals = _empty_totals()
         self._data_version = 0
-        self._listeners: list[TotalsListener] = []
-        self._disk_full_listeners: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -154,34 +256,6 @@ class BlobIndex:
         self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ totals
-    def subscribe(self, listener: TotalsListener) -> None:
-        """Call listener(totals) on the event loop after every change of the index."""
-        self._listeners.append(listener)
-
-    def unsubscribe(self, listener: TotalsListener) -> None:
-        self._listeners.remove(listener)
-
-    def on_disk_full(self, listener: Callable[[int], None]) -> None:
-        """Call listener(bytes needed, 0 if unknown) whenever a write reports a full disk."""
-        self._disk_full_listeners.append(listener)
-
-    def off_disk_full(self, listener: Callable[[int], None]) -> None:
-        self._disk_full_listeners.remove(listener)
-
-    def report_disk_full(self, needed: int = 0) -> None:
-        """Tell the listeners a write failed with ENOSPC; callers go through Store.report_disk_full."""
-        for listener in list(self._disk_full_listeners):
-            listener(needed)
-
-    def _notify(self) -> None:
-        totals = self.totals()
-        for listener in list(self._listeners):
-            listener(totals)
-
-    def totals(self) -> Totals:
-        """Bytes and blobs per origin, from the running totals (no query)."""
-        return dict(self._totals)
-
     def _reload_totals(self) -> None:
         totals = _empty_totals()
         for origin, size, count in self.db.execute(

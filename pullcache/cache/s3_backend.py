@@ -107,10 +107,7 @@ class S3Blobs:
         the local copies."""
         await asyncio.to_thread(claim_path, self.layout.root, self.where)
         await self.objects.check_writable()
-        async for info in self.objects.list("blobs/"):
-            digest = digest_from_blob_path(Path(info.path))
-            if digest is not None:
-                self._sizes[str(digest)] = (info.size, info.modified)
+        await self.stored()
         local = await asyncio.to_thread(blob_files, self.layout.blobs)
         stale = [found for found in local if found not in self._sizes]  # removed from the bucket meanwhile
         for found in stale:
@@ -248,7 +245,14 @@ class S3Blobs:
         return data
 
     async def stored(self) -> dict[str, tuple[int, float]]:
-        return dict(self._sizes)
+        """A listing of the bucket's blobs, which also teaches the size map those other replicas committed."""
+        listed = {}
+        async for info in self.objects.list("blobs/"):
+            digest = digest_from_blob_path(Path(info.path))
+            if digest is not None:
+                listed[str(digest)] = (info.size, info.modified)
+        self._sizes.update(listed)
+        return listed
 
     async def check(self) -> None:
         await self.objects.check_writable()

@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from pullcache.cache.backends import BlobBackend, FilesystemBlobs, OpenedBlob
 from pullcache.cache.files import StoreFullError
 from pullcache.cache.in_use import UsageMarkers
-from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Totals, TotalsListener
+from pullcache.cache.index import CACHED, PUSHED, BlobIndex, BlobRow, Index, Totals, TotalsListener
 from pullcache.cache.layout import Layout
 from pullcache.cache.repo_files import LocalFiles, RepositoryFiles
 from pullcache.cache.repos import Repository
@@ -32,17 +32,23 @@ CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once the last server stoppe
 MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep their bytes in memory
 
 
+def sqlite_index(layout: Layout) -> Index:
+    return BlobIndex(layout.index)
+
+
 class Store:
     def __init__(self, root: str | Path, *, backend: Callable[[Layout], BlobBackend] = FilesystemBlobs,
-                 files: Callable[[Layout], RepositoryFiles] = LocalFiles, state: SharedState | None = None) -> None:
+                 files: Callable[[Layout], RepositoryFiles] = LocalFiles, state: SharedState | None = None,
+                 index: Callable[[Layout], Index] = sqlite_index) -> None:
         """A store under root (storage.path); blobs in the backend it names, the filesystem by default,
-        repository files where `files` keeps them (under root by default), and the pull-through's state in
-        `state` (this process's memory by default; Redis for replicas)."""
+        repository files where `files` keeps them (under root by default), the pull-through's state in
+        `state` (this process's memory by default; Redis for replicas), and the blob index where `index`
+        keeps it (SQLite under root by default; Redis for replicas on one bucket)."""
         self.layout = Layout(Path(root).resolve())
         self.blobs = backend(self.layout)
         self.files = files(self.layout)
         self.state = state or ProcessState()
-        self.index = BlobIndex(self.layout.index)
+        self.index = index(self.layout)
         self.uploads = Uploads(self.layout.uploads, self.layout.tmp)
         self.users = UsageMarkers(self.layout.root)
         self._small: LRUCache[Digest, bytes] = LRUCache(maxsize=MANIFEST_CACHE_BYTES, getsizeof=len)
@@ -180,7 +186,8 @@ class Store:
         return removed
 
     def _remove_file(self, digest: str) -> None:
-        """Remove a blob by digest text (runs on the index thread, inside its transaction)."""
+        """Remove a blob by digest text (blocking: the index runs it on a thread, SQLite's inside its
+        transaction)."""
         self.blobs.remove_blocking(Digest.parse(digest))
 
     def forget(self, digest: Digest) -> None:
@@ -284,8 +291,18 @@ class Store:
         return await self.blobs.stored()
 
     async def drop_rows_without_blobs(self, digests: Iterable[str]) -> list[BlobRow]:
-        """Remove the rows of blobs that are not stored, each re-checked under the index's write lock."""
-        return await self.index.remove_missing(digests, self._absent)
+        """Remove the rows of blobs that are not stored, each re-checked under the index's write lock, after
+        asking the backend once more (another replica may have committed one since the listing)."""
+        gone = [digest for digest in digests if await self.find_blob_size(Digest.parse(digest)) is None]
+        return await self.index.remove_missing(gone, self._absent)
+
+    async def index_rebuilt(self) -> None:
+        """Reconcile rebuilt the index from the blobs (it says whether it must: index_needs_rebuild)."""
+        await self.index.rebuilt()
+
+    def index_needs_rebuild(self) -> bool:
+        """Whether the index lost its rows since it was built (Redis lost its data): reconcile rebuilds it."""
+        return self.index.needs_rebuild()
 
     async def index_found_blobs(self, rows: Iterable[BlobRow]) -> list[BlobRow]:
         """Add rows for stored blobs the index lacks (each re-checked: still stored); returns those added."""

@@ -13,7 +13,10 @@
 - Eviction passes and GC run only in the process holding the `eviction` lease (pullcache.cluster), so
   several processes on one store (workers, replicas) run them once; the lease passes to another process
   within seconds when its holder dies. Recency flushes, totals and free-space checks stay per process.
-- It keeps the pullcache_store_bytes/blobs gauges equal to the index totals.
+- It keeps the pullcache_store_bytes/blobs gauges equal to the index totals: with a shared index (Redis,
+  replicas on one bucket) every process re-reads the cluster's totals each tick, so all show the same.
+- An index that lost its rows (Redis lost its data) is rebuilt from the blobs by the lease holder, in the
+  background, while every process goes on serving.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
   was missing or the last shutdown was not clean (a marker in the index says so). It does remove,
   before the server answers, every temp file no live process owns: a crash's leftovers.
@@ -83,6 +86,7 @@ class EvictionService:
         self._marking = Trouble("recording that the store is in use (so a crash reconciles)")
         self._ticks = [(Trouble("recording hits in the index"), self.store.flush_accesses),
                        (Trouble("reading the index totals"), self.store.refresh_totals),
+                       (Trouble("rebuilding a lost index"), self._rebuild_if_lost),
                        (Trouble("checking the free disk space"), self._check_free_space)]
         self._evicting = Trouble("eviction pass")
 
@@ -244,10 +248,20 @@ class EvictionService:
             except Exception:
                 log.exception("gc run failed; the next runs in %gs", self.config.gc.interval)
 
+    async def _rebuild_if_lost(self) -> None:
+        """The leader rebuilds an index that lost its rows since it was built (Redis lost its data) from the
+        blobs, in the background: every process goes on serving meanwhile."""
+        if not (self.leader.held and self.store.index_needs_rebuild()):
+            return
+        if self.reconciling is None or self.reconciling.done():
+            log.warning("the blob index lost its rows (cluster.redis lost its data): rebuilding it from the blobs")
+            self.reconciling = self._spawn(self._reconcile)
+
     async def _reconcile(self) -> None:
         """Index and disk agree again after an unclean shutdown or a lost index."""
         try:
             done = await reconcile(self.store)
+            await self.store.index_rebuilt()
             log.info("reconciled index with disk: %d rows without files dropped, %d files indexed, "
                      "%d temp files removed", len(done.rows_without_files), len(done.files_without_rows),
                      len(done.stale_temps))

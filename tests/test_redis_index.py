@@ -1,0 +1,288 @@
+"""RedisIndex, the blob index replicas on one bucket share (cache/redis_index.py), against a real redis-server:
+the upsert rules, the cluster's totals on every replica, recency, conditional removal against a concurrent
+commit, and the rebuild from the bucket after Redis lost its data."""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pullcache.cache.configured import store_for
+from pullcache.cache.index import CACHED, PUSHED, OriginTotals, Totals
+from pullcache.cache.redis_index import RedisIndex
+from pullcache.cache.s3_backend import blob_key
+from pullcache.cache.store import Store
+from pullcache.cluster.redis_client import redis_client
+from pullcache.cluster.redis_pool import SharedRedis, shared_redis
+from pullcache.digests import Digest
+from pullcache.eviction.reconcile import reconcile
+from tests.support.redis import RedisServer
+from tests.support.seaweed import SeaweedFS
+from tests.test_cluster_shared_faults import replica_config
+
+A, B, C = ("sha256:" + letter * 64 for letter in "abc")
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[SharedRedis]:
+    """The session's Redis under a namespace of this test's own."""
+    shared = shared_redis(redis_server.redis_url, f"pullcache:test-{os.urandom(6).hex()}:")
+    yield shared
+    await shared.client.aclose()
+
+
+@pytest.fixture
+async def index(redis: SharedRedis) -> RedisIndex:
+    index = RedisIndex(redis)
+    await index.open()
+    return index
+
+
+async def _recount(index: RedisIndex) -> Totals:
+    """The totals counted from the rows themselves, not from the running totals."""
+    totals = {PUSHED: OriginTotals(0, 0), CACHED: OriginTotals(0, 0)}
+    for row in await index.rows():
+        current = totals[row.origin]
+        totals[row.origin] = OriginTotals(current.bytes + row.size, current.blobs + 1)
+    return totals
+
+
+async def test_pushed_wins_over_cached_and_totals_follow_every_write(redis: SharedRedis, index: RedisIndex) -> None:
+    await index.add(A, 100, CACHED)
+    await index.add(B, 50, PUSHED)
+    await index.add(A, 100, CACHED)  # the same blob again: counted once
+    await index.add(C, 7, CACHED)
+    await index.add(C, 7, PUSHED)  # cached, then pushed: moves to pushed
+    await index.add(B, 50, CACHED)  # pushed, then cached: stays pushed
+    assert await index.promote([A, B]) == [A]
+    await index.remove_unchanged([await index.get(B)], lambda digest: None)  # type: ignore[list-item]
+
+    assert index.totals() == {PUSHED: OriginTotals(107, 2), CACHED: OriginTotals(0, 0)}
+    assert index.totals() == await _recount(index)
+    assert {row.digest for row in await index.rows(PUSHED)} == {A, C}
+    assert await index.least_recent(10) == []
+
+
+async def test_another_replica_sees_the_cluster_totals_after_a_refresh(redis: SharedRedis, index: RedisIndex) -> None:
+    other = RedisIndex(redis)
+    await other.open()
+    heard: list[Totals] = []
+    other.subscribe(heard.append)
+
+    await index.add(A, 10, CACHED)
+    await index.add(B, 5, PUSHED)
+    await other.refresh_if_changed()
+
+    assert other.totals() == {PUSHED: OriginTotals(5, 1), CACHED: OriginTotals(10, 1)}
+    assert heard == [other.totals()]
+    await other.refresh_if_changed()  # nothing changed: no news
+    assert len(heard) == 1
+
+
+async def test_recency_only_moves_forward_and_orders_eviction_candidates(index: RedisIndex) -> None:
+    for digest in (A, B, C):
+        await index.add(digest, 1, CACHED)
+    a_at = (await index.get(A)).last_access  # type: ignore[union-attr]
+    await index.touch_many({A: a_at + 100, B: 1.0})  # A used later; B's hit is older than its commit
+    await index.touch_many({A: a_at + 50})  # an older hit does not move A back
+
+    assert (await index.get(A)).last_access == a_at + 100  # type: ignore[union-attr]
+    assert [row.digest for row in await index.least_recent(10)] == [B, C, A]
+    assert [row.digest for row in await index.least_recent(1)] == [B]
+
+
+async def test_remove_unchanged_removes_only_rows_as_chosen_and_keeps_those_whose_file_stays(
+        index: RedisIndex) -> None:
+    for digest in (A, B, C):
+        await index.add(digest, 10, CACHED)
+    chosen = await index.least_recent(10)
+    await index.touch_many({B: chosen[1].last_access + 1})  # used since it was chosen
+    removed_files: list[str] = []
+
+    def remove_file(digest: str) -> None:
+        if digest == C:
+            raise OSError("the bucket refused the delete")
+        removed_files.append(digest)
+
+    removed = await index.remove_unchanged(chosen, remove_file)
+
+    assert [row.digest for row in removed] == [A] and removed_files == [A]
+    assert await index.get(A) is None
+    assert {row.digest for row in await index.rows()} == {B, C}
+    assert index.totals()[CACHED] == OriginTotals(20, 2)
+    assert await index.remove_unchanged([await index.get(C)], lambda digest: None)  # type: ignore[list-item]
+
+
+async def test_a_commit_meeting_an_eviction_of_its_digest_writes_its_row_after_the_bytes_went(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving forced: the evictor marked the row and is deleting the object when another replica
+    commits the same digest. The commit's add must return only after the evictor is done, so the bytes it
+    publishes next are not deleted, and its row must be there at the end."""
+    await index.add(A, 10, CACHED)
+    (row,) = await index.least_recent(1)
+    deleting, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def remove_file(digest: str) -> None:
+        deleting.set()
+        release.wait(10)
+        order.append("object deleted")
+
+    commit_met_mark = asyncio.Event()
+    upsert = index._upsert
+
+    async def watched_upsert(**kwargs: Any) -> Any:
+        done, totals = await upsert(**kwargs)
+        if done == [0]:
+            commit_met_mark.set()
+        return done, totals
+    monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    eviction = asyncio.create_task(index.remove_unchanged([row], remove_file))
+    await asyncio.to_thread(deleting.wait, 10)
+    commit = asyncio.create_task(index.add(A, 10, CACHED))
+    commit.add_done_callback(lambda _: order.append("commit indexed"))
+    await asyncio.wait_for(commit_met_mark.wait(), 10)
+    assert not commit.done()
+    release.set()
+    removed = await eviction
+    await commit
+
+    assert removed == [row]
+    assert order == ["object deleted", "commit indexed"]
+    after = await index.get(A)
+    assert after is not None and after.last_access > row.last_access
+    assert index.totals()[CACHED] == OriginTotals(10, 1)
+
+
+async def test_remove_missing_drops_only_rows_still_missing(index: RedisIndex) -> None:
+    await index.add(A, 10, CACHED)
+    await index.add(B, 20, PUSHED)
+
+    dropped = await index.remove_missing([A, B, C], lambda digest: digest != B)
+
+    assert [row.digest for row in dropped] == [A]
+    assert [row.digest for row in await index.rows()] == [B]
+    assert index.totals() == {PUSHED: OriginTotals(20, 1), CACHED: OriginTotals(0, 0)}
+
+
+async def test_a_commit_goes_on_while_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServer().start()
+    redis = shared_redis(server.redis_url, "pullcache:test:")
+    try:
+        index = RedisIndex(redis)
+        await index.open()
+        server.stop()
+        await index.add(A, 10, CACHED)  # not recorded, but no error
+        await index.touch_many({A: 1.0})
+        assert await index.get(A) is None
+        assert redis.trouble.down
+        with pytest.raises(Exception):  # noqa: B017 - eviction cannot go on without the index
+            await index.least_recent(1)
+    finally:
+        await redis.client.aclose()
+        server.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, which it may FLUSHALL."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+async def test_after_redis_loses_the_index_it_is_rebuilt_from_the_bucket_with_the_origins(
+        seaweed_server: SeaweedFS, own_redis: RedisServer, tmp_path: Path) -> None:
+    config = replica_config(seaweed_server, tmp_path, f"t{os.urandom(6).hex()}", own_redis.redis_url, "a")
+    store: Store = store_for(config.storage, config.cluster)
+    await store.open()
+    try:
+        assert store.index_needs_rebuild()  # never built: the leader builds it
+        await reconcile(store)
+        await store.index_rebuilt()
+        assert not store.index_needs_rebuild()
+        pushed = await store.push_blob("team/app", _one(b"pushed bytes"), Digest.of(b"pushed bytes"))
+        cached = await store.put_small(b"cached bytes", origin=CACHED)
+        before = store.totals()
+
+        flusher = redis_client(own_redis.redis_url)
+        await flusher.flushall()  # Redis lost its data (a restart without persistence)
+        await flusher.aclose()
+        await store.refresh_totals()
+        assert store.index_needs_rebuild()
+        assert store.totals()[CACHED] == OriginTotals(0, 0)
+
+        await reconcile(store)
+        await store.index_rebuilt()
+        await store.refresh_totals()
+
+        assert not store.index_needs_rebuild()
+        assert store.totals() == before
+        assert (await store.blob_row(pushed)).origin == PUSHED  # type: ignore[union-attr]
+        assert (await store.blob_row(cached)).origin == CACHED  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture
+async def replicas(seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[list[Store]]:
+    """Two replicas' stores on one bucket prefix, sharing the index in the session's Redis."""
+    prefix = f"t{os.urandom(6).hex()}"
+    opened = []
+    for name in ("a", "b"):
+        config = replica_config(seaweed_server, tmp_path, prefix, redis_server.redis_url, name)
+        store = store_for(config.storage, config.cluster)
+        await store.open()
+        opened.append(store)
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+async def test_a_blob_committed_on_one_replica_while_another_evicts_it_keeps_its_bytes_and_row(
+        replicas: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader (a) evicts a blob and is about to delete its object when replica b commits the same bytes.
+    a is released as soon as b either waits for it or finished its commit: waiting, b uploads after a's delete;
+    had b finished first, a's delete would leave b's row without bytes."""
+    evictor, committer = replicas
+    data = os.urandom(1000)
+    digest = await evictor.put_small(data, origin=CACHED)
+    (row,) = await evictor.least_recent(1)
+    about_to_delete, release = threading.Event(), threading.Event()
+    remove_blocking = evictor.blobs.remove_blocking
+
+    def held_remove(found: Digest) -> None:
+        about_to_delete.set()
+        release.wait(10)
+        remove_blocking(found)
+    monkeypatch.setattr(evictor.blobs, "remove_blocking", held_remove)
+    index = committer.index
+    assert isinstance(index, RedisIndex)
+    upsert = index._upsert
+
+    async def watched_upsert(**kwargs: Any) -> Any:
+        done, totals = await upsert(**kwargs)
+        if done == [0]:
+            release.set()  # b waits for the eviction: let it finish
+        return done, totals
+    monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    eviction = asyncio.create_task(evictor.remove_unchanged([row]))
+    await asyncio.to_thread(about_to_delete.wait, 10)
+    committed = await committer.write_blob(_one(data), digest, origin=CACHED)
+    release.set()  # b finished without waiting (the race this guards against): let a delete now
+    removed = await eviction
+
+    assert committed == digest and removed == [row]
+    assert await committer.blob_row(digest) is not None
+    assert await evictor.blobs.objects.stat(blob_key(digest)) is not None  # type: ignore[attr-defined]
