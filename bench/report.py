@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import efficiency
+from . import cluster, efficiency
 from .results import BY_KEY, CACHES, METRICS, PULLCACHE, Results, Summary
 
 RATIO_KEYS = ("cached_1", "cached_8", "manifest_tag", "manifest_digest")
@@ -59,6 +59,8 @@ def table(results: Results) -> str:
             f"{metric.target.text(metric.unit) if metric.target else ''} | {verdict} |"
         )
     lines += efficiency.rows(results)
+    lines += cluster.workers_rows(results)
+    lines += cluster.aggregate_rows(results)
     scale = results.extra.get("scale")
     if isinstance(scale, dict):
         for key, value in scale.items():
@@ -97,6 +99,7 @@ def notes(results: Results) -> str:
                        for client, per_n in ceiling.items()) + ".")
     for note in results.extra.get("notes", []):
         out.append(str(note))
+    out += cluster.workers_notes(results) + cluster.aggregate_notes(results)
     return "\n".join(f"- {line}" for line in out)
 
 
