@@ -52,6 +52,13 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting on I/O) since boot: with
+    other work on a shared machine, whether the cores were the limit of a run, whoever used them."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Current VmRSS of `pid` and its descendants."""
     return sum(_status_kib(p, "VmRSS") for p in tree(pid)) * 1024
