@@ -103,8 +103,10 @@ def notes(results: Results) -> str:
     return "\n".join(f"- {line}" for line in out)
 
 
-def write(results: Results, directory: Path, stamp: str, latest: str = "latest") -> dict[str, Path]:
-    """Write `<stamp>.json/.md/.png` and the same as `<latest>.*`; returns the paths by name."""
+def write(results: Results, directory: Path, stamp: str, latest: str = "latest",
+          with_chart: bool = True) -> dict[str, Path]:
+    """Write `<stamp>.json/.md/.png` and the same as `<latest>.*`; returns the paths by name. `with_chart` False:
+    no PNG (the chart shows the single caches' figures, which a run of the scale-out scenarios has none of)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     text = f"{table(results)}\n\n{notes(results)}\n"
@@ -112,7 +114,8 @@ def write(results: Results, directory: Path, stamp: str, latest: str = "latest")
     for name in (stamp, latest):
         (directory / f"{name}.json").write_text(payload)
         (directory / f"{name}.md").write_text(text)
-        chart(results, directory / f"{name}.png")
+        if with_chart:
+            chart(results, directory / f"{name}.png")
         written[name] = directory / f"{name}.json"
     return written
 

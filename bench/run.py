@@ -283,7 +283,7 @@ def main(options: Options) -> int:
         return 2
     results = Runner(options).run()
     stamp = options.latest.replace("latest", time.strftime("%Y%m%d-%H%M%S"))  # s3-cluster-<time>, ...
-    written = report.write(results, options.out, stamp, options.latest)
+    written = report.write(results, options.out, stamp, options.latest, with_chart=not options.cluster_only)
     print(report.table(results))
     print()
     print(report.notes(results))
