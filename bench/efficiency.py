@@ -77,14 +77,15 @@ def bare_server(workdir: Path, manifest: Manifest) -> Iterator[tuple[str, int]]:
     yield from _running(process, url + manifest.path)
 
 
-def nginx_config(root: Path, port: int, manifest: Manifest) -> str:
-    """One worker, no access log (the bare handler keeps none either), every path answered with the file."""
+def nginx_config(root: Path, port: int, manifest: Manifest, workers: int = 1) -> str:
+    """`workers` worker processes (one beside one pullcache process), no access log (the bare handler keeps
+    none either), every path answered with the file."""
     content_type = manifest.headers.get("Content-Type", "application/octet-stream")
     add = "".join(f"      add_header {k} '{v}' always;\n" for k, v in manifest.headers.items()
                   if k.lower() != "content-type")
     user = "user root root;\n" if os.geteuid() == 0 else ""  # its workers must read the files in `root`
     return (
-        f"{user}worker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n"
+        f"{user}worker_processes {workers};\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n"
         "events { worker_connections 1024; }\n"
         "http {\n"
         f"  access_log off;\n  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n"
@@ -97,8 +98,9 @@ def nginx_config(root: Path, port: int, manifest: Manifest) -> str:
 
 
 @contextmanager
-def nginx_server(workdir: Path, manifest: Manifest) -> Iterator[tuple[str, int]]:
-    """Debian's nginx serving the manifest as a static file: (url, pid of its worker-owning master)."""
+def nginx_server(workdir: Path, manifest: Manifest, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """Debian's nginx serving the manifest as a static file with `workers` worker processes: (url, pid of its
+    worker-owning master)."""
     if not Path(NGINX).exists():
         raise ScenarioError(f"{NGINX} is missing: scripts/setup-system.sh installs nginx")
     root = workdir / "nginx"
@@ -106,7 +108,7 @@ def nginx_server(workdir: Path, manifest: Manifest) -> Iterator[tuple[str, int]]
     (root / "manifest").write_bytes(manifest.body)
     port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(nginx_config(root, port, manifest))
+    conf.write_text(nginx_config(root, port, manifest, workers))
     process = ManagedProcess([NGINX, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log"),
                               "-g", "daemon off;"], log_path=workdir / "nginx.log", name="nginx")
     yield from _running(process, f"http://127.0.0.1:{port}{manifest.path}")

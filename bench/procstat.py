@@ -26,7 +26,7 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
     """`pid` and its descendants."""
     found, todo = [], [pid]
     while todo:
@@ -43,7 +43,7 @@ def _tree(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float:
     """user+system CPU seconds `pid` and its live descendants have used so far."""
     ticks = 0
-    for p in _tree(pid):
+    for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
         except (FileNotFoundError, ProcessLookupError):
@@ -52,9 +52,16 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting on I/O) since boot: with
+    other work on a shared machine, whether the cores were the limit of a run, whoever used them."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Current VmRSS of `pid` and its descendants."""
-    return sum(_status_kib(p, "VmRSS") for p in _tree(pid)) * 1024
+    return sum(_status_kib(p, "VmRSS") for p in tree(pid)) * 1024
 
 
 def peak_bytes(pid: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import efficiency
+from . import cluster, efficiency
 from .results import BY_KEY, CACHES, METRICS, PULLCACHE, Results, Summary
 
 RATIO_KEYS = ("cached_1", "cached_8", "manifest_tag", "manifest_digest")
@@ -59,6 +59,8 @@ def table(results: Results) -> str:
             f"{metric.target.text(metric.unit) if metric.target else ''} | {verdict} |"
         )
     lines += efficiency.rows(results)
+    lines += cluster.workers_rows(results)
+    lines += cluster.aggregate_rows(results)
     scale = results.extra.get("scale")
     if isinstance(scale, dict):
         for key, value in scale.items():
@@ -97,11 +99,14 @@ def notes(results: Results) -> str:
                        for client, per_n in ceiling.items()) + ".")
     for note in results.extra.get("notes", []):
         out.append(str(note))
+    out += cluster.workers_notes(results) + cluster.aggregate_notes(results)
     return "\n".join(f"- {line}" for line in out)
 
 
-def write(results: Results, directory: Path, stamp: str, latest: str = "latest") -> dict[str, Path]:
-    """Write `<stamp>.json/.md/.png` and the same as `<latest>.*`; returns the paths by name."""
+def write(results: Results, directory: Path, stamp: str, latest: str = "latest",
+          with_chart: bool = True) -> dict[str, Path]:
+    """Write `<stamp>.json/.md/.png` and the same as `<latest>.*`; returns the paths by name. `with_chart` False:
+    no PNG (the chart shows the single caches' figures, which a run of the scale-out scenarios has none of)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     text = f"{table(results)}\n\n{notes(results)}\n"
@@ -109,7 +114,8 @@ def write(results: Results, directory: Path, stamp: str, latest: str = "latest")
     for name in (stamp, latest):
         (directory / f"{name}.json").write_text(payload)
         (directory / f"{name}.md").write_text(text)
-        chart(results, directory / f"{name}.png")
+        if with_chart:
+            chart(results, directory / f"{name}.png")
         written[name] = directory / f"{name}.json"
     return written
 

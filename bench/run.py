@@ -10,21 +10,37 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from tests.support.images import BigLayer
 
-from . import efficiency, loadgen, report, scenarios
+from . import cluster, efficiency, loadgen, report, scenarios
 from .results import Results
-from .stack import STORAGES, Cache, Sizes, Stack, StorageKind
+from .stack import STORAGES, Cache, Seeded, Sizes, Stack, StorageKind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Contender(Protocol):
+    """A single cache or a cluster of them: what a failed scenario names and shows."""
+
+    name: str
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+C = TypeVar("C", bound=Contender)
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CEILING_TRIES = 3  # the machine is shared: the best of a few runs is the ceiling
-SCENARIOS = ("ceiling", "skopeo", "cached", "redirect", "manifests", "efficiency", "herd", "memory", "scale")
-# redirect needs an object store to redirect to; scale is bench/scale.py's, on disk only
-NOT_ON = {"filesystem": frozenset({"redirect"}), "s3": frozenset({"scale"})}
+SCENARIOS = ("ceiling", "skopeo", "cached", "redirect", "manifests", "efficiency", "herd", "memory", "scale",
+             *cluster.SCENARIOS)
+# redirect needs an object store to redirect to; so do replicas (one bucket); scale is bench/scale.py's, on disk
+# only, and workers are measured on disk (what a single host runs)
+NOT_ON = {"filesystem": frozenset({"redirect", "replicas-herd", "aggregate"}), "s3": frozenset({"scale", "workers"})}
 S3_NOTE = ("Storage: S3, both caches on one SeaweedFS 4.48 (`weed server -s3`, GOMEMLIMIT=512MiB) on loopback, "
            "each in its own bucket. pullcache: `storage.backend: s3`, `local_cache` at its default (10GiB). "
            "Distribution: `storage.s3` (regionendpoint, secure: false, v4auth: true) with "
@@ -43,9 +59,16 @@ class Options:
     storage: StorageKind = "filesystem"
 
     @property
+    def cluster_only(self) -> bool:
+        """Only scale-out scenarios: their rows go to a table of their own, not over the full one."""
+        return bool(self.only) and self.only <= set(cluster.SCENARIOS)
+
+    @property
     def latest(self) -> str:
-        """The name of the results kept in git: latest.* (filesystem) or s3-latest.*."""
-        return "latest" if self.storage == "filesystem" else f"{self.storage}-latest"
+        """The name of the results kept in git: latest.* (filesystem) or s3-latest.*; a run of scale-out
+        scenarios only, cluster-latest.* or s3-cluster-latest.*."""
+        name = "cluster-latest" if self.cluster_only else "latest"
+        return name if self.storage == "filesystem" else f"{self.storage}-{name}"
 
 
 def log(message: str) -> None:
@@ -98,25 +121,14 @@ class Runner:
             seeded = stack.seeded
             assert seeded is not None
             self._check_pulls(stack)
-            if self.wanted("ceiling"):
-                self._ceiling(stack.workdir)
-            for r in range(rounds):
-                log(f"round {r + 1}/{rounds}")
-                if self.wanted("skopeo"):
-                    self._each(stack, "skopeo", lambda c: scenarios.skopeo_pull(c, seeded, self.settings))
-                if self.wanted("cached"):
-                    self._each(stack, "cached", lambda c: scenarios.cached_layer(c, seeded, self.settings))
-                if self.wanted("redirect"):
-                    self._each(stack, "redirect", lambda c: scenarios.redirected_layer(c, seeded, self.settings))
-                if self.wanted("manifests"):
-                    self._each(stack, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
-                if self.wanted("efficiency"):
-                    efficiency.run_round(stack.caches[0], seeded, self.settings, self.results, stack.workdir)
-                if self.wanted("herd"):
-                    layer = seeded.herd[r]
-                    self._each(stack, "herd", lambda c, layer=layer: scenarios.cold_herd(c, layer, self.settings))
-            if self.wanted("memory"):
-                self._each(stack, "memory", lambda c: scenarios.memory(c, seeded.huge, self.settings))
+            replicas: list[cluster.PullcacheCluster | cluster.DistributionCluster] = []
+            with ExitStack() as later:
+                if self.wanted("replicas-herd") or self.wanted("aggregate"):
+                    log(f"starting {cluster.REPLICAS} pullcache replicas (redis-server, haproxy)"
+                        + (f" and {cluster.REPLICAS} Distribution proxies (haproxy)"
+                           if self.wanted("replicas-herd") else ""))
+                    replicas = later.enter_context(cluster.clusters(stack, distribution=self.wanted("replicas-herd")))
+                self._rounds(stack, seeded, replicas)
         finally:
             self.results.extra["load_average"]["end"] = os.getloadavg()[0]
             log("stopping everything")
@@ -124,6 +136,41 @@ class Runner:
         if self.wanted("scale"):
             self._scale()
         return self.results
+
+    def _rounds(self, stack: Stack, seeded: Seeded,
+                replicas: list[cluster.PullcacheCluster | cluster.DistributionCluster]) -> None:
+        rounds = self.options.rounds
+        pullcache_replicas = next((c for c in replicas if isinstance(c, cluster.PullcacheCluster)), None)
+        if self.wanted("ceiling"):
+            self._ceiling(stack.workdir)
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds}")
+            if self.wanted("skopeo"):
+                self._each(stack.caches, "skopeo", lambda c: scenarios.skopeo_pull(c, seeded, self.settings))
+            if self.wanted("cached"):
+                self._each(stack.caches, "cached", lambda c: scenarios.cached_layer(c, seeded, self.settings))
+            if self.wanted("redirect"):
+                self._each(stack.caches, "redirect", lambda c: scenarios.redirected_layer(c, seeded, self.settings))
+            if self.wanted("manifests"):
+                self._each(stack.caches, "manifests", lambda c: scenarios.manifests(c, seeded, self.settings))
+            if self.wanted("efficiency"):
+                efficiency.run_round(stack.caches[0], seeded, self.settings, self.results, stack.workdir)
+            if self.wanted("herd"):
+                layer = seeded.herd[r]
+                self._each(stack.caches, "herd", partial(scenarios.cold_herd, layer=layer, settings=self.settings))
+            if self.wanted("replicas-herd"):
+                layer = seeded.herd[r]
+                self._each(replicas, "replicas-herd",
+                           partial(cluster.replicas_herd, layer=layer, settings=self.settings))
+            if self.wanted("aggregate"):
+                assert pullcache_replicas is not None
+                self._extra("aggregate", lambda: cluster.aggregate_round(
+                    pullcache_replicas, seeded.cached, self.settings, self.results))
+            if self.wanted("workers"):
+                self._extra("workers", lambda: cluster.workers_round(
+                    stack.caches[0].throttle, seeded.multi, self.settings, self.results, stack.workdir))
+        if self.wanted("memory"):
+            self._each(stack.caches, "memory", lambda c: scenarios.memory(c, seeded.huge, self.settings))
 
     def _check_pulls(self, stack: Stack) -> None:
         for cache in stack.caches:
@@ -134,9 +181,10 @@ class Runner:
                 self.results.extra["notes"].append(note)
                 log("WARNING: " + note)
 
-    def _each(self, stack: Stack, scenario: str, body: Callable[[Cache], dict[str, float]]) -> None:
-        """Run `body` on pullcache, then on Distribution; record figures or the failure."""
-        for cache in stack.caches:
+    def _each(self, contenders: Sequence[C], scenario: str, body: Callable[[C], dict[str, float]]) -> None:
+        """Run `body` on pullcache, then on Distribution (single caches or clusters); record figures or the
+        failure."""
+        for cache in contenders:
             profiler = self._profiler(cache, scenario)
             try:
                 figures = body(cache)
@@ -154,9 +202,23 @@ class Runner:
                 self.results.add(key, cache.name, value)
             log(f"  {scenario} on {cache.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
 
-    def _profiler(self, cache: Cache, scenario: str) -> subprocess.Popen[bytes] | None:
+    def _extra(self, scenario: str, body: Callable[[], None]) -> None:
+        """Run a scenario that records its own figures (results.extra); a failure becomes a note."""
+        try:
+            body()
+        except (scenarios.ScenarioError, AssertionError, subprocess.SubprocessError, OSError, RuntimeError) as err:
+            reason = f"{scenario}: a round failed: {str(err).splitlines()[0][:200]}"
+            log(reason)
+            notes = self.results.extra["notes"]
+            assert isinstance(notes, list)
+            notes.append(reason)
+            return
+        log(f"  {scenario}: measured")
+
+    def _profiler(self, cache: object, scenario: str) -> subprocess.Popen[bytes] | None:
         """py-spy on pullcache for the scenarios that keep its process (first round only)."""
-        if not self.options.profile or cache.name != "pullcache" or scenario in ("skopeo", "redirect", "memory"):
+        if (not self.options.profile or not isinstance(cache, Cache) or cache.name != "pullcache"
+                or scenario in ("skopeo", "redirect", "memory")):
             return None
         out = self.options.out / f"profile-{scenario}.svg"
         if out.exists():
@@ -209,6 +271,7 @@ def _keys_of(scenario: str) -> tuple[str, ...]:
         "herd": ("herd_fetches", "herd_ttfb_median", "herd_ttfb_worst", "herd_done"),
         "skopeo": ("skopeo_cold", "skopeo_warm"),
         "memory": ("rss_peak", "rss_herd_fetches", "rss_herd_done"),
+        "replicas-herd": cluster.HERD_KEYS,
     }[scenario]
 
 
@@ -219,10 +282,8 @@ def main(options: Options) -> int:
         log("matplotlib is missing: .venv/bin/pip install matplotlib (the bench extra)")
         return 2
     results = Runner(options).run()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if options.storage != "filesystem":
-        stamp = f"{options.storage}-{stamp}"
-    written = report.write(results, options.out, stamp, options.latest)
+    stamp = options.latest.replace("latest", time.strftime("%Y%m%d-%H%M%S"))  # s3-cluster-<time>, ...
+    written = report.write(results, options.out, stamp, options.latest, with_chart=not options.cluster_only)
     print(report.table(results))
     print()
     print(report.notes(results))

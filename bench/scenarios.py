@@ -38,7 +38,7 @@ class Settings:
     repeats: int = 5  # transfers per figure where one transfer is too short to time alone
 
 
-def _checked(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
+def checked(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
     failure = result.failure()
     if failure is None and any(f.size != layer.size for f in result.fetches):
         sizes = sorted({f.size for f in result.fetches})
@@ -81,7 +81,7 @@ def warm_blob(cache: Cache, layer: Layer, attempts: int = 10) -> None:
     url = cache.url + layer.path
     for _ in range(attempts):
         before = cache.throttle.blob_gets(layer.digest)
-        _checked(loadgen.herd(url, 1), layer, f"warming {layer.repo}@{layer.digest[:19]}")
+        checked(loadgen.herd(url, 1), layer, f"warming {layer.repo}@{layer.digest[:19]}")
         if cache.throttle.blob_gets(layer.digest) == before:
             return
         time.sleep(0.5)
@@ -104,10 +104,10 @@ def cached_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, 
     """
     warm_blob(cache, seeded.cached)
     url = cache.url + seeded.cached.path
-    singles = [_checked(loadgen.herd(url, 1), seeded.cached, "1 client") for _ in range(settings.repeats)]
+    singles = [checked(loadgen.herd(url, 1), seeded.cached, "1 client") for _ in range(settings.repeats)]
     eights = []
     for _ in range(settings.repeats):
-        eights.append(_busy(cache, lambda: _checked(loadgen.herd(url, 8), seeded.cached, "8 clients")))
+        eights.append(_busy(cache, lambda: checked(loadgen.herd(url, 8), seeded.cached, "8 clients")))
     cpu_seconds_per_gb = [busy.cache * h.wall / (h.bytes / 1e9) for h, busy in eights]
     return {
         "cpu_per_gb_cached": statistics.median(cpu_seconds_per_gb),
@@ -156,7 +156,7 @@ def redirected_layer(cache: Cache, seeded: Seeded, settings: Settings) -> dict[s
 
 
 def _redirected(result: loadgen.Herd, layer: Layer, what: str) -> loadgen.Herd:
-    _checked(result, layer, what)
+    checked(result, layer, what)
     if not all(f.redirects == 1 for f in result.fetches):
         raise ScenarioError(f"{what}: {sorted({f.redirects for f in result.fetches})} redirects followed, "
                             "expected 1 per GET")
@@ -188,7 +188,7 @@ def cold_herd(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float
     """16 clients at once on one uncached layer over the rate-capped upstream path."""
     before = cache.throttle.blob_gets(layer.digest)
     bytes_before = cache.throttle.blob_bytes(layer.digest)
-    result, busy = _busy(cache, lambda: _checked(loadgen.herd(cache.url + layer.path, settings.herd),
+    result, busy = _busy(cache, lambda: checked(loadgen.herd(cache.url + layer.path, settings.herd),
                                                   layer, "cold herd"))
     return {
         **busy.figures("herd"),
@@ -223,7 +223,7 @@ def memory(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float]:
     idle = rss_bytes(cache.pid)
     before = cache.throttle.blob_gets(layer.digest)
     with RssSampler(cache.pid) as rss:
-        result = _checked(loadgen.herd(cache.url + layer.path, settings.herd), layer, "1 GiB herd")
+        result = checked(loadgen.herd(cache.url + layer.path, settings.herd), layer, "1 GiB herd")
     return {
         "rss_idle": idle / MiB,
         "rss_peak": max(rss.peak, rss.hwm) / MiB,

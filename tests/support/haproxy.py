@@ -23,7 +23,7 @@ HAPROXY_BIN = "/usr/sbin/haproxy"
 BACKEND = "replicas"
 
 
-def _config(port: int, stats_socket: Path, servers: Mapping[str, str]) -> str:
+def _config(port: int, stats_socket: Path, servers: Mapping[str, str], check: str) -> str:
     lines = [
         "global",
         f"    stats socket {stats_socket} mode 600 level admin",
@@ -45,7 +45,7 @@ def _config(port: int, stats_socket: Path, servers: Mapping[str, str]) -> str:
         f"    default_backend {BACKEND}",
         f"backend {BACKEND}",
         "    balance roundrobin",
-        "    option httpchk GET /readyz",
+        f"    option httpchk GET {check}",
         "    http-check expect status 200",
         "    default-server inter 500ms fall 2 rise 1",
         *(f"    server {name} {address} check" for name, address in servers.items()),
@@ -54,10 +54,12 @@ def _config(port: int, stats_socket: Path, servers: Mapping[str, str]) -> str:
 
 
 class Haproxy(OnLoopback):
-    """haproxy balancing over `servers` ({name: "127.0.0.1:PORT"}); `url` is its front."""
+    """haproxy balancing over `servers` ({name: "127.0.0.1:PORT"}); `url` is its front. `check` is the path the
+    health check GETs (the benchmark balances Distribution, which has no /readyz, on its `/`)."""
 
-    def __init__(self, servers: Mapping[str, str]) -> None:
+    def __init__(self, servers: Mapping[str, str], check: str = "/readyz") -> None:
         self.servers = dict(servers)
+        self.check = check
         self.workdir = Path(tempfile.mkdtemp(prefix="pc-haproxy-"))
         self.config_path = self.workdir / "haproxy.cfg"
         self.stats_socket = self.workdir / "stats.sock"
@@ -68,7 +70,7 @@ class Haproxy(OnLoopback):
     def start(self, timeout: float = 20.0) -> Haproxy:
         """Start and wait until every server has passed its health check."""
         def start_once() -> None:
-            self.config_path.write_text(_config(self.port, self.stats_socket, self.servers))
+            self.config_path.write_text(_config(self.port, self.stats_socket, self.servers, self.check))
             self.process.start()
             self.process.wait_until(self._all_up, timeout=timeout, what="seeing every server UP")
 
