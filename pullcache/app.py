@@ -30,7 +30,8 @@ def build_app(config: Config) -> web.Application:
     store = store_for(config.storage, config.cluster)
     upstreams = Upstreams(config.upstreams)
     app[STORE] = store
-    app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists())
+    app[RESOLVER] = Resolver(config, upstreams, lambda name: store.repository(name).exists(),
+                             local_version=lambda: store.files.names_version)
     app[SHADOW_WARNINGS] = ShadowWarnings(app[RESOLVER])
     coordinator = open_coordinator(config)
     app[PULLTHROUGH] = PullThrough(store, config, coordinator)

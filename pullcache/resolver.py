@@ -84,20 +84,24 @@ class LocalCheck:
     its paths and a stat on the event loop, on every request for a bare name, twice with auth.
 
     A name a push here is writing to is not remembered as absent (only found), so the read that follows
-    the push sees the new repository at once; pushes through other processes are seen within the interval.
+    the push sees the new repository at once. An absence is also forgotten once `version()` changes: the
+    store's count of repositories other processes made known (replicas hear of one as it is created);
+    where it stays 0, pushes through other processes are seen within the interval.
     A plain dict, not a TTLCache: this runs twice per request, and the oldest entry goes when it is full.
     """
 
-    def __init__(self, exists: Callable[[str], bool], clock: Callable[[], float]) -> None:
+    def __init__(self, exists: Callable[[str], bool], clock: Callable[[], float],
+                 version: Callable[[], int] = lambda: 0) -> None:
         self._exists = exists
         self._clock = clock
-        self._known: dict[str, tuple[bool, float]] = {}  # name -> (exists, until)
+        self._version = version
+        self._known: dict[str, tuple[bool, float, int]] = {}  # name -> (exists, until, version)
         self._pushing: TTLCache[str, bool] = TTLCache(CHECKED_NAMES, PUSH_WINDOW_SECONDS, timer=clock)
 
     def __call__(self, name: str) -> bool:
         now = self._clock()
         known = self._known.get(name)
-        if known is not None and now < known[1]:
+        if known is not None and now < known[1] and (known[0] or known[2] == self._version()):
             return known[0]
         exists = self._exists(name)
         if exists:
@@ -106,7 +110,7 @@ class LocalCheck:
             self._known.pop(name, None)  # re-inserted last: the dict stays in order of checking
             if len(self._known) >= CHECKED_NAMES:
                 del self._known[next(iter(self._known))]
-            self._known[name] = (exists, now + LOCAL_CHECK_SECONDS)
+            self._known[name] = (exists, now + LOCAL_CHECK_SECONDS, self._version())
         return exists
 
     def pushing(self, name: str) -> None:
@@ -128,10 +132,10 @@ def _remember(targets: dict[K, Target], key: K, target: Target) -> Target:
 
 class Resolver:
     def __init__(self, config: Config, upstreams: Upstreams, local_exists: Callable[[str], bool], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 local_version: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._upstreams = upstreams
-        self._local_exists = LocalCheck(local_exists, clock)
+        self._local_exists = LocalCheck(local_exists, clock, local_version)
         self.policy = PullPolicy(ruled=[u.name for u in config.upstreams if applies(u.rules)])
         # Targets of upstream names (name, ns) and bare names' default-upstream ones (name), which no push
         # changes: made once per name, not per request.

@@ -23,9 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from pullcache.api.appkeys import CONFIG
+from pullcache.api.appkeys import CONFIG, STORE
 from pullcache.app import build_app
-from pullcache.cache.bucket_files import NAMES_REFRESH
+from pullcache.cache import bucket_files
 from pullcache.cache.configured import store_for
 from pullcache.config import build_config
 from pullcache.eviction.gc import collect_garbage
@@ -224,11 +224,13 @@ async def test_after_redis_loses_its_data_replicas_answer_from_the_bucket_and_re
     assert await redis.dbsize() > 0  # refilled as it was read
 
 
-async def test_a_repository_pushed_through_one_replica_is_routed_locally_by_the_other_within_a_second(
+async def test_a_repository_pushed_through_one_replica_is_routed_locally_by_the_other_as_it_hears_of_it(
         aiohttp_client: Any, seaweed_server: SeaweedFS, upstream: Upstream, tmp_path: Path,
-        cluster_redis: str) -> None:
-    """With a default upstream a name is local only once it exists here: the resolver asks on every request,
-    from memory, so a repository another replica created is seen at the next read of the shared names."""
+        cluster_redis: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a default upstream a bare name is local only once a repository of that name exists. The replica
+    that creates one publishes its name; the other forgets that the name was absent as it hears of it,
+    without its periodic re-read of the names (an hour here)."""
+    monkeypatch.setattr(bucket_files, "NAMES_REFRESH", 3600.0)
     prefix = f"t{os.urandom(6).hex()}"
 
     async def start(name: str) -> TestClient:
@@ -239,11 +241,16 @@ async def test_a_repository_pushed_through_one_replica_is_routed_locally_by_the_
             "upstreams": [{"name": "docker.io", "url": upstream.url, "default": True, "token_hosts": ["127.0.0.1"]}],
         })))
     a, b = await start("a"), await start("b")
-    pushed = await push_image(a, "team/app", "latest")
-    deadline = time.monotonic() + NAMES_REFRESH + 2
-    while (answer := await manifest(b, "team/app", "latest"))[0] != 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert answer[:2] == (200, pushed.digest)
+    assert (await manifest(b, "team/app", "v1"))[:2] == (200, upstream["team/app:v1"].digest)  # the upstream's
+    names_seen = b.app[STORE].files.names_version
+
+    pushed = await push_image(a, "team/app", "v1")
+    deadline = time.monotonic() + 10
+    while b.app[STORE].files.names_version == names_seen:
+        assert time.monotonic() < deadline, "the other replica never heard of team/app"
+        await asyncio.sleep(0.01)
+
+    assert (await manifest(b, "team/app", "v1"))[:2] == (200, pushed.digest)
 
 
 async def test_a_repository_holding_only_blobs_pushed_through_one_replica_is_known_to_the_other(

@@ -7,15 +7,19 @@ Cached entries: every file ("f:<key>") and the listing of every folder a reposit
 revisions, links, referrers). A write invalidates its file and the listings of the folders above it.
 
 Which local repositories exist is asked on every request for a bare name (the resolver), so it is answered
-from memory: the names every replica wrote to, in a Redis set (SADD by the writer), re-read every
-NAMES_REFRESH seconds. The set is rebuilt from a listing of the bucket when it is missing (Redis lost its
-data) and at least every NAMES_REBUILD seconds, so a name it missed is found again.
+from memory: the names every replica wrote to, in a Redis set (SADD by the writer). The writer of a new name
+also publishes it, and every replica listens, so a pull through another replica right after the push routes
+the name locally, not to the default upstream (names_version tells the resolver the set grew). The set is
+re-read every NAMES_REFRESH seconds all the same (a message is lost while Redis is unreachable), and rebuilt
+from a listing of the bucket when it is missing (Redis lost its data) and at least every NAMES_REBUILD
+seconds, so a name it missed is found again.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -49,7 +53,9 @@ class BucketFiles:
         self._cache = ReadThrough(redis, f"{redis.namespace}repo:")
         self._names_key = f"{redis.namespace}names"
         self._built_key = f"{redis.namespace}names-built"
+        self._names_channel = f"{redis.namespace}names-new"
         self._known: set[str] = set()  # local repositories, as keys (`repositories/<name>`)
+        self.names_version = 0  # grows with _known
         self._seeded = False  # whether _known was filled once, from Redis or the bucket
         self._limit = asyncio.Semaphore(FAN_OUT)
         self._refresher: asyncio.Task[None] | None = None
@@ -60,7 +66,7 @@ class BucketFiles:
     # ------------------------------------------------------------------ life
     async def open(self) -> None:
         await self._refresh_names()
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="pullcache-repository-names")
+        self._refresher = asyncio.create_task(self._names_loop(), name="pullcache-repository-names")
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -129,11 +135,18 @@ class BucketFiles:
         repository = repository_of(key)
         if repository is None or repository in self._known or not repository.startswith(f"{LOCAL_ROOT}/"):
             return
-        self._known.add(repository)
+        self._learn([repository])
         try:
-            await self._client.sadd(self._names_key, repository)
+            if await self._client.sadd(self._names_key, repository):
+                await self._client.publish(self._names_channel, repository)
         except RedisError as exc:
             self._trouble.failed(exc)
+
+    def _learn(self, names: Iterable[str | bytes]) -> None:
+        known = len(self._known)
+        self._known.update(name.decode() if isinstance(name, bytes) else name for name in names)
+        if len(self._known) > known:
+            self.names_version += 1
 
     async def _listed_names(self) -> set[str]:
         names = {repository_of(info.path) async for info in self._objects.list(f"{LOCAL_ROOT}/")}
@@ -154,14 +167,27 @@ class BucketFiles:
         except RedisError as exc:
             self._trouble.failed(exc)
             if not self._seeded:  # down at start-up: the bucket says, once
-                self._known |= await self._listed_names()
+                self._learn(await self._listed_names())
                 self._seeded = True
             return
         self._seeded = True
-        self._known |= {member.decode() if isinstance(member, bytes) else member for member in members}
+        self._learn(members)
 
-    async def _refresh_loop(self) -> None:
+    async def _names_loop(self) -> None:
+        """Hear new names as they are published, and re-read the set every NAMES_REFRESH seconds."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(NAMES_REFRESH)
-            with contextlib.suppress(StorageUnavailable):  # a bucket down for the rebuild: next time
-                await self._refresh_names()
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as channel:
+                    await channel.subscribe(self._names_channel)
+                    while True:
+                        until = loop.time() + NAMES_REFRESH
+                        while (left := until - loop.time()) > 0:
+                            message = await channel.get_message(timeout=left)
+                            if message is not None:
+                                self._learn([message["data"]])
+                        with contextlib.suppress(StorageUnavailable):  # a bucket down for the rebuild: next time
+                            await self._refresh_names()
+            except RedisError as exc:
+                self._trouble.failed(exc)
+                await asyncio.sleep(NAMES_REFRESH)

@@ -62,6 +62,11 @@ class RepositoryFiles(Protocol):
     def holds_repository(self, path: Path) -> bool:
         """Whether a repository is at `path`; answered without waiting (the resolver asks on every request)."""
 
+    @property
+    def names_version(self) -> int:
+        """Grows whenever holds_repository learns of repositories other processes created; 0 where it asks
+        the disk each time (the resolver then keeps an answer for its usual interval)."""
+
     async def repository_names(self, root: Path) -> list[str]:
         """The names of every repository under root, sorted."""
 
@@ -157,6 +162,8 @@ class LocalFiles:
 
     def holds_repository(self, path: Path) -> bool:
         return (path / MANIFESTS).is_dir() or (path / LAYERS).is_dir()
+
+    names_version = 0  # holds_repository asks the disk
 
     async def repository_names(self, root: Path) -> list[str]:
         return await asyncio.to_thread(_names, root)
