@@ -39,21 +39,26 @@ HANDLER_NAME = "pullcache"
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field
 class Line:
-    """A log line as emit() queues it: what a LogRecord of it would say that a format shows."""
+    """A log line as emit() queues it: what a LogRecord of it would say that a format shows. The `extra=`
+    fields come as keys and values, zipped only by a format that shows them (JSON), on the writer's thread."""
 
     created: float  # time.time() when logged
     level: int
     logger: str
     message: str  # merged already
-    fields: dict[str, object]  # the `extra=` a record would carry
+    keys: tuple[str, ...]
+    values: tuple[object, ...]
+
+    def fields(self) -> dict[str, object]:
+        return dict(zip(self.keys, self.values, strict=True))
 
     def record(self) -> logging.LogRecord:
         """The LogRecord logging would have made (for a formatter that knows no Line)."""
         record = logging.LogRecord(self.logger, self.level, "", 0, self.message, None, None)
         record.created, record.msecs = self.created, _msecs(self.created)
-        record.__dict__.update(self.fields)
+        record.__dict__.update(self.fields())
         return record
 
 
@@ -77,7 +82,7 @@ class JsonFormatter(logging.Formatter):
 
     def format_line(self, line: Line) -> str:
         entry = self._entry(line.created, logging.getLevelName(line.level), line.logger, line.message)
-        entry.update(line.fields)
+        entry.update(zip(line.keys, line.values, strict=True))
         return self._dumps(entry)
 
     @staticmethod
@@ -249,17 +254,18 @@ def _only_to_writer(logger: logging.Logger) -> bool:
     return False
 
 
-def emit(logger: logging.Logger, level: int, message: str, fields: dict[str, object]) -> None:
-    """Log `message` (merged already) with `fields` as its `extra=`, for a caller that checked isEnabledFor.
+def emit(logger: logging.Logger, level: int, message: str, keys: tuple[str, ...], values: tuple[object, ...]) -> None:
+    """Log `message` (merged already) with the fields `keys`=`values` as its `extra=`, for a caller that checked
+    isEnabledFor.
 
     When the writer is the only destination the line goes to it without a LogRecord and the logging
     machinery (handler lookup, locks, %-formatting); it writes the same line either way."""
     writer = _active
     if writer is not None and _only_to_writer(logger):
-        writer.put_nowait(Line(time.time(), level, logger.name, message, fields))
+        writer.put_nowait(Line(time.time(), level, logger.name, message, keys, values))
         return
     record = logging.LogRecord(logger.name, level, "", 0, message, None, None)
-    record.__dict__.update(fields)
+    record.__dict__.update(zip(keys, values, strict=True))
     logger.handle(record)
 
 

@@ -426,12 +426,13 @@ def _written_both_ways(capsys: pytest.CaptureFixture[str], log_format: str) -> t
     others = [h for h in root.handlers if h.get_name() != HANDLER_NAME]  # pytest's capture
     logger = logging.getLogger("pullcache.access")
     fields: dict[str, object] = {"method": "GET", "status": 200, "aborted": False, "cache": None, "ua": 'a "b"'}
+    keys, values = tuple(fields), tuple(fields.values())
     for handler in others:
         root.removeHandler(handler)
     try:
         with pytest.MonkeyPatch.context() as patch:  # the cheap path makes no record
             patch.setattr(logger, "handle", lambda record: pytest.fail(f"a LogRecord was made: {record}"))
-            emit(logger, logging.INFO, "GET /v2/ 200", fields)
+            emit(logger, logging.INFO, "GET /v2/ 200", keys, values)
     finally:
         for handler in others:
             root.addHandler(handler)
@@ -456,6 +457,6 @@ def test_an_emitted_json_line_reads_as_a_logged_one(capsys: pytest.CaptureFixtur
 
 def test_emit_gives_a_listening_handler_its_record(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pullcache.access")
-    emit(logging.getLogger("pullcache.access"), logging.INFO, "GET /v2/ 200", {"status": 200})
+    emit(logging.getLogger("pullcache.access"), logging.INFO, "GET /v2/ 200", ("status",), (200,))
     [record] = [r for r in caplog.records if r.name == "pullcache.access"]
     assert (record.getMessage(), record.status) == ("GET /v2/ 200", 200)

@@ -33,6 +33,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _QUIET_ROUTES = frozenset({"healthz", "readyz", "metrics"})
 
 access_log = logging.getLogger("pullcache.access")
+# The access line's fields (its `extra=`), which the JSON format shows.
+_ACCESS_FIELDS = ("method", "path", "route", "status", "bytes", "aborted", "duration_ms", "cache", "upstream",
+                  "remote", "user_agent")
 
 
 class BodyMeter:
@@ -126,10 +129,8 @@ def _log_line(request: web.Request, level: int, route: str, status: int, sent: i
     method, path, remote = request.method, request.raw_path, request.remote
     message = (f"{method} {path} {status} {sent}B{' aborted' if aborted else ''} {seconds * 1000:.1f}ms "
                f"cache={cache or '-'} upstream={upstream or '-'} remote={remote} ua={json.dumps(user_agent)}")
-    emit(access_log, level, message, {
-        "method": method, "path": path, "route": route, "status": status, "bytes": sent, "aborted": aborted,
-        "duration_ms": round(seconds * 1000, 3), "cache": cache, "upstream": upstream, "remote": remote,
-        "user_agent": user_agent})
+    emit(access_log, level, message, _ACCESS_FIELDS, (
+        method, path, route, status, sent, aborted, round(seconds * 1000, 3), cache, upstream, remote, user_agent))
 
 
 @web.middleware
