@@ -4,6 +4,7 @@ and the method each keep a copy from being reused where it must not be."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pullcache.metrics import REGISTRY
 from tests.registry_api import OCI_MANIFEST, SignedIn, push_image
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
-from tests.test_access_rules import access_config, basic, token
+from tests.test_access_rules import access_config, basic, claims, token
 
 pytest_plugins = ["tests.registry_api"]
 
@@ -158,3 +159,21 @@ async def test_every_reused_answer_is_counted_and_logged(
     assert len(lines) == n
     assert {(r.status, r.cache, r.upstream, r.bytes, r.route) for r in lines} == {
         (200, "hit", "docker.io", size, "manifest")}
+
+
+async def test_an_answer_is_not_reused_past_the_tokens_expiry(
+        aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token that expires within REUSE_SECONDS ends its copy then; another process's push shows it."""
+    monkeypatch.setattr("pullcache.api.bearer.TOKEN_SECONDS", 1)  # exp: the next whole second
+    config, clock = access_config(tmp_path), Clock()
+    here = await aiohttp_client(with_clock(build_app(config), clock))
+    elsewhere = SignedIn(await aiohttp_client(build_app(config)), basic("alice"))
+    first = await push_image(elsewhere, "team-a/secret/app", seed="a")
+    bearer = await token(here, "repository:team-a/secret/app:pull", basic("alice"))
+    alice = {**ACCEPT, "Authorization": f"Bearer {bearer}"}
+    assert (await pull(here, "/v2/team-a/secret/app/manifests/v1", alice))[:2] == (200, first.manifest)
+    left = claims(bearer)["exp"] - time.time()  # at most what the copy was given
+    await push_image(elsewhere, "team-a/secret/app", seed="b")
+    clock.now += left + 0.01
+    status, body, _headers = await pull(here, "/v2/team-a/secret/app/manifests/v1", alice)
+    assert (status, body) != (200, first.manifest)  # the new manifest, or 401 once the token is past
