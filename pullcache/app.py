@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pullcache import metrics
-from pullcache.api import middleware, observe, ops, v2
+from pullcache.api import hot, middleware, observe, ops, v2
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, SHADOW_WARNINGS, STORE
 from pullcache.cache.configured import store_for
 from pullcache.cluster import open_coordinator
@@ -25,7 +25,7 @@ CLIENT_MAX_SIZE = 8 * 1024 * 1024  # manifests are limited to 4 MiB; blob bodies
 
 def build_app(config: Config) -> web.Application:
     """An Application whose resources open on startup and close on cleanup, in dependency order."""
-    app = web.Application(middlewares=[observe.access, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(middlewares=[observe.access, hot.serve, middleware.errors], client_max_size=CLIENT_MAX_SIZE)
     app[CONFIG] = config
     store = store_for(config.storage, config.cluster)
     upstreams = Upstreams(config.upstreams)

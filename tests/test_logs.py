@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from aiohttp.test_utils import TestClient
 
 from pullcache.app import build_app
 from pullcache.config import LogConfig, build_config
-from pullcache.logs import TEXT_FORMAT, TextFormatter, configure_logging, flush_logs
+from pullcache.logs import HANDLER_NAME, TEXT_FORMAT, TextFormatter, configure_logging, emit, flush_logs
 from tests.fault_upstream import FakeRegistry, Stall
 from tests.registry_api import push_image
 from tests.support.pullcache_proc import PullcacheProcess
@@ -414,3 +415,48 @@ def test_text_lines_carry_the_time_logging_itself_would_write(created: float) ->
     record.created, record.msecs = created, (created - int(created)) * 1000
     for _ in range(2):  # the second line of a second reuses its formatted time
         assert formatter.format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+
+
+# ------------------------------------------------------------------ lines without a LogRecord (logs.emit)
+
+def _written_both_ways(capsys: pytest.CaptureFixture[str], log_format: str) -> tuple[str, str]:
+    """One line through emit's cheap path (only the writer listens) and one through a LogRecord."""
+    configure_logging(LogConfig(level="info", format=log_format))
+    root = logging.getLogger()
+    others = [h for h in root.handlers if h.get_name() != HANDLER_NAME]  # pytest's capture
+    logger = logging.getLogger("pullcache.access")
+    fields: dict[str, object] = {"method": "GET", "status": 200, "aborted": False, "cache": None, "ua": 'a "b"'}
+    keys, values = tuple(fields), tuple(fields.values())
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the cheap path makes no record
+            patch.setattr(logger, "handle", lambda record: pytest.fail(f"a LogRecord was made: {record}"))
+            emit(logger, logging.INFO, "GET /v2/ 200", keys, values)
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    logger.info("GET /v2/ 200", extra=fields)
+    flush_logs()
+    cheap, recorded = capsys.readouterr().err.splitlines()
+    return cheap, recorded
+
+
+def test_an_emitted_text_line_reads_as_a_logged_one(capsys: pytest.CaptureFixture[str]) -> None:
+    cheap, recorded = _written_both_ways(capsys, "text")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO pullcache.access: GET /v2/ 200", cheap)
+    assert cheap[24:] == recorded[24:]  # past the time
+
+
+def test_an_emitted_json_line_reads_as_a_logged_one(capsys: pytest.CaptureFixture[str]) -> None:
+    cheap, recorded = (json.loads(line) for line in _written_both_ways(capsys, "json"))
+    assert cheap.pop("ts").endswith("Z") and recorded.pop("ts").endswith("Z")
+    assert list(cheap.items()) == list(recorded.items())
+    assert cheap["status"] == 200 and cheap["cache"] is None
+
+
+def test_emit_gives_a_listening_handler_its_record(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pullcache.access")
+    emit(logging.getLogger("pullcache.access"), logging.INFO, "GET /v2/ 200", ("status",), (200,))
+    [record] = [r for r in caplog.records if r.name == "pullcache.access"]
+    assert (record.getMessage(), record.status) == ("GET /v2/ 200", 200)

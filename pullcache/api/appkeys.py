@@ -22,3 +22,5 @@ ROUTE = web.RequestKey("route", str)                # the endpoint that answered
 SERVED_FROM = web.RequestKey("served_from", str)    # "local": a local repository's content was answered
 CACHE_RESULT = web.RequestKey("cache_result", str)  # hit/miss/stale/revalidated/coalesced of a pull-through
 USER = web.RequestKey("user", str)                  # the authenticated user, when there is one
+# Epoch seconds until which the credentials that let this request through hold (a token's or robot's expiry).
+AUTHORIZED_UNTIL = web.RequestKey("authorized_until", float)

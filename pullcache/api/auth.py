@@ -61,7 +61,7 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from pullcache.access import Policy
-from pullcache.api.appkeys import RESOLVER, ROUTE, USER
+from pullcache.api.appkeys import AUTHORIZED_UNTIL, RESOLVER, ROUTE, USER
 from pullcache.api.audited import AUDIT, audit
 from pullcache.api.bearer import TOKEN_SECONDS, BearerTokens, Claims, Scope
 from pullcache.api.errors import DENIED, UNAUTHORIZED, RegistryError
@@ -147,6 +147,11 @@ class Caller:
     user: str
     token: Claims | None = None
     robot: Robot | None = None
+
+    def expires(self) -> float:
+        """Epoch seconds when these credentials stop proving who the caller is (a password never does)."""
+        robot = self.robot.expires if self.robot is not None and self.robot.expires is not None else float("inf")
+        return min(robot, self.token.expires if self.token is not None else float("inf"))
 
     def robot_refuses(self, repository: str, action: str) -> str | None:
         """Why the robot's own grants refuse this, or None."""
@@ -328,6 +333,7 @@ class Authenticator:
             raise self._denied(request, access, name, self._unauthorized(
                 request, f"the token does not grant {action} on {name!r}; ask /auth/token for scope {scope}",
                 access, scope=scope, error="insufficient_scope"))
+        request[AUTHORIZED_UNTIL] = caller.expires()
 
     async def _let_anyone(self, request: web.Request, access: Access, header: str | None) -> None:
         """What anyone may do: credentials decide nothing, only the audit log or events need a name."""

@@ -58,6 +58,7 @@ class Scope:
 class Claims:
     subject: str
     access: tuple[Scope, ...] = field(default=())
+    expires: float = float("inf")  # the `exp` claim, epoch seconds: an answer reused for the token ends there
 
     def allows(self, name: str, action: str) -> bool:
         return any(s.type == "repository" and s.name == name and action in s.actions for s in self.access)
@@ -93,6 +94,6 @@ class BearerTokens:
             if not claims["nbf"] <= now < claims["exp"] or claims["aud"] != AUDIENCE:
                 return None
             access = tuple(Scope(str(a["type"]), str(a["name"]), tuple(a["actions"])) for a in claims["access"])
-            return Claims(str(claims["sub"]), access)
+            return Claims(str(claims["sub"]), access, float(claims["exp"]))
         except (ValueError, binascii.Error, KeyError, TypeError):
             return None

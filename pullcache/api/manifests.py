@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from pullcache.api import hot
 from pullcache.api.appkeys import CACHE_RESULT, SHADOW_WARNINGS, STORE
 from pullcache.api.audited import audit
 from pullcache.api.blob_response import digest_headers, note_served
@@ -86,13 +87,16 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
                                    partial(repository.manifest, accept=accept, count=False))
     except UpstreamError as exc:
         raise upstream_error(exc, MANIFEST_UNKNOWN, f"manifest {reference} of {target.repository}") from exc
-    repository.answered(manifest, head=head)
+    answered = partial(repository.answered, manifest, head=head)
+    answered()
     headers = CIMultiDict(_manifest_headers(manifest.digest, manifest.media_type))  # a Response keeps this copy
     if head:
         headers["Content-Length"] = str(manifest.size)
+        hot.offer(request, ref, found, manifest, answered, headers, None)
         return web.Response(headers=headers)
     assert manifest.body is not None, "a GET loads the body"
     note_served(request, manifest.source, len(manifest.body))
+    hot.offer(request, ref, found, manifest, answered, headers, manifest.body)
     return web.Response(body=manifest.body, headers=headers)
 
 

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from pullcache import metrics
 from pullcache.api.appkeys import CACHE_RESULT, PULL_COUNTS, ROUTE, SERVED_FROM
 from pullcache.api.targets import TARGET
+from pullcache.logs import emit
 from pullcache.metric_children import child
 
 ROUTE_OTHER = "other"
@@ -32,6 +33,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _QUIET_ROUTES = frozenset({"healthz", "readyz", "metrics"})
 
 access_log = logging.getLogger("pullcache.access")
+# The access line's fields (its `extra=`), which the JSON format shows.
+_ACCESS_FIELDS = ("method", "path", "route", "status", "bytes", "aborted", "duration_ms", "cache", "upstream",
+                  "remote", "user_agent")
 
 
 class BodyMeter:
@@ -123,16 +127,10 @@ def _log_line(request: web.Request, level: int, route: str, status: int, sent: i
     cache = request.get(CACHE_RESULT)
     user_agent = request.headers.get("User-Agent", "")
     method, path, remote = request.method, request.raw_path, request.remote
-    # What log() does, less finding the caller's frame (no format shows it) and checking each extra key
-    # against the record's attributes (these never clash).
-    record = logging.LogRecord(
-        access_log.name, level, "", 0, "%s %s %d %dB%s %.1fms cache=%s upstream=%s remote=%s ua=%s",
-        (method, path, status, sent, " aborted" if aborted else "", seconds * 1000,
-         cache or "-", upstream or "-", remote, json.dumps(user_agent)), None)
-    record.__dict__.update(
-        method=method, path=path, route=route, status=status, bytes=sent, aborted=aborted,
-        duration_ms=round(seconds * 1000, 3), cache=cache, upstream=upstream, remote=remote, user_agent=user_agent)
-    access_log.handle(record)
+    message = (f"{method} {path} {status} {sent}B{' aborted' if aborted else ''} {seconds * 1000:.1f}ms "
+               f"cache={cache or '-'} upstream={upstream or '-'} remote={remote} ua={json.dumps(user_agent)}")
+    emit(access_log, level, message, _ACCESS_FIELDS, (
+        method, path, route, status, sent, aborted, round(seconds * 1000, 3), cache, upstream, remote, user_agent))
 
 
 @web.middleware

@@ -9,6 +9,7 @@ from pullcache.api import blobs, manifests, peer_fills, referrers, routes, tags,
 from pullcache.api.appkeys import CONFIG, PULLTHROUGH, RESOLVER, STORE
 from pullcache.api.audited import AUDIT
 from pullcache.api.auth import AUTHENTICATOR, TOKEN_PATH, Authenticator
+from pullcache.api.hot import HOT_ANSWERS, HotAnswers
 from pullcache.api.notify import NOTIFIER
 from pullcache.api.targets import REPOSITORIES, Repositories
 from pullcache.audit import AuditLog, unwatch_sighup, watch_sighup
@@ -86,6 +87,8 @@ def setup(app: web.Application) -> None:
                                   signing_key=token_signing_key(config.cluster))
     app[AUTHENTICATOR] = authenticator
     app[REPOSITORIES] = Repositories(app[STORE], app[PULLTHROUGH], app[RESOLVER].policy)
+    # A replayed pull cannot name its caller, so where pulls are recorded every one takes the full path.
+    app[HOT_ANSWERS] = HotAnswers(enabled=not (app[AUDIT].pulls or app[NOTIFIER].wants("pull")))
     app.on_response_prepare.append(_announce_api_version)
     # Always served: a refused push's 401 names this realm, and Docker fetches a token before it shows the reason.
     app.router.add_get(TOKEN_PATH, authenticator.token)

@@ -184,6 +184,13 @@ class Manifests:
             state = self._tags.setdefault(key, _Tag(link.digest, media_type, link.confirmed_at))
         return state
 
+    def fresh_for(self, target: Target, tag: str) -> float:
+        """Seconds the tag, as remembered, stays a hit (0 if it is not remembered): an answer built from it may
+        be reused that long, and no longer (api/hot.py)."""
+        assert target.upstream is not None
+        state = self._tags.get((target.store_name, tag))
+        return 0.0 if state is None else target.upstream.config.manifest_ttl - (self._clock() - state.confirmed_at)
+
     async def _cached_tag(self, target: Target, tag: str) -> ManifestAnswer | None:
         """The tag's manifest if the cache answers alone: confirmed within the upstream's manifest_ttl (a hit),
         or expired while the upstream failed to revalidate it moments ago or is down to its rate-limit reserve
