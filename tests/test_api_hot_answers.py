@@ -16,7 +16,7 @@ from pullcache.api.hot import HOT_ANSWERS, REUSE_SECONDS, HotAnswers
 from pullcache.app import build_app
 from pullcache.config import Config, build_config
 from pullcache.metrics import REGISTRY
-from tests.registry_api import OCI_MANIFEST, SignedIn, push_image
+from tests.registry_api import OCI_MANIFEST, push_image
 from tests.support.pullcache_proc import docker_hub_upstream
 from tests.support.seed import Upstream
 from tests.test_access_rules import access_config, basic, claims, token
@@ -44,88 +44,108 @@ def with_clock(app: web.Application, clock: Clock) -> web.Application:
     return app
 
 
+ALPINE = "/v2/library/alpine/manifests/latest"  # a bare name: the default upstream's library/alpine
+
+
 @pytest.fixture
-def local_config(tmp_path: Path) -> Config:
-    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+def proxy_config(tmp_path: Path, upstream: Upstream) -> Config:
+    return build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True},
+                         "upstreams": [docker_hub_upstream(upstream.url)]})
 
 
 async def pull(client: TestClient, path: str, headers: dict[str, str] | None = None,
                method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
     # A HEAD answer given to a GET promises a body that never comes: fail, not hang.
-    response = await client.request(method, path, headers=headers or ACCEPT, timeout=ClientTimeout(total=10))
+    response = await client.request(method, path, headers=headers or PROXIED_ACCEPT, timeout=ClientTimeout(total=10))
     return response.status, await response.read(), dict(response.headers)
 
 
-async def test_a_hot_tag_pushed_again_is_served_new_at_once(aiohttp_client: Any, local_config: Config) -> None:
-    client = await aiohttp_client(build_app(local_config))
-    first = await push_image(client, "team/app", seed="a")
-    for _ in range(3):
-        assert (await pull(client, "/v2/team/app/manifests/v1"))[1] == first.manifest
-    second = await push_image(client, "team/app", seed="b")
-    status, body, headers = await pull(client, "/v2/team/app/manifests/v1")
-    assert (status, body, headers["Docker-Content-Digest"]) == (200, second.manifest, second.digest)
-
-
-async def test_a_deleted_hot_tag_is_gone_at_once(aiohttp_client: Any, local_config: Config) -> None:
-    client = await aiohttp_client(build_app(local_config))
-    await push_image(client, "team/app")
-    assert (await pull(client, "/v2/team/app/manifests/v1"))[0] == 200
-    assert (await client.delete("/v2/team/app/manifests/v1")).status == 202
-    assert (await pull(client, "/v2/team/app/manifests/v1"))[0] == 404
-
-
-async def test_a_kept_answer_is_reused_until_it_expires_then_rebuilt(aiohttp_client: Any, local_config: Config) -> None:
-    """Another process (a second app on the same store) moves the tag: this one answers from its copy until
-    REUSE_SECONDS passed, then from the store."""
-    clock = Clock()
-    here = await aiohttp_client(with_clock(build_app(local_config), clock))
-    elsewhere = await aiohttp_client(build_app(local_config))
-    first = await push_image(elsewhere, "team/app", seed="a")
-    assert (await pull(here, "/v2/team/app/manifests/v1"))[1] == first.manifest
-    second = await push_image(elsewhere, "team/app", seed="b")
-    clock.now += REUSE_SECONDS * 0.9
-    assert (await pull(here, "/v2/team/app/manifests/v1"))[1] == first.manifest  # the copy
-    clock.now += REUSE_SECONDS * 0.2
-    status, body, headers = await pull(here, "/v2/team/app/manifests/v1")
-    assert (status, body, headers["Docker-Content-Digest"]) == (200, second.manifest, second.digest)
-
-
-async def test_a_head_answer_is_never_given_to_a_get(aiohttp_client: Any, local_config: Config) -> None:
-    client = await aiohttp_client(build_app(local_config))
-    image = await push_image(client, "team/app")
-    head = await pull(client, "/v2/team/app/manifests/v1", method="HEAD")
-    assert head[:2] == (200, b"") and head[2]["Content-Length"] == str(len(image.manifest))
+async def hot(client: TestClient, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """Pull `path` until its answer is kept (the first pull fetches it; the cache answers the second)."""
     for _ in range(2):
-        status, body, headers = await pull(client, "/v2/team/app/manifests/v1")
-        assert (status, body, headers["Content-Length"]) == (200, image.manifest, str(len(image.manifest)))
-        head = await pull(client, "/v2/team/app/manifests/v1", method="HEAD")
-        assert head[:2] == (200, b"") and head[2]["Content-Length"] == str(len(image.manifest))
+        status, body, _ = await pull(client, path, headers)
+        assert status == 200, body
+    assert len(client.app[HOT_ANSWERS]) == 1
+    return body
 
 
-async def test_a_reused_answer_is_the_same_response(aiohttp_client: Any, local_config: Config) -> None:
-    client = await aiohttp_client(build_app(local_config))
-    await push_image(client, "team/app")
+def test_a_kept_answer_is_used_until_it_expires() -> None:
+    clock = Clock()
+    answers = HotAnswers(True, clock)
+    replay = object()
+    answers.keep(("GET", ALPINE, (), None), replay, REUSE_SECONDS)  # type: ignore[arg-type]
+    clock.now += REUSE_SECONDS * 0.9
+    assert answers.get(("GET", ALPINE, (), None), 0) is replay
+    clock.now += REUSE_SECONDS * 0.2
+    assert answers.get(("GET", ALPINE, (), None), 0) is None
+
+
+def test_kept_answers_go_once_the_store_learns_of_new_local_repositories() -> None:
+    """Another replica created a repository: a kept answer for that bare name was the default upstream's."""
+    answers = HotAnswers(True, Clock())
+    answers.keep(("GET", ALPINE, (), None), object(), REUSE_SECONDS)  # type: ignore[arg-type]
+    assert answers.get(("GET", ALPINE, (), None), 1) is None
+
+
+async def test_a_push_hiding_a_hot_upstream_tag_is_served_at_once(
+        aiohttp_client: Any, proxy_config: Config, upstream: Upstream) -> None:
+    client = await aiohttp_client(build_app(proxy_config))
+    await hot(client, "/v2/team/app/manifests/v1")  # the default upstream's team/app
+    pushed = await push_image(client, "team/app", "v1", media_type=OCI_MANIFEST)
+    status, body, headers = await pull(client, "/v2/team/app/manifests/v1")
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, pushed.manifest, pushed.digest)
+
+
+async def test_a_local_tag_another_process_moves_is_read_new_at_once(aiohttp_client: Any, tmp_path: Path) -> None:
+    """A local repository's answer is never kept: a worker or replica beside this one may retag it."""
+    config = build_config({"storage": {"path": str(tmp_path / "data")}, "local": {"anonymous_push": True}})
+    here, elsewhere = await aiohttp_client(build_app(config)), await aiohttp_client(build_app(config))
+    first = await push_image(elsewhere, "team/app", seed="a")
+    for _ in range(2):
+        assert (await pull(here, "/v2/team/app/manifests/v1", ACCEPT))[1] == first.manifest
+    second = await push_image(elsewhere, "team/app", seed="b")
+    status, body, headers = await pull(here, "/v2/team/app/manifests/v1", ACCEPT)
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, second.manifest, second.digest)
+
+
+async def test_a_head_answer_is_never_given_to_a_get(aiohttp_client: Any, proxy_config: Config) -> None:
+    client = await aiohttp_client(build_app(proxy_config))
+    manifest = await hot(client, ALPINE)
+    for _ in range(2):
+        head = await pull(client, ALPINE, method="HEAD")
+        assert head[:2] == (200, b"") and head[2]["Content-Length"] == str(len(manifest))
+        status, body, headers = await pull(client, ALPINE)
+        assert (status, body, headers["Content-Length"]) == (200, manifest, str(len(manifest)))
+
+
+async def test_a_reused_answer_is_the_same_response(aiohttp_client: Any, proxy_config: Config) -> None:
+    client = await aiohttp_client(build_app(proxy_config))
+    await hot(client, ALPINE)
     for method in ("GET", "HEAD"):
-        built = await pull(client, "/v2/team/app/manifests/v1", method=method)
-        reused = await pull(client, "/v2/team/app/manifests/v1", method=method)
+        built = await pull(client, ALPINE, method=method)
+        reused = await pull(client, ALPINE, method=method)
         assert built[0] == reused[0] and built[1] == reused[1]
         assert {k: v for k, v in built[2].items() if k != "Date"} == {k: v for k, v in reused[2].items() if k != "Date"}
 
 
-async def test_another_authorization_never_gets_a_token_holders_answer(aiohttp_client: Any, tmp_path: Path) -> None:
-    """team-a/secret is alice's alone (tests/test_access_rules.py RULES): her answer, reused, reaches no one else."""
-    client = await aiohttp_client(build_app(access_config(tmp_path)))
-    image = await push_image(SignedIn(client, basic("alice")), "team-a/secret/app")
-    scope = "repository:team-a/secret/app:pull"
-    alice = {**ACCEPT, "Authorization": f"Bearer {await token(client, scope, basic('alice'))}"}
-    for _ in range(2):
-        assert (await pull(client, "/v2/team-a/secret/app/manifests/v1", alice))[:2] == (200, image.manifest)
-    bob_token = {**ACCEPT, "Authorization": f"Bearer {await token(client, scope, basic('bob'))}"}
-    assert (await pull(client, "/v2/team-a/secret/app/manifests/v1", bob_token))[0] == 403
-    assert (await pull(client, "/v2/team-a/secret/app/manifests/v1", {**ACCEPT, **basic("bob")}))[0] == 403
-    assert (await pull(client, "/v2/team-a/secret/app/manifests/v1"))[0] == 401
-    forged = {**ACCEPT, "Authorization": alice["Authorization"][:-2] + "xx"}
-    assert (await pull(client, "/v2/team-a/secret/app/manifests/v1", forged))[0] == 401
+ALICE_ONLY = [{"repos": ["docker.io/**"], "pull": ["alice"]}]
+
+
+async def test_another_authorization_never_gets_a_token_holders_answer(
+        aiohttp_client: Any, tmp_path: Path, upstream: Upstream) -> None:
+    """The upstream's images are alice's alone here: her answer, reused, reaches no one else."""
+    config = access_config(tmp_path, rules=ALICE_ONLY, upstreams=[docker_hub_upstream(upstream.url)])
+    client = await aiohttp_client(build_app(config))
+    scope = "repository:library/alpine:pull"
+    alice = {**PROXIED_ACCEPT, "Authorization": f"Bearer {await token(client, scope, basic('alice'))}"}
+    manifest = await hot(client, ALPINE, alice)
+    assert (await pull(client, ALPINE, alice))[:2] == (200, manifest)
+    bob_token = {**PROXIED_ACCEPT, "Authorization": f"Bearer {await token(client, scope, basic('bob'))}"}
+    assert (await pull(client, ALPINE, bob_token))[0] == 403
+    assert (await pull(client, ALPINE, {**PROXIED_ACCEPT, **basic("bob")}))[0] == 403
+    assert (await pull(client, ALPINE))[0] == 401
+    forged = {**PROXIED_ACCEPT, "Authorization": alice["Authorization"][:-2] + "xx"}
+    assert (await pull(client, ALPINE, forged))[0] == 401
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:
@@ -161,19 +181,14 @@ async def test_every_reused_answer_is_counted_and_logged(
         (200, "hit", "docker.io", size, "manifest")}
 
 
-async def test_an_answer_is_not_reused_past_the_tokens_expiry(
-        aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A token that expires within REUSE_SECONDS ends its copy then; another process's push shows it."""
+async def test_an_answer_is_not_kept_past_the_tokens_expiry(
+        aiohttp_client: Any, tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pullcache.api.bearer.TOKEN_SECONDS", 1)  # exp: the next whole second
-    config, clock = access_config(tmp_path), Clock()
-    here = await aiohttp_client(with_clock(build_app(config), clock))
-    elsewhere = SignedIn(await aiohttp_client(build_app(config)), basic("alice"))
-    first = await push_image(elsewhere, "team-a/secret/app", seed="a")
-    bearer = await token(here, "repository:team-a/secret/app:pull", basic("alice"))
-    alice = {**ACCEPT, "Authorization": f"Bearer {bearer}"}
-    assert (await pull(here, "/v2/team-a/secret/app/manifests/v1", alice))[:2] == (200, first.manifest)
-    left = claims(bearer)["exp"] - time.time()  # at most what the copy was given
-    await push_image(elsewhere, "team-a/secret/app", seed="b")
-    clock.now += left + 0.01
-    status, body, _headers = await pull(here, "/v2/team-a/secret/app/manifests/v1", alice)
-    assert (status, body) != (200, first.manifest)  # the new manifest, or 401 once the token is past
+    config = access_config(tmp_path, rules=ALICE_ONLY, upstreams=[docker_hub_upstream(upstream.url)])
+    clock = Clock()
+    client = await aiohttp_client(with_clock(build_app(config), clock))
+    bearer = await token(client, "repository:library/alpine:pull", basic("alice"))
+    before = time.time()
+    await hot(client, ALPINE, {**PROXIED_ACCEPT, "Authorization": f"Bearer {bearer}"})
+    ((until, _),) = client.app[HOT_ANSWERS]._kept.values()  # the copy's end, on its clock
+    assert until - clock.now <= claims(bearer)["exp"] - before < REUSE_SECONDS

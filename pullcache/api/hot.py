@@ -6,11 +6,12 @@ A copy is keyed by everything its answer depends on: the method, the raw path wi
 `Accept` value and the `Authorization` header, so a HEAD never answers a GET and one caller's answer never
 reaches another credential. It lives at most REUSE_SECONDS (as long as the local-repository check is
 remembered, resolver.py), never past the tag's manifest_ttl, nor past the expiry of the token or robot that
-let the request through. Only 200s of content the cache held are kept (a pull-through hit, or a local
-repository's manifest); errors, redirects, 401/403, stale answers and upstream fetches never are, nor
-anything of an upstream with pull rules (checked on each request). A write (any method but GET and HEAD)
-drops every copy when it starts and again when it ends, and an answer built while one ran is not kept, so
-a push, tag update or delete here is seen at once; other processes' writes within REUSE_SECONDS.
+let the request through. Only 200s of pull-through hits are kept; errors, redirects, 401/403, stale answers,
+upstream fetches and local repositories' manifests never are (another process, a worker or a replica, may
+retag one at any moment, and its next read must see that), nor anything of an upstream with pull rules
+(checked on each request). A write (any method but GET and HEAD) drops every copy when it starts and again
+when it ends, and an answer built while one ran is not kept: a push here may make a bare name local. So
+does the store learning of a repository another process created (RepositoryFiles.names_version).
 
 A replay still does what the request would have done: the pull-through hit counter, recency, bytes served,
 and, from api/observe.py outside this middleware, the request metrics and the access line. Where pulls are
@@ -49,23 +50,21 @@ class Replay:
     """A kept answer: the response's parts, and the bookkeeping its request did."""
 
     target: Target
-    result: str | None  # the pull-through result the request was counted as; None for a local repository
+    result: str  # the pull-through result the request was counted as
     headers: CIMultiDict[str]  # a Response copies them
     body: bytes | None  # None for a HEAD
     source: str  # where the body came from, for bytes served
     touched: tuple[Digest, ...]  # manifests a pull-through hit noted as used
-    hits: Counter | None  # the pull-through hit counter's child
+    hits: Counter  # the pull-through hit counter's child
     answered: Callable[[], None]  # the repository's own note that the manifest went out
 
     def replay(self, request: web.Request, note_access: Callable[[Digest], None]) -> web.Response:
         request[ROUTE] = "manifest"
         request[TARGET] = self.target
-        if self.result is not None:
-            request[CACHE_RESULT] = self.result
+        request[CACHE_RESULT] = self.result
         for digest in self.touched:
             note_access(digest)
-        if self.hits is not None:
-            self.hits.inc()
+        self.hits.inc()
         self.answered()
         if self.body is None:
             return web.Response(headers=self.headers)
@@ -80,9 +79,14 @@ class HotAnswers:
         self.enabled = enabled
         self.generation = 0
         self._clock = clock
+        self._names_version = 0
         self._kept: dict[Key, tuple[float, Replay]] = {}
 
-    def get(self, key: Key) -> Replay | None:
+    def get(self, key: Key, names_version: int) -> Replay | None:
+        """The answer kept for `key`, unless it expired or the store has since learnt of new local repositories."""
+        if names_version != self._names_version:
+            self.drop_all()
+            self._names_version = names_version
         found = self._kept.get(key)
         if found is None:
             return None
@@ -90,6 +94,9 @@ class HotAnswers:
             return found[1]
         del self._kept[key]
         return None
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def keep(self, key: Key, replay: Replay, seconds: float) -> None:
         if len(self._kept) >= MAX_ANSWERS:
@@ -112,20 +119,19 @@ def offer(request: web.Request, reference: str | Digest, found: ManifestBody, ma
     `found` is what the reference named, `manifest` what negotiation answered with (often the same)."""
     answers = request.app[HOT_ANSWERS]
     target = request[TARGET]
-    if not answers.enabled or found.result not in (None, stats.HIT) or manifest.result not in (None, stats.HIT):
+    if not answers.enabled or found.result != stats.HIT or manifest.result not in (None, stats.HIT):
         return
-    if target.upstream is not None and applies(target.upstream.config.rules):
+    upstream = target.upstream
+    assert upstream is not None, "pull-through results are an upstream's"
+    if applies(upstream.config.rules):
         return  # the pull policy decides per request
     seconds = min(REUSE_SECONDS, request.get(AUTHORIZED_UNTIL, float("inf")) - time.time())
-    hits = None
-    if found.result is not None:
-        assert target.upstream is not None, "pull-through results are an upstream's"
-        if not isinstance(reference, Digest):
-            seconds = min(seconds, request.app[PULLTHROUGH].manifests.fresh_for(target, reference))
-        hits = child(metrics.cache_requests, stats.MANIFEST, target.upstream.name, stats.HIT)
+    if not isinstance(reference, Digest):
+        seconds = min(seconds, request.app[PULLTHROUGH].manifests.fresh_for(target, reference))
     if seconds <= 0:
         return
-    touched = () if found.result is None else tuple(dict.fromkeys((found.digest, manifest.digest)))
+    hits = child(metrics.cache_requests, stats.MANIFEST, upstream.name, stats.HIT)
+    touched = tuple(dict.fromkeys((found.digest, manifest.digest)))
     request[_OFFER] = (Replay(target, found.result, headers, body, manifest.source, touched, hits, answered), seconds)
 
 
@@ -144,7 +150,7 @@ async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
             answers.drop_all()
     headers = request.headers
     key = (method, request.raw_path, tuple(headers.getall("Accept", ())), headers.get("Authorization"))
-    kept = answers.get(key)
+    kept = answers.get(key, request.app[STORE].files.names_version)
     if kept is not None:
         return kept.replay(request, request.app[STORE].note_access)
     generation = answers.generation
