@@ -286,3 +286,56 @@ async def test_a_blob_committed_on_one_replica_while_another_evicts_it_keeps_its
     assert committed == digest and removed == [row]
     assert await committer.blob_row(digest) is not None
     assert await evictor.blobs.objects.stat(blob_key(digest)) is not None  # type: ignore[attr-defined]
+
+
+async def test_a_mount_on_a_replica_that_saw_a_blob_another_evicted_is_refused(replicas: list[Store]) -> None:
+    """The replica remembers the blob's size from before; it must ask the bucket before it links the blob into
+    a local repository as pushed content, or the pushed image would name bytes that are gone."""
+    leader, other = replicas
+    digest = await leader.put_small(os.urandom(1000), origin=CACHED)
+    assert await other.find_blob_size(digest) is not None  # seen by the other replica (a pull, a HEAD)
+    (row,) = await leader.least_recent(1)
+    assert await leader.remove_unchanged([row]) == [row]
+
+    assert not await other.mount_blob("team/app", digest)  # the client uploads it instead
+    assert await other.blob_row(digest) is None
+
+
+async def test_a_commit_whose_fresh_row_an_eviction_took_keeps_a_row_for_its_bytes(
+        replicas: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An eviction that must free nearly everything (a full disk) may take a row written a moment ago, while
+    its bytes are still on their way to the bucket: the eviction deletes the absent object, the bytes land,
+    and the eviction then drops the row it marked. The commit must write the row again after that."""
+    evictor, committer = replicas
+    data = os.urandom(1000)
+    added, uploading, published = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    publish = committer.blobs.publish
+
+    async def held_publish(writer: Any, digest: Digest) -> None:
+        added.set()
+        await uploading.wait()
+        await publish(writer, digest)
+        published.set()
+    monkeypatch.setattr(committer.blobs, "publish", held_publish)
+    deleted, drop = threading.Event(), threading.Event()
+    remove = evictor.blobs.remove_blocking
+
+    def held_remove(digest: Digest) -> None:
+        remove(digest)
+        deleted.set()
+        drop.wait(10)
+    monkeypatch.setattr(evictor.blobs, "remove_blocking", held_remove)
+
+    commit = asyncio.create_task(committer.write_blob(_one(data), Digest.of(data), origin=CACHED))
+    await added.wait()
+    (row,) = await evictor.least_recent(1)  # the fresh row
+    eviction = asyncio.create_task(evictor.remove_unchanged([row]))
+    await asyncio.to_thread(deleted.wait, 10)  # marked, and the absent object deleted
+    uploading.set()
+    await published.wait()
+    drop.set()
+    assert await eviction == [row]
+    digest = await commit
+
+    assert await committer.find_blob_size(digest) == len(data)
+    assert await committer.blob_row(digest) is not None

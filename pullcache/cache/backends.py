@@ -65,6 +65,10 @@ class BlobBackend(Protocol):
         """Like size(), but also sees a blob another process committed since this one looked (S3: a stat of
         the object when memory says absent): for a client that was told the blob is there."""
 
+    async def confirm_size(self, digest: Digest) -> int | None:
+        """The size where the blobs are stored, never from memory (S3: a stat of the object): a check that
+        another replica did not evict it, before the store promises it to a local repository."""
+
     async def publish(self, writer: BlobWriter, digest: Digest) -> None:
         """Make a verified writer's bytes the blob `digest`; the same bytes already there is a success."""
 
@@ -152,6 +156,9 @@ class FilesystemBlobs:
 
     async def find_size(self, digest: Digest) -> int | None:
         return await asyncio.to_thread(self.size, digest)
+
+    async def confirm_size(self, digest: Digest) -> int | None:
+        return await self.find_size(digest)  # the disk is where they are stored
 
     async def publish(self, writer: BlobWriter, digest: Digest) -> None:
         if self.size(digest) is not None:

@@ -179,15 +179,18 @@ class S3Blobs:
         return OpenedBlob(size, read=read)
 
     async def find_size(self, digest: Digest) -> int | None:
+        """The size map's answer, or the bucket's for a blob the map lacks: another replica may have committed
+        it since the listing (a fill it fetched while this one waited), and asking costs less than fetching
+        it again."""
         size = self.size(digest)
-        return size if size is not None else await self._stat(digest)
+        return size if size is not None else await self.confirm_size(digest)
 
-    async def _stat(self, digest: Digest) -> int | None:
-        """Ask the bucket for a blob the size map lacks: another replica may have committed it since the
-        listing (a fill it fetched while this one waited), and asking costs less than fetching it again.
-        Found, it joins the map; the callers asked to open it, so a miss here is about to cost a fetch."""
+    async def confirm_size(self, digest: Digest) -> int | None:
+        """The bucket's answer, which the size map learns: a blob another replica committed joins it, one
+        another replica evicted leaves it."""
         info = await self.objects.stat(blob_key(digest))
         if info is None:
+            self._sizes.pop(str(digest), None)
             return None
         self._sizes[str(digest)] = (info.size, info.modified)
         return info.size

@@ -132,12 +132,15 @@ class Store:
         except BaseException:
             await self._drop_row_if_missing(digest)  # e.g. a full disk: no row may promise a file
             raise
-        if await self.index.get(key) is None:  # eviction took the new row before its file landed
-            await self.index.add(key, size, origin)  # so the file counts against the bound after all
+        # Again, whether or not the row is there: an eviction (on another replica) may have taken it before
+        # the file landed and be about to drop it, which add() waits for; the file counts after all.
+        await self.index.add(key, size, origin)
 
     async def _drop_row_if_missing(self, digest: Digest) -> None:
-        """Remove the blob's row if its file is absent, checked under the index's write lock, so a
-        concurrent commit that published the file keeps it."""
+        """Remove the blob's row if its file is absent where blobs are stored (not as this process remembers:
+        another replica may have evicted it), checked again by the index, so a concurrent commit that
+        published the file keeps it."""
+        await self.blobs.confirm_size(digest)
         await self.index.remove_missing([str(digest)], lambda _: self.blob_size(digest) is None)
 
     async def write_blob(self, chunks: AsyncIterable[bytes], expected: Digest | None, *, origin: str,
@@ -280,6 +283,12 @@ class Store:
         """The blob backend can serve now (readiness): raises with the reason if not."""
         await self.blobs.check()
 
+    @property
+    def blobs_on_local_disk(self) -> bool:
+        """Whether blobs live on the disk under storage.path (filesystem), where evicting them frees it; in a
+        bucket, that disk holds only the spool and a local cache of its own bound."""
+        return self.blobs.kind == "filesystem"
+
     async def free_space(self) -> tuple[int, int]:
         """(free, total) bytes where the store writes."""
         stats = await asyncio.to_thread(os.statvfs, self.layout.root)
@@ -345,7 +354,7 @@ class Store:
         if size is None:
             return False
         await self.index.add(str(digest), size, PUSHED)
-        if self.blob_size(digest) is None:  # evicted between the stat and the index update
+        if await self.blobs.confirm_size(digest) is None:  # evicted, by any replica, before the index update
             await self._drop_row_if_missing(digest)
             return False  # the client uploads it instead
         await self.repository(repository).link_blob(digest)

@@ -164,6 +164,8 @@ class EvictionService:
         self._wake.set()
 
     async def _check_free_space(self) -> None:
+        if not self.store.blobs_on_local_disk:  # evicting from a bucket would not free this disk
+            return
         free, total = await self.store.free_space()
         reserve = min(DISK_RESERVE_MAX, int(total * DISK_RESERVE_FRACTION))
         if free < reserve:
