@@ -182,10 +182,11 @@ def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
 
 
 def test_api_sees_of_the_pull_through_cache_only_its_repository_and_public_names() -> None:
-    """The package's own exports (PullThrough for the app key, BlobTooLarge to answer 507), the repository
-    factory, and the push-shadowing warnings a push starts; never blobs.py, manifests.py or stats.py."""
+    """The package's own exports (PullThrough for the app key, BlobTooLarge to answer 507, a hit and its
+    counter for a replayed hit), the repository factory, and the push-shadowing warnings a push starts;
+    never blobs.py, manifests.py or stats.py."""
     allowed = {"pullcache.pullthrough.repository", "pullcache.pullthrough.shadowing"}
-    exports = {"PullThrough", "BlobTooLarge"}
+    exports = {"PullThrough", "BlobTooLarge", "HIT", "manifest_hits"}
     reaching = []
     for name, tree in _api_modules().items():
         for module, names in _imports(tree):

@@ -28,15 +28,13 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from prometheus_client import Counter
 
-from pullcache import metrics
 from pullcache.api.appkeys import AUTHORIZED_UNTIL, CACHE_RESULT, PULLTHROUGH, ROUTE, STORE
 from pullcache.api.blob_response import note_served
 from pullcache.api.targets import TARGET
 from pullcache.cache.registry import ManifestBody
 from pullcache.digests import Digest
-from pullcache.metric_children import child
 from pullcache.policy import applies
-from pullcache.pullthrough import stats
+from pullcache.pullthrough import HIT, manifest_hits
 from pullcache.resolver import Target
 
 REUSE_SECONDS = 1.0
@@ -119,7 +117,7 @@ def offer(request: web.Request, reference: str | Digest, found: ManifestBody, ma
     `found` is what the reference named, `manifest` what negotiation answered with (often the same)."""
     answers = request.app[HOT_ANSWERS]
     target = request[TARGET]
-    if not answers.enabled or found.result != stats.HIT or manifest.result not in (None, stats.HIT):
+    if not answers.enabled or found.result != HIT or manifest.result not in (None, HIT):
         return
     upstream = target.upstream
     assert upstream is not None, "pull-through results are an upstream's"
@@ -130,7 +128,7 @@ def offer(request: web.Request, reference: str | Digest, found: ManifestBody, ma
         seconds = min(seconds, request.app[PULLTHROUGH].manifests.fresh_for(target, reference))
     if seconds <= 0:
         return
-    hits = child(metrics.cache_requests, stats.MANIFEST, upstream.name, stats.HIT)
+    hits = manifest_hits(upstream.name)
     touched = tuple(dict.fromkeys((found.digest, manifest.digest)))
     request[_OFFER] = (Replay(target, found.result, headers, body, manifest.source, touched, hits, answered), seconds)
 

@@ -10,6 +10,9 @@ from pullcache.pullthrough.blobs import Blobs, BlobTooLarge
 from pullcache.pullthrough.fill_leases import fill_leases
 from pullcache.pullthrough.manifest_leases import ManifestLeases
 from pullcache.pullthrough.manifests import Manifests
+from pullcache.pullthrough.stats import HIT, manifest_hits
+
+__all__ = ["HIT", "BlobTooLarge", "PullThrough", "manifest_hits"]
 
 
 class PullThrough:
