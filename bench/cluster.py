@@ -28,8 +28,8 @@ from tests.support.pullcache_proc import PullcacheProcess, docker_hub_upstream
 from tests.support.replicas import Cluster
 from tests.support.seaweed import SeaweedFS
 
-from . import efficiency, loadgen
-from .procstat import MiB, cpu_seconds, machine_busy_seconds, tree
+from . import efficiency, loadgen, scenarios
+from .procstat import cpu_seconds, machine_busy_seconds, tree
 from .results import Results
 from .scenarios import ACCEPT, ScenarioError, Settings, checked
 from .stack import Layer, S3Distribution, Stack
@@ -175,19 +175,10 @@ def _cores(pids: Sequence[int], body: Callable[[], Any]) -> tuple[Any, list[floa
 
 def replicas_herd(contender: Contender, layer: Layer, settings: Settings) -> dict[str, float]:
     """`settings.herd` clients released together through the balancer on a layer no replica has."""
-    before = contender.throttle.blob_gets(layer.digest)
-    bytes_before = contender.throttle.blob_bytes(layer.digest)
     pids = contender.server_pids()
-    result, cores = _cores(pids, lambda: checked(loadgen.herd(contender.url + layer.path, settings.herd),
-                                                   layer, "cold herd over replicas"))
-    return {
-        "replicas_herd_fetches": contender.throttle.blob_gets(layer.digest) - before,
-        "replicas_herd_upstream_mib": (contender.throttle.blob_bytes(layer.digest) - bytes_before) / MiB,
-        "replicas_herd_ttfb_median": result.ttfb_median,
-        "replicas_herd_ttfb_worst": result.ttfb_worst,
-        "replicas_herd_done": result.wall,
-        "cpu_replicas_herd": sum(cores),
-    }
+    figures, cores = scenarios.herd(contender.throttle, contender.url + layer.path, layer, settings,
+                                    "replicas_herd", lambda body: _cores(pids, body))
+    return {**figures, "cpu_replicas_herd": sum(cores)}
 
 
 # --- aggregate ----------------------------------------------------------------------------------

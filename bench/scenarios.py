@@ -21,6 +21,7 @@ from tests.support.skopeo import Skopeo
 from . import loadgen
 from .procstat import MiB, RssSampler, cpu_seconds, rss_bytes
 from .stack import Cache, Layer, Seeded
+from .throttle import Throttle
 
 ACCEPT = "Accept: " + ", ".join(MANIFEST_TYPES)
 HERD = 16
@@ -184,20 +185,27 @@ def manifests(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, flo
     return figures
 
 
+def herd(throttle: Throttle, url: str, layer: Layer, settings: Settings, prefix: str,
+         measured: Callable[[Callable[[], loadgen.Herd]], tuple[loadgen.Herd, T]]) -> tuple[dict[str, float], T]:
+    """`settings.herd` clients released together on `url`, an uncached `layer` behind `throttle`: the
+    `<prefix>_*` figures (upstream fetches and bytes, times to first byte, time until done), and what
+    `measured` (which runs the herd) measured meanwhile."""
+    before, bytes_before = throttle.blob_gets(layer.digest), throttle.blob_bytes(layer.digest)
+    result, measure = measured(lambda: checked(loadgen.herd(url, settings.herd), layer, prefix.replace("_", " ")))
+    return {
+        f"{prefix}_fetches": throttle.blob_gets(layer.digest) - before,
+        f"{prefix}_upstream_mib": (throttle.blob_bytes(layer.digest) - bytes_before) / MiB,
+        f"{prefix}_ttfb_median": result.ttfb_median,
+        f"{prefix}_ttfb_worst": result.ttfb_worst,
+        f"{prefix}_done": result.wall,
+    }, measure
+
+
 def cold_herd(cache: Cache, layer: Layer, settings: Settings) -> dict[str, float]:
     """16 clients at once on one uncached layer over the rate-capped upstream path."""
-    before = cache.throttle.blob_gets(layer.digest)
-    bytes_before = cache.throttle.blob_bytes(layer.digest)
-    result, busy = _busy(cache, lambda: checked(loadgen.herd(cache.url + layer.path, settings.herd),
-                                                  layer, "cold herd"))
-    return {
-        **busy.figures("herd"),
-        "herd_fetches": cache.throttle.blob_gets(layer.digest) - before,
-        "herd_upstream_mib": (cache.throttle.blob_bytes(layer.digest) - bytes_before) / MiB,
-        "herd_ttfb_median": result.ttfb_median,
-        "herd_ttfb_worst": result.ttfb_worst,
-        "herd_done": result.wall,
-    }
+    figures, busy = herd(cache.throttle, cache.url + layer.path, layer, settings, "herd",
+                         lambda body: _busy(cache, body))
+    return {**busy.figures("herd"), **figures}
 
 
 def skopeo_pull(cache: Cache, seeded: Seeded, settings: Settings) -> dict[str, float]:
