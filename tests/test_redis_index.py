@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pullcache.cache import redis_index
 from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED, OriginTotals, Totals
-from pullcache.cache.redis_index import RedisIndex
+from pullcache.cache.redis_index import MARK_TTL, RedisIndex
 from pullcache.cache.s3_backend import blob_key
 from pullcache.cache.store import Store
 from pullcache.cluster.redis_client import redis_client
@@ -339,3 +342,44 @@ async def test_a_commit_whose_fresh_row_an_eviction_took_keeps_a_row_for_its_byt
 
     assert await committer.find_blob_size(digest) == len(data)
     assert await committer.blob_row(digest) is not None
+
+
+async def test_a_replica_whose_clock_runs_ahead_still_waits_for_a_live_mark(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Marks are timed by Redis, not by the replicas: a committer whose clock runs two minutes ahead of the
+    evictor's (past MARK_TTL) must still see the evictor's mark as live and wait for it, or its row would go
+    before the evictor's delete and promise bytes that are gone."""
+    await index.add(A, 10, CACHED)
+    (row,) = await index.least_recent(1)
+    deleting, release = threading.Event(), threading.Event()
+
+    def remove_file(digest: str) -> None:
+        deleting.set()
+        release.wait(10)
+
+    commit_met_mark = asyncio.Event()
+    upsert = index._upsert
+
+    async def watched_upsert(**kwargs: Any) -> Any:
+        done, totals = await upsert(**kwargs)
+        if done == [0]:
+            commit_met_mark.set()
+        return done, totals
+    monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    eviction = asyncio.create_task(index.remove_unchanged([row], remove_file))
+    await asyncio.to_thread(deleting.wait, 10)  # marked, deleting
+    real_time = time.time
+    monkeypatch.setattr(redis_index, "time", SimpleNamespace(time=lambda: real_time() + 2 * MARK_TTL))
+    commit = asyncio.create_task(index.add(A, 10, CACHED))
+    met = asyncio.create_task(commit_met_mark.wait())
+    await asyncio.wait([commit, met], return_when=asyncio.FIRST_COMPLETED)
+    finished_early = commit.done()
+    release.set()
+    assert await eviction == [row]
+    await commit
+    met.cancel()
+
+    assert not finished_early  # it waited for the mark
+    assert await index.get(A) is not None
+    assert index.totals()[CACHED] == OriginTotals(10, 1)

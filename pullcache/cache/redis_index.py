@@ -17,7 +17,9 @@ An eviction (remove_unchanged) marks each row that is still exactly as chosen (e
 deletes the object, then deletes each row still carrying its token. A commit (add) of a marked digest waits
 until the mark is gone (or its deadline passed: the evictor died), as SQLite's writer waits for the lock, and
 only then writes its row; Store._keep publishes after add, so its bytes land after the evictor's delete.
-Blobs are evicted one at a time, so a mark lasts one delete; one whose evictor died lapses after MARK_TTL.
+Blobs are evicted one at a time, so a mark lasts one delete; one whose evictor died lapses after MARK_TTL. A
+mark's deadline and every check of it are taken from Redis's clock (TIME in the scripts), so a replica whose
+clock is off cannot take a live mark for a lapsed one; recency (last access) is the replica's own clock.
 
 Redis holds derived state only: the bucket is the truth. Redis down: a commit, a hit or a meta write is not
 recorded (said once, by the store's RedisTrouble) and goes on; reads for eviction and GC raise, so nothing is
@@ -49,16 +51,24 @@ local function account(origin, size, sign)
   redis.call('HINCRBY', p..'totals', origin..':bytes', sign * size)
   redis.call('HINCRBY', p..'totals', origin..':blobs', sign)
 end
+-- Redis's clock, not a replica's: marks' deadlines must mean the same on every replica
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function live(mark, deadline)
+  return mark and tonumber(deadline) > now()
+end
 local function drop(d, row_origin, size)
   account(row_origin, size, -1)
   redis.call('ZREM', p..'r:'..row_origin, d)
   redis.call('DEL', p..'b:'..d)
 end
--- 1: written, 0: an eviction of the digest is in flight (its mark's deadline after now)
-local function upsert(d, size, origin, at, now)
+-- 1: written, 0: an eviction of the digest is in flight (its mark's deadline not passed)
+local function upsert(d, size, origin, at)
   local key = p..'b:'..d
   local old = redis.call('HMGET', key, 's', 'o', 'a', 'e', 'x')
-  if old[4] and tonumber(old[5]) > tonumber(now) then return 0 end
+  if live(old[4], old[5]) then return 0 end
   local new_origin, new_at = origin, at
   if old[1] then
     if old[2] == 'pushed' then new_origin = 'pushed' end
@@ -78,11 +88,11 @@ local function finish(result)
 end
 """
 
-# ARGV: prefix, now, then (digest, size, origin, last access) per row -> 1/0 per row
+# ARGV: prefix, then (digest, size, origin, last access) per row -> 1/0 per row
 _UPSERT = _LIB + """
 local done = {}
-for i = 3, #ARGV, 4 do
-  done[#done + 1] = upsert(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2])
+for i = 2, #ARGV, 4 do
+  done[#done + 1] = upsert(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end
 return finish(done)
 """
@@ -100,15 +110,14 @@ end
 return 1
 """
 
-# ARGV: prefix, token, deadline, now, then (digest, size, origin, last access) per row -> the digests marked
+# ARGV: prefix, token, seconds the mark lasts, then (digest, size, origin, last access) per row -> the digests marked
 _MARK = _LIB + """
 local marked = {}
-for i = 5, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local key = p..'b:'..ARGV[i]
   local row = redis.call('HMGET', key, 's', 'o', 'a', 'e', 'x')
-  if row[1] == ARGV[i + 1] and row[2] == ARGV[i + 2] and row[3] == ARGV[i + 3]
-      and not (row[4] and tonumber(row[5]) > tonumber(ARGV[4])) then
-    redis.call('HSET', key, 'e', ARGV[2], 'x', ARGV[3])
+  if row[1] == ARGV[i + 1] and row[2] == ARGV[i + 2] and row[3] == ARGV[i + 3] and not live(row[4], row[5]) then
+    redis.call('HSET', key, 'e', ARGV[2], 'x', now() + tonumber(ARGV[3]))
     marked[#marked + 1] = ARGV[i]
   end
 end
@@ -137,13 +146,13 @@ end
 return 1
 """
 
-# ARGV: prefix, now, then (digest, version) per row found missing -> the digests whose rows went: those unchanged
+# ARGV: prefix, then (digest, version) per row found missing -> the digests whose rows went: those unchanged
 # since and not being evicted (their evictor drops them, and counts them)
 _DROP_UNCHANGED = _LIB + """
 local dropped = {}
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local row = redis.call('HMGET', p..'b:'..ARGV[i], 's', 'o', 'v', 'e', 'x')
-  if row[1] and row[3] == ARGV[i + 1] and not (row[4] and tonumber(row[5]) > tonumber(ARGV[2])) then
+  if row[1] and row[3] == ARGV[i + 1] and not live(row[4], row[5]) then
     drop(ARGV[i], row[2], tonumber(row[1]))
     dropped[#dropped + 1] = ARGV[i]
   end
@@ -276,8 +285,7 @@ class RedisIndex(Index):
         Redis down: not indexed (the leader's next rebuild or GC finds it in the bucket)."""
         while True:
             try:
-                done, totals = await self._upsert(args=[self._prefix, time.time(), digest, size, origin,
-                                                        _time(time.time())])
+                done, totals = await self._upsert(args=[self._prefix, digest, size, origin, _time(time.time())])
             except RedisError as exc:
                 self._trouble.failed(exc)
                 return
@@ -312,7 +320,7 @@ class RedisIndex(Index):
             gone = [(row, version) for row, version in found if still_missing(row.digest)]
             if not gone:
                 return []
-            args: list[Any] = [self._prefix, time.time()]
+            args: list[Any] = [self._prefix]
             for row, version in gone:
                 args += [row.digest, version]
             dropped, totals = await self._drop_unchanged(args=args)
@@ -330,7 +338,7 @@ class RedisIndex(Index):
         added: list[BlobRow] = []
         for start in range(0, len(rows), SCAN_BATCH):
             batch = rows[start:start + SCAN_BATCH]
-            args: list[Any] = [self._prefix, time.time()]
+            args: list[Any] = [self._prefix]
             for row in batch:
                 args += [row.digest, row.size, row.origin, _time(row.last_access)]
             done, totals = await self._upsert(args=args)
@@ -345,8 +353,8 @@ class RedisIndex(Index):
         removed = []
         for row in rows:
             token = secrets.token_hex(8)
-            if not await self._mark(args=[self._prefix, token, time.time() + MARK_TTL, time.time(), row.digest,
-                                          row.size, row.origin, _time(row.last_access)]):
+            if not await self._mark(args=[self._prefix, token, MARK_TTL, row.digest, row.size, row.origin,
+                                          _time(row.last_access)]):
                 continue  # used, re-added or promoted since it was chosen (or being evicted already)
             try:
                 await asyncio.to_thread(remove_file, row.digest)
