@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pullcache.cache import redis_index
 from pullcache.cache.configured import store_for
@@ -383,3 +384,74 @@ async def test_a_replica_whose_clock_runs_ahead_still_waits_for_a_live_mark(
     assert not finished_early  # it waited for the mark
     assert await index.get(A) is not None
     assert index.totals()[CACHED] == OriginTotals(10, 1)
+
+
+async def test_an_eviction_cancelled_mid_delete_still_drops_the_row_of_the_object_it_deleted(
+        index: RedisIndex) -> None:
+    """stop() cancels the leader's pass while a delete runs in its thread (which goes on regardless): the row
+    must not stay marked, promising bytes that are gone and holding off every commit of the digest for
+    MARK_TTL. The blob being evicted finishes; the next one is not started."""
+    await index.add(A, 10, CACHED)
+    await index.add(B, 10, CACHED)
+    chosen = await index.least_recent(2)
+    deleting, release = threading.Event(), threading.Event()
+    deleted: list[str] = []
+
+    def remove_file(digest: str) -> None:
+        deleting.set()
+        release.wait(10)
+        deleted.append(digest)
+
+    eviction = asyncio.create_task(index.remove_unchanged(chosen, remove_file))
+    await asyncio.to_thread(deleting.wait, 10)
+    eviction.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await eviction
+
+    assert deleted == [chosen[0].digest]
+    assert await index.get(chosen[0].digest) is None
+    assert await index.get(chosen[1].digest) == chosen[1]
+    assert index.totals()[CACHED] == OriginTotals(10, 1)
+
+
+async def test_an_eviction_whose_row_drop_redis_refused_counts_the_blob_and_drops_the_row_later(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis fails just after an object went: the blob is reported removed (the caller forgets it and counts
+    it), and the row is dropped when Redis answers again (the next tick), not left marked for MARK_TTL."""
+    await index.add(A, 10, CACHED)
+    await index.add(B, 10, CACHED)
+    chosen = await index.least_recent(2)
+    drop_marked = index._drop_marked
+
+    async def refused_once(**kwargs: Any) -> Any:
+        monkeypatch.setattr(index, "_drop_marked", drop_marked)
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_drop_marked", refused_once)
+
+    removed = await index.remove_unchanged(chosen, lambda digest: None)
+    await index.refresh_if_changed()  # the tick
+
+    assert removed == chosen
+    assert await index.rows() == []
+    assert index.totals()[CACHED] == OriginTotals(0, 0)
+
+
+async def test_a_push_of_a_cached_blob_redis_missed_makes_it_pushed_once_redis_answers(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blip swallows the add(PUSHED) of a push or mount of a blob cached before: the row would stay cached
+    and eviction could delete pushed content. The replica keeps what Redis missed and replays it at the tick."""
+    await index.add(A, 10, CACHED)
+    upsert = index._upsert
+
+    async def refused(**kwargs: Any) -> Any:
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_upsert", refused)
+    await index.add(A, 10, PUSHED)  # not recorded, but no error
+    monkeypatch.setattr(index, "_upsert", upsert)
+
+    await index.refresh_if_changed()  # the tick, Redis answering again
+
+    assert (await index.get(A)).origin == PUSHED  # type: ignore[union-attr]
+    assert await index.least_recent(10) == []
+    assert index.totals() == {PUSHED: OriginTotals(10, 1), CACHED: OriginTotals(0, 0)}

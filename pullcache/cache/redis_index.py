@@ -17,18 +17,23 @@ An eviction (remove_unchanged) marks each row that is still exactly as chosen (e
 deletes the object, then deletes each row still carrying its token. A commit (add) of a marked digest waits
 until the mark is gone (or its deadline passed: the evictor died), as SQLite's writer waits for the lock, and
 only then writes its row; Store._keep publishes after add, so its bytes land after the evictor's delete.
-Blobs are evicted one at a time, so a mark lasts one delete; one whose evictor died lapses after MARK_TTL. A
+Blobs are evicted one at a time, so a mark lasts one delete, and an eviction cancelled mid-blob (stop())
+finishes that blob; a mark whose evictor died lapses after MARK_TTL. A
 mark's deadline and every check of it are taken from Redis's clock (TIME in the scripts), so a replica whose
 clock is off cannot take a live mark for a lapsed one; recency (last access) is the replica's own clock.
 
 Redis holds derived state only: the bucket is the truth. Redis down: a commit, a hit or a meta write is not
 recorded (said once, by the store's RedisTrouble) and goes on; reads for eviction and GC raise, so nothing is
-evicted without the index. Redis data lost: needs_rebuild() turns true and the eviction leader rebuilds the
-rows from the bucket (eviction/reconcile.py) while every replica goes on serving.
+evicted without the index. Two misses would do harm later, so this process keeps them and writes them before
+it next trusts the index (the tick's refresh, its next commit, or its eviction's candidates): a pushed commit
+or mount (a cached row would stay evictable: it is promoted) and the drop of a row whose object an eviction
+deleted (it would promise bytes that are gone). Redis data lost: needs_rebuild() turns true and the eviction
+leader rebuilds the rows from the bucket (eviction/reconcile.py) while every replica goes on serving.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,9 +41,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from pullcache.cache.index import CACHED, ORIGINS, BlobRow, Index, OriginTotals, Totals
+from pullcache.cache.index import CACHED, ORIGINS, PUSHED, BlobRow, Index, OriginTotals, Totals
 from pullcache.cache.layout import Layout
 from pullcache.cluster.redis_pool import SharedRedis
+
+log = logging.getLogger("pullcache.store")
 
 MARK_TTL = 60.0     # seconds an eviction's mark holds off a commit of its digest if the evictor died meanwhile
 MARK_WAIT = 0.05    # seconds between two looks of a commit waiting for an eviction of its digest
@@ -124,12 +131,12 @@ end
 return marked
 """
 
-# ARGV: prefix, token, then digests whose objects are gone -> the digests whose rows went
+# ARGV: prefix, then (digest, token) per object gone -> the digests whose rows went (those still so marked)
 _DROP_MARKED = _LIB + """
 local dropped = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV, 2 do
   local row = redis.call('HMGET', p..'b:'..ARGV[i], 's', 'o', 'e')
-  if row[3] == ARGV[2] then
+  if row[3] == ARGV[i + 1] then
     drop(ARGV[i], row[2], tonumber(row[1]))
     dropped[#dropped + 1] = ARGV[i]
   end
@@ -222,6 +229,10 @@ class RedisIndex(Index):
         self._prefix = f"{redis.namespace}index:"
         self._built_key = f"{self._prefix}built"
         self._lost = False
+        # What Redis missed that must not be lost (replayed by _replay_missed): pushed adds, as digests to
+        # promote, and drops of rows whose objects an eviction deleted, as digest -> the eviction's token.
+        self._missed_pushes: set[str] = set()
+        self._missed_drops: dict[str, str] = {}
         client = redis.client
         self._upsert = client.register_script(_UPSERT)
         self._touch = client.register_script(_TOUCH)
@@ -262,9 +273,29 @@ class RedisIndex(Index):
         self._totals = _parse_totals(flat)
         self._notify()
 
+    async def _replay_missed(self) -> None:
+        """Write what Redis missed while down, before this process trusts the index again: a push or mount
+        of a blob cached before makes its row pushed (promote: a row evicted meanwhile is not brought back
+        for bytes that are gone), and a row whose object an eviction deleted goes if still so marked.
+        Raises RedisError while Redis is still down (the caller decides whether that matters)."""
+        if self._missed_drops:
+            drops = dict(self._missed_drops)
+            _, totals = await self._drop_marked(args=[self._prefix, *(x for pair in drops.items() for x in pair)])
+            self._took(totals)
+            for digest, token in drops.items():
+                if self._missed_drops.get(digest) == token:
+                    del self._missed_drops[digest]
+        if self._missed_pushes:
+            pushes = set(self._missed_pushes)
+            _, totals = await self._promote(args=[self._prefix, *pushes])
+            self._took(totals)
+            self._missed_pushes -= pushes
+
     async def refresh_if_changed(self) -> None:
-        """Re-read the cluster's totals, and notice a Redis that lost the index (no `built` marker)."""
+        """Re-read the cluster's totals, and notice a Redis that lost the index (no `built` marker), after
+        writing what Redis missed (_replay_missed)."""
         try:
+            await self._replay_missed()
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(f"{self._prefix}totals")
                 pipe.exists(self._built_key)
@@ -282,12 +313,16 @@ class RedisIndex(Index):
     # ------------------------------------------------------------------ writes a request makes: never fail
     async def add(self, digest: str, size: int, origin: str) -> None:
         """Index a committed blob as used now, once no eviction of it is in flight (see the module's doc).
-        Redis down: not indexed (the leader's next rebuild or GC finds it in the bucket)."""
+        Redis down: not indexed (the leader's next rebuild or GC finds it in the bucket), but a pushed row is
+        kept to be replayed (_replay_missed): the blob may have a cached row, which eviction could take."""
         while True:
             try:
+                await self._replay_missed()
                 done, totals = await self._upsert(args=[self._prefix, digest, size, origin, _time(time.time())])
             except RedisError as exc:
                 self._trouble.failed(exc)
+                if origin == PUSHED:
+                    self._missed_pushes.add(digest)
                 return
             self._trouble.answered()
             if done[0]:
@@ -349,23 +384,47 @@ class RedisIndex(Index):
     async def remove_unchanged(self, rows: Iterable[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
         """For each row: mark it if still as given, delete its object (remove_file, in a thread), then drop the
         row if still marked; an object that could not go keeps its row (unmarked). One blob at a time, so a
-        mark lasts one delete, not a batch's. Raises when Redis is down: nothing is evicted blind."""
-        removed = []
+        mark lasts one delete, not a batch's. A blob begun is finished even if the caller is cancelled (its
+        delete runs on in its thread: its row must not stay marked). Redis down: raises before anything is
+        evicted (nothing goes blind), or returns the rows removed before it went down."""
+        removed: list[BlobRow] = []
         for row in rows:
-            token = secrets.token_hex(8)
-            if not await self._mark(args=[self._prefix, token, MARK_TTL, row.digest, row.size, row.origin,
-                                          _time(row.last_access)]):
-                continue  # used, re-added or promoted since it was chosen (or being evicted already)
+            step = asyncio.ensure_future(self._evict_one(row, remove_file))
             try:
-                await asyncio.to_thread(remove_file, row.digest)
-            except OSError:
-                await self._unmark(args=[self._prefix, token, row.digest])
-                continue
-            dropped, totals = await self._drop_marked(args=[self._prefix, token, row.digest])
-            self._took(totals)
-            if dropped:
+                gone = await asyncio.shield(step)
+            except asyncio.CancelledError:
+                await asyncio.wait([step])
+                if not step.cancelled() and step.exception() is not None:
+                    log.warning("evicting %s after a cancel: %s", row.digest, step.exception())
+                raise
+            except RedisError:
+                if removed:
+                    return removed
+                raise
+            if gone:
                 removed.append(row)
         return removed
+
+    async def _evict_one(self, row: BlobRow, remove_file: Callable[[str], None]) -> bool:
+        """Mark, delete, drop one blob; True once its object is gone and its row went (or will: a drop Redis
+        refused is replayed, _replay_missed)."""
+        token = secrets.token_hex(8)
+        if not await self._mark(args=[self._prefix, token, MARK_TTL, row.digest, row.size, row.origin,
+                                      _time(row.last_access)]):
+            return False  # used, re-added or promoted since it was chosen (or being evicted already)
+        try:
+            await asyncio.to_thread(remove_file, row.digest)
+        except OSError:
+            await self._unmark(args=[self._prefix, token, row.digest])
+            return False
+        try:
+            dropped, totals = await self._drop_marked(args=[self._prefix, row.digest, token])
+        except RedisError as exc:
+            self._trouble.failed(exc)
+            self._missed_drops[row.digest] = token
+            return True
+        self._took(totals)
+        return bool(dropped)
 
     async def promote(self, digests: Iterable[str]) -> list[str]:
         digests = list(digests)
@@ -423,6 +482,8 @@ class RedisIndex(Index):
         return rows
 
     async def least_recent(self, limit: int) -> list[BlobRow]:
+        """Eviction's candidates, after what Redis missed from this process was written (_replay_missed)."""
+        await self._replay_missed()
         return await self._ranked(CACHED, 0, limit - 1) if limit > 0 else []
 
 
