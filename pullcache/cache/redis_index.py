@@ -222,6 +222,8 @@ def _parse_totals(found: Sequence[Any] | dict[Any, Any]) -> Totals:
 
 
 class RedisIndex(Index):
+    shared = True
+
     def __init__(self, redis: SharedRedis) -> None:
         super().__init__()
         self._client = redis.client
