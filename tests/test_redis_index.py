@@ -455,3 +455,26 @@ async def test_a_push_of_a_cached_blob_redis_missed_makes_it_pushed_once_redis_a
     assert (await index.get(A)).origin == PUSHED  # type: ignore[union-attr]
     assert await index.least_recent(10) == []
     assert index.totals() == {PUSHED: OriginTotals(10, 1), CACHED: OriginTotals(0, 0)}
+
+
+async def test_an_eviction_whose_unmark_redis_refused_unmarks_the_row_later(
+        redis: SharedRedis, index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object could not go and Redis fails as the evictor takes its mark back: the row (still true) is
+    unmarked when Redis answers again (the next tick), so commits of the digest do not wait out MARK_TTL."""
+    await index.add(A, 10, CACHED)
+    chosen = await index.least_recent(1)
+    unmark = index._unmark
+
+    async def refused_once(**kwargs: Any) -> Any:
+        monkeypatch.setattr(index, "_unmark", unmark)
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_unmark", refused_once)
+
+    def remove_file(digest: str) -> None:
+        raise OSError("the bucket refused the delete")
+
+    assert await index.remove_unchanged(chosen, remove_file) == []
+    await index.refresh_if_changed()  # the tick
+
+    assert await redis.client.hmget(f"{redis.namespace}index:b:{A}", "e", "x") == [None, None]
+    assert await index.get(A) == chosen[0]

@@ -18,16 +18,17 @@ deletes the object, then deletes each row still carrying its token. A commit (ad
 until the mark is gone (or its deadline passed: the evictor died), as SQLite's writer waits for the lock, and
 only then writes its row; Store._keep publishes after add, so its bytes land after the evictor's delete.
 Blobs are evicted one at a time, so a mark lasts one delete, and an eviction cancelled mid-blob (stop())
-finishes that blob; a mark whose evictor died lapses after MARK_TTL. A
-mark's deadline and every check of it are taken from Redis's clock (TIME in the scripts), so a replica whose
-clock is off cannot take a live mark for a lapsed one; recency (last access) is the replica's own clock.
+finishes that blob; a mark whose evictor died lapses after MARK_TTL. A mark's deadline and every check of it
+are taken from Redis's clock (TIME in the scripts), so a replica whose clock is off cannot take a live mark
+for a lapsed one; recency (last access) is the replica's own clock.
 
 Redis holds derived state only: the bucket is the truth. Redis down: a commit, a hit or a meta write is not
 recorded (said once, by the store's RedisTrouble) and goes on; reads for eviction and GC raise, so nothing is
-evicted without the index. Two misses would do harm later, so this process keeps them and writes them before
+evicted without the index. Some misses would do harm later, so this process keeps them and writes them before
 it next trusts the index (the tick's refresh, its next commit, or its eviction's candidates): a pushed commit
-or mount (a cached row would stay evictable: it is promoted) and the drop of a row whose object an eviction
-deleted (it would promise bytes that are gone). Redis data lost: needs_rebuild() turns true and the eviction
+or mount (a cached row would stay evictable: it is promoted), and the end of an eviction's mark: the drop of a
+row whose object went (it would promise bytes that are gone), the unmark of one whose object could not go
+(commits of it would wait out MARK_TTL). Redis data lost: needs_rebuild() turns true and the eviction
 leader rebuilds the rows from the bucket (eviction/reconcile.py) while every replica goes on serving.
 """
 from __future__ import annotations
@@ -144,11 +145,11 @@ end
 return finish(dropped)
 """
 
-# ARGV: prefix, token, then digests whose objects could not go
+# ARGV: prefix, then (digest, token) per object that could not go
 _UNMARK = _LIB + """
-for i = 3, #ARGV do
+for i = 2, #ARGV, 2 do
   local key = p..'b:'..ARGV[i]
-  if redis.call('HGET', key, 'e') == ARGV[2] then redis.call('HDEL', key, 'e', 'x') end
+  if redis.call('HGET', key, 'e') == ARGV[i + 1] then redis.call('HDEL', key, 'e', 'x') end
 end
 return 1
 """
@@ -213,6 +214,18 @@ def _time(value: float) -> str:
     return repr(float(value))
 
 
+def _pairs(tokens: dict[str, str]) -> list[str]:
+    """digest -> token as a script's (digest, token) ARGV pairs."""
+    return [item for pair in tokens.items() for item in pair]
+
+
+def _forget(missed: dict[str, str], replayed: dict[str, str]) -> None:
+    """Drop the replayed entries from missed, unless one was replaced meanwhile (a later eviction's token)."""
+    for digest, token in replayed.items():
+        if missed.get(digest) == token:
+            del missed[digest]
+
+
 def _parse_totals(found: Sequence[Any] | dict[Any, Any]) -> Totals:
     """Totals from the totals hash: HGETALL's dict, or the flat list a script returns."""
     pairs = found.items() if isinstance(found, dict) else zip(found[::2], found[1::2], strict=True)
@@ -232,9 +245,11 @@ class RedisIndex(Index):
         self._built_key = f"{self._prefix}built"
         self._lost = False
         # What Redis missed that must not be lost (replayed by _replay_missed): pushed adds, as digests to
-        # promote, and drops of rows whose objects an eviction deleted, as digest -> the eviction's token.
+        # promote, and the end of an eviction's mark, as digest -> its token: the row's drop once the object
+        # went, its unmark when the object could not go.
         self._missed_pushes: set[str] = set()
         self._missed_drops: dict[str, str] = {}
+        self._missed_unmarks: dict[str, str] = {}
         client = redis.client
         self._upsert = client.register_script(_UPSERT)
         self._touch = client.register_script(_TOUCH)
@@ -278,15 +293,18 @@ class RedisIndex(Index):
     async def _replay_missed(self) -> None:
         """Write what Redis missed while down, before this process trusts the index again: a push or mount
         of a blob cached before makes its row pushed (promote: a row evicted meanwhile is not brought back
-        for bytes that are gone), and a row whose object an eviction deleted goes if still so marked.
-        Raises RedisError while Redis is still down (the caller decides whether that matters)."""
+        for bytes that are gone), and an eviction's mark still there ends: the row goes if its object did,
+        else it is unmarked. Raises RedisError while Redis is still down (the caller decides whether that
+        matters)."""
         if self._missed_drops:
             drops = dict(self._missed_drops)
-            _, totals = await self._drop_marked(args=[self._prefix, *(x for pair in drops.items() for x in pair)])
+            _, totals = await self._drop_marked(args=[self._prefix, *_pairs(drops)])
             self._took(totals)
-            for digest, token in drops.items():
-                if self._missed_drops.get(digest) == token:
-                    del self._missed_drops[digest]
+            _forget(self._missed_drops, drops)
+        if self._missed_unmarks:
+            unmarks = dict(self._missed_unmarks)
+            await self._unmark(args=[self._prefix, *_pairs(unmarks)])
+            _forget(self._missed_unmarks, unmarks)
         if self._missed_pushes:
             pushes = set(self._missed_pushes)
             _, totals = await self._promote(args=[self._prefix, *pushes])
@@ -417,7 +435,11 @@ class RedisIndex(Index):
         try:
             await asyncio.to_thread(remove_file, row.digest)
         except OSError:
-            await self._unmark(args=[self._prefix, token, row.digest])
+            try:
+                await self._unmark(args=[self._prefix, row.digest, token])
+            except RedisError as exc:
+                self._trouble.failed(exc)
+                self._missed_unmarks[row.digest] = token
             return False
         try:
             dropped, totals = await self._drop_marked(args=[self._prefix, row.digest, token])
