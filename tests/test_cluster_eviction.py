@@ -13,10 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 
+from pullcache.cache.configured import store_for
+from pullcache.cache.index import CACHED
+from pullcache.cache.store import Store
+from pullcache.cluster.embedded import EmbeddedCoordinator
+from pullcache.config import Config, build_config
+from pullcache.eviction.lru import Evicted
+from pullcache.eviction.service import EvictionService
 from tests.support import seaweed
 from tests.support.pullcache_proc import PullcacheProcess
+from tests.support.redis import RedisServer
 from tests.support.registry_client import RegistryClient
 from tests.support.replicas import running_cluster
 from tests.support.seaweed import SeaweedFS
@@ -121,3 +130,59 @@ async def test_after_redis_loses_its_data_the_leader_rebuilds_the_index_while_th
                                 "the leader rebuilding the index")
         await asyncio.to_thread(wait_for, lambda: all(gauges(r) == expected for r in replicas),
                                 "every replica showing the rebuilt totals, the pushed blob as pushed")
+
+
+def replica(seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path, prefix: str, name: str) -> Config:
+    """A replica's config: its own storage.path, the cluster's bucket prefix and Redis."""
+    return build_config({
+        "storage": {"path": str(tmp_path / name), "backend": "s3", "max_size": 10**9,
+                    "s3": seaweed_server.storage_config(seaweed.BUCKET, prefix=prefix, timeout="5s")},
+        "cluster": {"redis": redis_server.redis_url}, "local": {"anonymous_push": True}})
+
+
+async def test_with_the_s3_backend_a_nearly_full_storage_path_evicts_nothing(
+        seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """storage.path holds only the spool and a local cache of its own bound: evicting from the bucket would not
+    free it, so a nearly full one asks for no eviction pass."""
+    config = replica(seaweed_server, redis_server, tmp_path, f"t{os.urandom(6).hex()}", "a")
+    store: Store = store_for(config.storage, config.cluster)
+    await store.open()
+    try:
+        service = EvictionService(store, config, EmbeddedCoordinator(config.storage.path))
+        digest = await store.put_small(os.urandom(1000), origin=CACHED)
+
+        async def nearly_full() -> tuple[int, int]:  # a reserve (5%) of 500 bytes: the cached blob would do
+            return 0, 10_000
+        monkeypatch.setattr(store, "free_space", nearly_full)
+        await service.tick()
+
+        assert await service.evict_now() == Evicted(0, 0)
+        assert await store.blob_row(digest) is not None
+    finally:
+        await store.close()
+
+
+async def test_no_replica_start_up_reconciles_the_shared_index(
+        seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path) -> None:
+    """A replica starting beside a running one (whose in-use flag is in the shared index), or after a cluster-wide
+    crash, must not list the whole bucket: the eviction leader rebuilds an index lost or never built, and its
+    GC reconciles the rest."""
+    prefix = f"t{os.urandom(6).hex()}"
+    services: list[EvictionService] = []
+    stores: list[Store] = []
+    try:
+        for name in ("a", "b"):
+            config = replica(seaweed_server, redis_server, tmp_path, prefix, name)
+            store = store_for(config.storage, config.cluster)
+            await store.open()
+            stores.append(store)
+            service = EvictionService(store, config, EmbeddedCoordinator(config.storage.path))
+            await service.start()
+            services.append(service)
+
+        assert [service.reconciling for service in services] == [None, None]
+    finally:
+        for service in services:
+            await service.stop()
+        for store in stores:
+            await store.close()

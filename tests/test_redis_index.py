@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from pullcache.cache import redis_index
 from pullcache.cache.configured import store_for
 from pullcache.cache.index import CACHED, PUSHED, OriginTotals, Totals
-from pullcache.cache.redis_index import RedisIndex
+from pullcache.cache.redis_index import MARK_TTL, RedisIndex
 from pullcache.cache.s3_backend import blob_key
 from pullcache.cache.store import Store
 from pullcache.cluster.redis_client import redis_client
@@ -339,3 +343,138 @@ async def test_a_commit_whose_fresh_row_an_eviction_took_keeps_a_row_for_its_byt
 
     assert await committer.find_blob_size(digest) == len(data)
     assert await committer.blob_row(digest) is not None
+
+
+async def test_a_replica_whose_clock_runs_ahead_still_waits_for_a_live_mark(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Marks are timed by Redis, not by the replicas: a committer whose clock runs two minutes ahead of the
+    evictor's (past MARK_TTL) must still see the evictor's mark as live and wait for it, or its row would go
+    before the evictor's delete and promise bytes that are gone."""
+    await index.add(A, 10, CACHED)
+    (row,) = await index.least_recent(1)
+    deleting, release = threading.Event(), threading.Event()
+
+    def remove_file(digest: str) -> None:
+        deleting.set()
+        release.wait(10)
+
+    commit_met_mark = asyncio.Event()
+    upsert = index._upsert
+
+    async def watched_upsert(**kwargs: Any) -> Any:
+        done, totals = await upsert(**kwargs)
+        if done == [0]:
+            commit_met_mark.set()
+        return done, totals
+    monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    eviction = asyncio.create_task(index.remove_unchanged([row], remove_file))
+    await asyncio.to_thread(deleting.wait, 10)  # marked, deleting
+    real_time = time.time
+    monkeypatch.setattr(redis_index, "time", SimpleNamespace(time=lambda: real_time() + 2 * MARK_TTL))
+    commit = asyncio.create_task(index.add(A, 10, CACHED))
+    met = asyncio.create_task(commit_met_mark.wait())
+    await asyncio.wait([commit, met], return_when=asyncio.FIRST_COMPLETED)
+    finished_early = commit.done()
+    release.set()
+    assert await eviction == [row]
+    await commit
+    met.cancel()
+
+    assert not finished_early  # it waited for the mark
+    assert await index.get(A) is not None
+    assert index.totals()[CACHED] == OriginTotals(10, 1)
+
+
+async def test_an_eviction_cancelled_mid_delete_still_drops_the_row_of_the_object_it_deleted(
+        index: RedisIndex) -> None:
+    """stop() cancels the leader's pass while a delete runs in its thread (which goes on regardless): the row
+    must not stay marked, promising bytes that are gone and holding off every commit of the digest for
+    MARK_TTL. The blob being evicted finishes; the next one is not started."""
+    await index.add(A, 10, CACHED)
+    await index.add(B, 10, CACHED)
+    chosen = await index.least_recent(2)
+    deleting, release = threading.Event(), threading.Event()
+    deleted: list[str] = []
+
+    def remove_file(digest: str) -> None:
+        deleting.set()
+        release.wait(10)
+        deleted.append(digest)
+
+    eviction = asyncio.create_task(index.remove_unchanged(chosen, remove_file))
+    await asyncio.to_thread(deleting.wait, 10)
+    eviction.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await eviction
+
+    assert deleted == [chosen[0].digest]
+    assert await index.get(chosen[0].digest) is None
+    assert await index.get(chosen[1].digest) == chosen[1]
+    assert index.totals()[CACHED] == OriginTotals(10, 1)
+
+
+async def test_an_eviction_whose_row_drop_redis_refused_counts_the_blob_and_drops_the_row_later(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis fails just after an object went: the blob is reported removed (the caller forgets it and counts
+    it), and the row is dropped when Redis answers again (the next tick), not left marked for MARK_TTL."""
+    await index.add(A, 10, CACHED)
+    await index.add(B, 10, CACHED)
+    chosen = await index.least_recent(2)
+    drop_marked = index._drop_marked
+
+    async def refused_once(**kwargs: Any) -> Any:
+        monkeypatch.setattr(index, "_drop_marked", drop_marked)
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_drop_marked", refused_once)
+
+    removed = await index.remove_unchanged(chosen, lambda digest: None)
+    await index.refresh_if_changed()  # the tick
+
+    assert removed == chosen
+    assert await index.rows() == []
+    assert index.totals()[CACHED] == OriginTotals(0, 0)
+
+
+async def test_a_push_of_a_cached_blob_redis_missed_makes_it_pushed_once_redis_answers(
+        index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blip swallows the add(PUSHED) of a push or mount of a blob cached before: the row would stay cached
+    and eviction could delete pushed content. The replica keeps what Redis missed and replays it at the tick."""
+    await index.add(A, 10, CACHED)
+    upsert = index._upsert
+
+    async def refused(**kwargs: Any) -> Any:
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_upsert", refused)
+    await index.add(A, 10, PUSHED)  # not recorded, but no error
+    monkeypatch.setattr(index, "_upsert", upsert)
+
+    await index.refresh_if_changed()  # the tick, Redis answering again
+
+    assert (await index.get(A)).origin == PUSHED  # type: ignore[union-attr]
+    assert await index.least_recent(10) == []
+    assert index.totals() == {PUSHED: OriginTotals(10, 1), CACHED: OriginTotals(0, 0)}
+
+
+async def test_an_eviction_whose_unmark_redis_refused_unmarks_the_row_later(
+        redis: SharedRedis, index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object could not go and Redis fails as the evictor takes its mark back: the row (still true) is
+    unmarked when Redis answers again (the next tick), so commits of the digest do not wait out MARK_TTL."""
+    await index.add(A, 10, CACHED)
+    chosen = await index.least_recent(1)
+    unmark = index._unmark
+
+    async def refused_once(**kwargs: Any) -> Any:
+        monkeypatch.setattr(index, "_unmark", unmark)
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, "_unmark", refused_once)
+
+    def remove_file(digest: str) -> None:
+        raise OSError("the bucket refused the delete")
+
+    assert await index.remove_unchanged(chosen, remove_file) == []
+    await index.refresh_if_changed()  # the tick
+
+    assert await redis.client.hmget(f"{redis.namespace}index:b:{A}", "e", "x") == [None, None]
+    assert await index.get(A) == chosen[0]

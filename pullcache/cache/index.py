@@ -93,6 +93,11 @@ class Index(ABC):
     """What the store and eviction need of a blob index: SQLite under storage.path (BlobIndex) or, for replicas
     on one bucket, Redis (cache/redis_index.py). It keeps the totals per origin in memory and tells listeners."""
 
+    # Whether processes on other hosts share it (Redis): then no start-up reconciles it and it keeps no
+    # clean-shutdown flag (one replica's stop says nothing of the others'); the eviction leader rebuilds it when
+    # lost or never built (needs_rebuild), and its GC reconciles the rest.
+    shared = False
+
     def __init__(self) -> None:
         self._totals: Totals = _empty_totals()
         self._listeners: list[TotalsListener] = []

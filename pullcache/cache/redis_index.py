@@ -17,16 +17,24 @@ An eviction (remove_unchanged) marks each row that is still exactly as chosen (e
 deletes the object, then deletes each row still carrying its token. A commit (add) of a marked digest waits
 until the mark is gone (or its deadline passed: the evictor died), as SQLite's writer waits for the lock, and
 only then writes its row; Store._keep publishes after add, so its bytes land after the evictor's delete.
-Blobs are evicted one at a time, so a mark lasts one delete; one whose evictor died lapses after MARK_TTL.
+Blobs are evicted one at a time, so a mark lasts one delete, and an eviction cancelled mid-blob (stop())
+finishes that blob; a mark whose evictor died lapses after MARK_TTL. A mark's deadline and every check of it
+are taken from Redis's clock (TIME in the scripts), so a replica whose clock is off cannot take a live mark
+for a lapsed one; recency (last access) is the replica's own clock.
 
 Redis holds derived state only: the bucket is the truth. Redis down: a commit, a hit or a meta write is not
 recorded (said once, by the store's RedisTrouble) and goes on; reads for eviction and GC raise, so nothing is
-evicted without the index. Redis data lost: needs_rebuild() turns true and the eviction leader rebuilds the
-rows from the bucket (eviction/reconcile.py) while every replica goes on serving.
+evicted without the index. Some misses would do harm later, so this process keeps them and writes them before
+it next trusts the index (the tick's refresh, its next commit, or its eviction's candidates): a pushed commit
+or mount (a cached row would stay evictable: it is promoted), and the end of an eviction's mark: the drop of a
+row whose object went (it would promise bytes that are gone), the unmark of one whose object could not go
+(commits of it would wait out MARK_TTL). Redis data lost: needs_rebuild() turns true and the eviction
+leader rebuilds the rows from the bucket (eviction/reconcile.py) while every replica goes on serving.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,9 +42,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from pullcache.cache.index import CACHED, ORIGINS, BlobRow, Index, OriginTotals, Totals
+from pullcache.cache.index import CACHED, ORIGINS, PUSHED, BlobRow, Index, OriginTotals, Totals
 from pullcache.cache.layout import Layout
 from pullcache.cluster.redis_pool import SharedRedis
+
+log = logging.getLogger("pullcache.store")
 
 MARK_TTL = 60.0     # seconds an eviction's mark holds off a commit of its digest if the evictor died meanwhile
 MARK_WAIT = 0.05    # seconds between two looks of a commit waiting for an eviction of its digest
@@ -49,16 +59,24 @@ local function account(origin, size, sign)
   redis.call('HINCRBY', p..'totals', origin..':bytes', sign * size)
   redis.call('HINCRBY', p..'totals', origin..':blobs', sign)
 end
+-- Redis's clock, not a replica's: marks' deadlines must mean the same on every replica
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function live(mark, deadline)
+  return mark and tonumber(deadline) > now()
+end
 local function drop(d, row_origin, size)
   account(row_origin, size, -1)
   redis.call('ZREM', p..'r:'..row_origin, d)
   redis.call('DEL', p..'b:'..d)
 end
--- 1: written, 0: an eviction of the digest is in flight (its mark's deadline after now)
-local function upsert(d, size, origin, at, now)
+-- 1: written, 0: an eviction of the digest is in flight (its mark's deadline not passed)
+local function upsert(d, size, origin, at)
   local key = p..'b:'..d
   local old = redis.call('HMGET', key, 's', 'o', 'a', 'e', 'x')
-  if old[4] and tonumber(old[5]) > tonumber(now) then return 0 end
+  if live(old[4], old[5]) then return 0 end
   local new_origin, new_at = origin, at
   if old[1] then
     if old[2] == 'pushed' then new_origin = 'pushed' end
@@ -78,11 +96,11 @@ local function finish(result)
 end
 """
 
-# ARGV: prefix, now, then (digest, size, origin, last access) per row -> 1/0 per row
+# ARGV: prefix, then (digest, size, origin, last access) per row -> 1/0 per row
 _UPSERT = _LIB + """
 local done = {}
-for i = 3, #ARGV, 4 do
-  done[#done + 1] = upsert(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[2])
+for i = 2, #ARGV, 4 do
+  done[#done + 1] = upsert(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end
 return finish(done)
 """
@@ -100,27 +118,26 @@ end
 return 1
 """
 
-# ARGV: prefix, token, deadline, now, then (digest, size, origin, last access) per row -> the digests marked
+# ARGV: prefix, token, seconds the mark lasts, then (digest, size, origin, last access) per row -> the digests marked
 _MARK = _LIB + """
 local marked = {}
-for i = 5, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local key = p..'b:'..ARGV[i]
   local row = redis.call('HMGET', key, 's', 'o', 'a', 'e', 'x')
-  if row[1] == ARGV[i + 1] and row[2] == ARGV[i + 2] and row[3] == ARGV[i + 3]
-      and not (row[4] and tonumber(row[5]) > tonumber(ARGV[4])) then
-    redis.call('HSET', key, 'e', ARGV[2], 'x', ARGV[3])
+  if row[1] == ARGV[i + 1] and row[2] == ARGV[i + 2] and row[3] == ARGV[i + 3] and not live(row[4], row[5]) then
+    redis.call('HSET', key, 'e', ARGV[2], 'x', now() + tonumber(ARGV[3]))
     marked[#marked + 1] = ARGV[i]
   end
 end
 return marked
 """
 
-# ARGV: prefix, token, then digests whose objects are gone -> the digests whose rows went
+# ARGV: prefix, then (digest, token) per object gone -> the digests whose rows went (those still so marked)
 _DROP_MARKED = _LIB + """
 local dropped = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV, 2 do
   local row = redis.call('HMGET', p..'b:'..ARGV[i], 's', 'o', 'e')
-  if row[3] == ARGV[2] then
+  if row[3] == ARGV[i + 1] then
     drop(ARGV[i], row[2], tonumber(row[1]))
     dropped[#dropped + 1] = ARGV[i]
   end
@@ -128,22 +145,22 @@ end
 return finish(dropped)
 """
 
-# ARGV: prefix, token, then digests whose objects could not go
+# ARGV: prefix, then (digest, token) per object that could not go
 _UNMARK = _LIB + """
-for i = 3, #ARGV do
+for i = 2, #ARGV, 2 do
   local key = p..'b:'..ARGV[i]
-  if redis.call('HGET', key, 'e') == ARGV[2] then redis.call('HDEL', key, 'e', 'x') end
+  if redis.call('HGET', key, 'e') == ARGV[i + 1] then redis.call('HDEL', key, 'e', 'x') end
 end
 return 1
 """
 
-# ARGV: prefix, now, then (digest, version) per row found missing -> the digests whose rows went: those unchanged
+# ARGV: prefix, then (digest, version) per row found missing -> the digests whose rows went: those unchanged
 # since and not being evicted (their evictor drops them, and counts them)
 _DROP_UNCHANGED = _LIB + """
 local dropped = {}
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local row = redis.call('HMGET', p..'b:'..ARGV[i], 's', 'o', 'v', 'e', 'x')
-  if row[1] and row[3] == ARGV[i + 1] and not (row[4] and tonumber(row[5]) > tonumber(ARGV[2])) then
+  if row[1] and row[3] == ARGV[i + 1] and not live(row[4], row[5]) then
     drop(ARGV[i], row[2], tonumber(row[1]))
     dropped[#dropped + 1] = ARGV[i]
   end
@@ -197,6 +214,18 @@ def _time(value: float) -> str:
     return repr(float(value))
 
 
+def _pairs(tokens: dict[str, str]) -> list[str]:
+    """digest -> token as a script's (digest, token) ARGV pairs."""
+    return [item for pair in tokens.items() for item in pair]
+
+
+def _forget(missed: dict[str, str], replayed: dict[str, str]) -> None:
+    """Drop the replayed entries from missed, unless one was replaced meanwhile (a later eviction's token)."""
+    for digest, token in replayed.items():
+        if missed.get(digest) == token:
+            del missed[digest]
+
+
 def _parse_totals(found: Sequence[Any] | dict[Any, Any]) -> Totals:
     """Totals from the totals hash: HGETALL's dict, or the flat list a script returns."""
     pairs = found.items() if isinstance(found, dict) else zip(found[::2], found[1::2], strict=True)
@@ -206,6 +235,8 @@ def _parse_totals(found: Sequence[Any] | dict[Any, Any]) -> Totals:
 
 
 class RedisIndex(Index):
+    shared = True
+
     def __init__(self, redis: SharedRedis) -> None:
         super().__init__()
         self._client = redis.client
@@ -213,6 +244,12 @@ class RedisIndex(Index):
         self._prefix = f"{redis.namespace}index:"
         self._built_key = f"{self._prefix}built"
         self._lost = False
+        # What Redis missed that must not be lost (replayed by _replay_missed): pushed adds, as digests to
+        # promote, and the end of an eviction's mark, as digest -> its token: the row's drop once the object
+        # went, its unmark when the object could not go.
+        self._missed_pushes: set[str] = set()
+        self._missed_drops: dict[str, str] = {}
+        self._missed_unmarks: dict[str, str] = {}
         client = redis.client
         self._upsert = client.register_script(_UPSERT)
         self._touch = client.register_script(_TOUCH)
@@ -253,9 +290,32 @@ class RedisIndex(Index):
         self._totals = _parse_totals(flat)
         self._notify()
 
+    async def _replay_missed(self) -> None:
+        """Write what Redis missed while down, before this process trusts the index again: a push or mount
+        of a blob cached before makes its row pushed (promote: a row evicted meanwhile is not brought back
+        for bytes that are gone), and an eviction's mark still there ends: the row goes if its object did,
+        else it is unmarked. Raises RedisError while Redis is still down (the caller decides whether that
+        matters)."""
+        if self._missed_drops:
+            drops = dict(self._missed_drops)
+            _, totals = await self._drop_marked(args=[self._prefix, *_pairs(drops)])
+            self._took(totals)
+            _forget(self._missed_drops, drops)
+        if self._missed_unmarks:
+            unmarks = dict(self._missed_unmarks)
+            await self._unmark(args=[self._prefix, *_pairs(unmarks)])
+            _forget(self._missed_unmarks, unmarks)
+        if self._missed_pushes:
+            pushes = set(self._missed_pushes)
+            _, totals = await self._promote(args=[self._prefix, *pushes])
+            self._took(totals)
+            self._missed_pushes -= pushes
+
     async def refresh_if_changed(self) -> None:
-        """Re-read the cluster's totals, and notice a Redis that lost the index (no `built` marker)."""
+        """Re-read the cluster's totals, and notice a Redis that lost the index (no `built` marker), after
+        writing what Redis missed (_replay_missed)."""
         try:
+            await self._replay_missed()
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(f"{self._prefix}totals")
                 pipe.exists(self._built_key)
@@ -273,13 +333,16 @@ class RedisIndex(Index):
     # ------------------------------------------------------------------ writes a request makes: never fail
     async def add(self, digest: str, size: int, origin: str) -> None:
         """Index a committed blob as used now, once no eviction of it is in flight (see the module's doc).
-        Redis down: not indexed (the leader's next rebuild or GC finds it in the bucket)."""
+        Redis down: not indexed (the leader's next rebuild or GC finds it in the bucket), but a pushed row is
+        kept to be replayed (_replay_missed): the blob may have a cached row, which eviction could take."""
         while True:
             try:
-                done, totals = await self._upsert(args=[self._prefix, time.time(), digest, size, origin,
-                                                        _time(time.time())])
+                await self._replay_missed()
+                done, totals = await self._upsert(args=[self._prefix, digest, size, origin, _time(time.time())])
             except RedisError as exc:
                 self._trouble.failed(exc)
+                if origin == PUSHED:
+                    self._missed_pushes.add(digest)
                 return
             self._trouble.answered()
             if done[0]:
@@ -312,7 +375,7 @@ class RedisIndex(Index):
             gone = [(row, version) for row, version in found if still_missing(row.digest)]
             if not gone:
                 return []
-            args: list[Any] = [self._prefix, time.time()]
+            args: list[Any] = [self._prefix]
             for row, version in gone:
                 args += [row.digest, version]
             dropped, totals = await self._drop_unchanged(args=args)
@@ -330,7 +393,7 @@ class RedisIndex(Index):
         added: list[BlobRow] = []
         for start in range(0, len(rows), SCAN_BATCH):
             batch = rows[start:start + SCAN_BATCH]
-            args: list[Any] = [self._prefix, time.time()]
+            args: list[Any] = [self._prefix]
             for row in batch:
                 args += [row.digest, row.size, row.origin, _time(row.last_access)]
             done, totals = await self._upsert(args=args)
@@ -341,23 +404,51 @@ class RedisIndex(Index):
     async def remove_unchanged(self, rows: Iterable[BlobRow], remove_file: Callable[[str], None]) -> list[BlobRow]:
         """For each row: mark it if still as given, delete its object (remove_file, in a thread), then drop the
         row if still marked; an object that could not go keeps its row (unmarked). One blob at a time, so a
-        mark lasts one delete, not a batch's. Raises when Redis is down: nothing is evicted blind."""
-        removed = []
+        mark lasts one delete, not a batch's. A blob begun is finished even if the caller is cancelled (its
+        delete runs on in its thread: its row must not stay marked). Redis down: raises before anything is
+        evicted (nothing goes blind), or returns the rows removed before it went down."""
+        removed: list[BlobRow] = []
         for row in rows:
-            token = secrets.token_hex(8)
-            if not await self._mark(args=[self._prefix, token, time.time() + MARK_TTL, time.time(), row.digest,
-                                          row.size, row.origin, _time(row.last_access)]):
-                continue  # used, re-added or promoted since it was chosen (or being evicted already)
+            step = asyncio.ensure_future(self._evict_one(row, remove_file))
             try:
-                await asyncio.to_thread(remove_file, row.digest)
-            except OSError:
-                await self._unmark(args=[self._prefix, token, row.digest])
-                continue
-            dropped, totals = await self._drop_marked(args=[self._prefix, token, row.digest])
-            self._took(totals)
-            if dropped:
+                gone = await asyncio.shield(step)
+            except asyncio.CancelledError:
+                await asyncio.wait([step])
+                if not step.cancelled() and step.exception() is not None:
+                    log.warning("evicting %s after a cancel: %s", row.digest, step.exception())
+                raise
+            except RedisError:
+                if removed:
+                    return removed
+                raise
+            if gone:
                 removed.append(row)
         return removed
+
+    async def _evict_one(self, row: BlobRow, remove_file: Callable[[str], None]) -> bool:
+        """Mark, delete, drop one blob; True once its object is gone and its row went (or will: a drop Redis
+        refused is replayed, _replay_missed)."""
+        token = secrets.token_hex(8)
+        if not await self._mark(args=[self._prefix, token, MARK_TTL, row.digest, row.size, row.origin,
+                                      _time(row.last_access)]):
+            return False  # used, re-added or promoted since it was chosen (or being evicted already)
+        try:
+            await asyncio.to_thread(remove_file, row.digest)
+        except OSError:
+            try:
+                await self._unmark(args=[self._prefix, row.digest, token])
+            except RedisError as exc:
+                self._trouble.failed(exc)
+                self._missed_unmarks[row.digest] = token
+            return False
+        try:
+            dropped, totals = await self._drop_marked(args=[self._prefix, row.digest, token])
+        except RedisError as exc:
+            self._trouble.failed(exc)
+            self._missed_drops[row.digest] = token
+            return True
+        self._took(totals)
+        return bool(dropped)
 
     async def promote(self, digests: Iterable[str]) -> list[str]:
         digests = list(digests)
@@ -415,6 +506,8 @@ class RedisIndex(Index):
         return rows
 
     async def least_recent(self, limit: int) -> list[BlobRow]:
+        """Eviction's candidates, after what Redis missed from this process was written (_replay_missed)."""
+        await self._replay_missed()
         return await self._ranked(CACHED, 0, limit - 1) if limit > 0 else []
 
 

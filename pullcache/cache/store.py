@@ -29,6 +29,7 @@ from pullcache.cluster.shared_state import ProcessState, SharedState
 from pullcache.digests import Digest
 
 CLEAN_SHUTDOWN = "clean_shutdown"  # index meta: "1" once the last server stopped cleanly, "0" while one runs
+# (the SQLite index's only: a shared one keeps none)
 MANIFEST_CACHE_BYTES = 64 * 1024 * 1024  # manifests are small and hot: keep their bytes in memory
 
 
@@ -260,7 +261,9 @@ class Store:
     async def was_shut_down_cleanly(self) -> bool:
         """Whether every server that used the store stopped cleanly, or still runs; if not, reconcile the index
         with the blobs. Other servers running now keep the flag at "0": their marks (cache/in_use.py) say
-        they are alive."""
+        they are alive. A shared index (Redis) says True: no replica's start-up reconciles it (Index.shared)."""
+        if self.index.shared:
+            return True
         live, dead = await asyncio.to_thread(self.users.others)
         if self.index_was_missing or dead:
             return False
@@ -268,7 +271,9 @@ class Store:
 
     async def mark_in_use(self, in_use: bool) -> None:
         """Record that this server uses the store (True) or stopped cleanly (False): the flag turns "1" only
-        when the last server stops. May raise StoreFullError."""
+        when the last server stops; a shared index keeps no flag (Index.shared). May raise StoreFullError."""
+        if self.index.shared:
+            return
         if in_use:
             await asyncio.to_thread(self.users.claim)
             await self.index.set_meta(CLEAN_SHUTDOWN, "0")

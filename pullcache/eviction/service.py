@@ -18,8 +18,9 @@
 - An index that lost its rows (Redis lost its data) is rebuilt from the blobs by the lease holder, in the
   background, while every process goes on serving.
 - Start-up does not walk the blob tree: reconcile runs in the background, and only when the index
-  was missing or the last shutdown was not clean (a marker in the index says so). It does remove,
-  before the server answers, every temp file no live process owns: a crash's leftovers.
+  was missing or the last shutdown was not clean (a marker in the index says so); never for a shared
+  index (replicas on one bucket), whose leader rebuilds it if lost and whose GC reconciles it. Start-up
+  does remove, before the server answers, every temp file no live process owns: a crash's leftovers.
 """
 from __future__ import annotations
 
