@@ -28,6 +28,7 @@ from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.pullcache_proc import PullcacheProcess, deep_merge, docker_hub_upstream
 from tests.support.redis import redis_server as redis_server  # the session's Redis fixture
+from tests.support.replica_stores import stores as stores  # two replicas' stores on one bucket and Redis
 from tests.support.seaweed import SeaweedFS
 from tests.support.seed import Upstream, start_seeded_upstream
 from tests.support.skopeo import Skopeo

@@ -7,48 +7,24 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pullcache.app import build_app
-from pullcache.cache.configured import store_for
 from pullcache.cache.s3 import S3Objects
 from pullcache.cache.store import Store
-from pullcache.config import Config, build_config
 from pullcache.digests import Digest
 from tests.registry_api import push_image, push_manifest
-from tests.support import seaweed
 from tests.support.redis import RedisServer
+from tests.support.replica_stores import replica_config
 from tests.support.seaweed import SeaweedFS
 from tests.test_cluster_shared import OCI_MANIFEST, manifest, tags
 
 FIRST, SECOND = Digest.of(b"first"), Digest.of(b"second")
 TAG_KEY = "repositories/team/app/_manifests/tags/latest"
-
-
-def replica_config(server: SeaweedFS, tmp_path: Path, prefix: str, redis_url: str, name: str) -> Config:
-    return build_config({
-        "storage": {"path": str(tmp_path / name), "backend": "s3",
-                    "s3": server.storage_config(seaweed.BUCKET, prefix=prefix, timeout="5s")},
-        "cluster": {"redis": redis_url}, "local": {"anonymous_push": True}})
-
-
-@pytest.fixture
-async def stores(seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[list[Store]]:
-    """Two replicas' stores on one bucket prefix and the session's Redis."""
-    prefix = f"t{os.urandom(6).hex()}"
-    opened = []
-    for name in ("a", "b"):
-        config = replica_config(seaweed_server, tmp_path, prefix, redis_server.redis_url, name)
-        store = store_for(config.storage, config.cluster)
-        await store.open()
-        opened.append(store)
-    yield opened
-    for store in opened:
-        await store.close()
 
 
 def objects(store: Store) -> S3Objects:

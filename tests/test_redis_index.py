@@ -26,8 +26,8 @@ from pullcache.cluster.redis_pool import SharedRedis, shared_redis
 from pullcache.digests import Digest
 from pullcache.eviction.reconcile import reconcile
 from tests.support.redis import RedisServer
+from tests.support.replica_stores import replica_config
 from tests.support.seaweed import SeaweedFS
-from tests.test_cluster_shared_faults import replica_config
 
 A, B, C = ("sha256:" + letter * 64 for letter in "abc")
 
@@ -238,27 +238,12 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-@pytest.fixture
-async def replicas(seaweed_server: SeaweedFS, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[list[Store]]:
-    """Two replicas' stores on one bucket prefix, sharing the index in the session's Redis."""
-    prefix = f"t{os.urandom(6).hex()}"
-    opened = []
-    for name in ("a", "b"):
-        config = replica_config(seaweed_server, tmp_path, prefix, redis_server.redis_url, name)
-        store = store_for(config.storage, config.cluster)
-        await store.open()
-        opened.append(store)
-    yield opened
-    for store in opened:
-        await store.close()
-
-
 async def test_a_blob_committed_on_one_replica_while_another_evicts_it_keeps_its_bytes_and_row(
-        replicas: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
+        stores: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
     """The leader (a) evicts a blob and is about to delete its object when replica b commits the same bytes.
     a is released as soon as b either waits for it or finished its commit: waiting, b uploads after a's delete;
     had b finished first, a's delete would leave b's row without bytes."""
-    evictor, committer = replicas
+    evictor, committer = stores
     data = os.urandom(1000)
     digest = await evictor.put_small(data, origin=CACHED)
     (row,) = await evictor.least_recent(1)
@@ -292,10 +277,10 @@ async def test_a_blob_committed_on_one_replica_while_another_evicts_it_keeps_its
     assert await evictor.blobs.objects.stat(blob_key(digest)) is not None  # type: ignore[attr-defined]
 
 
-async def test_a_mount_on_a_replica_that_saw_a_blob_another_evicted_is_refused(replicas: list[Store]) -> None:
+async def test_a_mount_on_a_replica_that_saw_a_blob_another_evicted_is_refused(stores: list[Store]) -> None:
     """The replica remembers the blob's size from before; it must ask the bucket before it links the blob into
     a local repository as pushed content, or the pushed image would name bytes that are gone."""
-    leader, other = replicas
+    leader, other = stores
     digest = await leader.put_small(os.urandom(1000), origin=CACHED)
     assert await other.find_blob_size(digest) is not None  # seen by the other replica (a pull, a HEAD)
     (row,) = await leader.least_recent(1)
@@ -306,11 +291,11 @@ async def test_a_mount_on_a_replica_that_saw_a_blob_another_evicted_is_refused(r
 
 
 async def test_a_commit_whose_fresh_row_an_eviction_took_keeps_a_row_for_its_bytes(
-        replicas: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
+        stores: list[Store], monkeypatch: pytest.MonkeyPatch) -> None:
     """An eviction that must free nearly everything (a full disk) may take a row written a moment ago, while
     its bytes are still on their way to the bucket: the eviction deletes the absent object, the bytes land,
     and the eviction then drops the row it marked. The commit must write the row again after that."""
-    evictor, committer = replicas
+    evictor, committer = stores
     data = os.urandom(1000)
     added, uploading, published = asyncio.Event(), asyncio.Event(), asyncio.Event()
     publish = committer.blobs.publish
