@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import ssl
 import sys
 import tempfile
@@ -268,4 +269,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ListenError as exc:  # the port is taken, or the host is not an address of this machine
         print(f"pullcache: {exc}", file=sys.stderr)
         code = 1
-    sys.exit(code)
+    if args.command == "serve":
+        sys.exit(code)
+    _exit_at_once(code)
+
+
+def _exit_at_once(code: int) -> None:
+    """End a one-shot command without the interpreter's finalization: the S3 client's runtime threads, still
+    winding down the last request's connection, sometimes abort it (SIGABRT after check-config printed OK).
+    What a command wrote is flushed first; it has nothing else to clean up."""
+    from pullcache.logs import flush_logs
+
+    flush_logs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
