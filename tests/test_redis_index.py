@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pullcache.cache import redis_index
 from pullcache.cache.configured import store_for
-from pullcache.cache.index import CACHED, PUSHED, OriginTotals, Totals
+from pullcache.cache.index import CACHED, PUSHED, BlobRow, OriginTotals, Totals
 from pullcache.cache.redis_index import MARK_TTL, RedisIndex
 from pullcache.cache.s3_backend import blob_key
 from pullcache.cache.store import Store
@@ -122,43 +122,55 @@ async def test_remove_unchanged_removes_only_rows_as_chosen_and_keeps_those_whos
     assert await index.remove_unchanged([await index.get(C)], lambda digest: None)  # type: ignore[list-item]
 
 
+class HeldEviction:
+    """An eviction of A's only row, held in its object delete until `release` is set; `commit_met_mark` is set
+    once a commit of A found the row marked (and so waits for the evictor)."""
+
+    def __init__(self, index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.index = index
+        self.deleting, self.release = threading.Event(), threading.Event()
+        self.order: list[str] = []
+        self.commit_met_mark = asyncio.Event()
+        upsert = index._upsert
+
+        async def watched_upsert(**kwargs: Any) -> Any:
+            done, totals = await upsert(**kwargs)
+            if done == [0]:
+                self.commit_met_mark.set()
+            return done, totals
+        monkeypatch.setattr(index, "_upsert", watched_upsert)
+
+    def _remove_file(self, digest: str) -> None:
+        self.deleting.set()
+        self.release.wait(10)
+        self.order.append("object deleted")
+
+    async def start(self) -> tuple[BlobRow, asyncio.Task[list[BlobRow]]]:
+        """A's row, and the eviction once it is marked and deleting."""
+        await self.index.add(A, 10, CACHED)
+        (row,) = await self.index.least_recent(1)
+        eviction = asyncio.create_task(self.index.remove_unchanged([row], self._remove_file))
+        await asyncio.to_thread(self.deleting.wait, 10)
+        return row, eviction
+
+
 async def test_a_commit_meeting_an_eviction_of_its_digest_writes_its_row_after_the_bytes_went(
         index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
     """The interleaving forced: the evictor marked the row and is deleting the object when another replica
     commits the same digest. The commit's add must return only after the evictor is done, so the bytes it
     publishes next are not deleted, and its row must be there at the end."""
-    await index.add(A, 10, CACHED)
-    (row,) = await index.least_recent(1)
-    deleting, release = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def remove_file(digest: str) -> None:
-        deleting.set()
-        release.wait(10)
-        order.append("object deleted")
-
-    commit_met_mark = asyncio.Event()
-    upsert = index._upsert
-
-    async def watched_upsert(**kwargs: Any) -> Any:
-        done, totals = await upsert(**kwargs)
-        if done == [0]:
-            commit_met_mark.set()
-        return done, totals
-    monkeypatch.setattr(index, "_upsert", watched_upsert)
-
-    eviction = asyncio.create_task(index.remove_unchanged([row], remove_file))
-    await asyncio.to_thread(deleting.wait, 10)
+    held = HeldEviction(index, monkeypatch)
+    row, eviction = await held.start()
     commit = asyncio.create_task(index.add(A, 10, CACHED))
-    commit.add_done_callback(lambda _: order.append("commit indexed"))
-    await asyncio.wait_for(commit_met_mark.wait(), 10)
+    commit.add_done_callback(lambda _: held.order.append("commit indexed"))
+    await asyncio.wait_for(held.commit_met_mark.wait(), 10)
     assert not commit.done()
-    release.set()
+    held.release.set()
     removed = await eviction
     await commit
 
     assert removed == [row]
-    assert order == ["object deleted", "commit indexed"]
+    assert held.order == ["object deleted", "commit indexed"]
     after = await index.get(A)
     assert after is not None and after.last_access > row.last_access
     assert index.totals()[CACHED] == OriginTotals(10, 1)
@@ -335,33 +347,15 @@ async def test_a_replica_whose_clock_runs_ahead_still_waits_for_a_live_mark(
     """Marks are timed by Redis, not by the replicas: a committer whose clock runs two minutes ahead of the
     evictor's (past MARK_TTL) must still see the evictor's mark as live and wait for it, or its row would go
     before the evictor's delete and promise bytes that are gone."""
-    await index.add(A, 10, CACHED)
-    (row,) = await index.least_recent(1)
-    deleting, release = threading.Event(), threading.Event()
-
-    def remove_file(digest: str) -> None:
-        deleting.set()
-        release.wait(10)
-
-    commit_met_mark = asyncio.Event()
-    upsert = index._upsert
-
-    async def watched_upsert(**kwargs: Any) -> Any:
-        done, totals = await upsert(**kwargs)
-        if done == [0]:
-            commit_met_mark.set()
-        return done, totals
-    monkeypatch.setattr(index, "_upsert", watched_upsert)
-
-    eviction = asyncio.create_task(index.remove_unchanged([row], remove_file))
-    await asyncio.to_thread(deleting.wait, 10)  # marked, deleting
+    held = HeldEviction(index, monkeypatch)
+    row, eviction = await held.start()  # marked, deleting
     real_time = time.time
     monkeypatch.setattr(redis_index, "time", SimpleNamespace(time=lambda: real_time() + 2 * MARK_TTL))
     commit = asyncio.create_task(index.add(A, 10, CACHED))
-    met = asyncio.create_task(commit_met_mark.wait())
+    met = asyncio.create_task(held.commit_met_mark.wait())
     await asyncio.wait([commit, met], return_when=asyncio.FIRST_COMPLETED)
     finished_early = commit.done()
-    release.set()
+    held.release.set()
     assert await eviction == [row]
     await commit
     met.cancel()
