@@ -397,3 +397,28 @@ async def test_a_blob_removed_from_the_bucket_by_another_process_is_absent_not_a
         assert store.blob_size(digest) is None
     finally:
         await store.close()
+
+
+async def test_a_blob_evicted_while_the_bucket_is_listed_is_not_taken_for_stored(
+        s3_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC's reconcile lists the bucket while an eviction deletes: a blob deleted after the listing saw it must
+    not come back as stored, or the reconcile would index it again and a later pass evict it twice."""
+    digest = await s3_store.put_small(os.urandom(1000), origin=CACHED)
+    objects = s3_store.blobs.objects  # type: ignore[attr-defined]
+    listed, deleted = asyncio.Event(), asyncio.Event()
+    list_objects = objects.list
+
+    async def held_list(prefix: str = "") -> AsyncIterator[Any]:
+        async for info in list_objects(prefix):
+            yield info
+        listed.set()
+        await deleted.wait()
+    monkeypatch.setattr(objects, "list", held_list)
+    listing = asyncio.create_task(s3_store.stored_blobs())
+    await listed.wait()
+    (row,) = await s3_store.least_recent(1)
+    assert await s3_store.remove_unchanged([row]) == [row]
+    deleted.set()
+
+    assert str(digest) not in await listing
+    assert s3_store.blob_size(digest) is None

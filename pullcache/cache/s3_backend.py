@@ -95,6 +95,8 @@ class S3Blobs:
         self.local = LocalCache(local_cache)
         self._redirect_ttl = redirect_ttl  # None: no redirects
         self._sizes: dict[str, tuple[int, float]] = {}  # every blob in the bucket (as this process knows it)
+        self._listings = 0  # stored() listings under way
+        self._deleted: set[str] = set()  # blobs this process deleted while one was (see stored())
         self._copying: dict[str, asyncio.Future[bool]] = {}
         self._delete_failed_at = -math.inf
 
@@ -150,6 +152,8 @@ class S3Blobs:
             self._delete_failed_at = time.monotonic()
             raise OSError(str(exc)) from exc
         self._sizes.pop(str(digest), None)
+        if self._listings:
+            self._deleted.add(str(digest))
         self.local.discard(str(digest))
         remove_quietly(self.layout.blob(digest))
 
@@ -250,10 +254,19 @@ class S3Blobs:
     async def stored(self) -> dict[str, tuple[int, float]]:
         """A listing of the bucket's blobs, which also teaches the size map those other replicas committed."""
         listed = {}
-        async for info in self.objects.list("blobs/"):
-            digest = digest_from_blob_path(Path(info.path))
-            if digest is not None:
-                listed[str(digest)] = (info.size, info.modified)
+        self._listings += 1
+        try:
+            async for info in self.objects.list("blobs/"):
+                digest = digest_from_blob_path(Path(info.path))
+                if digest is not None:
+                    listed[str(digest)] = (info.size, info.modified)
+            # A blob this process deleted while the listing ran (an eviction beside a GC) may be in it: it must
+            # not come back to the map, where a reconcile would take it for stored and index it again.
+            listed = {digest: found for digest, found in listed.items() if digest not in self._deleted}
+        finally:
+            self._listings -= 1
+            if not self._listings:
+                self._deleted.clear()
         self._sizes.update(listed)
         return listed
 
