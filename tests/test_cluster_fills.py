@@ -66,13 +66,7 @@ def layer(upstream: Upstream) -> tuple[str, bytes, str]:
 def start_peer(factory: Factory, front: GatedFront, secret: str, config: dict[str, Any]) -> PullcacheProcess:
     """A pullcache process advertising its own URL, with the shared cluster secret, in front of `front`."""
     base = {"upstreams": [docker_hub_upstream(front.url)], "cluster": {"secret_env": SECRET_ENV}}
-    proc = factory(deep_merge(base, config), env={SECRET_ENV: secret}, start=False)
-    proc.config["cluster"]["advertise"] = proc.url
-    proc.start()
-    if proc.config["cluster"]["advertise"] != proc.url:  # the port was taken meanwhile and another chosen
-        proc.config["cluster"]["advertise"] = proc.url
-        proc.restart()
-    return proc
+    return factory(deep_merge(base, config), env={SECRET_ENV: secret}, start=False).start_advertising_itself()
 
 
 def replicas(request: pytest.FixtureRequest, factory: Factory, front: GatedFront, secret: str,

@@ -43,12 +43,7 @@ def start_replica(factory: Factory, secret: str, config: dict[str, Any]) -> Pull
     """A pullcache process advertising its own URL, with the shared cluster secret."""
     proc = factory({**config, "cluster": {**config["cluster"], "secret_env": SECRET_ENV}},
                    env={SECRET_ENV: secret}, start=False)
-    proc.config["cluster"]["advertise"] = proc.url
-    proc.start()
-    if proc.config["cluster"]["advertise"] != proc.url:  # the port was taken meanwhile and another chosen
-        proc.config["cluster"]["advertise"] = proc.url
-        proc.restart()
-    return proc
+    return proc.start_advertising_itself()
 
 
 @pytest.fixture

@@ -134,6 +134,16 @@ class PullcacheProcess(OnLoopback):
         """SIGKILL: a crash, leaving whatever was half-written on disk."""
         self.process.kill()
 
+    def start_advertising_itself(self) -> PullcacheProcess:
+        """Start with cluster.advertise set to this process's own URL (how peers reach it), started again
+        under the URL it ends up with if its port was taken meanwhile and another chosen."""
+        self.config["cluster"]["advertise"] = self.url
+        self.start()
+        if self.config["cluster"]["advertise"] != self.url:
+            self.config["cluster"]["advertise"] = self.url
+            self.restart()
+        return self
+
     def restart(self, timeout: float = 20.0) -> PullcacheProcess:
         """Stop if running, then start again on the same port and data dir.
 
