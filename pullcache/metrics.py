@@ -14,8 +14,12 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from pullcache import metric_files
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+if MULTIPROCESS:
+    metric_files.install()  # before the first metric below is made
 
 http_requests = Counter(
     "pullcache_http_requests_total", "HTTP requests answered", ["method", "route", "code"], registry=REGISTRY)
@@ -87,6 +91,7 @@ def exposition() -> bytes:
     (read from disk: call it off the event loop)."""
     if not MULTIPROCESS:
         return generate_latest(REGISTRY)
+    metric_files.flush()  # this worker's own counts are exact; the others' at most FLUSH_SECONDS old
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry)

@@ -291,6 +291,8 @@ class Supervisor:
             except BaseException:  # said in the log; the exit code tells the supervisor
                 log.exception("worker %d (pid %d) failed", slot.number, os.getpid())
             finally:
+                from pullcache import metric_files  # here, not above: prometheus_client reads its directory at import
+                metric_files.flush()  # os._exit skips atexit, which would write the counts of the last moments
                 flush_logs()  # the log writer's thread: os._exit skips atexit, which would write what is queued
                 logging.shutdown()
                 sys.stdout.flush()
