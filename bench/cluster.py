@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from tests.support.replicas import Cluster
 from tests.support.seaweed import SeaweedFS
 
 from . import efficiency, loadgen, scenarios
-from .procstat import cpu_seconds, machine_busy_seconds, tree
+from .procstat import cpu_seconds, machine_busy_seconds, machine_steal_seconds, tree
 from .results import Results
 from .scenarios import ACCEPT, ScenarioError, Settings, checked
 from .stack import Layer, S3Distribution, Stack
@@ -48,8 +48,8 @@ WORKERS_KEY = "workers"
 WORKERS_GOAL = 1.6  # workers: 2 ÷ workers: 1 on 2 cores
 WORKERS_FIGURES = tuple(
     f"{figure}_{who}_{path}" for who in ("w1", "w2") for path in ("tag", "digest")
-    for figure in ("rps", "cpu", "wrk", "machine")) + tuple(
-    f"{figure}_nginx{n}" for n in (1, 2) for figure in ("rps", "cpu", "wrk", "machine")) + ("split_w2_tag",)
+    for figure in ("rps", "cpu", "wrk", "machine", "steal")) + tuple(
+    f"{figure}_nginx{n}" for n in (1, 2) for figure in ("rps", "cpu", "wrk", "machine", "steal")) + ("split_w2_tag",)
 
 
 class Contender(Protocol):
@@ -317,38 +317,44 @@ def _wrk(url: str, pid: int, settings: Settings, suffix: str) -> tuple[dict[str,
     """{rps, the server's cores (with its children), wrk's cores, the whole machine's busy cores}_`suffix`, and
     each child's cores."""
     children = tree(pid)[1:]
-    start, busy = time.monotonic(), machine_busy_seconds()
+    start, busy, stolen = time.monotonic(), machine_busy_seconds(), machine_steal_seconds()
     result, cores = _cores([pid, *children], lambda: loadgen.wrk(url, seconds=settings.wrk_seconds, headers=[ACCEPT]))
-    machine = (machine_busy_seconds() - busy) / (time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    machine, steal = (machine_busy_seconds() - busy) / elapsed, (machine_steal_seconds() - stolen) / elapsed
     if result.failure():
         raise ScenarioError(f"{url}: {result.failure()}")
     return {f"rps_{suffix}": result.requests_per_second, f"cpu_{suffix}": cores[0],
-            f"wrk_{suffix}": result.client_cpu / settings.wrk_seconds, f"machine_{suffix}": machine}, cores[1:]
+            f"wrk_{suffix}": result.client_cpu / settings.wrk_seconds, f"machine_{suffix}": machine,
+            f"steal_{suffix}": steal}, cores[1:]
 
 
 def workers_round(throttle: Throttle, image: Image, settings: Settings, results: Results, workdir: Path) -> None:
-    """One round: wrk on the tag and on the digest against `workers: 1`, then `workers: 2`, then nginx with 1
-    and 2 worker processes serving the same manifest as a static file."""
+    """One round: wrk on the tag and on the digest against `workers: 1` and `workers: 2`, then nginx with 1
+    and 2 worker processes serving the same manifest as a static file.
+
+    Both pullcache servers run for the whole round (the one wrk is not on is idle) and are measured in the
+    order 1, 2, 2, 1 (tag, tag, digest, digest): the speed of a shared machine drifts over minutes, and a
+    drift that is linear over the round then slows both servers alike instead of whichever ran last."""
     figures: dict[str, float] = {}
     paths = {"tag": f"/v2/{image.repo}/manifests/{image.tag}", "digest": f"/v2/{image.repo}/manifests/{image.digest}"}
-    manifest = None
-    for count in (1, 2):
-        process = _workers(throttle, count, workdir)
-        try:
+    with ExitStack() as running:
+        servers: dict[int, PullcacheProcess] = {}
+        for count in (1, 2):
+            servers[count] = _workers(throttle, count, workdir)
+            running.callback(servers[count].stop)
+        for count, process in servers.items():
             for path in paths.values():  # cached (and the tag confirmed) in the shared store before wrk runs
                 for _ in range(2):
                     warmed = loadgen.herd(process.url + path, 4, headers=[ACCEPT])
                     if warmed.failure():
                         raise ScenarioError(f"warming {path} on workers: {count}: {warmed.failure()}")
-            manifest = manifest or efficiency.fetch(process.url, paths["tag"])
-            for name, path in paths.items():
-                measured, split = _wrk(process.url + path, process.process.pid, settings, f"w{count}_{name}")
-                figures.update(measured)
-                if count == 2 and name == "tag":
-                    figures["split_w2_tag"] = min(split) / max(max(split), 1e-9)
-        finally:
-            process.stop()
-    assert manifest is not None
+        manifest = efficiency.fetch(servers[1].url, paths["tag"])
+        for name, count in (("tag", 1), ("tag", 2), ("digest", 2), ("digest", 1)):
+            process = servers[count]
+            measured, split = _wrk(process.url + paths[name], process.process.pid, settings, f"w{count}_{name}")
+            figures.update(measured)
+            if count == 2 and name == "tag":
+                figures["split_w2_tag"] = min(split) / max(max(split), 1e-9)
     for n in (1, 2):
         with efficiency.nginx_server(workdir / f"nginx{n}", manifest, workers=n) as (url, pid):
             figures.update(_wrk(url + paths["tag"], pid, settings, f"nginx{n}")[0])
@@ -383,8 +389,8 @@ def workers_rows(results: Results) -> list[str]:
     rows = []
     for path in ("tag", "digest"):
         servers = (f"w1_{path}", f"w2_{path}", "nginx1", "nginx2")
-        rps, cpu, wrk, machine = ([_median(rounds[f"{figure}_{server}"]) for server in servers]
-                                  for figure in ("rps", "cpu", "wrk", "machine"))
+        rps, cpu, wrk, machine, steal = ([_median(rounds[f"{figure}_{server}"]) for server in servers]
+                                         for figure in ("rps", "cpu", "wrk", "machine", "steal"))
         per_request = [_per_request(rounds, server) for server in servers]
         by_one = _ratio(rounds, f"rps_w2_{path}", f"rps_w1_{path}")
         # With a free core per worker (no other work, the load generator elsewhere), req/s is cores ÷ CPU per request
@@ -395,7 +401,8 @@ def workers_rows(results: Results) -> list[str]:
             f"| workers: manifest by {path}, wrk -t1 -c16 (req/s): workers: 1 / workers: 2 / nginx 1 worker / "
             f"nginx 2 workers; server CPU {' / '.join(f'{c:.2f}' for c in cpu)} cores, per request "
             f"{' / '.join(f'{us:.0f}' for us in per_request)} µs; wrk CPU {' / '.join(f'{c:.2f}' for c in wrk)} "
-            f"cores; whole machine busy {' / '.join(f'{c:.2f}' for c in machine)} cores | "
+            f"cores; whole machine busy {' / '.join(f'{c:.2f}' for c in machine)} cores, of which the host took "
+            f"(steal) {' / '.join(f'{c:.2f}' for c in steal)} | "
             f"{' / '.join(f'{r:.0f}' for r in rps)} | n/a | workers: 2 ÷ workers: 1 = {by_one:.2f}× (with a free "
             f"core per worker, by CPU per request: {projected:.2f}×); "
             f"workers: 2 ÷ nginx (2 workers) = {by_nginx:.2f}×, "

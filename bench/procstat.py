@@ -52,11 +52,22 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_fields() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal, in clock ticks since boot."""
+    return [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine has spent busy (not idle, not waiting on I/O) since boot: with
     other work on a shared machine, whether the cores were the limit of a run, whoever used them."""
-    fields = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    fields = _machine_fields()
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_steal_seconds() -> float:
+    """CPU seconds the hypervisor ran something else while this virtual machine's cores had work (part of
+    machine_busy_seconds): a neighbour's load, which slows whatever runs here."""
+    return _machine_fields()[7] / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:

@@ -24,12 +24,13 @@ from pullcache import metrics
 from pullcache.metric_children import child
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-def on_disk(**labels):
+def on_disk():
+    # the manifest requests counted in the files of every process so far
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     text = generate_latest(registry).decode()
     lines = [line for line in text.splitlines() if line.startswith("pullcache_http_requests_total{{")]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if all(f'{{k}}="{{v}}"' in line for k, v in labels.items()))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if 'route="manifest"' in line)
 
 requests = child(metrics.http_requests, "GET", "manifest", "200")
 """
