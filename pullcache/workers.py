@@ -21,8 +21,9 @@ With `cluster.advertise` set (replicas on several hosts), the port is bound on t
 the advertised URL is cluster.advertise with that port.
 
 Fork, not spawn: a worker inherits the config, the bound sockets and the TLS context as they are. The
-supervisor runs no threads and no event loop, so forking it is safe; it waits on a selector woken by
-signals (signal.set_wakeup_fd) and by each worker's ready pipe.
+supervisor runs no event loop and no thread but the log writer's (which every fork waits for: logs.py), so
+forking it is safe; it waits on a selector woken by signals (signal.set_wakeup_fd) and by each worker's
+ready pipe.
 
 Without `cluster.secret_env` the supervisor makes a random cluster secret for its workers (shared_secret()).
 
@@ -47,11 +48,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from pullcache.config import Config, ConfigError
 from pullcache.logs import flush_logs
 from pullcache.startup import address, bind, say_started
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("pullcache.workers")
 
@@ -256,9 +261,11 @@ class Supervisor:
             slot.serving = True
         self._close_ready(slot)
         served, slot.pid, slot.serving = slot.serving, None, False
-        if self.stopping:
-            return
         what = _describe(status)
+        if self.stopping:
+            if os.WIFSIGNALED(status):  # not the graceful end it was asked for
+                log.warning("worker %d (pid %d) ended while stopping (%s)", slot.number, pid, what)
+            return
         if served:
             log.error("worker %d (pid %d) died (%s); starting another", slot.number, pid, what)
             slot.start_at = time.monotonic()
@@ -291,8 +298,7 @@ class Supervisor:
             except BaseException:  # said in the log; the exit code tells the supervisor
                 log.exception("worker %d (pid %d) failed", slot.number, os.getpid())
             finally:
-                from pullcache import metric_files  # here, not above: prometheus_client reads its directory at import
-                metric_files.flush()  # os._exit skips atexit, which would write the counts of the last moments
+                _flush_metrics()
                 flush_logs()  # the log writer's thread: os._exit skips atexit, which would write what is queued
                 logging.shutdown()
                 sys.stdout.flush()
@@ -321,6 +327,17 @@ class Supervisor:
                     sock.close()
 
 
+def _flush_metrics() -> None:
+    """Write a stopping worker's last counts (os._exit skips atexit, which would); a failure is said, and the
+    worker still exits."""
+    from pullcache import metric_files  # here, not above: prometheus_client reads its directory at import
+
+    try:
+        metric_files.flush()
+    except Exception:
+        log.exception("worker (pid %d): writing its last metric values failed", os.getpid())
+
+
 def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, ready_fd: int,
                check_storage: Check) -> int:
     """Check the storage, then serve the app on the slot's sockets until SIGTERM or SIGINT; the exit code.
@@ -342,33 +359,53 @@ def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, r
         return CONFIG_ERROR
 
     async def serving(_app: web.Application) -> None:
-        """Its resources are open: tell the supervisor, and take one stop signal only. Under systemd both
-        the supervisor and the worker may be sent SIGTERM; a second GracefulExit would cut the first's
-        graceful shutdown short."""
-        loop = asyncio.get_running_loop()
-        stopping: list[bool] = []
-
-        def stop_once() -> None:
-            if not stopping:
-                stopping.append(True)
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    # Ignored from here on, not just handled once: closing the loop would put back the
-                    # default action, and a late signal (the supervisor's, passed on) would kill the worker
-                    # before it says it stopped.
-                    loop.remove_signal_handler(signum)
-                    signal.signal(signum, signal.SIG_IGN)
-                raise web.GracefulExit()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop_once)
+        """Its resources are open: take the stop signals, and tell the supervisor."""
+        _stop_on_first_signal(asyncio.get_running_loop())
         log.info("worker %d (pid %d) started; peers reach it at %s", slot.number, os.getpid(), slot.advertise)
         os.write(ready_fd, READY)
         os.close(ready_fd)
 
     app.on_startup.append(serving)
     web.run_app(app, sock=slot.listening + slot.peer, ssl_context=ssl_context, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=False)
     log.info("worker %d (pid %d) stopped", slot.number, os.getpid())
     return 0
+
+
+def _stop_on_first_signal(loop: asyncio.AbstractEventLoop) -> None:
+    """Stop the worker gracefully on its first SIGTERM or SIGINT and ignore the later ones: under systemd both
+    the supervisor and the worker are sent SIGTERM, and the supervisor passes its own on, so a worker may get
+    several, and one that killed it would cut its graceful shutdown short or lose its last log lines.
+
+    Python-level handlers, not the loop's: removing a loop's handler (as closing the loop does) puts the
+    default action back for a moment, and a signal in that moment killed a worker. Here the first one turns
+    to ignored in one step. A signal another thread takes wakes the loop through the wakeup fd."""
+    wake_r, wake_w = os.pipe()  # for the worker's life
+    for end in (wake_r, wake_w):
+        os.set_blocking(end, False)
+
+    def drain() -> None:  # the handler itself runs as the loop's thread resumes
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_r, 4096)
+    loop.add_reader(wake_r, drain)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+    from aiohttp import web
+
+    stopping: list[bool] = []
+
+    def stop() -> None:  # once: a second GracefulExit would cut the first's graceful shutdown short
+        if not stopping:
+            stopping.append(True)
+            raise web.GracefulExit()
+
+    def first_signal(_signum: int, _frame: object) -> None:  # or one that came before this turned them off
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        loop.call_soon_threadsafe(stop)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, first_signal)
 
 
 def shared_secret(config: Config) -> Config:
@@ -384,6 +421,12 @@ def shared_secret(config: Config) -> Config:
 def serve_workers(config: Config, ssl_context: ssl.SSLContext | None, check_storage: Check) -> int:
     """Run config.workers workers until SIGTERM or SIGINT (called inside metrics_directory()); the exit code.
     Each worker runs check_storage first (run_worker says why not here)."""
+    from prometheus_client import multiprocess
+
     import pullcache.app  # noqa: F401 - imported once here, not again in every worker forked (no threads)
 
+    # The import made this process's values of the unlabelled metrics, zeros in files of its pid. The
+    # supervisor serves nothing: its live gauges must not count (it would hold coordination_up, the lowest
+    # over the live processes, at 0).
+    multiprocess.mark_process_dead(os.getpid())
     return Supervisor(shared_secret(config), ssl_context, check_storage).run()

@@ -117,3 +117,36 @@ def test_a_forked_child_counts_in_a_file_of_its_own(tmp_path: Path) -> None:
     """)
     assert out.split() == ["1.0", "11.0"]
     assert len(list(tmp_path.glob("counter_*.db"))) == 2
+
+
+def test_a_process_writes_and_flushes_only_once_it_changes_a_value(tmp_path: Path) -> None:
+    """The supervisor makes the metrics (importing the app) but serves nothing: no thread of its own, and a
+    forked worker that has counted nothing yet has no file."""
+    out = run(tmp_path, """
+        import threading
+        def flushing():
+            return any(thread.name == "pullcache-metric-files" for thread in threading.enumerate())
+        print(flushing())
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        requests.inc()
+        print(flushing())
+    """)
+    assert out.split() == ["False", "True"]
+    assert len(list(tmp_path.glob("counter_*.db"))) == 1  # the parent's; none of the child's
+
+
+def test_a_second_install_changes_nothing(tmp_path: Path) -> None:
+    out = run(tmp_path, """
+        from prometheus_client import values
+        before = values.ValueClass
+        metric_files.install()
+        pid = os.fork()  # a second fork hook holding the lock would hang here
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(values.ValueClass is before)
+    """)
+    assert out.split() == ["True"]

@@ -176,17 +176,25 @@ def test_a_pull_through_two_workers_serves_the_image(two_workers: PullcacheProce
 
 
 def test_metrics_count_the_requests_of_every_worker(two_workers: PullcacheProcess) -> None:
-    before = scrape(two_workers).value("pullcache_http_requests_total", route="healthz")
-    pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers), connections=20)
+    # /readyz, which nothing else asks here: a worker's counts reach the scrape up to half a second late, so a
+    # count taken before the requests could miss the start-up's own /healthz requests
+    before = scrape(two_workers).value("pullcache_http_requests_total", route="readyz")
+    pids = answering_pids("127.0.0.1", two_workers.port, workers_of(two_workers), connections=20, path="/readyz")
     assert set(pids) == workers_of(two_workers)
 
-    wait_for(lambda: scrape(two_workers).value("pullcache_http_requests_total", route="healthz") == before + 20,
-             "20 more healthz requests counted")
+    wait_for(lambda: scrape(two_workers).value("pullcache_http_requests_total", route="readyz") == before + 20,
+             "20 more readyz requests counted")
     result = scrape(two_workers)
     assert result.value("pullcache_store_max_bytes") == 3 * 1024**3  # one store: not once per worker
     assert all("pid" not in sample.labels for family in result.families for sample in family.samples)
     with urllib.request.urlopen(f"{two_workers.url}/", timeout=10) as response:  # the status page, too
         assert response.status == 200
+
+
+def test_coordination_is_up_on_a_host_of_workers_without_redis(two_workers: PullcacheProcess) -> None:
+    """The lowest over the live workers: the supervisor, which serves nothing, has no say."""
+    wait_for(lambda: scrape(two_workers).value("pullcache_cluster_members") == 2, "both workers in the roster")
+    assert scrape(two_workers).value("pullcache_cluster_coordination_up") == 1
 
 
 def test_sigterm_stops_every_worker_and_marks_the_store_clean(
