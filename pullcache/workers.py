@@ -48,15 +48,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from pullcache.config import Config, ConfigError
 from pullcache.logs import flush_logs
 from pullcache.startup import address, bind, say_started
-
-if TYPE_CHECKING:
-    import asyncio
 
 log = logging.getLogger("pullcache.workers")
 
@@ -163,7 +159,7 @@ class Supervisor:
             os.set_blocking(fd, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: None)  # wakes the selector; the signal is read from the pipe
         self.slots[0].start_at = time.monotonic()
         try:
@@ -203,6 +199,9 @@ class Supervisor:
     def _on_signals(self) -> None:
         with contextlib.suppress(BlockingIOError):
             for signum in os.read(self._wake_r, 64):
+                if signum == signal.SIGHUP:  # logrotate's `kill -HUP`: the workers reopen the audit log
+                    self._signal_all(signal.SIGHUP)
+                    log.info("SIGHUP: passed on to %d workers", len(self._running()))
                 if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                     log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self._running()))
                     self.stop(0)
@@ -263,7 +262,7 @@ class Supervisor:
         served, slot.pid, slot.serving = slot.serving, None, False
         what = _describe(status)
         if self.stopping:
-            if os.WIFSIGNALED(status):  # not the graceful end it was asked for
+            if served and os.WIFSIGNALED(status):  # not the graceful end it was asked for
                 log.warning("worker %d (pid %d) ended while stopping (%s)", slot.number, pid, what)
             return
         if served:
@@ -298,12 +297,14 @@ class Supervisor:
             except BaseException:  # said in the log; the exit code tells the supervisor
                 log.exception("worker %d (pid %d) failed", slot.number, os.getpid())
             finally:
-                _flush_metrics()
-                flush_logs()  # the log writer's thread: os._exit skips atexit, which would write what is queued
-                logging.shutdown()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                try:
+                    _flush_metrics()
+                    flush_logs()  # the log writer's thread: os._exit skips atexit, which would write what is queued
+                    logging.shutdown()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)  # whatever went wrong above: never back into the supervisor's frames
         os.close(ready_w)
         slot.pid, slot.ready_fd, slot.serving = pid, ready_r, False
         self.selector.register(ready_r, selectors.EVENT_READ, slot)
@@ -313,6 +314,7 @@ class Supervisor:
         signal.set_wakeup_fd(-1)  # first: a signal to this process must not wake the supervisor
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor passes it on; the audit log may take it
         _die_with_parent()
         if os.getppid() != supervisor:  # it died before the request above took effect
             os._exit(0)
@@ -349,63 +351,35 @@ def run_worker(config: Config, slot: Slot, ssl_context: ssl.SSLContext | None, r
     from aiohttp import web
 
     from pullcache.app import build_app
+    from pullcache.worker_signals import StopSignals
 
     worker_config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, advertise=slot.advertise))
+    loop = asyncio.new_event_loop()
+    stop_signals = StopSignals(loop)  # first: a stop that comes while it starts is kept, not lost or fatal
     try:
-        check_storage(worker_config)
-        app = build_app(worker_config)
-    except ConfigError as exc:
-        print(f"pullcache: config error: {exc}", file=sys.stderr)
-        return CONFIG_ERROR
+        try:
+            check_storage(worker_config)
+            app = build_app(worker_config)
+        except ConfigError as exc:
+            print(f"pullcache: config error: {exc}", file=sys.stderr)
+            return CONFIG_ERROR
 
-    async def serving(_app: web.Application) -> None:
-        """Its resources are open: take the stop signals, and tell the supervisor."""
-        _stop_on_first_signal(asyncio.get_running_loop())
-        log.info("worker %d (pid %d) started; peers reach it at %s", slot.number, os.getpid(), slot.advertise)
-        os.write(ready_fd, READY)
-        os.close(ready_fd)
+        async def serving(_app: web.Application) -> None:
+            """Its resources are open: a stop signal now stops it; tell the supervisor."""
+            stop_signals.serving()
+            log.info("worker %d (pid %d) started; peers reach it at %s", slot.number, os.getpid(), slot.advertise)
+            os.write(ready_fd, READY)
+            os.close(ready_fd)
 
-    app.on_startup.append(serving)
-    web.run_app(app, sock=slot.listening + slot.peer, ssl_context=ssl_context, access_log=None, print=None,
-                handle_signals=False)
+        app.on_startup.append(serving)
+        web.run_app(app, sock=slot.listening + slot.peer, ssl_context=ssl_context, access_log=None, print=None,
+                    handle_signals=False, loop=loop)
+    finally:
+        stop_signals.ignore()
+        if not loop.is_closed():
+            loop.close()
     log.info("worker %d (pid %d) stopped", slot.number, os.getpid())
     return 0
-
-
-def _stop_on_first_signal(loop: asyncio.AbstractEventLoop) -> None:
-    """Stop the worker gracefully on its first SIGTERM or SIGINT and ignore the later ones: under systemd both
-    the supervisor and the worker are sent SIGTERM, and the supervisor passes its own on, so a worker may get
-    several, and one that killed it would cut its graceful shutdown short or lose its last log lines.
-
-    Python-level handlers, not the loop's: removing a loop's handler (as closing the loop does) puts the
-    default action back for a moment, and a signal in that moment killed a worker. Here the first one turns
-    to ignored in one step. A signal another thread takes wakes the loop through the wakeup fd."""
-    wake_r, wake_w = os.pipe()  # for the worker's life
-    for end in (wake_r, wake_w):
-        os.set_blocking(end, False)
-
-    def drain() -> None:  # the handler itself runs as the loop's thread resumes
-        with contextlib.suppress(BlockingIOError):
-            os.read(wake_r, 4096)
-    loop.add_reader(wake_r, drain)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-
-    from aiohttp import web
-
-    stopping: list[bool] = []
-
-    def stop() -> None:  # once: a second GracefulExit would cut the first's graceful shutdown short
-        if not stopping:
-            stopping.append(True)
-            raise web.GracefulExit()
-
-    def first_signal(_signum: int, _frame: object) -> None:  # or one that came before this turned them off
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-        loop.call_soon_threadsafe(stop)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, first_signal)
 
 
 def shared_secret(config: Config) -> Config:

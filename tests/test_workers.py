@@ -474,3 +474,35 @@ def test_a_stopping_worker_ignores_later_stop_signals_until_it_has_said_it_stopp
     finally:
         front.open_gate()
         front.stop()
+
+
+def test_sighup_to_the_supervisor_reopens_every_worker_s_audit_log(
+        pullcache_factory: Callable[..., PullcacheProcess], tmp_path: Path) -> None:
+    """logrotate's postrotate (`kill -HUP`, or `systemctl kill -s HUP`) reaches the supervisor: it passes the
+    signal on instead of dying of it, and each worker writes to the new file."""
+    from tests.test_audit import PASSWORDS, failed_login
+
+    audit_path = tmp_path / "audit.log"
+    proc = pullcache_factory({"workers": 2, "auth": {"htpasswd": str(write_htpasswd(tmp_path / "htpasswd", PASSWORDS))},
+                              "log": {"audit": str(audit_path)}})
+    wait_for(lambda: len(peer_addresses(proc)) == 2, "two workers")
+    pids = workers_of(proc)
+    audit_path.rename(tmp_path / "audit.log.1")
+
+    os.kill(proc.process.pid, signal.SIGHUP)
+
+    wait_for(lambda: proc.log_text().count("reopened") == 2, "both workers reopened the audit log")
+    for _ in range(4):  # new connections: both workers
+        failed_login(proc)
+    wait_for(lambda: audit_path.exists() and audit_path.read_text().count("\n") == 4, "4 lines in the new file")
+    assert proc.alive and workers_of(proc) == pids
+
+
+def test_a_sighup_passed_on_to_workers_without_an_audit_log_is_ignored(two_workers: PullcacheProcess) -> None:
+    pids = workers_of(two_workers)
+
+    os.kill(two_workers.process.pid, signal.SIGHUP)
+
+    two_workers.wait_for_log("SIGHUP: passed on to 2 workers")
+    assert answering_pids("127.0.0.1", two_workers.port, pids) and workers_of(two_workers) == pids
+    assert two_workers.alive and "died" not in two_workers.log_text()
