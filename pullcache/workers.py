@@ -199,7 +199,7 @@ class Supervisor:
     def _on_signals(self) -> None:
         with contextlib.suppress(BlockingIOError):
             for signum in os.read(self._wake_r, 64):
-                if signum == signal.SIGHUP:  # logrotate's `kill -HUP`: the workers reopen the audit log
+                if signum == signal.SIGHUP and not self.stopping:  # logrotate: the workers reopen the audit log
                     self._signal_all(signal.SIGHUP)
                     log.info("SIGHUP: passed on to %d workers", len(self._running()))
                 if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
