@@ -46,10 +46,10 @@ GROUPS = ("replicas", "haproxy", "weed", "blobget")  # the processes on the path
 SETUPS = ("3 replicas behind haproxy", "1 replica behind haproxy", "1 replica direct")
 WORKERS_KEY = "workers"
 WORKERS_GOAL = 1.6  # workers: 2 ÷ workers: 1 on 2 cores
+WRK_FIGURES = ("rps", "cpu", "wrk", "machine", "steal")  # what _wrk measures of each server
 WORKERS_FIGURES = tuple(
-    f"{figure}_{who}_{path}" for who in ("w1", "w2") for path in ("tag", "digest")
-    for figure in ("rps", "cpu", "wrk", "machine", "steal")) + tuple(
-    f"{figure}_nginx{n}" for n in (1, 2) for figure in ("rps", "cpu", "wrk", "machine", "steal")) + ("split_w2_tag",)
+    f"{figure}_{who}_{path}" for who in ("w1", "w2") for path in ("tag", "digest") for figure in WRK_FIGURES) + tuple(
+    f"{figure}_nginx{n}" for n in (1, 2) for figure in WRK_FIGURES) + ("split_w2_tag",)
 
 
 class Contender(Protocol):
@@ -314,8 +314,8 @@ def _workers(throttle: Throttle, count: int, workdir: Path) -> PullcacheProcess:
 
 
 def _wrk(url: str, pid: int, settings: Settings, suffix: str) -> tuple[dict[str, float], list[float]]:
-    """{rps, the server's cores (with its children), wrk's cores, the whole machine's busy cores}_`suffix`, and
-    each child's cores."""
+    """{rps, the server's cores (with its children), wrk's cores, the whole machine's busy cores, the host's
+    steal}_`suffix` (WRK_FIGURES), and each child's cores."""
     children = tree(pid)[1:]
     start, busy, stolen = time.monotonic(), machine_busy_seconds(), machine_steal_seconds()
     result, cores = _cores([pid, *children], lambda: loadgen.wrk(url, seconds=settings.wrk_seconds, headers=[ACCEPT]))
@@ -390,7 +390,7 @@ def workers_rows(results: Results) -> list[str]:
     for path in ("tag", "digest"):
         servers = (f"w1_{path}", f"w2_{path}", "nginx1", "nginx2")
         rps, cpu, wrk, machine, steal = ([_median(rounds[f"{figure}_{server}"]) for server in servers]
-                                         for figure in ("rps", "cpu", "wrk", "machine", "steal"))
+                                         for figure in WRK_FIGURES)
         per_request = [_per_request(rounds, server) for server in servers]
         by_one = _ratio(rounds, f"rps_w2_{path}", f"rps_w1_{path}")
         # With a free core per worker (no other work, the load generator elsewhere), req/s is cores ÷ CPU per request

@@ -394,6 +394,16 @@ async def test_an_eviction_cancelled_mid_delete_still_drops_the_row_of_the_objec
     assert index.totals()[CACHED] == OriginTotals(10, 1)
 
 
+def refuse_once(monkeypatch: pytest.MonkeyPatch, index: RedisIndex, script: str) -> None:
+    """The index's call of `script` fails once as a Redis blip would, then works again."""
+    real = getattr(index, script)
+
+    async def refused_once(**kwargs: Any) -> Any:
+        monkeypatch.setattr(index, script, real)
+        raise RedisConnectionError("connection reset")
+    monkeypatch.setattr(index, script, refused_once)
+
+
 async def test_an_eviction_whose_row_drop_redis_refused_counts_the_blob_and_drops_the_row_later(
         index: RedisIndex, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis fails just after an object went: the blob is reported removed (the caller forgets it and counts
@@ -401,12 +411,7 @@ async def test_an_eviction_whose_row_drop_redis_refused_counts_the_blob_and_drop
     await index.add(A, 10, CACHED)
     await index.add(B, 10, CACHED)
     chosen = await index.least_recent(2)
-    drop_marked = index._drop_marked
-
-    async def refused_once(**kwargs: Any) -> Any:
-        monkeypatch.setattr(index, "_drop_marked", drop_marked)
-        raise RedisConnectionError("connection reset")
-    monkeypatch.setattr(index, "_drop_marked", refused_once)
+    refuse_once(monkeypatch, index, "_drop_marked")
 
     removed = await index.remove_unchanged(chosen, lambda digest: None)
     await index.refresh_if_changed()  # the tick
@@ -442,12 +447,7 @@ async def test_an_eviction_whose_unmark_redis_refused_unmarks_the_row_later(
     unmarked when Redis answers again (the next tick), so commits of the digest do not wait out MARK_TTL."""
     await index.add(A, 10, CACHED)
     chosen = await index.least_recent(1)
-    unmark = index._unmark
-
-    async def refused_once(**kwargs: Any) -> Any:
-        monkeypatch.setattr(index, "_unmark", unmark)
-        raise RedisConnectionError("connection reset")
-    monkeypatch.setattr(index, "_unmark", refused_once)
+    refuse_once(monkeypatch, index, "_unmark")
 
     def remove_file(digest: str) -> None:
         raise OSError("the bucket refused the delete")
